@@ -1,0 +1,392 @@
+//! Instruction-set levels, CPU feature detection and the choice of level.
+//!
+//! Detection is real: on x86-64 it uses `is_x86_feature_detected!`, which checks CPUID *and* that the OS
+//! saves the wider register state (XGETBV), so AVX-512 is never trusted on a kernel that does not save zmm.
+//! The chosen level comes from [`SimdConfig`]: by default the best the CPU has, narrowed or forced by the
+//! config or by the environment variable `QWEN3VL_SIMD=scalar|sse4.1|avx2|avx512`.
+
+use std::fmt;
+
+/// A SIMD level. Each level implies the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    Scalar,
+    /// SSE4.1 (128-bit, 4 f32 lanes).
+    Sse41,
+    /// AVX2 with FMA (256-bit, 8 f32 lanes).
+    Avx2,
+    /// AVX-512 F+BW+VL (512-bit, 16 f32 lanes), plus AVX2+FMA.
+    Avx512,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Sse41, Isa::Avx2, Isa::Avx512];
+
+    /// f32 lanes in one vector register of this level.
+    pub const fn f32_lanes(self) -> usize {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Sse41 => 4,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+        }
+    }
+
+    /// The spelling used by `QWEN3VL_SIMD` and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Sse41 => "sse4.1",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Isa, IsaError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "none" | "generic" => Ok(Isa::Scalar),
+            "sse4.1" | "sse41" | "sse4_1" | "sse" => Ok(Isa::Sse41),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" | "avx-512" | "avx512f" => Ok(Isa::Avx512),
+            other => Err(IsaError::Unknown(other.to_string())),
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IsaError {
+    #[error("unknown SIMD level {0:?}: expected one of scalar, sse4.1, avx2, avx512")]
+    Unknown(String),
+    #[error("SIMD level {wanted} was requested ({source_}) but this CPU does not support it (missing: {missing}); the best available is {best}")]
+    Unsupported {
+        wanted: Isa,
+        source_: String,
+        missing: String,
+        best: Isa,
+    },
+    #[error("SIMD level {0} was requested but is disabled in the SimdConfig")]
+    Disabled(Isa),
+}
+
+/// CPU features relevant to the kernels, as detected on this host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub sse41: bool,
+    pub avx2: bool,
+    pub fma: bool,
+    pub f16c: bool,
+    pub avx512f: bool,
+    pub avx512bw: bool,
+    pub avx512vl: bool,
+    pub avx512dq: bool,
+    /// `vdpbf16ps` / `vcvtne2ps2bf16` (AVX512_BF16).
+    pub avx512_bf16: bool,
+    /// `vpdpbusd` (AVX512_VNNI).
+    pub avx512_vnni: bool,
+}
+
+impl Features {
+    /// Detect the host's features (CPUID + OS-saved state). Cached after the first call.
+    pub fn detect() -> Features {
+        static CACHE: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+        *CACHE.get_or_init(Self::detect_uncached)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn detect_uncached() -> Features {
+        Features {
+            sse41: is_x86_feature_detected!("sse4.1"),
+            avx2: is_x86_feature_detected!("avx2"),
+            fma: is_x86_feature_detected!("fma"),
+            f16c: is_x86_feature_detected!("f16c"),
+            avx512f: is_x86_feature_detected!("avx512f"),
+            avx512bw: is_x86_feature_detected!("avx512bw"),
+            avx512vl: is_x86_feature_detected!("avx512vl"),
+            avx512dq: is_x86_feature_detected!("avx512dq"),
+            avx512_bf16: is_x86_feature_detected!("avx512bf16"),
+            avx512_vnni: is_x86_feature_detected!("avx512vnni"),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn detect_uncached() -> Features {
+        Features::default()
+    }
+
+    /// Whether every feature a level needs is present; if not, the missing ones.
+    pub fn missing_for(&self, isa: Isa) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        let mut need = |ok: bool, name: &'static str| {
+            if !ok {
+                m.push(name)
+            }
+        };
+        if isa >= Isa::Sse41 {
+            need(self.sse41, "sse4.1");
+        }
+        if isa >= Isa::Avx2 {
+            need(self.avx2, "avx2");
+            need(self.fma, "fma");
+        }
+        if isa >= Isa::Avx512 {
+            need(self.avx512f, "avx512f");
+            need(self.avx512bw, "avx512bw");
+            need(self.avx512vl, "avx512vl");
+        }
+        m
+    }
+
+    pub fn supports(&self, isa: Isa) -> bool {
+        self.missing_for(isa).is_empty()
+    }
+
+    /// The best level this CPU supports.
+    pub fn best(&self) -> Isa {
+        *Isa::ALL
+            .iter()
+            .rev()
+            .find(|&&i| self.supports(i))
+            .unwrap_or(&Isa::Scalar)
+    }
+
+    /// The levels this CPU supports, lowest first (always includes scalar).
+    pub fn available(&self) -> Vec<Isa> {
+        Isa::ALL
+            .iter()
+            .copied()
+            .filter(|&i| self.supports(i))
+            .collect()
+    }
+
+    /// Names of the detected features, for reports.
+    pub fn names(&self) -> Vec<&'static str> {
+        let all = [
+            (self.sse41, "sse4.1"),
+            (self.avx2, "avx2"),
+            (self.fma, "fma"),
+            (self.f16c, "f16c"),
+            (self.avx512f, "avx512f"),
+            (self.avx512bw, "avx512bw"),
+            (self.avx512vl, "avx512vl"),
+            (self.avx512dq, "avx512dq"),
+            (self.avx512_bf16, "avx512_bf16"),
+            (self.avx512_vnni, "avx512_vnni"),
+        ];
+        all.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect()
+    }
+}
+
+/// Which levels may be used. The default allows every level and forces none; `QWEN3VL_SIMD` is applied by
+/// [`SimdConfig::from_env`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimdConfig {
+    enabled: [bool; 4],
+    force: Option<Isa>,
+    /// Where the forced level came from (for messages): "QWEN3VL_SIMD", "config", ...
+    force_source: String,
+    /// Allow the bf16 dot-product instruction when the CPU has it (the kernels' "fast" paths).
+    pub allow_bf16_dot: bool,
+}
+
+impl Default for SimdConfig {
+    fn default() -> Self {
+        SimdConfig {
+            enabled: [true; 4],
+            force: None,
+            force_source: String::new(),
+            allow_bf16_dot: true,
+        }
+    }
+}
+
+/// The outcome of choosing a level: the level, the features, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub isa: Isa,
+    pub features: Features,
+    pub reason: String,
+}
+
+impl SimdConfig {
+    /// The default config, with `QWEN3VL_SIMD` applied if set (an unknown value is an error).
+    pub fn from_env() -> Result<SimdConfig, IsaError> {
+        let mut c = SimdConfig::default();
+        if let Ok(v) = std::env::var("QWEN3VL_SIMD") {
+            if !v.trim().is_empty() {
+                c.force = Some(Isa::parse(&v)?);
+                c.force_source = format!("QWEN3VL_SIMD={v}");
+            }
+        }
+        Ok(c)
+    }
+
+    /// Force one level (an error at [`SimdConfig::select`] if the CPU lacks it).
+    pub fn force(mut self, isa: Isa) -> Self {
+        self.force = Some(isa);
+        self.force_source = "SimdConfig::force".into();
+        self
+    }
+
+    pub fn forced(&self) -> Option<Isa> {
+        self.force
+    }
+
+    /// Enable or disable one level (scalar cannot be disabled).
+    pub fn enable(mut self, isa: Isa, on: bool) -> Self {
+        if isa != Isa::Scalar {
+            self.enabled[isa.index()] = on;
+        }
+        self
+    }
+
+    /// Choose a level for `features`.
+    pub fn select_for(&self, features: Features) -> Result<Selection, IsaError> {
+        let best = features.best();
+        if let Some(want) = self.force {
+            if !self.enabled[want.index()] {
+                return Err(IsaError::Disabled(want));
+            }
+            let missing = features.missing_for(want);
+            if !missing.is_empty() {
+                return Err(IsaError::Unsupported {
+                    wanted: want,
+                    source_: self.force_source.clone(),
+                    missing: missing.join(", "),
+                    best,
+                });
+            }
+            return Ok(Selection {
+                isa: want,
+                features,
+                reason: format!("forced by {}", self.force_source),
+            });
+        }
+        let isa = *Isa::ALL
+            .iter()
+            .rev()
+            .find(|&&i| self.enabled[i.index()] && features.supports(i))
+            .unwrap_or(&Isa::Scalar);
+        let reason = if isa == best {
+            format!(
+                "best level this CPU supports ({})",
+                features.names().join(" ")
+            )
+        } else {
+            format!("best level enabled in the config (the CPU supports up to {best})")
+        };
+        Ok(Selection {
+            isa,
+            features,
+            reason,
+        })
+    }
+
+    /// Choose a level for this host.
+    pub fn select(&self) -> Result<Selection, IsaError> {
+        self.select_for(Features::detect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zen4() -> Features {
+        Features {
+            sse41: true,
+            avx2: true,
+            fma: true,
+            f16c: true,
+            avx512f: true,
+            avx512bw: true,
+            avx512vl: true,
+            avx512dq: true,
+            avx512_bf16: true,
+            avx512_vnni: true,
+        }
+    }
+
+    #[test]
+    fn parse_names_round_trip() {
+        for i in Isa::ALL {
+            assert_eq!(Isa::parse(i.name()).unwrap(), i);
+        }
+        assert!(matches!(Isa::parse("neon"), Err(IsaError::Unknown(_))));
+    }
+
+    #[test]
+    fn lanes_per_level() {
+        let lanes: Vec<usize> = Isa::ALL.iter().map(|i| i.f32_lanes()).collect();
+        assert_eq!(lanes, vec![1, 4, 8, 16]);
+    }
+
+    #[test]
+    fn best_and_disable() {
+        let f = zen4();
+        assert_eq!(
+            SimdConfig::default().select_for(f).unwrap().isa,
+            Isa::Avx512
+        );
+        let c = SimdConfig::default().enable(Isa::Avx512, false);
+        assert_eq!(c.select_for(f).unwrap().isa, Isa::Avx2);
+        let c = c.enable(Isa::Avx2, false).enable(Isa::Sse41, false);
+        assert_eq!(c.select_for(f).unwrap().isa, Isa::Scalar);
+    }
+
+    #[test]
+    fn forcing_a_missing_level_is_an_error() {
+        let f = Features {
+            sse41: true,
+            avx2: true,
+            fma: false,
+            ..Default::default()
+        };
+        assert_eq!(f.best(), Isa::Sse41);
+        let err = SimdConfig::default()
+            .force(Isa::Avx2)
+            .select_for(f)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("avx2") && msg.contains("fma") && msg.contains("sse4.1"),
+            "{msg}"
+        );
+        let err = SimdConfig::default()
+            .force(Isa::Avx512)
+            .enable(Isa::Avx512, false)
+            .select_for(zen4());
+        assert_eq!(err, Err(IsaError::Disabled(Isa::Avx512)));
+    }
+
+    #[test]
+    fn no_features_means_scalar() {
+        let f = Features::default();
+        assert_eq!(
+            SimdConfig::default().select_for(f).unwrap().isa,
+            Isa::Scalar
+        );
+        assert_eq!(f.available(), vec![Isa::Scalar]);
+    }
+
+    #[test]
+    fn host_detection_is_consistent() {
+        let f = Features::detect();
+        // Each level implies the lower ones on real hardware.
+        let avail = f.available();
+        for w in avail.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(f.avx512f, std::arch::is_x86_feature_detected!("avx512f"));
+    }
+}
