@@ -12,8 +12,13 @@
 //! assert_eq!(out, [2.0, 3.0, 4.0]);
 //! ```
 
+pub mod attention;
 pub mod isa;
+pub mod matmul;
 pub mod ops;
+pub mod pool;
+pub mod resample;
+pub mod roofline;
 pub mod scalar;
 pub mod simd;
 #[cfg(target_arch = "x86_64")]

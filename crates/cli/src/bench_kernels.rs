@@ -1,0 +1,1 @@
+//! `qwen3vl bench roofline` and `qwen3vl bench matmul` (in progress).
