@@ -1,1 +1,5 @@
-//! qwen3vl-engine
+//! qwen3vl-engine: what sits between the model and a user — CPU report, sampling, generation defaults,
+//! streaming detokenization, sessions with a KV cache, the generation loop, benchmarks and random
+//! checkpoints for trying the engine without weights.
+
+pub mod cpu;
