@@ -46,6 +46,7 @@ pub struct Kernels {
     isa: Isa,
     features: Features,
     pub(crate) vec: &'static ops::VecTable,
+    pool: &'static pool::ThreadPool,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -77,6 +78,7 @@ impl Kernels {
             isa,
             features,
             vec: ops::table(isa),
+            pool: pool::ThreadPool::default_pool(),
         }
     }
 
