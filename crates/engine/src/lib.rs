@@ -3,3 +3,11 @@
 //! checkpoints for trying the engine without weights.
 
 pub mod cpu;
+pub mod sampling;
+
+pub use sampling::{Sampler, SamplingParams};
+pub mod generation_config;
+pub mod stream;
+
+pub use generation_config::GenerationConfig;
+pub use stream::{StopStrings, StreamDecoder, TokenBytes};
