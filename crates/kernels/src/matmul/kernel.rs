@@ -1,0 +1,303 @@
+//! The matmul kernels written once over [`MmSimd`] (the f32 primitives of [`Simd`] plus bf16 widening and
+//! raw-pointer loads), `#[inline(always)]` so each ISA's `#[target_feature]` entry point compiles them for
+//! that ISA. Preconditions (all lengths consistent) are checked by the public API in `mod.rs`.
+
+use super::Args;
+use crate::simd::Simd;
+
+/// Primitives the matmul kernels need beyond [`Simd`].
+pub trait MmSimd: Simd {
+    /// Load LANES f32. Safety: `p` valid for LANES reads.
+    unsafe fn loadp(self, p: *const f32) -> Self::V;
+    /// Store LANES f32. Safety: `p` valid for LANES writes.
+    unsafe fn storep(self, p: *mut f32, v: Self::V);
+    /// LANES consecutive bf16 -> f32 (zero-extend, shift left 16). Safety: `p` valid for LANES reads.
+    unsafe fn widen(self, p: *const u16) -> Self::V;
+    /// 2·LANES bf16 stored as pairs `[r0 k, r0 k+1, r1 k, r1 k+1, ...]` -> (the k values of the LANES rows,
+    /// the k+1 values): shift left 16 / mask the high half of each 32-bit lane. Safety: 2·LANES reads.
+    unsafe fn widen_pairs(self, p: *const u16) -> (Self::V, Self::V);
+}
+
+/// A weight element type: bf16 bits or f32.
+pub trait WElem: Copy {
+    /// LANES consecutive weights as f32. Safety: `p` valid for LANES reads.
+    unsafe fn load<S: MmSimd>(s: S, p: *const Self) -> S::V;
+    fn to_f32(self) -> f32;
+}
+
+impl WElem for u16 {
+    #[inline(always)]
+    unsafe fn load<S: MmSimd>(s: S, p: *const u16) -> S::V {
+        s.widen(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
+impl WElem for f32 {
+    #[inline(always)]
+    unsafe fn load<S: MmSimd>(s: S, p: *const f32) -> S::V {
+        s.loadp(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// GEMV on row-major W (n, k): y[i][r] for all i < m, r0 ≤ r < r1. Blocks of up to 4 rows of x; within a
+/// block, 4 rows of W at a time, each streamed once, with M×4 independent accumulators.
+#[inline(always)]
+pub unsafe fn gemv<S: MmSimd, T: WElem>(s: S, a: &Args, w: &[T], r0: usize, r1: usize) {
+    let mut i = 0;
+    while i < a.m {
+        let mb = (a.m - i).min(4);
+        match mb {
+            1 => gemv_block::<S, T, 1>(s, a, w, i, r0, r1),
+            2 => gemv_block::<S, T, 2>(s, a, w, i, r0, r1),
+            3 => gemv_block::<S, T, 3>(s, a, w, i, r0, r1),
+            _ => gemv_block::<S, T, 4>(s, a, w, i, r0, r1),
+        }
+        i += mb;
+    }
+}
+
+#[inline(always)]
+unsafe fn gemv_block<S: MmSimd, T: WElem, const M: usize>(
+    s: S,
+    a: &Args,
+    w: &[T],
+    i0: usize,
+    r0: usize,
+    r1: usize,
+) {
+    let mut r = r0;
+    while r + 4 <= r1 {
+        gemv_rows::<S, T, M, 4>(s, a, w, i0, r);
+        r += 4;
+    }
+    while r < r1 {
+        gemv_rows::<S, T, M, 1>(s, a, w, i0, r);
+        r += 1;
+    }
+}
+
+/// y[i0+i][r+j] for i < M, j < R.
+#[inline(always)]
+unsafe fn gemv_rows<S: MmSimd, T: WElem, const M: usize, const R: usize>(
+    s: S,
+    a: &Args,
+    w: &[T],
+    i0: usize,
+    r: usize,
+) {
+    let k = a.k;
+    let l = S::LANES;
+    let x = a.x.as_ptr().add(i0 * k);
+    let w = w.as_ptr().add(r * k);
+    let mut acc = [[s.zero(); R]; M];
+    // vector body
+    let mut kk = 0;
+    while kk + l <= k {
+        let mut xv = [s.zero(); M];
+        for (m, xv) in xv.iter_mut().enumerate() {
+            *xv = s.loadp(x.add(m * k + kk));
+        }
+        for j in 0..R {
+            let wv = T::load(s, w.add(j * k + kk));
+            for m in 0..M {
+                acc[m][j] = s.mul_add(xv[m], wv, acc[m][j]);
+            }
+        }
+        kk += l;
+    }
+    // horizontal sums, scalar tail, bias
+    for m in 0..M {
+        for j in 0..R {
+            let mut sum = s.reduce_sum(acc[m][j]);
+            for t in kk..k {
+                sum += *x.add(m * k + t) * (*w.add(j * k + t)).to_f32();
+            }
+            let c = r + j;
+            let b = a.bias.map_or(0.0, |b| *b.get_unchecked(c));
+            *a.y.0.add((i0 + m) * a.n + c) = sum + b;
+        }
+    }
+}
+
+/// Packed bf16 W, exact path: output column groups g0..g1 (G = NV·LANES columns each) for all rows of x,
+/// in tiles of MR rows.
+#[inline(always)]
+pub unsafe fn packed_bf16<S: MmSimd, const MR: usize, const NV: usize>(
+    s: S,
+    a: &Args,
+    w: &[u16],
+    g0: usize,
+    g1: usize,
+) {
+    let g = NV * S::LANES;
+    let gsize = a.k.div_ceil(2) * g * 2;
+    for j in g0..g1 {
+        let wg = w.as_ptr().add(j * gsize);
+        let cols = g.min(a.n - j * g);
+        let mut i = 0;
+        while i + MR <= a.m {
+            tile_bf16::<S, MR, NV>(s, a, wg, i, j * g, cols);
+            i += MR;
+        }
+        match a.m - i {
+            0 => {}
+            1 => tile_bf16::<S, 1, NV>(s, a, wg, i, j * g, cols),
+            2 => tile_bf16::<S, 2, NV>(s, a, wg, i, j * g, cols),
+            3 => tile_bf16::<S, 3, NV>(s, a, wg, i, j * g, cols),
+            4 => tile_bf16::<S, 4, NV>(s, a, wg, i, j * g, cols),
+            5 => tile_bf16::<S, 5, NV>(s, a, wg, i, j * g, cols),
+            _ => unreachable!("MR <= 6"),
+        }
+    }
+}
+
+/// One MR × G tile: y[i0.., c0..c0+cols] = x[i0..i0+MR] · group + bias.
+#[inline(always)]
+unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize>(
+    s: S,
+    a: &Args,
+    wg: *const u16,
+    i0: usize,
+    c0: usize,
+    cols: usize,
+) {
+    let k = a.k;
+    let l = S::LANES;
+    let g = NV * l;
+    let x = a.x.as_ptr().add(i0 * k);
+    let mut acc = [[s.zero(); NV]; MR];
+    // pairs of k: one load per vector, widened to the even-k and odd-k weights
+    for p in 0..k / 2 {
+        let wp = wg.add(p * g * 2);
+        let mut xe = [s.zero(); MR];
+        let mut xo = [s.zero(); MR];
+        for m in 0..MR {
+            xe[m] = s.splat(*x.add(m * k + 2 * p));
+            xo[m] = s.splat(*x.add(m * k + 2 * p + 1));
+        }
+        for v in 0..NV {
+            let (we, wo) = s.widen_pairs(wp.add(v * l * 2));
+            for m in 0..MR {
+                acc[m][v] = s.mul_add(xe[m], we, acc[m][v]);
+                acc[m][v] = s.mul_add(xo[m], wo, acc[m][v]);
+            }
+        }
+    }
+    // odd k: the last pair holds one real k
+    if k % 2 == 1 {
+        let p = k / 2;
+        let wp = wg.add(p * g * 2);
+        for v in 0..NV {
+            let (we, _) = s.widen_pairs(wp.add(v * l * 2));
+            for m in 0..MR {
+                acc[m][v] = s.mul_add(s.splat(*x.add(m * k + 2 * p)), we, acc[m][v]);
+            }
+        }
+    }
+    store_tile::<S, MR, NV>(s, a, &acc, i0, c0, cols);
+}
+
+/// Packed f32 W: output column groups g0..g1 for all rows of x.
+#[inline(always)]
+pub unsafe fn packed_f32<S: MmSimd, const MR: usize, const NV: usize>(
+    s: S,
+    a: &Args,
+    w: &[f32],
+    g0: usize,
+    g1: usize,
+) {
+    let g = NV * S::LANES;
+    let gsize = a.k * g;
+    for j in g0..g1 {
+        let wg = w.as_ptr().add(j * gsize);
+        let cols = g.min(a.n - j * g);
+        let mut i = 0;
+        while i + MR <= a.m {
+            tile_f32::<S, MR, NV>(s, a, wg, i, j * g, cols);
+            i += MR;
+        }
+        match a.m - i {
+            0 => {}
+            1 => tile_f32::<S, 1, NV>(s, a, wg, i, j * g, cols),
+            2 => tile_f32::<S, 2, NV>(s, a, wg, i, j * g, cols),
+            3 => tile_f32::<S, 3, NV>(s, a, wg, i, j * g, cols),
+            4 => tile_f32::<S, 4, NV>(s, a, wg, i, j * g, cols),
+            5 => tile_f32::<S, 5, NV>(s, a, wg, i, j * g, cols),
+            _ => unreachable!("MR <= 6"),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile_f32<S: MmSimd, const MR: usize, const NV: usize>(
+    s: S,
+    a: &Args,
+    wg: *const f32,
+    i0: usize,
+    c0: usize,
+    cols: usize,
+) {
+    let k = a.k;
+    let l = S::LANES;
+    let g = NV * l;
+    let x = a.x.as_ptr().add(i0 * k);
+    let mut acc = [[s.zero(); NV]; MR];
+    for kk in 0..k {
+        let wp = wg.add(kk * g);
+        let mut xv = [s.zero(); MR];
+        for m in 0..MR {
+            xv[m] = s.splat(*x.add(m * k + kk));
+        }
+        for v in 0..NV {
+            let wv = s.loadp(wp.add(v * l));
+            for m in 0..MR {
+                acc[m][v] = s.mul_add(xv[m], wv, acc[m][v]);
+            }
+        }
+    }
+    store_tile::<S, MR, NV>(s, a, &acc, i0, c0, cols);
+}
+
+/// y[i0+m][c0 + c] = acc[m][c] + bias[c0 + c] for m < MR, c < cols (cols ≤ G; a partial group goes
+/// through a buffer).
+#[inline(always)]
+pub unsafe fn store_tile<S: MmSimd, const MR: usize, const NV: usize>(
+    s: S,
+    a: &Args,
+    acc: &[[S::V; NV]; MR],
+    i0: usize,
+    c0: usize,
+    cols: usize,
+) {
+    let l = S::LANES;
+    let g = NV * l;
+    for (m, accm) in acc.iter().enumerate() {
+        let yrow = a.y.0.add((i0 + m) * a.n + c0);
+        if cols == g {
+            for (v, &r) in accm.iter().enumerate() {
+                let r = match a.bias {
+                    Some(b) => s.add(r, s.loadp(b.as_ptr().add(c0 + v * l))),
+                    None => r,
+                };
+                s.storep(yrow.add(v * l), r);
+            }
+        } else {
+            let mut tmp = [0f32; 128];
+            for (v, &r) in accm.iter().enumerate() {
+                s.storep(tmp.as_mut_ptr().add(v * l), r);
+            }
+            for (c, &t) in tmp[..cols].iter().enumerate() {
+                let b = a.bias.map_or(0.0, |b| *b.get_unchecked(c0 + c));
+                *yrow.add(c) = t + b;
+            }
+        }
+    }
+}

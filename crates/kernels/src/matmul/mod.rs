@@ -1,0 +1,416 @@
+//! Linear layers: `y (m, n) = x (m, k) · Wᵀ + b`, with W as stored by `nn.Linear` (row-major (n, k)), in bf16
+//! (raw `u16` bits, e.g. mmapped from a checkpoint) or f32.
+//!
+//! Two forms of the weight:
+//! - **unpacked** ([`Kernels::matmul_unpacked`]): the checkpoint's own layout. For a few rows of x (decode)
+//!   a GEMV streams each weight row once, split over threads by contiguous row ranges, 4 rows at a time with
+//!   independent accumulators, bf16 widened by a 16-bit shift. For more rows, the weight is packed on the
+//!   fly (better: pack once at load).
+//! - **packed** ([`PackedWeight`], [`Kernels::pack_weight`]): groups of G output rows (G = 64 on AVX-512,
+//!   16 on AVX2, 8 on SSE4.1, 16 scalar). bf16 groups store, for each pair of k, the 2·G values
+//!   `[r0 k, r0 k+1, r1 k, r1 k+1, ...]` — the operand of `vdpbf16ps`, and for the exact path one load
+//!   widened into the even-k and odd-k vectors by a shift and a mask. f32 groups store, for each k, G values.
+//!   A register-blocked microkernel (MR rows of x × G columns) written once over [`kernel::MmSimd`] runs on
+//!   it for any m, so a model may keep only the packed copy (decode then runs the same kernel with MR = m).
+//!
+//! Paths ([`MatmulPath`]):
+//! - `Exact`: f32 arithmetic on widened weights. Error ≤ 2(k+2)·2⁻²⁴·Σ|x·w| per output (+ bias rounding).
+//! - `Fast`: on CPUs with AVX512_BF16 and bf16 packed weights, x is rounded to bf16 (RNE, relative error
+//!   ≤ 2⁻⁹) and products are accumulated by `vdpbf16ps` in f32: error ≤ (2⁻⁹ + 2(k+2)·2⁻²⁴)·Σ|x·w|
+//!   (+ denormals flushed). Elsewhere `Fast` runs the exact path.
+//!
+//! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
+
+pub(crate) mod kernel;
+pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use crate::isa::Isa;
+use crate::ops::check_len;
+use crate::{KernelError, Kernels};
+
+/// A weight matrix (n, k), row-major (`nn.Linear` layout).
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// bf16 as raw bits.
+    Bf16(&'a [u16]),
+    F32(&'a [f32]),
+}
+
+impl Weight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weight::Bf16(w) => w.len(),
+            Weight::F32(w) => w.len(),
+        }
+    }
+}
+
+/// Arithmetic of a matmul; see the module docs for the error bound of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulPath {
+    /// f32 arithmetic on widened weights.
+    Exact,
+    /// May round x to bf16 and use `vdpbf16ps` (AVX512_BF16 with bf16 weights); else as `Exact`.
+    Fast,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum PackedData {
+    /// groups × (k+1)/2 pairs × G rows × 2
+    Bf16(Vec<u16>),
+    /// groups × k × G
+    F32(Vec<f32>),
+}
+
+/// A weight repacked once (at load) into the panel layout of one ISA's microkernel; see the module docs.
+#[derive(Clone, Debug)]
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    isa: Isa,
+    /// G: output rows per group.
+    group: usize,
+    pub(crate) data: PackedData,
+}
+
+impl PackedWeight {
+    /// Output features (rows of W).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Input features (columns of W).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            PackedData::Bf16(v) => v.len() * 2,
+            PackedData::F32(v) => v.len() * 4,
+        }
+    }
+    /// Whether the weight is stored as bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.data, PackedData::Bf16(_))
+    }
+    /// The ISA level whose layout this is.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    fn groups(&self) -> usize {
+        self.n.div_ceil(self.group)
+    }
+}
+
+/// A raw output pointer shared by the tasks of one matmul; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+pub(crate) struct YPtr(pub *mut f32);
+
+/// The operands of one matmul, as seen by the range functions of a [`MmTable`].
+#[derive(Clone, Copy)]
+pub(crate) struct Args<'a> {
+    /// (m, k)
+    pub x: &'a [f32],
+    /// (m, 2·⌈k/2⌉): x rounded to bf16, odd k padded with 0 (Fast path only; else empty).
+    pub xb: &'a [u16],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// (n)
+    pub bias: Option<&'a [f32]>,
+    /// (m, n), row stride n.
+    pub y: YPtr,
+}
+
+// Safety: tasks write disjoint parts of `y` (rows ranges of W or column groups); the rest is shared reads.
+unsafe impl Sync for Args<'_> {}
+unsafe impl Send for Args<'_> {}
+
+/// Range functions of one level. `unsafe`: they need the level's CPU features, index without checks (the
+/// public API has checked all lengths) and write through `Args::y`.
+pub(crate) struct MmTable {
+    /// Output columns r0..r1 (rows of W) for all m, W row-major (n, k).
+    pub gemv_bf16: unsafe fn(&Args, &[u16], usize, usize),
+    pub gemv_f32: unsafe fn(&Args, &[f32], usize, usize),
+    /// Column groups g0..g1 for all m, W packed; exact f32 arithmetic.
+    pub packed_bf16: unsafe fn(&Args, &[u16], usize, usize),
+    /// Same with x rounded to bf16 (reads `Args::xb`) and `vdpbf16ps`, where available.
+    pub packed_bf16_dot: Option<unsafe fn(&Args, &[u16], usize, usize)>,
+    pub packed_f32: unsafe fn(&Args, &[f32], usize, usize),
+    /// f32 -> bf16 RNE, for `Args::xb`.
+    pub to_bf16: unsafe fn(&[f32], &mut [u16]),
+    /// G.
+    pub group: usize,
+}
+
+static SCALAR: MmTable = MmTable {
+    gemv_bf16: scalar::gemv_bf16,
+    gemv_f32: scalar::gemv_f32,
+    packed_bf16: scalar::packed_bf16,
+    packed_bf16_dot: None,
+    packed_f32: scalar::packed_f32,
+    to_bf16: scalar::to_bf16,
+    group: scalar::GROUP,
+};
+
+fn table(isa: Isa, bf16_dot: bool) -> &'static MmTable {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Scalar => &SCALAR,
+            Isa::Sse41 => &x86::SSE41,
+            Isa::Avx2 => &x86::AVX2,
+            Isa::Avx512 if bf16_dot => &x86::AVX512_BF16,
+            Isa::Avx512 => &x86::AVX512,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, bf16_dot);
+        &SCALAR
+    }
+}
+
+/// Below this many multiply-adds a matmul runs on the calling thread only.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+/// Up to this many rows of x, `matmul_unpacked` streams the weight (once per 4 rows) instead of packing it.
+const GEMV_MAX_M: usize = 8;
+
+impl Kernels {
+    fn mm(&self) -> &'static MmTable {
+        table(self.isa(), self.features().avx512_bf16)
+    }
+
+    /// Repacks `w` (n, k) into the layout of this level's microkernel (threaded). Do this once at load.
+    pub fn pack_weight(&self, w: Weight, n: usize, k: usize) -> Result<PackedWeight, KernelError> {
+        check_len("pack_weight", "w (n*k)", mul("pack_weight", n, k)?, w.len())?;
+        let t = self.mm();
+        let g = t.group;
+        let groups = n.div_ceil(g);
+        let kp = k.div_ceil(2);
+        let data = match w {
+            Weight::Bf16(w) => {
+                // group j: for p in 0..kp, for r in 0..G: [w[jG+r][2p], w[jG+r][2p+1]] (0 outside)
+                let gsize = kp * g * 2;
+                let mut out = vec![0u16; groups * gsize];
+                let out_ptr = YPtrU16(out.as_mut_ptr());
+                self.parallel_for(tasks_for(groups, self.threads(), n * k), &|t| {
+                    let (j0, j1) = split(groups, tasks_for(groups, self.threads(), n * k), t);
+                    for j in j0..j1 {
+                        // Safety: group j's slice is written by this task only.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.get().add(j * gsize), gsize)
+                        };
+                        for r in 0..g.min(n - j * g) {
+                            let row = &w[(j * g + r) * k..(j * g + r + 1) * k];
+                            for (kk, &v) in row.iter().enumerate() {
+                                dst[((kk / 2) * g + r) * 2 + kk % 2] = v;
+                            }
+                        }
+                    }
+                });
+                PackedData::Bf16(out)
+            }
+            Weight::F32(w) => {
+                // group j: for kk in 0..k, for r in 0..G: w[jG+r][kk] (0 outside)
+                let gsize = k * g;
+                let mut out = vec![0f32; groups * gsize];
+                for j in 0..groups {
+                    let dst = &mut out[j * gsize..(j + 1) * gsize];
+                    for r in 0..g.min(n - j * g) {
+                        let row = &w[(j * g + r) * k..(j * g + r + 1) * k];
+                        for (kk, &v) in row.iter().enumerate() {
+                            dst[kk * g + r] = v;
+                        }
+                    }
+                }
+                PackedData::F32(out)
+            }
+        };
+        Ok(PackedWeight {
+            n,
+            k,
+            isa: self.isa(),
+            group: g,
+            data,
+        })
+    }
+
+    /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)), W packed by [`Kernels::pack_weight`] of this level.
+    /// Threaded over groups of output columns.
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &PackedWeight,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        path: MatmulPath,
+    ) -> Result<(), KernelError> {
+        let (n, k) = (w.n, w.k);
+        check_args("matmul", x, m, n, k, bias, y)?;
+        let t = self.mm();
+        if w.isa != self.isa() || w.group != t.group {
+            return Err(KernelError::Invalid {
+                op: "matmul",
+                msg: format!(
+                    "weight was packed for {} but these kernels are {}; pack it with the same Kernels",
+                    w.isa,
+                    self.isa()
+                ),
+            });
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let groups = w.groups();
+        let xb_buf;
+        let mut a = Args {
+            x,
+            xb: &[],
+            m,
+            n,
+            k,
+            bias,
+            y: YPtr(y.as_mut_ptr()),
+        };
+        let macs = m * n * k;
+        match (&w.data, path, t.packed_bf16_dot) {
+            (PackedData::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
+                xb_buf = round_x_bf16(t, x, m, k);
+                a.xb = &xb_buf;
+                self.run_ranges(groups, macs, &|g0, g1| unsafe { dot(&a, wd, g0, g1) });
+            }
+            (PackedData::Bf16(wd), _, _) => {
+                let f = t.packed_bf16;
+                self.run_ranges(groups, macs, &|g0, g1| unsafe { f(&a, wd, g0, g1) });
+            }
+            (PackedData::F32(wd), _, _) => {
+                let f = t.packed_f32;
+                self.run_ranges(groups, macs, &|g0, g1| unsafe { f(&a, wd, g0, g1) });
+            }
+        }
+        Ok(())
+    }
+
+    /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)) on W as stored (e.g. mmapped), no packing kept.
+    /// For m ≤ 8 the weight is streamed (GEMV, threaded over contiguous row ranges); for larger m it is
+    /// packed into a temporary first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_unpacked(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: Weight,
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        path: MatmulPath,
+    ) -> Result<(), KernelError> {
+        check_args("matmul_unpacked", x, m, n, k, bias, y)?;
+        check_len("matmul_unpacked", "w (n*k)", n * k, w.len())?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if m > GEMV_MAX_M {
+            let p = self.pack_weight(w, n, k)?;
+            return self.matmul(x, m, &p, bias, y, path);
+        }
+        let t = self.mm();
+        let a = Args {
+            x,
+            xb: &[],
+            m,
+            n,
+            k,
+            bias,
+            y: YPtr(y.as_mut_ptr()),
+        };
+        let macs = m * n * k;
+        match w {
+            Weight::Bf16(wd) => {
+                let f = t.gemv_bf16;
+                self.run_ranges(n, macs, &|r0, r1| unsafe { f(&a, wd, r0, r1) });
+            }
+            Weight::F32(wd) => {
+                let f = t.gemv_f32;
+                self.run_ranges(n, macs, &|r0, r1| unsafe { f(&a, wd, r0, r1) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits `0..units` into contiguous ranges, run on the pool.
+    fn run_ranges(&self, units: usize, macs: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let tasks = tasks_for(units, self.threads(), macs);
+        self.parallel_for(tasks, &|t| {
+            let (a, b) = split(units, tasks, t);
+            if a < b {
+                f(a, b)
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct YPtrU16(*mut u16);
+unsafe impl Sync for YPtrU16 {}
+unsafe impl Send for YPtrU16 {}
+impl YPtrU16 {
+    fn get(self) -> *mut u16 {
+        self.0
+    }
+}
+
+/// Tasks for `units` of work: one per thread when threads each get a contiguous range; a few more (up to 4
+/// per thread) so that a thread slowed by a neighbour does not hold everyone up; 1 when the op is small.
+fn tasks_for(units: usize, threads: usize, macs: usize) -> usize {
+    if threads <= 1 || macs < PARALLEL_MIN_MACS {
+        return 1.min(units);
+    }
+    units.min(threads * 4)
+}
+
+/// Range `t` of `tasks` near-equal contiguous ranges of `0..units`.
+fn split(units: usize, tasks: usize, t: usize) -> (usize, usize) {
+    (units * t / tasks, units * (t + 1) / tasks)
+}
+
+fn mul(op: &'static str, a: usize, b: usize) -> Result<usize, KernelError> {
+    a.checked_mul(b).ok_or_else(|| KernelError::Invalid {
+        op,
+        msg: format!("size {a}*{b} overflows"),
+    })
+}
+
+fn check_args(
+    op: &'static str,
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    y: &[f32],
+) -> Result<(), KernelError> {
+    check_len(op, "x (m*k)", mul(op, m, k)?, x.len())?;
+    check_len(op, "y (m*n)", mul(op, m, n)?, y.len())?;
+    mul(op, mul(op, m, n)?, k)?;
+    if let Some(b) = bias {
+        check_len(op, "bias (n)", n, b.len())?;
+    }
+    Ok(())
+}
+
+/// x (m, k) rounded to bf16, rows padded to an even length with 0: (m, 2⌈k/2⌉).
+fn round_x_bf16(t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
+    let kp2 = k.div_ceil(2) * 2;
+    let mut xb = vec![0u16; m * kp2];
+    for i in 0..m {
+        // Safety: the table belongs to a level this CPU supports.
+        unsafe { (t.to_bf16)(&x[i * k..(i + 1) * k], &mut xb[i * kp2..i * kp2 + k]) };
+    }
+    xb
+}

@@ -1,0 +1,99 @@
+//! The reference matmul: plain loops with the signatures of the SIMD range functions. Never optimized.
+//! Sums run over k in order, in f32, one rounding per multiply and per add.
+
+use super::Args;
+
+/// Output rows per packed group at the scalar level.
+pub const GROUP: usize = 16;
+
+/// bf16 bits -> f32.
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// f32 -> bf16 bits, round to nearest even; NaN stays NaN (quiet).
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// out[i] = bf16(x[i]) (RNE). Lengths equal (checked by the caller).
+pub fn to_bf16(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f32_to_bf16(v);
+    }
+}
+
+/// y[i][r] = Σ_k x[i][k]·w[r][k] (+ b[r]) for all i < m and r0 ≤ r < r1; w row-major (n, k).
+///
+/// Safety: `a` is consistent (x: m·k, w: n·k, bias: n, y: m·n valid for writes of these elements).
+pub unsafe fn gemv_bf16(a: &Args, w: &[u16], r0: usize, r1: usize) {
+    for i in 0..a.m {
+        for r in r0..r1 {
+            let mut acc = 0f32;
+            for kk in 0..a.k {
+                acc += a.x[i * a.k + kk] * bf16_to_f32(w[r * a.k + kk]);
+            }
+            write(a, i, r, acc);
+        }
+    }
+}
+
+/// As [`gemv_bf16`] with f32 weights. Safety: as [`gemv_bf16`].
+pub unsafe fn gemv_f32(a: &Args, w: &[f32], r0: usize, r1: usize) {
+    for i in 0..a.m {
+        for r in r0..r1 {
+            let mut acc = 0f32;
+            for kk in 0..a.k {
+                acc += a.x[i * a.k + kk] * w[r * a.k + kk];
+            }
+            write(a, i, r, acc);
+        }
+    }
+}
+
+/// Output columns of groups g0..g1 (GROUP rows of W each) for all m; w packed bf16:
+/// group j, pair p, row r: [w[jG+r][2p], w[jG+r][2p+1]]. Safety: as [`gemv_bf16`], w packed for GROUP.
+pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
+    let kp = a.k.div_ceil(2);
+    for j in g0..g1 {
+        let wg = &w[j * kp * GROUP * 2..];
+        for i in 0..a.m {
+            for r in 0..GROUP.min(a.n - j * GROUP) {
+                let mut acc = 0f32;
+                for kk in 0..a.k {
+                    acc += a.x[i * a.k + kk] * bf16_to_f32(wg[((kk / 2) * GROUP + r) * 2 + kk % 2]);
+                }
+                write(a, i, j * GROUP + r, acc);
+            }
+        }
+    }
+}
+
+/// As [`packed_bf16`] with f32 weights packed as group j, k, row r. Safety: as [`packed_bf16`].
+pub unsafe fn packed_f32(a: &Args, w: &[f32], g0: usize, g1: usize) {
+    for j in g0..g1 {
+        let wg = &w[j * a.k * GROUP..];
+        for i in 0..a.m {
+            for r in 0..GROUP.min(a.n - j * GROUP) {
+                let mut acc = 0f32;
+                for kk in 0..a.k {
+                    acc += a.x[i * a.k + kk] * wg[kk * GROUP + r];
+                }
+                write(a, i, j * GROUP + r, acc);
+            }
+        }
+    }
+}
+
+/// y[i][c] = acc + bias[c].
+#[inline]
+unsafe fn write(a: &Args, i: usize, c: usize, acc: f32) {
+    let b = a.bias.map_or(0.0, |b| b[c]);
+    *a.y.0.add(i * a.n + c) = acc + b;
+}

@@ -1,0 +1,238 @@
+//! x86-64 matmul levels: [`MmSimd`] for the SSE4.1, AVX2 and AVX-512 tokens, the `#[target_feature]` entry
+//! points instantiating the generic kernels, and the AVX512_BF16 (`vdpbf16ps`) microkernel.
+
+use super::kernel::{self, MmSimd};
+use super::{Args, MmTable};
+use crate::x86::avx2::Avx2;
+use crate::x86::avx512::Avx512;
+use crate::x86::sse41::Sse41;
+use std::arch::x86_64::*;
+
+impl MmSimd for Sse41 {
+    #[inline(always)]
+    unsafe fn loadp(self, p: *const f32) -> __m128 {
+        _mm_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storep(self, p: *mut f32, v: __m128) {
+        _mm_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn widen(self, p: *const u16) -> __m128 {
+        let h = _mm_loadl_epi64(p as *const __m128i);
+        _mm_castsi128_ps(_mm_slli_epi32::<16>(_mm_cvtepu16_epi32(h)))
+    }
+    #[inline(always)]
+    unsafe fn widen_pairs(self, p: *const u16) -> (__m128, __m128) {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let even = _mm_slli_epi32::<16>(v);
+        let odd = _mm_and_si128(v, _mm_set1_epi32(0xffff0000u32 as i32));
+        (_mm_castsi128_ps(even), _mm_castsi128_ps(odd))
+    }
+}
+
+impl MmSimd for Avx2 {
+    #[inline(always)]
+    unsafe fn loadp(self, p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storep(self, p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn widen(self, p: *const u16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+    #[inline(always)]
+    unsafe fn widen_pairs(self, p: *const u16) -> (__m256, __m256) {
+        let v = _mm256_loadu_si256(p as *const __m256i);
+        let even = _mm256_slli_epi32::<16>(v);
+        let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xffff0000u32 as i32));
+        (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
+    }
+}
+
+impl MmSimd for Avx512 {
+    #[inline(always)]
+    unsafe fn loadp(self, p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storep(self, p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn widen(self, p: *const u16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+    #[inline(always)]
+    unsafe fn widen_pairs(self, p: *const u16) -> (__m512, __m512) {
+        let v = _mm512_loadu_si512(p as *const __m512i);
+        let even = _mm512_slli_epi32::<16>(v);
+        let odd = _mm512_and_si512(v, _mm512_set1_epi32(0xffff0000u32 as i32));
+        (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+    }
+}
+
+/// Entry points of one level: the `#[target_feature]` boundary. MR × NV·LANES is the register tile.
+macro_rules! level {
+    ($modname:ident, $tok:ty, $feat:literal, mr = $mr:literal, nv = $nv:literal) => {
+        pub mod $modname {
+            use super::*;
+            pub const GROUP: usize = $nv * <$tok as crate::simd::Simd>::LANES;
+
+            /// Safety (all): the CPU supports this level; `a` and `w` are consistent (see `MmTable`).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn gemv_bf16(a: &Args, w: &[u16], r0: usize, r1: usize) {
+                kernel::gemv::<$tok, u16>(<$tok>::new_unchecked(), a, w, r0, r1)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn gemv_f32(a: &Args, w: &[f32], r0: usize, r1: usize) {
+                kernel::gemv::<$tok, f32>(<$tok>::new_unchecked(), a, w, r0, r1)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
+                kernel::packed_bf16::<$tok, $mr, $nv>(<$tok>::new_unchecked(), a, w, g0, g1)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn packed_f32(a: &Args, w: &[f32], g0: usize, g1: usize) {
+                kernel::packed_f32::<$tok, $mr, $nv>(<$tok>::new_unchecked(), a, w, g0, g1)
+            }
+        }
+    };
+}
+
+level!(sse41, Sse41, "sse4.1", mr = 4, nv = 2);
+level!(avx2, Avx2, "avx2,fma", mr = 4, nv = 2);
+level!(
+    avx512,
+    Avx512,
+    "avx512f,avx512bw,avx512vl,avx2,fma",
+    mr = 4,
+    nv = 4
+);
+
+pub static SSE41: MmTable = MmTable {
+    gemv_bf16: sse41::gemv_bf16,
+    gemv_f32: sse41::gemv_f32,
+    packed_bf16: sse41::packed_bf16,
+    packed_bf16_dot: None,
+    packed_f32: sse41::packed_f32,
+    to_bf16: super::scalar::to_bf16,
+    group: sse41::GROUP,
+};
+
+pub static AVX2: MmTable = MmTable {
+    gemv_bf16: avx2::gemv_bf16,
+    gemv_f32: avx2::gemv_f32,
+    packed_bf16: avx2::packed_bf16,
+    packed_bf16_dot: None,
+    packed_f32: avx2::packed_f32,
+    to_bf16: super::scalar::to_bf16,
+    group: avx2::GROUP,
+};
+
+pub static AVX512: MmTable = MmTable {
+    gemv_bf16: avx512::gemv_bf16,
+    gemv_f32: avx512::gemv_f32,
+    packed_bf16: avx512::packed_bf16,
+    packed_bf16_dot: None,
+    packed_f32: avx512::packed_f32,
+    to_bf16: super::scalar::to_bf16,
+    group: avx512::GROUP,
+};
+
+/// AVX-512 on a CPU with AVX512_BF16: same layout, plus the `vdpbf16ps` path.
+pub static AVX512_BF16: MmTable = MmTable {
+    packed_bf16_dot: Some(bf16dot::packed_bf16_dot),
+    to_bf16: bf16dot::to_bf16,
+    ..AVX512
+};
+
+/// The `vdpbf16ps` microkernel: for each pair of k, broadcast x's bf16 pair (one 32-bit lane) per row and
+/// accumulate into MR × 4 zmm (64 columns): acc[m][v] += x[m][2p]·w[v·16+i][2p] + x[m][2p+1]·w[..][2p+1].
+pub mod bf16dot {
+    use super::*;
+    const NV: usize = 4;
+    const MR: usize = 6;
+    const G: usize = NV * 16;
+
+    /// Safety: the CPU has AVX-512 F/BW/VL and AVX512_BF16; `a.xb` holds x rounded to bf16 (m, 2⌈k/2⌉);
+    /// `w` packed for G = 64.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+    pub unsafe fn packed_bf16_dot(a: &Args, w: &[u16], g0: usize, g1: usize) {
+        let kp = a.k.div_ceil(2);
+        let gsize = kp * G * 2;
+        for j in g0..g1 {
+            let wg = w.as_ptr().add(j * gsize);
+            let cols = G.min(a.n - j * G);
+            let mut i = 0;
+            while i + MR <= a.m {
+                tile::<MR>(a, wg, kp, i, j * G, cols);
+                i += MR;
+            }
+            match a.m - i {
+                0 => {}
+                1 => tile::<1>(a, wg, kp, i, j * G, cols),
+                2 => tile::<2>(a, wg, kp, i, j * G, cols),
+                3 => tile::<3>(a, wg, kp, i, j * G, cols),
+                4 => tile::<4>(a, wg, kp, i, j * G, cols),
+                5 => tile::<5>(a, wg, kp, i, j * G, cols),
+                _ => unreachable!("MR = 6"),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        a: &Args,
+        wg: *const u16,
+        kp: usize,
+        i0: usize,
+        c0: usize,
+        cols: usize,
+    ) {
+        let ldx = kp * 2;
+        let x = a.xb.as_ptr().add(i0 * ldx);
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        for p in 0..kp {
+            let wp = wg.add(p * G * 2);
+            let mut wv = [_mm512_setzero_si512(); NV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = _mm512_loadu_si512(wp.add(v * 32) as *const __m512i);
+            }
+            for m in 0..R {
+                let pair = (x.add(m * ldx + 2 * p) as *const i32).read_unaligned();
+                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for v in 0..NV {
+                    acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xv, std::mem::transmute(wv[v]));
+                }
+            }
+        }
+        let s = Avx512::new_unchecked();
+        kernel::store_tile::<Avx512, R, NV>(s, a, &acc, i0, c0, cols);
+    }
+
+    /// out = bf16(x), round to nearest even (`vcvtneps2bf16`; denormal inputs flush to 0).
+    /// Safety: the CPU has AVX-512 F and AVX512_BF16; equal lengths.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+    pub unsafe fn to_bf16(x: &[f32], out: &mut [u16]) {
+        let n = out.len();
+        let body = n - n % 16;
+        // vector body
+        let mut i = 0;
+        while i < body {
+            let b: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i))));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+            i += 16;
+        }
+        // scalar tail
+        for i in body..n {
+            out[i] = super::super::scalar::f32_to_bf16(x[i]);
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Matmul against an f64 naive reference, for every ISA level on the host, both paths, packed and unpacked,
+//! bf16 and f32 weights, with and without bias, on 1 and 2 threads.
+//!
+//! Error bounds asserted (per output, with S = Σ_k |x_k·w_k| + |b| computed in f64):
+//! - Exact path: |y - y_ref| ≤ 2(k+2)·2⁻²⁴·S — f32 accumulation in any order, one or two roundings per
+//!   multiply-add (SSE4.1 has no FMA), plus the bias add.
+//! - Fast path with `vdpbf16ps` (AVX-512 + AVX512_BF16, bf16 weights): x is rounded to bf16, relative
+//!   error ≤ 2⁻⁹ per element, so |y - y_ref| ≤ (2⁻⁹ + 2(k+2)·2⁻²⁴)·S. Elsewhere Fast runs the exact path and
+//!   must meet the exact bound.
+
+use qwen3vl_kernels::isa::Isa;
+use qwen3vl_kernels::matmul::{MatmulPath, Weight};
+use qwen3vl_kernels::{KernelError, Kernels};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+struct Rng(u64);
+impl Rng {
+    /// Uniform in [-1, 1).
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+}
+
+fn bf16(x: f32) -> u16 {
+    // round to nearest even (inputs are finite)
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+fn widen(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    x: Vec<f32>,
+    w_bf16: Vec<u16>,
+    w_f32: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// (reference without bias, Σ|x·w|), each (m, n), in f64, for the weights given as f64 rows.
+fn reference(c: &Case, w: &(dyn Fn(usize) -> f64 + Sync)) -> (Vec<f64>, Vec<f64>) {
+    let (m, n, k) = (c.m, c.n, c.k);
+    let mut y = vec![0f64; m * n];
+    let mut s = vec![0f64; m * n];
+    let rows_per = m.div_ceil(2).max(1);
+    std::thread::scope(|sc| {
+        for ((ych, sch), t) in y
+            .chunks_mut(rows_per * n.max(1))
+            .zip(s.chunks_mut(rows_per * n.max(1)))
+            .zip(0..)
+        {
+            sc.spawn(move || {
+                for (li, (yr, sr)) in ych.chunks_mut(n).zip(sch.chunks_mut(n)).enumerate() {
+                    let i = t * rows_per + li;
+                    for r in 0..n {
+                        let (mut acc, mut mag) = (0f64, 0f64);
+                        for kk in 0..k {
+                            let p = c.x[i * k + kk] as f64 * w(r * k + kk);
+                            acc += p;
+                            mag += p.abs();
+                        }
+                        yr[r] = acc;
+                        sr[r] = mag;
+                    }
+                }
+            });
+        }
+    });
+    (y, s)
+}
+
+fn make(m: usize, k: usize, n: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let x = (0..m * k).map(|_| rng.next()).collect();
+    let w_f32: Vec<f32> = (0..n * k).map(|_| rng.next() * 0.5).collect();
+    let w_bf16 = w_f32.iter().map(|&v| bf16(v)).collect();
+    let bias = (0..n).map(|_| rng.next()).collect();
+    Case {
+        m,
+        n,
+        k,
+        x,
+        w_bf16,
+        w_f32,
+        bias,
+    }
+}
+
+fn uses_bf16_dot(kern: &Kernels) -> bool {
+    kern.isa() == Isa::Avx512 && kern.features().avx512_bf16
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    label: &str,
+    c: &Case,
+    y: &[f32],
+    yref: &[f64],
+    mag: &[f64],
+    bias: bool,
+    fast_bound: bool,
+) {
+    let rel = if fast_bound {
+        1.0 / 512.0 + 2.0 * (c.k as f64 + 2.0) * U
+    } else {
+        2.0 * (c.k as f64 + 2.0) * U
+    };
+    let mut worst = (0f64, 0usize);
+    let mut bad = Vec::new();
+    for idx in 0..c.m * c.n {
+        let b = if bias { c.bias[idx % c.n] as f64 } else { 0.0 };
+        let want = yref[idx] + b;
+        let tol = rel * (mag[idx] + b.abs()) + 1e-30;
+        let err = (y[idx] as f64 - want).abs();
+        if !(err <= tol) {
+            bad.push((idx / c.n, idx % c.n, y[idx], want, tol));
+        }
+        if err > worst.0 || err.is_nan() {
+            worst = (err, idx);
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{label} (m={}, k={}, n={}): {} outputs out of bound; max abs err {:e} at ({}, {}); first (row, col, got, want, tol): {:?}",
+        c.m,
+        c.k,
+        c.n,
+        bad.len(),
+        worst.0,
+        worst.1 / c.n.max(1),
+        worst.1 % c.n.max(1),
+        &bad[..bad.len().min(4)]
+    );
+}
+
+fn run_shape(m: usize, k: usize, n: usize, big: bool) {
+    let c = make(m, k, n, (m * 31 + k * 7 + n) as u64);
+    let (ref_b, mag_b) = reference(&c, &|i| widen(c.w_bf16[i]) as f64);
+    let (ref_f, mag_f) = reference(&c, &|i| c.w_f32[i] as f64);
+    let mut combo = 0usize;
+    for base in Kernels::all_available() {
+        for path in [MatmulPath::Exact, MatmulPath::Fast] {
+            for bf in [true, false] {
+                for packed in [true, false] {
+                    for threads in [1usize, 2] {
+                        for bias in [false, true] {
+                            combo += 1;
+                            // On the large shape, one (threads, bias) combination per configuration, and
+                            // only two runs of the slow scalar reference level.
+                            if big {
+                                if (threads == 2) != (combo % 2 == 0) || bias != (combo % 3 == 0) {
+                                    continue;
+                                }
+                                if base.isa() == Isa::Scalar && (path == MatmulPath::Fast || packed)
+                                {
+                                    continue;
+                                }
+                            }
+                            let kern = base.with_threads(threads);
+                            let w = if bf {
+                                Weight::Bf16(&c.w_bf16)
+                            } else {
+                                Weight::F32(&c.w_f32)
+                            };
+                            let b = bias.then_some(&c.bias[..]);
+                            let mut y = vec![f32::NAN; m * n];
+                            if packed {
+                                let p = kern.pack_weight(w, n, k).unwrap();
+                                assert_eq!((p.n(), p.k()), (n, k));
+                                kern.matmul(&c.x, m, &p, b, &mut y, path).unwrap();
+                            } else {
+                                kern.matmul_unpacked(&c.x, m, w, n, k, b, &mut y, path)
+                                    .unwrap();
+                            }
+                            let label = format!(
+                                "{} {path:?} {} {} threads={threads} bias={bias}",
+                                kern.isa(),
+                                if bf { "bf16" } else { "f32" },
+                                if packed { "packed" } else { "unpacked" },
+                            );
+                            let fast = path == MatmulPath::Fast && bf && uses_bf16_dot(&kern);
+                            let (yr, mg) = if bf {
+                                (&ref_b, &mag_b)
+                            } else {
+                                (&ref_f, &mag_f)
+                            };
+                            check(&label, &c, &y, yr, mg, bias, fast);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_shapes() {
+    run_shape(0, 8, 5, false);
+    run_shape(3, 0, 5, false);
+    run_shape(3, 4, 0, false);
+}
+
+#[test]
+fn small_shapes() {
+    run_shape(1, 1, 1, false);
+    run_shape(1, 17, 33, false);
+    run_shape(2, 64, 70, false);
+    run_shape(5, 33, 129, false);
+    run_shape(9, 31, 17, false);
+}
+
+#[test]
+fn tall_k() {
+    run_shape(7, 4096, 1, false);
+}
+
+#[test]
+fn medium_shape() {
+    run_shape(63, 64, 65, false);
+}
+
+#[test]
+fn large_shape() {
+    run_shape(300, 1000, 1300, true);
+}
+
+/// The exact path on bf16 weights gives the same result as on the same weights widened to f32.
+#[test]
+fn exact_bf16_matches_widened_f32_closely() {
+    let c = make(6, 300, 70, 5);
+    let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
+    for kern in Kernels::all_available() {
+        let mut y1 = vec![0.0; 6 * 70];
+        let mut y2 = vec![0.0; 6 * 70];
+        let p1 = kern.pack_weight(Weight::Bf16(&c.w_bf16), 70, 300).unwrap();
+        let p2 = kern.pack_weight(Weight::F32(&wf), 70, 300).unwrap();
+        kern.matmul(&c.x, 6, &p1, None, &mut y1, MatmulPath::Exact)
+            .unwrap();
+        kern.matmul(&c.x, 6, &p2, None, &mut y2, MatmulPath::Exact)
+            .unwrap();
+        assert_eq!(p1.bytes() * 2, p2.bytes(), "{}", kern.isa());
+        for (a, b) in y1.iter().zip(&y2) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{}: {a} vs {b}",
+                kern.isa()
+            );
+        }
+    }
+}
+
+/// A NaN in a row of x makes that row of y NaN and leaves the others finite.
+#[test]
+fn nan_propagates_per_row() {
+    let mut c = make(5, 40, 37, 9);
+    c.x[2 * 40 + 3] = f32::NAN;
+    for kern in Kernels::all_available() {
+        for path in [MatmulPath::Exact, MatmulPath::Fast] {
+            let p = kern.pack_weight(Weight::Bf16(&c.w_bf16), 37, 40).unwrap();
+            let mut y1 = vec![0.0; 5 * 37];
+            let mut y2 = vec![0.0; 5 * 37];
+            kern.matmul(&c.x, 5, &p, None, &mut y1, path).unwrap();
+            kern.matmul_unpacked(
+                &c.x,
+                5,
+                Weight::Bf16(&c.w_bf16),
+                37,
+                40,
+                None,
+                &mut y2,
+                path,
+            )
+            .unwrap();
+            for y in [&y1, &y2] {
+                for (i, row) in y.chunks(37).enumerate() {
+                    assert!(
+                        row.iter().all(|v| v.is_nan() == (i == 2)),
+                        "{} {path:?} row {i}: {row:?}",
+                        kern.isa()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_lengths_are_errors() {
+    let k = Kernels::detect().unwrap();
+    let w = vec![0u16; 6 * 4];
+    let x = vec![0f32; 2 * 4];
+    let mut y = vec![0f32; 2 * 6];
+    let e = |r: Result<(), KernelError>| matches!(r, Err(KernelError::Len { .. }));
+    let path = MatmulPath::Exact;
+    assert!(e(k.matmul_unpacked(
+        &x[..7],
+        2,
+        Weight::Bf16(&w),
+        6,
+        4,
+        None,
+        &mut y,
+        path
+    )));
+    assert!(e(k.matmul_unpacked(
+        &x,
+        2,
+        Weight::Bf16(&w[..23]),
+        6,
+        4,
+        None,
+        &mut y,
+        path
+    )));
+    assert!(e(k.matmul_unpacked(
+        &x,
+        2,
+        Weight::Bf16(&w),
+        6,
+        4,
+        None,
+        &mut y[..11],
+        path
+    )));
+    assert!(e(k.matmul_unpacked(
+        &x,
+        2,
+        Weight::Bf16(&w),
+        6,
+        4,
+        Some(&[0.0; 5]),
+        &mut y,
+        path
+    )));
+    assert!(matches!(
+        k.pack_weight(Weight::F32(&[0.0; 5]), 2, 3),
+        Err(KernelError::Len { .. })
+    ));
+    let p = k.pack_weight(Weight::Bf16(&w), 6, 4).unwrap();
+    assert!(e(k.matmul(&x, 3, &p, None, &mut y, path)));
+    assert!(e(k.matmul(&x, 2, &p, Some(&[0.0; 7]), &mut y, path)));
+    let err = k.matmul(&x, 2, &p, None, &mut y[..3], path).unwrap_err();
+    assert!(
+        err.to_string().contains("matmul") && err.to_string().contains('y'),
+        "{err}"
+    );
+    // Overflowing sizes are errors, not panics.
+    assert!(k
+        .matmul_unpacked(&x, usize::MAX, Weight::Bf16(&w), 6, 4, None, &mut y, path)
+        .is_err());
+    // A weight packed for another level is rejected.
+    let all = Kernels::all_available();
+    if all.len() > 1 {
+        let other = all[0].pack_weight(Weight::Bf16(&w), 6, 4).unwrap();
+        let r = all[all.len() - 1].matmul(&x, 2, &other, None, &mut y, path);
+        assert!(matches!(r, Err(KernelError::Invalid { .. })), "{r:?}");
+    }
+}
