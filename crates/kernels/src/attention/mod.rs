@@ -1,0 +1,496 @@
+//! Scaled dot-product attention over strided (rows, heads, head_dim) views of f32.
+//!
+//! For query row i and query head h (kv head g = h / (n_q_heads / n_kv_heads), grouped-query attention):
+//!
+//! ```text
+//! out[i, h, :] = Σ_j softmax_j(scale · q[i, h, :]·k[j, g, :]) · v[j, g, :]
+//! ```
+//!
+//! over all keys j < kv_len, or, when causal, over j <= i + (kv_len - q_len) (the queries are the last
+//! q_len positions of the key sequence: a prefill has q_len == kv_len, a decode step q_len == 1).
+//!
+//! q, k and v are read through [`AttnLayout`] strides, so the model can pass views into a fused qkv buffer
+//! or a head-major KV cache without copying; `out` is (q_len, n_q_heads, head_dim) contiguous.
+//!
+//! Levels:
+//! - scalar (`scalar.rs`): the reference. Plain loops, two-pass softmax in f32 with `f32::exp`.
+//! - SSE4.1 / AVX2 / AVX-512 (`flash.rs`, written once over [`crate::simd::Simd`] and instantiated in
+//!   `x86.rs`): tiled flash attention with an online softmax. A task is (kv head, query tile, key range):
+//!   the query rows of all the q heads sharing that kv head form one tile, so each K/V tile is loaded once
+//!   for the whole group; key tiles above the causal diagonal are skipped.
+//! - Work is split into tasks run by [`Kernels::parallel_for`]. When there are too few (kv head, query
+//!   tile) tasks to keep the threads busy and the keys are long (a decode step), the keys are split into
+//!   chunks whose partial (max, sum, accumulator) are merged at the end (flash-decoding).
+
+mod flash;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::isa::Isa;
+use crate::{KernelError, Kernels};
+use std::cell::RefCell;
+
+/// Element strides of a (rows, heads, head_dim) view: element (r, h, d) is at `r·row_stride +
+/// h·head_stride + d`. The head_dim values of one (row, head) are contiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnLayout {
+    pub row_stride: usize,
+    pub head_stride: usize,
+}
+
+impl AttnLayout {
+    /// A contiguous (rows, heads, head_dim) tensor.
+    pub const fn contiguous(heads: usize, head_dim: usize) -> AttnLayout {
+        AttnLayout {
+            row_stride: heads * head_dim,
+            head_stride: head_dim,
+        }
+    }
+
+    /// A head-major cache (heads, max_len, head_dim), read as (rows, heads, head_dim).
+    pub const fn head_major(max_len: usize, head_dim: usize) -> AttnLayout {
+        AttnLayout {
+            row_stride: head_dim,
+            head_stride: max_len * head_dim,
+        }
+    }
+}
+
+/// Shape and options of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnParams {
+    pub n_q_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    /// Multiplies q·k (typically head_dim^-0.5). Must be finite.
+    pub scale: f32,
+    /// Query row i attends keys j <= i + (kv_len - q_len) only. Needs kv_len >= q_len.
+    pub causal: bool,
+}
+
+const OP: &str = "attention";
+
+fn invalid(msg: String) -> KernelError {
+    KernelError::Invalid { op: OP, msg }
+}
+
+/// Checks that every element of a (rows, heads, hd) view with layout `l` lies inside a slice of `len`.
+fn check_view(
+    what: &str,
+    len: usize,
+    l: AttnLayout,
+    rows: usize,
+    heads: usize,
+    hd: usize,
+) -> Result<(), KernelError> {
+    if rows == 0 || heads == 0 || hd == 0 {
+        return Ok(());
+    }
+    // The last element read is (rows-1, heads-1, hd-1); strides are unsigned so it is the largest index.
+    let end = (rows - 1)
+        .checked_mul(l.row_stride)
+        .zip((heads - 1).checked_mul(l.head_stride))
+        .and_then(|(a, b)| a.checked_add(b))
+        .and_then(|a| a.checked_add(hd));
+    match end {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(invalid(format!(
+            "{what}: a ({rows}, {heads}, {hd}) view with row_stride {} and head_stride {} needs {} elements, \
+             the slice has {len}",
+            l.row_stride,
+            l.head_stride,
+            end.map_or("more than usize::MAX".to_string(), |e| e.to_string()),
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    q: &[f32],
+    ql: AttnLayout,
+    k: &[f32],
+    kl: AttnLayout,
+    v: &[f32],
+    vl: AttnLayout,
+    out: &[f32],
+    p: &AttnParams,
+) -> Result<(), KernelError> {
+    if p.n_kv_heads == 0 {
+        return Err(invalid("n_kv_heads is 0".into()));
+    }
+    if !p.n_q_heads.is_multiple_of(p.n_kv_heads) {
+        return Err(invalid(format!(
+            "n_q_heads {} is not a multiple of n_kv_heads {} (grouped-query attention)",
+            p.n_q_heads, p.n_kv_heads
+        )));
+    }
+    if !p.scale.is_finite() {
+        return Err(invalid(format!("scale is {}", p.scale)));
+    }
+    if p.causal && p.kv_len < p.q_len {
+        return Err(invalid(format!(
+            "causal attention needs kv_len >= q_len (the queries are the last q_len positions), got q_len {} \
+             and kv_len {}",
+            p.q_len, p.kv_len
+        )));
+    }
+    if p.q_len > 0 && p.n_q_heads > 0 && p.kv_len == 0 {
+        return Err(invalid(format!(
+            "kv_len is 0: {} query rows have no keys to attend",
+            p.q_len
+        )));
+    }
+    let out_len = p
+        .q_len
+        .checked_mul(p.n_q_heads)
+        .and_then(|a| a.checked_mul(p.head_dim))
+        .ok_or_else(|| invalid("q_len · n_q_heads · head_dim overflows usize".into()))?;
+    crate::ops::check_len(OP, "out", out_len, out.len())?;
+    check_view("q", q.len(), ql, p.q_len, p.n_q_heads, p.head_dim)?;
+    check_view("k", k.len(), kl, p.kv_len, p.n_kv_heads, p.head_dim)?;
+    check_view("v", v.len(), vl, p.kv_len, p.n_kv_heads, p.head_dim)?;
+    Ok(())
+}
+
+impl Kernels {
+    /// Scaled dot-product attention (see the module docs for the formula).
+    ///
+    /// q: (q_len, n_q_heads, head_dim) with layout `ql`; k, v: (kv_len, n_kv_heads, head_dim) with layouts
+    /// `kl`, `vl`; out: (q_len, n_q_heads, head_dim) contiguous. Every view is checked to lie inside its
+    /// slice; a bad shape or stride is a [`KernelError`] naming the argument.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: &[f32],
+        ql: AttnLayout,
+        k: &[f32],
+        kl: AttnLayout,
+        v: &[f32],
+        vl: AttnLayout,
+        out: &mut [f32],
+        p: &AttnParams,
+    ) -> Result<(), KernelError> {
+        validate(q, ql, k, kl, v, vl, out, p)?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        match task_fn(self.isa()) {
+            None => scalar::attention(q, ql, k, kl, v, vl, out, p),
+            Some(f) => {
+                let job = Job {
+                    q,
+                    ql,
+                    k,
+                    kl,
+                    v,
+                    vl,
+                    p: *p,
+                    group: p.n_q_heads / p.n_kv_heads,
+                    tile_rows: 0,
+                    out: SyncPtr(out.as_mut_ptr()),
+                    partial: SyncPtr(std::ptr::null_mut()),
+                    slot_len: 0,
+                };
+                run_tasks(self, f, job);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One ISA's task kernel (`flash::run` instantiated at a `#[target_feature]` boundary).
+/// Safety: the CPU supports the level; `job` was validated and `task` comes from [`plan`].
+type TaskFn = unsafe fn(&Job, &Task, &mut Vec<f32>);
+
+fn task_fn(isa: Isa) -> Option<TaskFn> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Scalar => None,
+            Isa::Sse41 => Some(x86::task_sse41),
+            Isa::Avx2 => Some(x86::task_avx2),
+            Isa::Avx512 => Some(x86::task_avx512),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        None
+    }
+}
+
+/// A raw pointer shared by the tasks, each of which writes its own disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(*mut f32);
+// Safety: tasks write disjoint ranges (see `emit`) and the owner outlives `parallel_for`.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+/// The validated arguments of one call, shared by its tasks.
+pub(crate) struct Job<'a> {
+    pub q: &'a [f32],
+    pub ql: AttnLayout,
+    pub k: &'a [f32],
+    pub kl: AttnLayout,
+    pub v: &'a [f32],
+    pub vl: AttnLayout,
+    pub p: AttnParams,
+    /// Query heads per kv head.
+    pub group: usize,
+    /// Query rows per query tile (a tile holds tile_rows · group (row, head) pairs).
+    pub tile_rows: usize,
+    /// out: (q_len, n_q_heads, head_dim).
+    out: SyncPtr,
+    /// Split-KV partials: one slot per task, slot_len = tile_rows·group·(2 + head_dim) floats, each row
+    /// [max, sum, unnormalized accumulator (head_dim)].
+    partial: SyncPtr,
+    slot_len: usize,
+}
+
+/// One unit of work: kv head `g`, query rows `i0..i1` (with all `group` q heads of g) against keys `ks..ke`.
+/// Row r of the task is (query row i0 + r / group, q head g·group + r % group).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Task {
+    pub g: usize,
+    pub i0: usize,
+    pub i1: usize,
+    pub ks: usize,
+    pub ke: usize,
+    /// `Some(slot)`: write a partial result to that slot (split keys); `None`: write the final rows to out.
+    pub slot: Option<usize>,
+}
+
+impl Job<'_> {
+    /// Keys row i may attend: j < limit(i).
+    #[inline(always)]
+    pub fn limit(&self, i: usize) -> usize {
+        if self.p.causal {
+            i + (self.p.kv_len - self.p.q_len) + 1
+        } else {
+            self.p.kv_len
+        }
+    }
+
+    /// Writes row r of task t: to out (o / l) or to the task's partial slot ([m, l, o]).
+    /// `o` holds head_dim values; l > 0 for a final row (every row attends at least key 0).
+    #[inline(always)]
+    pub fn emit(&self, t: &Task, r: usize, m: f32, l: f32, o: &[f32]) {
+        let hd = self.p.head_dim;
+        let o = &o[..hd];
+        match t.slot {
+            None => {
+                let i = t.i0 + r / self.group;
+                let h = t.g * self.group + r % self.group;
+                debug_assert!(i < self.p.q_len && h < self.p.n_q_heads);
+                // Safety: out has q_len·n_q_heads·hd elements (validated); (i, h) lies in this task's rows,
+                // which no other task writes, and `out` is borrowed mutably for the whole call.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.out.0.add((i * self.p.n_q_heads + h) * hd),
+                        hd,
+                    )
+                };
+                let inv = 1.0 / l;
+                for (d, &x) in dst.iter_mut().zip(o) {
+                    *d = x * inv;
+                }
+            }
+            Some(slot) => {
+                debug_assert!((r + 1) * (hd + 2) <= self.slot_len);
+                // Safety: the partial buffer has one slot of slot_len floats per task (see `run_tasks`),
+                // written only by that task.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        self.partial.0.add(slot * self.slot_len + r * (hd + 2)),
+                        hd + 2,
+                    )
+                };
+                dst[0] = m;
+                dst[1] = l;
+                dst[2..].copy_from_slice(o);
+            }
+        }
+    }
+}
+
+/// (q rows × heads) per query tile: the rows that share each loaded K/V tile.
+const TILE_PAIRS: usize = 64;
+/// Split the keys only if there are fewer (kv head, query tile) tasks than this many per thread ...
+const SPLIT_TASKS_PER_THREAD: usize = 2;
+/// ... and the keys are at least this long; each chunk gets at least SPLIT_MIN_CHUNK keys.
+const SPLIT_MIN_KV: usize = 512;
+const SPLIT_MIN_CHUNK: usize = 256;
+
+/// The query-tile height, and the number of key chunks, for `threads` threads.
+fn plan(p: &AttnParams, group: usize, threads: usize) -> (usize, usize) {
+    let tile_rows = (TILE_PAIRS / group).clamp(1, p.q_len.max(1));
+    let n_qt = p.q_len.div_ceil(tile_rows);
+    let base = n_qt * p.n_kv_heads;
+    let want = SPLIT_TASKS_PER_THREAD * threads;
+    let chunks = if threads > 1 && base < want && p.kv_len >= SPLIT_MIN_KV {
+        want.div_ceil(base).min(p.kv_len / SPLIT_MIN_CHUNK).max(1)
+    } else {
+        1
+    };
+    (tile_rows, chunks)
+}
+
+thread_local! {
+    /// Per-thread scratch of the task kernels (packed tiles, scores, accumulators), reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
+    let p = job.p;
+    let group = job.group;
+    let (tile_rows, chunks) = plan(&p, group, pool_shim::threads(k));
+    job.tile_rows = tile_rows;
+    let n_qt = p.q_len.div_ceil(tile_rows);
+
+    // Tasks, the longest first: with a causal mask the last query tiles see the most keys.
+    let mut tasks = Vec::with_capacity(n_qt * p.n_kv_heads * chunks);
+    for qt in (0..n_qt).rev() {
+        for g in 0..p.n_kv_heads {
+            for c in 0..chunks {
+                let slot = (chunks > 1).then_some(tasks.len());
+                tasks.push(Task {
+                    g,
+                    i0: qt * tile_rows,
+                    i1: ((qt + 1) * tile_rows).min(p.q_len),
+                    ks: c * p.kv_len / chunks,
+                    ke: (c + 1) * p.kv_len / chunks,
+                    slot,
+                });
+            }
+        }
+    }
+
+    let mut partial = Vec::new();
+    if chunks > 1 {
+        job.slot_len = tile_rows * group * (p.head_dim + 2);
+        partial = vec![0.0f32; tasks.len() * job.slot_len];
+        job.partial = SyncPtr(partial.as_mut_ptr());
+    }
+
+    let job = &job;
+    let tasks = &tasks;
+    pool_shim::parallel_for(k, tasks.len(), &|ti| {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            // Safety: `f` is the kernel of this Kernels' level (supported by the CPU), the job was
+            // validated and the task comes from the plan above.
+            unsafe { f(job, &tasks[ti], &mut s) }
+        })
+    });
+
+    if chunks > 1 {
+        merge(job, tasks, chunks, &partial);
+    }
+}
+
+/// Combines the partial results of the key chunks of each (query tile, kv head) into out:
+/// M = max_c m_c, out = Σ_c e^(m_c − M)·acc_c / Σ_c e^(m_c − M)·l_c.
+fn merge(job: &Job, tasks: &[Task], chunks: usize, partial: &[f32]) {
+    let hd = job.p.head_dim;
+    let mut acc = vec![0.0f32; hd];
+    for first in tasks.chunks(chunks) {
+        let t0 = first[0];
+        let rows = (t0.i1 - t0.i0) * job.group;
+        for r in 0..rows {
+            let row = |c: usize| {
+                let s = t0.slot.unwrap() + c;
+                &partial[s * job.slot_len + r * (hd + 2)..][..hd + 2]
+            };
+            let m = (0..chunks)
+                .map(|c| row(c)[0])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut l = 0.0f32;
+            acc.fill(0.0);
+            for c in 0..chunks {
+                let pr = row(c);
+                if pr[1] == 0.0 {
+                    continue; // no key of this chunk is visible to the row
+                }
+                let w = (pr[0] - m).exp();
+                l += w * pr[1];
+                for (a, &x) in acc.iter_mut().zip(&pr[2..]) {
+                    *a += w * x;
+                }
+            }
+            let final_task = Task { slot: None, ..t0 };
+            job.emit(&final_task, r, m, l, &acc);
+        }
+    }
+}
+
+/// Threads until the shared pool lands: `Kernels::threads` / `Kernels::parallel_for` (helper B) replace it.
+mod pool_shim {
+    use crate::Kernels;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub fn threads(_k: &Kernels) -> usize {
+        std::env::var("QWEN3VL_ATTN_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// Runs f(0..n), the calling thread included.
+    pub fn parallel_for(k: &Kernels, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let threads = threads(k).min(n);
+        if threads <= 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(work);
+            }
+            work();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q_len: usize, kv_len: usize, nq: usize, nkv: usize) -> AttnParams {
+        AttnParams {
+            n_q_heads: nq,
+            n_kv_heads: nkv,
+            head_dim: 64,
+            q_len,
+            kv_len,
+            scale: 0.125,
+            causal: true,
+        }
+    }
+
+    #[test]
+    fn plan_splits_only_long_decode_with_few_tasks() {
+        // decode, 1 kv head, 2 threads: split 4096 keys into 4 chunks (2 per thread)
+        assert_eq!(plan(&params(1, 4096, 2, 1), 2, 2), (1, 4));
+        // enough heads: no split
+        assert_eq!(plan(&params(1, 4096, 16, 8), 2, 2).1, 1);
+        // short cache: no split
+        assert_eq!(plan(&params(1, 300, 2, 1), 2, 2).1, 1);
+        // one thread: no split
+        assert_eq!(plan(&params(1, 4096, 2, 1), 2, 1).1, 1);
+        // prefill tiles: 64 (row, head) pairs per tile
+        assert_eq!(plan(&params(512, 512, 16, 8), 2, 2), (32, 1));
+        assert_eq!(plan(&params(5, 5, 16, 8), 2, 2).0, 5);
+    }
+}
