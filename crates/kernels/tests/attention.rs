@@ -280,9 +280,14 @@ fn check(c: Case, seed: u64) {
         if k.isa() == Isa::Scalar {
             continue;
         }
-        let got = run(&k, &x);
-        assert_close(&format!("{} vs f64", k.isa()), &c, &got, &want, vmax);
-        assert_close(&format!("{} vs scalar", k.isa()), &c, &got, &scalar64, vmax);
+        // single-threaded and on 2 threads (which may split long keys into chunks)
+        for threads in [1, 2] {
+            let k = k.with_threads(threads);
+            let got = run(&k, &x);
+            let what = format!("{} ({threads} threads)", k.isa());
+            assert_close(&format!("{what} vs f64"), &c, &got, &want, vmax);
+            assert_close(&format!("{what} vs scalar"), &c, &got, &scalar64, vmax);
+        }
     }
 }
 

@@ -346,7 +346,7 @@ thread_local! {
 fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
     let p = job.p;
     let group = job.group;
-    let (tile_rows, chunks) = plan(&p, group, pool_shim::threads(k));
+    let (tile_rows, chunks) = plan(&p, group, k.threads());
     job.tile_rows = tile_rows;
     let n_qt = p.q_len.div_ceil(tile_rows);
 
@@ -377,7 +377,7 @@ fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
 
     let job = &job;
     let tasks = &tasks;
-    pool_shim::parallel_for(k, tasks.len(), &|ti| {
+    k.parallel_for(tasks.len(), &|ti| {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             // Safety: `f` is the kernel of this Kernels' level (supported by the CPU), the job was
@@ -423,43 +423,6 @@ fn merge(job: &Job, tasks: &[Task], chunks: usize, partial: &[f32]) {
             let final_task = Task { slot: None, ..t0 };
             job.emit(&final_task, r, m, l, &acc);
         }
-    }
-}
-
-/// Threads until the shared pool lands: `Kernels::threads` / `Kernels::parallel_for` (helper B) replace it.
-mod pool_shim {
-    use crate::Kernels;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub fn threads(_k: &Kernels) -> usize {
-        std::env::var("QWEN3VL_ATTN_THREADS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
-    }
-
-    /// Runs f(0..n), the calling thread included.
-    pub fn parallel_for(k: &Kernels, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let threads = threads(k).min(n);
-        if threads <= 1 {
-            (0..n).for_each(f);
-            return;
-        }
-        let next = AtomicUsize::new(0);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            f(i);
-        };
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
     }
 }
 
