@@ -1,30 +1,81 @@
 //! The dispatch table of the vector ops, and their public, length-checked API on [`Kernels`].
 //!
-//! A table is a struct of function pointers built once per level; [`Kernels`] holds a reference to the table
-//! of the level chosen at start. Public methods check slice lengths and return [`KernelError`] on a mismatch,
-//! so no kernel ever runs on inconsistent lengths.
+//! [`vec_ops!`] is the one list of ops and their kernel signatures (raw pointers and counts). From it come
+//! the [`VecTable`] struct of function pointers, the scalar table (`crate::scalar::*`), and each ISA's
+//! `#[target_feature]` entry points and table (`crate::x86::*`). [`Kernels`] holds a reference to the table
+//! of the level chosen at start, so an op is dispatched once per call. The public methods below check every
+//! slice length and return [`KernelError`] on a mismatch, so no kernel ever runs on inconsistent lengths.
 
 use crate::isa::Isa;
 use crate::{KernelError, Kernels};
 
-/// Function pointers of one level. `unsafe` because the SIMD ones require their CPU features; a table is
-/// only handed out for a level the CPU supports.
-pub struct VecTable {
-    pub add: unsafe fn(&[f32], &[f32], &mut [f32]),
+/// The list of vector ops with their kernel signatures; calls `$m! { name(args) -> ret; ... }`.
+macro_rules! vec_ops {
+    ($m:ident) => {
+        $m! {
+            add(a: *const f32, b: *const f32, out: *mut f32, n: usize) -> ();
+            mul(a: *const f32, b: *const f32, out: *mut f32, n: usize) -> ();
+            scale(x: *const f32, c: f32, out: *mut f32, n: usize) -> ();
+            dot(a: *const f32, b: *const f32, n: usize) -> f32;
+            sum(x: *const f32, n: usize) -> f32;
+            max(x: *const f32, n: usize) -> f32;
+            f32_to_bf16(x: *const f32, out: *mut u16, n: usize) -> ();
+            bf16_to_f32(x: *const u16, out: *mut f32, n: usize) -> ();
+            round_bf16(x: *const f32, out: *mut f32, n: usize) -> ();
+            exp(x: *const f32, out: *mut f32, n: usize) -> ();
+            tanh(x: *const f32, out: *mut f32, n: usize) -> ();
+            erf(x: *const f32, out: *mut f32, n: usize) -> ();
+            gelu_tanh(x: *const f32, out: *mut f32, n: usize) -> ();
+            gelu_erf(x: *const f32, out: *mut f32, n: usize) -> ();
+            silu(x: *const f32, out: *mut f32, n: usize) -> ();
+            relu(x: *const f32, out: *mut f32, n: usize) -> ();
+            swiglu(gate: *const f32, up: *const f32, out: *mut f32, n: usize) -> ();
+            rms_norm(x: *const f32, w: *const f32, eps: f32, out: *mut f32, rows: usize, n: usize) -> ();
+            layer_norm(x: *const f32, w: *const f32, b: *const f32, eps: f32, out: *mut f32, rows: usize,
+                n: usize) -> ();
+            normalize(x: *const f32, eps: f32, out: *mut f32, rows: usize, n: usize) -> ();
+            softmax(x: *const f32, c: f32, causal: usize, out: *mut f32, rows: usize, n: usize) -> ();
+            rope_half(x: *mut f32, rows: usize, heads: usize, hd: usize, cos: *const f32, sin: *const f32)
+                -> ();
+            rms_norm_backward(x: *const f32, w: *const f32, eps: f32, dy: *const f32, dx: *mut f32,
+                dw: *mut f32, rows: usize, n: usize) -> ();
+            layer_norm_backward(x: *const f32, w: *const f32, eps: f32, dy: *const f32, dx: *mut f32,
+                dw: *mut f32, db: *mut f32, rows: usize, n: usize) -> ();
+            normalize_backward(x: *const f32, eps: f32, dy: *const f32, dx: *mut f32, rows: usize, n: usize)
+                -> ();
+            softmax_backward(y: *const f32, dy: *const f32, dx: *mut f32, rows: usize, n: usize) -> ();
+            gelu_tanh_backward(x: *const f32, dy: *const f32, dx: *mut f32, n: usize) -> ();
+            gelu_erf_backward(x: *const f32, dy: *const f32, dx: *mut f32, n: usize) -> ();
+            silu_backward(x: *const f32, dy: *const f32, dx: *mut f32, n: usize) -> ();
+            relu_backward(x: *const f32, dy: *const f32, dx: *mut f32, n: usize) -> ();
+            swiglu_backward(gate: *const f32, up: *const f32, dy: *const f32, dgate: *mut f32,
+                dup: *mut f32, n: usize) -> ();
+        }
+    };
 }
+pub(crate) use vec_ops;
 
-static SCALAR: VecTable = VecTable {
-    add: crate::scalar::vec::add,
-};
+macro_rules! tables {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; )*) => {
+        /// Function pointers of one level. `unsafe` because the SIMD ones require their CPU features and
+        /// all take raw pointers; a table is only handed out for a level the CPU supports.
+        pub struct VecTable {
+            $( pub $name: unsafe fn($($ty),*) -> $ret, )*
+        }
 
-#[cfg(target_arch = "x86_64")]
-mod x86_tables {
-    use super::VecTable;
-    use crate::x86::{avx2, avx512, sse41};
-    pub static SSE41: VecTable = VecTable { add: sse41::add };
-    pub static AVX2: VecTable = VecTable { add: avx2::add };
-    pub static AVX512: VecTable = VecTable { add: avx512::add };
+        static SCALAR: VecTable = VecTable { $( $name: crate::scalar::$name, )* };
+
+        #[cfg(target_arch = "x86_64")]
+        mod x86_tables {
+            use super::VecTable;
+            use crate::x86::{avx2, avx512, sse41};
+            pub static SSE41: VecTable = VecTable { $( $name: sse41::$name, )* };
+            pub static AVX2: VecTable = VecTable { $( $name: avx2::$name, )* };
+            pub static AVX512: VecTable = VecTable { $( $name: avx512::$name, )* };
+        }
+    };
 }
+vec_ops!(tables);
 
 /// The table for `isa`. The caller must only use it if the CPU supports `isa` ([`Kernels::new`] checks).
 pub(crate) fn table(isa: Isa) -> &'static VecTable {
@@ -62,13 +113,478 @@ pub(crate) fn check_len(
     }
 }
 
+/// Rows of a (rows, n) slice of length `len`; an error unless `n` divides `len` (n = 0 only for len = 0).
+pub(crate) fn rows_of(op: &'static str, len: usize, n: usize) -> Result<usize, KernelError> {
+    if n == 0 {
+        return if len == 0 {
+            Ok(0)
+        } else {
+            Err(KernelError::Invalid {
+                op,
+                msg: format!("row length is 0 but x has {len} elements"),
+            })
+        };
+    }
+    if len % n != 0 {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!("length of x is {len}, not a multiple of the row length {n}"),
+        });
+    }
+    Ok(len / n)
+}
+
+/// Public unary ops: `name(x, out)` and `name_assign(x)`.
+macro_rules! unary_api {
+    ($( $(#[$doc:meta])* $name:ident, $assign:ident ; )*) => {$(
+        $(#[$doc])*
+        /// x, out: (n)
+        pub fn $name(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+            check_len(stringify!($name), "out", x.len(), out.len())?;
+            // Safety: `self.vec` belongs to a level this CPU supports; both slices hold x.len() elements.
+            unsafe { (self.vec.$name)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+            Ok(())
+        }
+        $(#[$doc])*
+        /// In place. x: (n)
+        pub fn $assign(&self, x: &mut [f32]) {
+            let p = x.as_mut_ptr();
+            // Safety: as above; the kernel reads element i before writing it.
+            unsafe { (self.vec.$name)(p, p, x.len()) };
+        }
+    )*};
+}
+
+/// Public unary backward ops: `name(x, dy, dx)`.
+macro_rules! grad_api {
+    ($( $(#[$doc:meta])* $name:ident ; )*) => {$(
+        $(#[$doc])*
+        /// x, dy, dx: (n)
+        pub fn $name(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<(), KernelError> {
+            check_len(stringify!($name), "dy", x.len(), dy.len())?;
+            check_len(stringify!($name), "dx", x.len(), dx.len())?;
+            // Safety: supported level; all slices hold x.len() elements.
+            unsafe { (self.vec.$name)(x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr(), x.len()) };
+            Ok(())
+        }
+    )*};
+}
+
+/// `causal` as the kernels take it: usize::MAX for none.
+fn causal_arg(causal: Option<usize>) -> usize {
+    causal.unwrap_or(usize::MAX)
+}
+
 impl Kernels {
-    /// out = a + b, elementwise. a, b, out: (n)
+    // -- elementwise ------------------------------------------------------------------------------------
+
+    /// out = a + b. a, b, out: (n)
     pub fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("add", "b", a.len(), b.len())?;
         check_len("add", "out", a.len(), out.len())?;
-        // Safety: `self.vec` belongs to a level this CPU supports (see `Kernels::new`).
-        unsafe { (self.vec.add)(a, b, out) };
+        // Safety: `self.vec` belongs to a level this CPU supports (see `Kernels::new`); lengths checked.
+        unsafe { (self.vec.add)(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len()) };
+        Ok(())
+    }
+
+    /// acc += b. acc, b: (n)
+    pub fn add_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
+        check_len("add_assign", "b", acc.len(), b.len())?;
+        let p = acc.as_mut_ptr();
+        // Safety: supported level; lengths checked; the kernel reads element i before writing it.
+        unsafe { (self.vec.add)(p, b.as_ptr(), p, b.len()) };
+        Ok(())
+    }
+
+    /// out = a * b. a, b, out: (n)
+    pub fn mul(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("mul", "b", a.len(), b.len())?;
+        check_len("mul", "out", a.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.mul)(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len()) };
+        Ok(())
+    }
+
+    /// acc *= b. acc, b: (n)
+    pub fn mul_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
+        check_len("mul_assign", "b", acc.len(), b.len())?;
+        let p = acc.as_mut_ptr();
+        // Safety: supported level; lengths checked; in place is allowed.
+        unsafe { (self.vec.mul)(p, b.as_ptr(), p, b.len()) };
+        Ok(())
+    }
+
+    /// out = x * s. x, out: (n)
+    pub fn scale(&self, x: &[f32], s: f32, out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("scale", "out", x.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.scale)(x.as_ptr(), s, out.as_mut_ptr(), x.len()) };
+        Ok(())
+    }
+
+    /// x *= s. x: (n)
+    pub fn scale_assign(&self, x: &mut [f32], s: f32) {
+        let p = x.as_mut_ptr();
+        // Safety: supported level; in place is allowed.
+        unsafe { (self.vec.scale)(p, s, p, x.len()) };
+    }
+
+    /// Σ a·b. a, b: (n)
+    pub fn dot(&self, a: &[f32], b: &[f32]) -> Result<f32, KernelError> {
+        check_len("dot", "b", a.len(), b.len())?;
+        // Safety: supported level; lengths checked.
+        Ok(unsafe { (self.vec.dot)(a.as_ptr(), b.as_ptr(), a.len()) })
+    }
+
+    /// Σ x. x: (n)
+    pub fn sum(&self, x: &[f32]) -> Result<f32, KernelError> {
+        // Safety: supported level.
+        Ok(unsafe { (self.vec.sum)(x.as_ptr(), x.len()) })
+    }
+
+    /// max x (−inf for an empty slice; NaN if any element is NaN). x: (n)
+    pub fn max(&self, x: &[f32]) -> Result<f32, KernelError> {
+        // Safety: supported level.
+        Ok(unsafe { (self.vec.max)(x.as_ptr(), x.len()) })
+    }
+
+    /// out = bf16(x) as raw bits, round to nearest even, NaN stays NaN. x, out: (n)
+    pub fn f32_to_bf16(&self, x: &[f32], out: &mut [u16]) -> Result<(), KernelError> {
+        check_len("f32_to_bf16", "out", x.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.f32_to_bf16)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+        Ok(())
+    }
+
+    /// out = f32(x) for raw bf16 bits (exact). x, out: (n)
+    pub fn bf16_to_f32(&self, x: &[u16], out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("bf16_to_f32", "out", x.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.bf16_to_f32)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+        Ok(())
+    }
+
+    unary_api! {
+        /// out = f32(bf16(x)) (round to nearest even).
+        round_bf16, round_bf16_assign;
+        /// out = e^x (≤ 1 ULP; see `simd::math` for all bounds).
+        exp, exp_assign;
+        /// out = tanh(x) (≤ 1.5 ULP).
+        tanh, tanh_assign;
+        /// out = erf(x) (≤ 2.5 ULP, 3 on SSE4.1).
+        erf, erf_assign;
+        /// out = ½x(1 + tanh(√(2/π)(x + 0.044715x³))) (GELU, tanh approximation), computed as x·σ(2u).
+        gelu_tanh, gelu_tanh_assign;
+        /// out = x·Φ(x) = ½x(1 + erf(x/√2)) (exact GELU, torch nn.GELU()); ≤ 6 ULP.
+        gelu_erf, gelu_erf_assign;
+        /// out = x·σ(x) (≤ 3.5 ULP).
+        silu, silu_assign;
+        /// out = max(x, 0) (NaN stays NaN).
+        relu, relu_assign;
+    }
+
+    /// out = silu(gate)·up. gate, up, out: (n)
+    pub fn swiglu(&self, gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("swiglu", "up", gate.len(), up.len())?;
+        check_len("swiglu", "out", gate.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.swiglu)(gate.as_ptr(), up.as_ptr(), out.as_mut_ptr(), gate.len()) };
+        Ok(())
+    }
+
+    /// gate = silu(gate)·up. gate, up: (n)
+    pub fn swiglu_assign(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
+        check_len("swiglu_assign", "up", gate.len(), up.len())?;
+        let p = gate.as_mut_ptr();
+        // Safety: supported level; lengths checked; in place is allowed.
+        unsafe { (self.vec.swiglu)(p, up.as_ptr(), p, up.len()) };
+        Ok(())
+    }
+
+    // -- row-wise ---------------------------------------------------------------------------------------
+
+    /// out = x / sqrt(mean(x²) + eps) * w per row. x, out: (rows, n); w: (n)
+    pub fn rms_norm(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("rms_norm", x.len(), w.len())?;
+        check_len("rms_norm", "out", x.len(), out.len())?;
+        // Safety: supported level; x and out hold rows·n elements, w holds n.
+        unsafe {
+            (self.vec.rms_norm)(x.as_ptr(), w.as_ptr(), eps, out.as_mut_ptr(), rows, w.len())
+        };
+        Ok(())
+    }
+
+    /// x = rms_norm(x) in place. x: (rows, n); w: (n)
+    pub fn rms_norm_assign(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<(), KernelError> {
+        let rows = rows_of("rms_norm_assign", x.len(), w.len())?;
+        let p = x.as_mut_ptr();
+        // Safety: as above; a row's statistics are read before any of it is written.
+        unsafe { (self.vec.rms_norm)(p, w.as_ptr(), eps, p, rows, w.len()) };
+        Ok(())
+    }
+
+    /// out = (x - mean) / sqrt(var + eps) * w + b per row, biased variance. x, out: (rows, n); w, b: (n)
+    pub fn layer_norm(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("layer_norm", x.len(), w.len())?;
+        check_len("layer_norm", "b", w.len(), b.len())?;
+        check_len("layer_norm", "out", x.len(), out.len())?;
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.layer_norm)(xp, w.as_ptr(), b.as_ptr(), eps, op, rows, w.len()) };
+        Ok(())
+    }
+
+    /// x = layer_norm(x) in place. x: (rows, n); w, b: (n)
+    pub fn layer_norm_assign(
+        &self,
+        x: &mut [f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("layer_norm_assign", x.len(), w.len())?;
+        check_len("layer_norm_assign", "b", w.len(), b.len())?;
+        let p = x.as_mut_ptr();
+        // Safety: as above; in place is allowed.
+        unsafe { (self.vec.layer_norm)(p, w.as_ptr(), b.as_ptr(), eps, p, rows, w.len()) };
+        Ok(())
+    }
+
+    /// out = x / max(||x||₂, eps) over the whole slice (one row; see [`Kernels::normalize_rows`]).
+    /// x, out: (n)
+    pub fn normalize(&self, x: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
+        self.normalize_rows(x, x.len(), eps, out)
+    }
+
+    /// out = x / max(||x_r||₂, eps) per row r (torch F.normalize(x, dim=-1)). x, out: (rows, n)
+    pub fn normalize_rows(
+        &self,
+        x: &[f32],
+        n: usize,
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("normalize", x.len(), n)?;
+        check_len("normalize", "out", x.len(), out.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.normalize)(x.as_ptr(), eps, out.as_mut_ptr(), rows, n) };
+        Ok(())
+    }
+
+    /// Row-wise L2 normalize in place. x: (rows, n)
+    pub fn normalize_rows_assign(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("normalize_rows_assign", x.len(), n)?;
+        let p = x.as_mut_ptr();
+        // Safety: supported level; lengths checked; in place is allowed.
+        unsafe { (self.vec.normalize)(p, eps, p, rows, n) };
+        Ok(())
+    }
+
+    /// Row r of x (rows, n): out_r = softmax(scale·x_r) over columns j <= r + offset when
+    /// `causal = Some(offset)` (masked columns written as 0), else over all columns. x, out: (rows, n)
+    pub fn softmax(
+        &self,
+        x: &[f32],
+        n: usize,
+        scale: f32,
+        causal: Option<usize>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("softmax", x.len(), n)?;
+        check_len("softmax", "out", x.len(), out.len())?;
+        let c = causal_arg(causal);
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.softmax)(x.as_ptr(), scale, c, out.as_mut_ptr(), rows, n) };
+        Ok(())
+    }
+
+    /// Softmax in place (see [`Kernels::softmax`]). x: (rows, n)
+    pub fn softmax_assign(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        scale: f32,
+        causal: Option<usize>,
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("softmax_assign", x.len(), n)?;
+        let p = x.as_mut_ptr();
+        // Safety: supported level; lengths checked; a row's max is found before any of it is written.
+        unsafe { (self.vec.softmax)(p, scale, causal_arg(causal), p, rows, n) };
+        Ok(())
+    }
+
+    /// NeoX rotate-half RoPE in place. x: (rows, heads, head_dim); cos, sin: (rows, head_dim/2).
+    /// For i < h/2: x1 = x[i], x2 = x[i+h/2]; x[i] = x1·c[i] - x2·s[i]; x[i+h/2] = x2·c[i] + x1·s[i].
+    pub fn rope_half(
+        &self,
+        x: &mut [f32],
+        heads: usize,
+        head_dim: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), KernelError> {
+        if head_dim % 2 != 0 {
+            return Err(KernelError::Invalid {
+                op: "rope_half",
+                msg: format!("head_dim {head_dim} is odd"),
+            });
+        }
+        let rows = rows_of("rope_half", x.len(), heads * head_dim)?;
+        check_len("rope_half", "cos", rows * head_dim / 2, cos.len())?;
+        check_len("rope_half", "sin", rows * head_dim / 2, sin.len())?;
+        let p = x.as_mut_ptr();
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.rope_half)(p, rows, heads, head_dim, cos.as_ptr(), sin.as_ptr()) };
+        Ok(())
+    }
+
+    // -- backward ---------------------------------------------------------------------------------------
+
+    grad_api! {
+        /// dx = dy · d/dx gelu_tanh(x).
+        gelu_tanh_backward;
+        /// dx = dy · d/dx gelu_erf(x).
+        gelu_erf_backward;
+        /// dx = dy · d/dx silu(x).
+        silu_backward;
+        /// dx = dy where x > 0, else 0 (a NaN x passes dy, as torch's threshold_backward).
+        relu_backward;
+    }
+
+    /// Backward of out = silu(gate)·up: dgate = dy·up·silu'(gate), dup = dy·silu(gate). All: (n)
+    pub fn swiglu_backward(
+        &self,
+        gate: &[f32],
+        up: &[f32],
+        dy: &[f32],
+        dgate: &mut [f32],
+        dup: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let n = gate.len();
+        check_len("swiglu_backward", "up", n, up.len())?;
+        check_len("swiglu_backward", "dy", n, dy.len())?;
+        check_len("swiglu_backward", "dgate", n, dgate.len())?;
+        check_len("swiglu_backward", "dup", n, dup.len())?;
+        let (dg, du) = (dgate.as_mut_ptr(), dup.as_mut_ptr());
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.swiglu_backward)(gate.as_ptr(), up.as_ptr(), dy.as_ptr(), dg, du, n) };
+        Ok(())
+    }
+
+    /// Backward of rms_norm: dx written, dw_accum += Σ_rows dy·x·r. x, dy, dx: (rows, n); w, dw_accum: (n)
+    pub fn rms_norm_backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        eps: f32,
+        dy: &[f32],
+        dx: &mut [f32],
+        dw_accum: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let op = "rms_norm_backward";
+        let rows = rows_of(op, x.len(), w.len())?;
+        check_len(op, "dy", x.len(), dy.len())?;
+        check_len(op, "dx", x.len(), dx.len())?;
+        check_len(op, "dw_accum", w.len(), dw_accum.len())?;
+        let (xp, wp, dyp) = (x.as_ptr(), w.as_ptr(), dy.as_ptr());
+        let (dxp, dwp) = (dx.as_mut_ptr(), dw_accum.as_mut_ptr());
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.rms_norm_backward)(xp, wp, eps, dyp, dxp, dwp, rows, w.len()) };
+        Ok(())
+    }
+
+    /// Backward of layer_norm: dx written; dw_accum += Σ dy·x̂, db_accum += Σ dy over rows.
+    /// x, dy, dx: (rows, n); w, dw_accum, db_accum: (n)
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        eps: f32,
+        dy: &[f32],
+        dx: &mut [f32],
+        dw_accum: &mut [f32],
+        db_accum: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let op = "layer_norm_backward";
+        let rows = rows_of(op, x.len(), w.len())?;
+        check_len(op, "dy", x.len(), dy.len())?;
+        check_len(op, "dx", x.len(), dx.len())?;
+        check_len(op, "dw_accum", w.len(), dw_accum.len())?;
+        check_len(op, "db_accum", w.len(), db_accum.len())?;
+        let (xp, wp, dyp) = (x.as_ptr(), w.as_ptr(), dy.as_ptr());
+        let (dxp, dwp, dbp) = (
+            dx.as_mut_ptr(),
+            dw_accum.as_mut_ptr(),
+            db_accum.as_mut_ptr(),
+        );
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.layer_norm_backward)(xp, wp, eps, dyp, dxp, dwp, dbp, rows, w.len()) };
+        Ok(())
+    }
+
+    /// Backward of [`Kernels::normalize`] (the whole slice as one row). x, dy, dx: (n)
+    pub fn normalize_backward(
+        &self,
+        x: &[f32],
+        eps: f32,
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.normalize_rows_backward(x, x.len(), eps, dy, dx)
+    }
+
+    /// Backward of [`Kernels::normalize_rows`]. x, dy, dx: (rows, n)
+    pub fn normalize_rows_backward(
+        &self,
+        x: &[f32],
+        n: usize,
+        eps: f32,
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let op = "normalize_backward";
+        let rows = rows_of(op, x.len(), n)?;
+        check_len(op, "dy", x.len(), dy.len())?;
+        check_len(op, "dx", x.len(), dx.len())?;
+        let (xp, dyp, dxp) = (x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr());
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.normalize_backward)(xp, eps, dyp, dxp, rows, n) };
+        Ok(())
+    }
+
+    /// Backward of softmax (scale 1) given its output y: dx = y·(dy - Σ y·dy) per row. y, dy, dx: (rows, n)
+    pub fn softmax_backward(
+        &self,
+        y: &[f32],
+        n: usize,
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let op = "softmax_backward";
+        let rows = rows_of(op, y.len(), n)?;
+        check_len(op, "dy", y.len(), dy.len())?;
+        check_len(op, "dx", y.len(), dx.len())?;
+        // Safety: supported level; lengths checked.
+        unsafe { (self.vec.softmax_backward)(y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr(), rows, n) };
         Ok(())
     }
 }

@@ -23,23 +23,53 @@ pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
     super::sse41::hsum128(_mm_add_ps(lo, hi))
 }
 
+/// f32 bits -> bf16 bits in the low 16 of each 32-bit lane: round to nearest even, NaN made quiet.
+/// Safety: AVX2 available.
+#[inline(always)]
+unsafe fn bf16_bits256(v: __m256) -> __m256i {
+    let b = _mm256_castps_si256(v);
+    let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+    let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+        _mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
+        lsb,
+    ));
+    let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x40));
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    _mm256_blendv_epi8(rounded, quiet, nan)
+}
+
 impl Simd for Avx2 {
     const LANES: usize = 8;
     type V = __m256;
+    type M = __m256;
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {
         unsafe { _mm256_set1_ps(x) }
     }
     #[inline(always)]
-    fn load(self, s: &[f32]) -> __m256 {
-        debug_assert!(s.len() >= 8);
-        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    unsafe fn ld(self, p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
     }
     #[inline(always)]
-    fn store(self, s: &mut [f32], v: __m256) {
-        debug_assert!(s.len() >= 8);
-        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+    unsafe fn st(self, p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn ld_bf16(self, p: *const u16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+    #[inline(always)]
+    unsafe fn st_bf16(self, p: *mut u16, v: __m256) {
+        let b = bf16_bits256(v);
+        // packus works per 128-bit half: [b0..3, b0..3 | b4..7, b4..7]; gather qwords 0 and 2.
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(b, b));
+        _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed))
+    }
+    #[inline(always)]
+    fn round_bf16(self, v: __m256) -> __m256 {
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bf16_bits256(v))) }
     }
     #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {
@@ -62,6 +92,10 @@ impl Simd for Avx2 {
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
+    fn mul_lo(self, a: __m256, b: __m256, prod: __m256) -> __m256 {
+        unsafe { _mm256_fmsub_ps(a, b, prod) }
+    }
+    #[inline(always)]
     fn max(self, a: __m256, b: __m256) -> __m256 {
         unsafe {
             let m = _mm256_max_ps(a, b);
@@ -74,6 +108,46 @@ impl Simd for Avx2 {
             let m = _mm256_min_ps(a, b);
             _mm256_blendv_ps(m, a, _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a))
         }
+    }
+    #[inline(always)]
+    fn abs(self, a: __m256) -> __m256 {
+        unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
+    }
+    #[inline(always)]
+    fn copysign(self, mag: __m256, sign: __m256) -> __m256 {
+        unsafe {
+            let s = _mm256_set1_ps(-0.0);
+            _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sign))
+        }
+    }
+    #[inline(always)]
+    fn round(self, a: __m256) -> __m256 {
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    }
+    #[inline(always)]
+    fn scale_pow2(self, a: __m256, n: __m256) -> __m256 {
+        // a * 2^n1 * 2^n2, n1 = floor(n/2), n2 = n - n1: one rounding (see the SSE4.1 version).
+        unsafe {
+            let ni = _mm256_cvtps_epi32(n);
+            let n1 = _mm256_srai_epi32::<1>(ni);
+            let n2 = _mm256_sub_epi32(ni, n1);
+            let bias = _mm256_set1_epi32(127);
+            let p1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+            let p2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+            _mm256_mul_ps(_mm256_mul_ps(a, p1), p2)
+        }
+    }
+    #[inline(always)]
+    fn lt(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn le(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_cmp_ps::<_CMP_LE_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: __m256, t: __m256, f: __m256) -> __m256 {
+        unsafe { _mm256_blendv_ps(f, t, m) }
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m256) -> f32 {
@@ -89,15 +163,14 @@ impl Simd for Avx2 {
 }
 
 macro_rules! entry {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) ; )*) => {$(
-        /// Safety: the CPU supports this level (the dispatch table is only built after detection).
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; )*) => {$(
+        /// Safety: the CPU supports this level (the dispatch table is only built after detection), and the
+        /// pointers/lengths are valid as checked by the public API in `ops.rs`.
         #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn $name($($arg: $ty),*) {
+        pub unsafe fn $name($($arg: $ty),*) -> $ret {
             kernels::$name(Avx2::new_unchecked(), $($arg),*)
         }
     )*};
 }
 
-entry! {
-    add(a: &[f32], b: &[f32], out: &mut [f32]);
-}
+crate::ops::vec_ops!(entry);

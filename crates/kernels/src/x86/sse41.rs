@@ -25,23 +25,49 @@ pub(crate) unsafe fn hsum128(v: __m128) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// f32 bits -> bf16 bits in the low 16 of each 32-bit lane: round to nearest even, NaN made quiet.
+/// Safety: SSE4.1 available.
+#[inline(always)]
+pub(crate) unsafe fn bf16_bits128(v: __m128) -> __m128i {
+    let b = _mm_castps_si128(v);
+    let lsb = _mm_and_si128(_mm_srli_epi32::<16>(b), _mm_set1_epi32(1));
+    let rounded =
+        _mm_srli_epi32::<16>(_mm_add_epi32(_mm_add_epi32(b, _mm_set1_epi32(0x7fff)), lsb));
+    let quiet = _mm_or_si128(_mm_srli_epi32::<16>(b), _mm_set1_epi32(0x40));
+    let nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+    _mm_blendv_epi8(rounded, quiet, nan)
+}
+
 impl Simd for Sse41 {
     const LANES: usize = 4;
     type V = __m128;
+    type M = __m128;
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m128 {
         unsafe { _mm_set1_ps(x) }
     }
     #[inline(always)]
-    fn load(self, s: &[f32]) -> __m128 {
-        debug_assert!(s.len() >= 4);
-        unsafe { _mm_loadu_ps(s.as_ptr()) }
+    unsafe fn ld(self, p: *const f32) -> __m128 {
+        _mm_loadu_ps(p)
     }
     #[inline(always)]
-    fn store(self, s: &mut [f32], v: __m128) {
-        debug_assert!(s.len() >= 4);
-        unsafe { _mm_storeu_ps(s.as_mut_ptr(), v) }
+    unsafe fn st(self, p: *mut f32, v: __m128) {
+        _mm_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn ld_bf16(self, p: *const u16) -> __m128 {
+        let h = _mm_loadl_epi64(p as *const __m128i);
+        _mm_castsi128_ps(_mm_slli_epi32::<16>(_mm_cvtepu16_epi32(h)))
+    }
+    #[inline(always)]
+    unsafe fn st_bf16(self, p: *mut u16, v: __m128) {
+        let b = bf16_bits128(v);
+        _mm_storel_epi64(p as *mut __m128i, _mm_packus_epi32(b, b))
+    }
+    #[inline(always)]
+    fn round_bf16(self, v: __m128) -> __m128 {
+        unsafe { _mm_castsi128_ps(_mm_slli_epi32::<16>(bf16_bits128(v))) }
     }
     #[inline(always)]
     fn add(self, a: __m128, b: __m128) -> __m128 {
@@ -64,6 +90,23 @@ impl Simd for Sse41 {
         unsafe { _mm_add_ps(_mm_mul_ps(a, b), c) }
     }
     #[inline(always)]
+    fn mul_lo(self, a: __m128, b: __m128, prod: __m128) -> __m128 {
+        // Dekker's two-product: split each factor into 12+12 bits so partial products are exact.
+        unsafe {
+            let k = _mm_set1_ps(4097.0);
+            let ca = _mm_mul_ps(k, a);
+            let ah = _mm_sub_ps(ca, _mm_sub_ps(ca, a));
+            let al = _mm_sub_ps(a, ah);
+            let cb = _mm_mul_ps(k, b);
+            let bh = _mm_sub_ps(cb, _mm_sub_ps(cb, b));
+            let bl = _mm_sub_ps(b, bh);
+            let e = _mm_sub_ps(_mm_mul_ps(ah, bh), prod);
+            let e = _mm_add_ps(e, _mm_mul_ps(ah, bl));
+            let e = _mm_add_ps(e, _mm_mul_ps(al, bh));
+            _mm_add_ps(e, _mm_mul_ps(al, bl))
+        }
+    }
+    #[inline(always)]
     fn max(self, a: __m128, b: __m128) -> __m128 {
         unsafe {
             let m = _mm_max_ps(a, b);
@@ -76,6 +119,47 @@ impl Simd for Sse41 {
             let m = _mm_min_ps(a, b);
             _mm_blendv_ps(m, a, _mm_cmpunord_ps(a, a))
         }
+    }
+    #[inline(always)]
+    fn abs(self, a: __m128) -> __m128 {
+        unsafe { _mm_andnot_ps(_mm_set1_ps(-0.0), a) }
+    }
+    #[inline(always)]
+    fn copysign(self, mag: __m128, sign: __m128) -> __m128 {
+        unsafe {
+            let s = _mm_set1_ps(-0.0);
+            _mm_or_ps(_mm_andnot_ps(s, mag), _mm_and_ps(s, sign))
+        }
+    }
+    #[inline(always)]
+    fn round(self, a: __m128) -> __m128 {
+        unsafe { _mm_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    }
+    #[inline(always)]
+    fn scale_pow2(self, a: __m128, n: __m128) -> __m128 {
+        // a * 2^n1 * 2^n2 with n1 = floor(n/2), n2 = n - n1: both factors are normal floats, the first
+        // product is exact, so the result is rounded once (also when it is subnormal).
+        unsafe {
+            let ni = _mm_cvtps_epi32(n);
+            let n1 = _mm_srai_epi32::<1>(ni);
+            let n2 = _mm_sub_epi32(ni, n1);
+            let bias = _mm_set1_epi32(127);
+            let p1 = _mm_castsi128_ps(_mm_slli_epi32::<23>(_mm_add_epi32(n1, bias)));
+            let p2 = _mm_castsi128_ps(_mm_slli_epi32::<23>(_mm_add_epi32(n2, bias)));
+            _mm_mul_ps(_mm_mul_ps(a, p1), p2)
+        }
+    }
+    #[inline(always)]
+    fn lt(self, a: __m128, b: __m128) -> __m128 {
+        unsafe { _mm_cmplt_ps(a, b) }
+    }
+    #[inline(always)]
+    fn le(self, a: __m128, b: __m128) -> __m128 {
+        unsafe { _mm_cmple_ps(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: __m128, t: __m128, f: __m128) -> __m128 {
+        unsafe { _mm_blendv_ps(f, t, m) }
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m128) -> f32 {
@@ -92,15 +176,14 @@ impl Simd for Sse41 {
 }
 
 macro_rules! entry {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) ; )*) => {$(
-        /// Safety: the CPU supports this level (the dispatch table is only built after detection).
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; )*) => {$(
+        /// Safety: the CPU supports this level (the dispatch table is only built after detection), and the
+        /// pointers/lengths are valid as checked by the public API in `ops.rs`.
         #[target_feature(enable = "sse4.1")]
-        pub unsafe fn $name($($arg: $ty),*) {
+        pub unsafe fn $name($($arg: $ty),*) -> $ret {
             kernels::$name(Sse41::new_unchecked(), $($arg),*)
         }
     )*};
 }
 
-entry! {
-    add(a: &[f32], b: &[f32], out: &mut [f32]);
-}
+crate::ops::vec_ops!(entry);
