@@ -27,6 +27,20 @@ pub trait Simd: Copy {
     unsafe fn ld(self, p: *const f32) -> Self::V;
     /// Store `LANES` values. Safety: `p..p+LANES` is writable.
     unsafe fn st(self, p: *mut f32, v: Self::V);
+    /// Load `LANES` values from a slice (panics in debug builds if it is shorter).
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> Self::V {
+        assert!(s.len() >= Self::LANES);
+        // Safety: the slice holds at least LANES values.
+        unsafe { self.ld(s.as_ptr()) }
+    }
+    /// Store `LANES` values into a slice (panics if it is shorter).
+    #[inline(always)]
+    fn store(self, s: &mut [f32], v: Self::V) {
+        assert!(s.len() >= Self::LANES);
+        // Safety: the slice holds at least LANES values.
+        unsafe { self.st(s.as_mut_ptr(), v) }
+    }
     /// Load `n < LANES` values, the other lanes set to `pad`. Safety: `p..p+n` is readable.
     #[inline(always)]
     unsafe fn ld_part(self, p: *const f32, n: usize, pad: f32) -> Self::V {
