@@ -100,3 +100,58 @@ fn help_lists_commands() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("cpu"));
 }
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qwen3vl-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn init_random_tiny_writes_checkpoint_and_refuses_to_clobber() {
+    let dir = temp_dir("init");
+    let d = dir.to_str().unwrap();
+    let o = qwen3vl(&["init-random", "--preset", "tiny", "--out", d, "--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("69 tensors"), "{}", stderr(&o));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let o = qwen3vl(&["init-random", "--preset", "tiny", "--out", d]);
+    assert_clean_failure(&o, "not empty");
+    let o = qwen3vl(&[
+        "init-random",
+        "--preset",
+        "tiny",
+        "--out",
+        d,
+        "--force",
+        "--shard-size-mb",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("model.safetensors.index.json").is_file());
+    assert!(
+        !dir.join("model.safetensors").exists(),
+        "stale single file left behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn init_random_unknown_preset_is_a_clean_error() {
+    let dir = temp_dir("badpreset");
+    let o = qwen3vl(&[
+        "init-random",
+        "--preset",
+        "70b",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "unknown preset");
+}

@@ -11,3 +11,4 @@ pub mod stream;
 
 pub use generation_config::GenerationConfig;
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};
+pub mod init_random;
