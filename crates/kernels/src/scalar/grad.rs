@@ -11,25 +11,26 @@ fn sigmoid64(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// d/dx ½x(1 + tanh u), u = c(x + 0.044715x³)
+/// d/dx ½x(1 + tanh u), u = c(x + 0.044715x³). Beyond |x| = 30 the derivative is exactly 0 or 1 in f32;
+/// x is clamped there so ±inf give 0 / 1 instead of ∞·0.
 pub fn gelu_tanh_grad1(x: f32) -> f32 {
-    let x = x as f64;
+    let x = (x as f64).clamp(-30.0, 30.0);
     let u = GELU_C * (x + 0.044715 * x * x * x);
     let t = u.tanh();
     let du = GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
     (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) as f32
 }
 
-/// d/dx x·Φ(x) = Φ(x) + x·φ(x)
+/// d/dx x·Φ(x) = Φ(x) + x·φ(x) (x clamped to ±30 as above)
 pub fn gelu_erf_grad1(x: f32) -> f32 {
-    let x = x as f64;
+    let x = (x as f64).clamp(-30.0, 30.0);
     let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
     (phi64(x) + x * pdf) as f32
 }
 
-/// d/dx x·σ(x) = σ(1 + x(1 - σ))
+/// d/dx x·σ(x) = σ(1 + x(1 - σ)) (x clamped at -200, where it is -0 in f32, so -inf gives -0)
 pub fn silu_grad1(x: f32) -> f32 {
-    let x = x as f64;
+    let x = (x as f64).max(-200.0);
     let s = sigmoid64(x);
     (s * (1.0 + x * (1.0 - s))) as f32
 }
