@@ -11,4 +11,5 @@ pub mod stream;
 
 pub use generation_config::GenerationConfig;
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};
+pub mod generate;
 pub mod init_random;

@@ -100,6 +100,23 @@ impl TokenBytes {
         }
     }
 
+    /// A table from explicit token bytes and special flags (tests, custom vocabularies).
+    pub fn from_parts(tokens: &[&[u8]], special: &[bool]) -> TokenBytes {
+        let mut data = Vec::new();
+        let mut offsets = vec![0u32];
+        for t in tokens {
+            data.extend_from_slice(t);
+            offsets.push(data.len() as u32);
+        }
+        let mut special = special.to_vec();
+        special.resize(tokens.len(), false);
+        TokenBytes {
+            data,
+            offsets,
+            special,
+        }
+    }
+
     /// Number of ids in the table.
     pub fn len(&self) -> usize {
         self.special.len()
@@ -318,17 +335,7 @@ mod tests {
     }
 
     fn table_from(tokens: &[&[u8]], special: &[bool]) -> Arc<TokenBytes> {
-        let mut data = Vec::new();
-        let mut offsets = vec![0u32];
-        for t in tokens {
-            data.extend_from_slice(t);
-            offsets.push(data.len() as u32);
-        }
-        Arc::new(TokenBytes {
-            data,
-            offsets,
-            special: special.to_vec(),
-        })
+        Arc::new(TokenBytes::from_parts(tokens, special))
     }
 
     #[test]
