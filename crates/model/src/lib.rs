@@ -1,1 +1,81 @@
-//! qwen3vl-model
+//! qwen3vl-model: the Qwen3-VL network on the qwen3vl kernels.
+//!
+//! ```text
+//! config.json ──> Config                        (errors name the field; no class defaults)
+//! *.safetensors ─> Weights (mmap, validated) ──> Model::load: structs named like the HF modules,
+//!                                                linear weights packed once for the CPU
+//! ImageInput ──> Model::encode_images ──> VisionOutput { embeds (n_tok, H), deepstack [(n_tok, H)] }
+//! ids + M-RoPE positions + VisionOutput ──> Model::forward(.., &mut KvCache, Logits) ──> logits
+//! ```
+//!
+//! Activations are f32 throughout. [`Precision::F32`] rounds nothing to bf16 (the parity mode: it matches
+//! transformers run in float32 on the bf16 weights to ~1e-5); [`Precision::Fast`] lets matmuls round their
+//! input rows to bf16 and use bf16 dot products where the CPU has them.
+//!
+//! Parity: every stage can be recorded through a [`Trace`] under the reference's module path
+//! (`visual.blocks.3`, `language_model.layers.0`, `logits`), so a test names the first diverging module.
+
+pub mod config;
+mod kv_cache;
+mod linear;
+mod model;
+mod norm;
+pub(crate) mod shim;
+pub mod text;
+pub mod trace;
+pub mod vision;
+pub mod weights;
+
+pub use config::{Config, TextConfig, VisionConfig};
+pub use kv_cache::KvCache;
+pub use model::{LoadOptions, Logits, Model, Precision, VisionOutput};
+pub use shim::ImageInput;
+pub use trace::{Trace, TraceMap};
+
+/// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("config: {field}: {msg}")]
+    Config { field: String, msg: String },
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("{file}: {}{msg}", tensor.as_ref().map(|t| format!("tensor {t}: ")).unwrap_or_default())]
+    Safetensors {
+        file: String,
+        tensor: Option<String>,
+        msg: String,
+    },
+    #[error("tensor {key}: {msg}")]
+    MissingTensor { key: String, msg: String },
+    #[error("tensor {key}: shape {got:?}, expected {expected:?}")]
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tensor {key}: {msg}")]
+    Dtype { key: String, msg: String },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("{context}: {source}")]
+    Kernel {
+        context: String,
+        source: qwen3vl_kernels::KernelError,
+    },
+}
+
+/// Attaches a context (the module being run) to kernel errors.
+pub(crate) trait KernelCtx<T> {
+    fn ctx(self, context: &str) -> Result<T, ModelError>;
+}
+
+impl<T> KernelCtx<T> for Result<T, qwen3vl_kernels::KernelError> {
+    fn ctx(self, context: &str) -> Result<T, ModelError> {
+        self.map_err(|source| ModelError::Kernel {
+            context: context.to_string(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! nn.Linear on packed weights, and the loader that walks the checkpoint's module paths.
+
+use std::cell::Cell;
+use std::fmt::Display;
+
+use qwen3vl_kernels::Kernels;
+
+use crate::norm::{LayerNorm, RmsNorm};
+#[allow(unused_imports)]
+use crate::shim::MatmulShim;
+use crate::shim::{MatmulPath, PackedWeight, Weight};
+use crate::weights::{Dtype, TensorRef, Weights};
+use crate::{KernelCtx, ModelError};
+
+/// The kernels and the matmul path every module of one model uses.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx {
+    pub k: Kernels,
+    pub path: MatmulPath,
+}
+
+/// y = x·Wᵀ + b with W (out_features, in_features) packed once at load.
+pub struct Linear {
+    pub weight: PackedWeight,
+    pub bias: Option<Vec<f32>>,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+impl Linear {
+    /// x: (m, in_features) -> y: (m, out_features)
+    pub(crate) fn forward(
+        &self,
+        c: &Ctx,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
+        c.k.matmul(x, m, &self.weight, self.bias.as_deref(), y, c.path)
+            .ctx("matmul")
+    }
+}
+
+/// Packs a float tensor of shape (n, k) (any trailing dims flattened into k).
+pub(crate) fn pack(
+    k: &Kernels,
+    t: &TensorRef,
+    n: usize,
+    kk: usize,
+) -> Result<PackedWeight, ModelError> {
+    let packed = match t.dtype {
+        Dtype::BF16 => {
+            let bits = t.bf16_bits().expect("bf16");
+            k.pack_weight(Weight::Bf16(&bits), n, kk)
+        }
+        _ => {
+            let f = t.to_f32()?;
+            k.pack_weight(Weight::F32(&f), n, kk)
+        }
+    };
+    packed.map_err(|source| ModelError::Kernel {
+        context: format!("packing {}", t.key),
+        source,
+    })
+}
+
+/// A position in the checkpoint's module tree (`model.visual.blocks.3`), like candle's VarBuilder.
+pub(crate) struct Vb<'a> {
+    pub w: &'a Weights,
+    pub k: Kernels,
+    prefix: String,
+    progress: Option<&'a dyn Fn(u64, u64)>,
+    done: &'a Cell<u64>,
+    total: u64,
+}
+
+impl<'a> Vb<'a> {
+    pub fn root(
+        w: &'a Weights,
+        k: Kernels,
+        progress: Option<&'a dyn Fn(u64, u64)>,
+        done: &'a Cell<u64>,
+    ) -> Vb<'a> {
+        Vb {
+            w,
+            k,
+            prefix: String::new(),
+            progress,
+            done,
+            total: w.total_bytes(),
+        }
+    }
+
+    /// The child module `name`.
+    pub fn pp(&self, name: impl Display) -> Vb<'a> {
+        Vb {
+            w: self.w,
+            k: self.k,
+            prefix: self.key(name),
+            progress: self.progress,
+            done: self.done,
+            total: self.total,
+        }
+    }
+
+    /// The full tensor key of `name` under this module.
+    pub fn key(&self, name: impl Display) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    fn tick(&self, t: &TensorRef) {
+        self.done.set(self.done.get() + t.bytes().len() as u64);
+        if let Some(p) = self.progress {
+            p(self.done.get(), self.total);
+        }
+    }
+
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<TensorRef, ModelError> {
+        let t = self.w.float(&self.key(name), shape)?;
+        self.tick(&t);
+        Ok(t)
+    }
+
+    pub fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+        self.tensor(name, &[n])?.to_f32()
+    }
+
+    /// `{name}.weight` (out, in) and, if `bias`, `{name}.bias` (out).
+    pub fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear, ModelError> {
+        let m = self.pp(name);
+        let t = m.tensor("weight", &[out, inp])?;
+        let weight = pack(&self.k, &t, out, inp)?;
+        let bias = if bias {
+            Some(m.vec("bias", out)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            out_features: out,
+            in_features: inp,
+        })
+    }
+
+    pub fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm, ModelError> {
+        let m = self.pp(name);
+        Ok(LayerNorm {
+            weight: m.vec("weight", n)?,
+            bias: m.vec("bias", n)?,
+            eps,
+        })
+    }
+
+    pub fn rms_norm(&self, name: &str, n: usize, eps: f32) -> Result<RmsNorm, ModelError> {
+        Ok(RmsNorm {
+            weight: self.pp(name).vec("weight", n)?,
+            eps,
+        })
+    }
+}

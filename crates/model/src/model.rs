@@ -1,0 +1,222 @@
+//! Qwen3VLForConditionalGeneration: the vision tower, the text decoder and the lm head.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use qwen3vl_kernels::Kernels;
+
+use crate::config::Config;
+use crate::kv_cache::KvCache;
+use crate::linear::{pack, Ctx, Linear, Vb};
+use crate::shim::{ImageInput, MatmulPath};
+use crate::text::TextModel;
+use crate::trace::{Trace, Tracer};
+use crate::vision::VisionModel;
+use crate::weights::Weights;
+use crate::ModelError;
+
+pub use crate::vision::VisionOutput;
+
+/// Numeric mode. Activations are f32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// No bf16 rounding of activations anywhere (parity with transformers in float32).
+    F32,
+    /// Matmuls may round their inputs to bf16 and use bf16 dot products where the CPU has them.
+    #[default]
+    Fast,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    pub precision: Precision,
+    /// Called as tensors are loaded with (bytes done, bytes total).
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
+}
+
+/// Which rows of logits `forward` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// (V): the last token's
+    Last,
+    /// (l, V): every token's
+    All,
+}
+
+pub struct Model {
+    config: Config,
+    ctx: Ctx,
+    precision: Precision,
+    pub visual: VisionModel,
+    pub language_model: TextModel,
+    /// (V, H); a packed copy of embed_tokens when the embeddings are tied
+    pub lm_head: Linear,
+}
+
+impl Model {
+    /// Loads `dir` (config.json + model.safetensors or sharded safetensors).
+    pub fn load(dir: &Path, kernels: Kernels, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open_dir(dir)?;
+        Model::from_weights(config, &weights, kernels, opts)
+    }
+
+    /// Builds the model from a parsed config and opened weights.
+    pub fn from_weights(
+        config: Config,
+        weights: &Weights,
+        kernels: Kernels,
+        opts: &LoadOptions,
+    ) -> Result<Model, ModelError> {
+        let done = Cell::new(0u64);
+        let root = Vb::root(weights, kernels, opts.progress, &done);
+        let vb = root.pp("model");
+        let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
+        let language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
+        let (v, h) = (config.text.vocab_size, config.text.hidden_size);
+        let lm_head = if config.tie_word_embeddings {
+            // Tied: lm_head = embed_tokens (lm_head.weight, if present, is ignored as transformers does).
+            Linear {
+                weight: pack(&kernels, &language_model.embed_tokens, v, h)?,
+                bias: None,
+                out_features: v,
+                in_features: h,
+            }
+        } else if weights.contains("lm_head.weight") {
+            root.linear("lm_head", v, h, false)?
+        } else {
+            return Err(ModelError::MissingTensor {
+                key: "lm_head.weight".into(),
+                msg: "absent, and config.json says tie_word_embeddings = false".into(),
+            });
+        };
+        let path = match opts.precision {
+            Precision::F32 => MatmulPath::Exact,
+            Precision::Fast => MatmulPath::Fast,
+        };
+        Ok(Model {
+            config,
+            ctx: Ctx { k: kernels, path },
+            precision: opts.precision,
+            visual,
+            language_model,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.text.vocab_size
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.ctx.k
+    }
+
+    /// Runs the vision tower over all images of one prompt (in prompt order).
+    pub fn encode_images(&self, images: &[ImageInput]) -> Result<VisionOutput, ModelError> {
+        self.encode_images_traced(images, None)
+    }
+
+    /// [`Model::encode_images`], recording each stage into `trace`.
+    pub fn encode_images_traced(
+        &self,
+        images: &[ImageInput],
+        trace: Option<&mut dyn Trace>,
+    ) -> Result<VisionOutput, ModelError> {
+        self.visual.forward(&self.ctx, images, &mut Tracer(trace))
+    }
+
+    /// Runs `ids` (l) at M-RoPE `positions` (3 × l, absolute) through the decoder, appending to `cache`.
+    /// `vision` (prefill only) supplies the rows of the image tokens and the DeepStack features.
+    /// Returns logits (V) for `Logits::Last` or (l, V) for `Logits::All`.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[Vec<i64>; 3],
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_traced(ids, positions, vision, cache, logits, None)
+    }
+
+    /// [`Model::forward`], recording each stage into `trace`.
+    pub fn forward_traced(
+        &self,
+        ids: &[u32],
+        positions: &[Vec<i64>; 3],
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        logits: Logits,
+        trace: Option<&mut dyn Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut logits_out = Vec::new();
+        self.forward_into(
+            ids,
+            positions,
+            vision,
+            cache,
+            logits,
+            &mut logits_out,
+            trace,
+        )?;
+        Ok(logits_out)
+    }
+
+    /// [`Model::forward_traced`] writing the logits into `out` (resized; reusing its capacity).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_into(
+        &self,
+        ids: &[u32],
+        positions: &[Vec<i64>; 3],
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        logits: Logits,
+        out: &mut Vec<f32>,
+        trace: Option<&mut dyn Trace>,
+    ) -> Result<(), ModelError> {
+        let l = ids.len();
+        if l == 0 {
+            return Err(ModelError::Input("no tokens to run".into()));
+        }
+        if let Some(a) = positions.iter().position(|p| p.len() != l) {
+            return Err(ModelError::Input(format!(
+                "positions[{a}] has {} entries for {l} tokens",
+                positions[a].len()
+            )));
+        }
+        if cache.len() + l > cache.max_len() {
+            return Err(ModelError::Input(format!(
+                "the KV cache holds {} of {} tokens; {l} more do not fit",
+                cache.len(),
+                cache.max_len()
+            )));
+        }
+        let mut tracer = Tracer(trace);
+        let vision = vision.map(|v| (v, self.config.image_token_id));
+        self.language_model
+            .forward(&self.ctx, ids, positions, vision, cache, &mut tracer)?;
+        cache.advance(l);
+
+        // logits = lm_head(norm(x)) for the requested rows
+        let (h, vs) = (self.config.text.hidden_size, self.vocab_size());
+        let (rows, x) = match logits {
+            Logits::All => (l, &cache.x[..]),
+            Logits::Last => (1, &cache.x[(l - 1) * h..l * h]),
+        };
+        out.resize(rows * vs, 0.0);
+        self.lm_head.forward(&self.ctx, x, rows, out)?;
+        if logits == Logits::All {
+            tracer.rec(|| "logits".into(), &[l, vs], out);
+        }
+        Ok(())
+    }
+}

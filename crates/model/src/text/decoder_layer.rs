@@ -1,0 +1,100 @@
+//! Qwen3VLTextDecoderLayer: pre-norm attention and MLP with residuals (spec 4.3).
+
+use crate::config::TextConfig;
+use crate::linear::{Ctx, Vb};
+use crate::norm::RmsNorm;
+#[allow(unused_imports)]
+use crate::shim::OpsShim;
+use crate::text::attention::{AttnBufs, TextAttention};
+use crate::text::mlp::TextMlp;
+use crate::{KernelCtx, ModelError};
+
+pub struct DecoderLayer {
+    pub self_attn: TextAttention,
+    pub mlp: TextMlp,
+    /// (H)
+    pub input_layernorm: RmsNorm,
+    /// (H)
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// Per-call buffers of the text decoder (kept in the KvCache so decode steps do not allocate).
+#[derive(Default)]
+pub(crate) struct TextScratch {
+    pub h: Vec<f32>,    // (l, H)
+    pub o: Vec<f32>,    // (l, H)
+    pub q: Vec<f32>,    // (l, nq·hd)
+    pub attn: Vec<f32>, // (l, nq·hd)
+    pub gate: Vec<f32>, // (l, I)
+    pub up: Vec<f32>,   // (l, I)
+    pub cos: Vec<f32>,  // (l, hd/2)
+    pub sin: Vec<f32>,  // (l, hd/2)
+}
+
+impl TextScratch {
+    pub fn resize(&mut self, cfg: &TextConfig, l: usize) {
+        let (h, q, i, half) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.head_dim / 2,
+        );
+        self.h.resize(l * h, 0.0);
+        self.o.resize(l * h, 0.0);
+        self.q.resize(l * q, 0.0);
+        self.attn.resize(l * q, 0.0);
+        self.gate.resize(l * i, 0.0);
+        self.up.resize(l * i, 0.0);
+        self.cos.resize(l * half, 0.0);
+        self.sin.resize(l * half, 0.0);
+    }
+}
+
+impl DecoderLayer {
+    pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<DecoderLayer, ModelError> {
+        let h = cfg.hidden_size;
+        Ok(DecoderLayer {
+            self_attn: TextAttention::load(&vb.pp("self_attn"), cfg)?,
+            mlp: TextMlp::load(&vb.pp("mlp"), cfg)?,
+            input_layernorm: vb.rms_norm("input_layernorm", h, cfg.rms_norm_eps)?,
+            post_attention_layernorm: vb.rms_norm(
+                "post_attention_layernorm",
+                h,
+                cfg.rms_norm_eps,
+            )?,
+        })
+    }
+
+    /// x: (l, H), updated in place; K/V of these tokens go to cache rows [start, start+l).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        c: &Ctx,
+        x: &mut [f32],
+        l: usize,
+        s: &mut TextScratch,
+        k_cache: &mut [f32],
+        v_cache: &mut [f32],
+        start: usize,
+    ) -> Result<(), ModelError> {
+        // 1. x = x + self_attn(input_layernorm(x))
+        self.input_layernorm.forward(&c.k, x, &mut s.h)?;
+        let bufs = AttnBufs {
+            q: &mut s.q,
+            out: &mut s.attn,
+            k_cache,
+            v_cache,
+            start,
+            cos: &s.cos,
+            sin: &s.sin,
+        };
+        self.self_attn.forward(c, &s.h, l, bufs, &mut s.o)?;
+        c.k.add_assign(x, &s.o).ctx("text residual")?;
+        // 2. x = x + mlp(post_attention_layernorm(x))
+        self.post_attention_layernorm.forward(&c.k, x, &mut s.h)?;
+        self.mlp
+            .forward(c, &s.h, l, &mut s.gate, &mut s.up, &mut s.o)?;
+        c.k.add_assign(x, &s.o).ctx("text residual")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! Prefill followed by step-by-step decode gives the logits of one forward over the whole sequence.
+
+mod common;
+
+use common::*;
+use qwen3vl_kernels::Kernels;
+use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision};
+
+fn check(geometry: &str, case: &str) {
+    let model = Model::load(
+        &model_dir(geometry),
+        Kernels::detect().unwrap(),
+        &LoadOptions {
+            precision: Precision::F32,
+            progress: None,
+        },
+    )
+    .unwrap();
+    let name = format!("{geometry}_{case}");
+    let r = Reference::load(&name);
+    let ims = images(&name, &r);
+    let ids = r.input_ids();
+    let pos = r.positions();
+    let delta = r.rope_delta();
+    let (l, v) = (ids.len(), model.vocab_size());
+    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
+
+    // One forward over everything.
+    let mut full_cache = KvCache::new(&model, l);
+    let full = model
+        .forward(&ids, &pos, vis.as_ref(), &mut full_cache, Logits::All)
+        .unwrap();
+    assert_eq!(full_cache.len(), l);
+
+    // Prefill up to just after the last image token, then one token at a time.
+    let img = model.config().image_token_id;
+    let prefill = ids.iter().rposition(|&t| t == img).map_or(3, |p| p + 2);
+    let mut cache = KvCache::new(&model, l + 4);
+    let slice = |a: usize, b: usize| {
+        [
+            pos[0][a..b].to_vec(),
+            pos[1][a..b].to_vec(),
+            pos[2][a..b].to_vec(),
+        ]
+    };
+    let last = model
+        .forward(
+            &ids[..prefill],
+            &slice(0, prefill),
+            vis.as_ref(),
+            &mut cache,
+            Logits::Last,
+        )
+        .unwrap();
+    let mag = full.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let cmp = |got: &[f32], i: usize, what: &str| {
+        let (e, at, _) = max_abs_err(got, &full[i * v..(i + 1) * v]);
+        assert!(
+            e <= DECODE_REL_TOL * mag,
+            "{name}: {what} position {i}: max abs {e:.3e} at vocab {at} (logits up to {mag})"
+        );
+    };
+    cmp(&last, prefill - 1, "prefill");
+    let mut step = Vec::new();
+    for i in prefill..l {
+        // The caller's decode position: cache_len + rope_delta on all three axes (spec 5.3).
+        let p = cache.len() as i64 + delta;
+        assert_eq!(
+            [pos[0][i], pos[1][i], pos[2][i]],
+            [p, p, p],
+            "{name}: decode position at {i}"
+        );
+        model
+            .forward_into(
+                &ids[i..i + 1],
+                &[vec![p], vec![p], vec![p]],
+                None,
+                &mut cache,
+                Logits::Last,
+                &mut step,
+                None,
+            )
+            .unwrap();
+        cmp(&step, i, "decode");
+    }
+    assert_eq!(cache.len(), l);
+
+    // Truncate back to the prefill and decode again: same logits (the cache rows are overwritten).
+    cache.truncate(prefill);
+    let p = prefill as i64 + delta;
+    let again = model
+        .forward(
+            &ids[prefill..prefill + 1],
+            &[vec![p], vec![p], vec![p]],
+            None,
+            &mut cache,
+            Logits::Last,
+        )
+        .unwrap();
+    cmp(&again, prefill, "after truncate");
+}
+
+#[test]
+fn decode_matches_full_forward_text_tied() {
+    check("tied", "text");
+}
+
+#[test]
+fn decode_matches_full_forward_two_images_tied() {
+    check("tied", "image2");
+}
+
+#[test]
+fn decode_matches_full_forward_one_image_untied() {
+    check("untied", "image1");
+}
+
+#[test]
+fn cache_overflow_and_bad_inputs_are_errors() {
+    let model = Model::load(
+        &model_dir("untied"),
+        Kernels::detect().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let p = vec![0i64, 1, 2];
+    let pos = [p.clone(), p.clone(), p];
+    let mut small = KvCache::new(&model, 2);
+    assert!(model
+        .forward(&[1, 2, 3], &pos, None, &mut small, Logits::Last)
+        .is_err());
+    let mut c = KvCache::new(&model, 8);
+    assert!(model
+        .forward(&[1, 2, 999_999], &pos, None, &mut c, Logits::Last)
+        .is_err());
+    assert!(model
+        .forward(&[1, 2], &pos, None, &mut c, Logits::Last)
+        .is_err());
+    assert!(model
+        .forward(&[], &[vec![], vec![], vec![]], None, &mut c, Logits::Last)
+        .is_err());
+    // Image tokens without matching visual rows.
+    let img = model.config().image_token_id;
+    let vis = qwen3vl_model::VisionOutput {
+        embeds: vec![0.0; 2 * model.config().text.hidden_size],
+        deepstack: vec![],
+    };
+    assert!(model
+        .forward(&[img, 1, 2], &pos, Some(&vis), &mut c, Logits::Last)
+        .is_err());
+    // Images whose pixels disagree with their grid.
+    let bad = qwen3vl_model::ImageInput {
+        pixel_values: vec![0.0; 1536 * 3],
+        grid_thw: [1, 2, 2],
+    };
+    assert!(model.encode_images(&[bad]).is_err());
+    let odd = qwen3vl_model::ImageInput {
+        pixel_values: vec![0.0; 1536 * 3],
+        grid_thw: [1, 1, 3],
+    };
+    assert!(model.encode_images(&[odd]).is_err());
+}
