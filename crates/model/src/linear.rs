@@ -6,11 +6,9 @@ use std::fmt::Display;
 use qwen3vl_kernels::Kernels;
 
 use crate::norm::{LayerNorm, RmsNorm};
-#[allow(unused_imports)]
-use crate::shim::MatmulShim;
-use crate::shim::{MatmulPath, PackedWeight, Weight};
 use crate::weights::{Dtype, TensorRef, Weights};
 use crate::{KernelCtx, ModelError};
+use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight};
 
 /// The kernels and the matmul path every module of one model uses.
 #[derive(Clone, Copy)]

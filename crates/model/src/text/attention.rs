@@ -3,10 +3,10 @@
 use crate::config::TextConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::RmsNorm;
-use crate::shim::{AttnLayout, AttnParams};
 #[allow(unused_imports)]
-use crate::shim::{AttnShim, OpsShim};
+use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
+use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
 
 pub struct TextAttention {
     /// (nq·hd, H)

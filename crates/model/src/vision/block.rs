@@ -4,10 +4,10 @@
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::LayerNorm;
-use crate::shim::{AttnLayout, AttnParams};
 #[allow(unused_imports)]
-use crate::shim::{AttnShim, OpsShim};
+use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
+use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
 
 /// Every vision LayerNorm uses eps 1e-6 (hard-coded in the modeling code).
 pub const VISION_LN_EPS: f32 = 1e-6;
