@@ -2,8 +2,6 @@
 
 use qwen3vl_kernels::Kernels;
 
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
 
 /// nn.LayerNorm(n, eps) with affine weight and bias.

@@ -3,8 +3,6 @@
 use crate::config::TextConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::RmsNorm;
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
 use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
 

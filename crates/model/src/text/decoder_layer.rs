@@ -3,8 +3,6 @@
 use crate::config::TextConfig;
 use crate::linear::{Ctx, Vb};
 use crate::norm::RmsNorm;
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::text::attention::{AttnBufs, TextAttention};
 use crate::text::mlp::TextMlp;
 use crate::{KernelCtx, ModelError};

@@ -2,8 +2,6 @@
 
 use crate::config::TextConfig;
 use crate::linear::{Ctx, Linear, Vb};
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
 
 pub struct TextMlp {

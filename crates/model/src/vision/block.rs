@@ -4,8 +4,6 @@
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::LayerNorm;
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::{KernelCtx, ModelError};
 use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
 
@@ -144,7 +142,7 @@ impl VisionBlock {
         // 6. x = x + fc2(gelu_tanh(fc1(norm2(x))))
         self.norm2.forward(k, x, &mut s.h)?;
         self.mlp.linear_fc1.forward(c, &s.h, n, &mut s.mlp)?;
-        k.gelu_tanh_assign(&mut s.mlp).ctx("vision gelu_tanh")?;
+        k.gelu_tanh_assign(&mut s.mlp);
         self.mlp.linear_fc2.forward(c, &s.mlp, n, &mut s.h)?;
         k.add_assign(x, &s.h).ctx("vision residual")?;
         Ok(())

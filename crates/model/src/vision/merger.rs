@@ -4,10 +4,8 @@
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::LayerNorm;
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::vision::block::VISION_LN_EPS;
-use crate::{KernelCtx, ModelError};
+use crate::ModelError;
 
 pub struct PatchMerger {
     /// LayerNorm over D (final merger) or 4D (deepstack mergers)
@@ -55,7 +53,7 @@ impl PatchMerger {
         // 2. y = fc2(gelu_erf(fc1(y.view(n/4, 4D))))
         let mut h = vec![0f32; n_tok * dm];
         self.linear_fc1.forward(c, &y, n_tok, &mut h)?;
-        c.k.gelu_erf_assign(&mut h).ctx("merger gelu_erf")?;
+        c.k.gelu_erf_assign(&mut h);
         self.linear_fc2.forward(c, &h, n_tok, out)
     }
 }

@@ -10,8 +10,6 @@ pub mod rotary;
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Vb};
 use crate::shim::ImageInput;
-#[allow(unused_imports)]
-use crate::shim::OpsShim;
 use crate::trace::Tracer;
 use crate::{KernelCtx, ModelError};
 
