@@ -1,1 +1,312 @@
-//! `qwen3vl bench roofline` and `qwen3vl bench matmul` (in progress).
+//! `qwen3vl bench roofline` and `qwen3vl bench matmul [--json]`: this machine's measured limits, and the
+//! matmul kernels on Qwen3-VL-2B shapes reported against them (GEMV: GB/s ÷ all-thread read bandwidth;
+//! GEMM: GFLOP/s ÷ the peak of the arithmetic used, bf16 dot product for the fast path, f32 FMA for exact).
+
+use anyhow::Result;
+use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight};
+use qwen3vl_kernels::roofline::{self, Roofline};
+use qwen3vl_kernels::Kernels;
+use serde_json::json;
+use std::time::Instant;
+
+/// The 1-minute load average (the machine may be shared; reported with every figure).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn roofline_json(r: &Roofline) -> serde_json::Value {
+    json!({
+        "threads": r.threads,
+        "read_gbps": r.read_gbps,
+        "read_gbps_1t": r.read_gbps_1t,
+        "fma_gflops": r.fma_gflops,
+        "bf16_gflops": r.bf16_gflops,
+    })
+}
+
+fn print_roofline(k: &Kernels, r: &Roofline) {
+    println!(
+        "roofline ({} threads, {}; load {:.2})",
+        r.threads,
+        k.isa(),
+        load_average().unwrap_or(f64::NAN)
+    );
+    println!("  read bandwidth, 1 thread    {:8.1} GB/s", r.read_gbps_1t);
+    println!(
+        "  read bandwidth, {} threads   {:8.1} GB/s",
+        r.threads, r.read_gbps
+    );
+    println!("  f32 FMA peak                {:8.1} GFLOP/s", r.fma_gflops);
+    match r.bf16_gflops {
+        Some(g) => println!("  bf16 dot-product peak       {g:8.1} GFLOP/s"),
+        None => println!("  bf16 dot-product peak            n/a (no AVX512_BF16)"),
+    }
+}
+
+/// `qwen3vl bench roofline [--json]`
+pub fn roofline(json: bool) -> Result<()> {
+    let k = Kernels::detect()?;
+    let r = roofline::measure(&k);
+    if json {
+        let mut v = roofline_json(&r);
+        v["isa"] = json!(k.isa().name());
+        v["load"] = json!(load_average());
+        println!("{v}");
+    } else {
+        print_roofline(&k, &r);
+    }
+    Ok(())
+}
+
+/// Smallest time of `f` over at least 3 runs and ~`secs` seconds (after one warm-up run).
+fn best_time(secs: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed().as_secs_f64() < secs {
+        let t0 = Instant::now();
+        f();
+        best = best.min(t0.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    best
+}
+
+struct Shape {
+    kind: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+const SHAPES: [Shape; 10] = [
+    Shape {
+        kind: "gemv",
+        m: 1,
+        k: 2048,
+        n: 6144,
+    },
+    Shape {
+        kind: "gemv",
+        m: 1,
+        k: 2048,
+        n: 2048,
+    },
+    Shape {
+        kind: "gemv",
+        m: 1,
+        k: 2048,
+        n: 1024,
+    },
+    Shape {
+        kind: "gemv",
+        m: 1,
+        k: 2048,
+        n: 151936,
+    },
+    Shape {
+        kind: "gemv",
+        m: 1,
+        k: 6144,
+        n: 2048,
+    },
+    Shape {
+        kind: "gemm",
+        m: 512,
+        k: 2048,
+        n: 6144,
+    },
+    Shape {
+        kind: "gemm",
+        m: 512,
+        k: 6144,
+        n: 2048,
+    },
+    Shape {
+        kind: "gemm",
+        m: 1200,
+        k: 1024,
+        n: 3072,
+    },
+    Shape {
+        kind: "gemm",
+        m: 1200,
+        k: 1024,
+        n: 4096,
+    },
+    Shape {
+        kind: "gemm",
+        m: 1200,
+        k: 4096,
+        n: 1024,
+    },
+];
+
+/// Weights of a GEMV are cycled over copies totalling at least this many bytes, so that every call reads
+/// its weight from memory (as in a decode step) and not from the 32 MiB L3.
+const GEMV_FOOTPRINT: usize = 160 << 20;
+
+fn rng_vec(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
+        })
+        .collect()
+}
+
+fn to_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|v| (v.to_bits() >> 16) as u16).collect()
+}
+
+/// `qwen3vl bench matmul [--json] [--threads N]`
+pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
+    let mut k = Kernels::detect()?;
+    if let Some(t) = threads {
+        k = k.with_threads(t);
+    }
+    let r = roofline::measure(&k);
+    if !json {
+        print_roofline(&k, &r);
+        println!(
+            "\n{:<5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>9} {:>10} {:>8} {:>9} {:>7}",
+            "kind",
+            "m",
+            "k",
+            "n",
+            "dtype",
+            "path",
+            "weights",
+            "time µs",
+            "GB/s",
+            "GFLOP/s",
+            "% limit"
+        );
+    }
+    let mut results = Vec::new();
+    for s in &SHAPES {
+        let (m, kk, n) = (s.m, s.k, s.n);
+        let x = rng_vec(m * kk, 1);
+        let bias = rng_vec(n, 2);
+        let mut y = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * kk) as f64;
+        let w32 = rng_vec(n * kk, 3);
+        let w16 = to_bf16(&w32);
+        // (dtype, path, packed)
+        let configs: &[(&str, MatmulPath, bool)] = if s.kind == "gemv" {
+            &[
+                ("bf16", MatmulPath::Exact, false),
+                ("bf16", MatmulPath::Fast, true),
+                ("f32", MatmulPath::Exact, false),
+            ]
+        } else {
+            &[
+                ("bf16", MatmulPath::Fast, true),
+                ("bf16", MatmulPath::Exact, true),
+                ("f32", MatmulPath::Exact, true),
+            ]
+        };
+        for &(dtype, path, packed) in configs {
+            let elem = if dtype == "bf16" { 2 } else { 4 };
+            let wbytes = n * kk * elem;
+            let copies = if s.kind == "gemv" {
+                GEMV_FOOTPRINT.div_ceil(wbytes).max(1)
+            } else {
+                1
+            };
+            let time = if packed {
+                let p = match dtype {
+                    "bf16" => k.pack_weight(Weight::Bf16(&w16), n, kk)?,
+                    _ => k.pack_weight(Weight::F32(&w32), n, kk)?,
+                };
+                let ps: Vec<PackedWeight> = (0..copies).map(|_| p.clone()).collect();
+                let mut i = 0;
+                best_time(0.5, || {
+                    k.matmul(&x, m, &ps[i % copies], Some(&bias), &mut y, path)
+                        .unwrap();
+                    i += 1;
+                })
+            } else if dtype == "bf16" {
+                let ws: Vec<Vec<u16>> = (0..copies).map(|_| w16.clone()).collect();
+                let mut i = 0;
+                best_time(0.5, || {
+                    let w = Weight::Bf16(&ws[i % copies]);
+                    k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
+                        .unwrap();
+                    i += 1;
+                })
+            } else {
+                let ws: Vec<Vec<f32>> = (0..copies).map(|_| w32.clone()).collect();
+                let mut i = 0;
+                best_time(0.5, || {
+                    let w = Weight::F32(&ws[i % copies]);
+                    k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
+                        .unwrap();
+                    i += 1;
+                })
+            };
+            let bytes = (wbytes + (m * kk + m * n + n) * 4) as f64;
+            let gbps = bytes / time / 1e9;
+            let gflops = flops / time / 1e9;
+            let uses_dot = path == MatmulPath::Fast && dtype == "bf16" && r.bf16_gflops.is_some();
+            let pct = if s.kind == "gemv" {
+                100.0 * gbps / r.read_gbps
+            } else if uses_dot {
+                100.0 * gflops / r.bf16_gflops.unwrap_or(f64::NAN)
+            } else {
+                100.0 * gflops / r.fma_gflops
+            };
+            let path_name = if path == MatmulPath::Fast {
+                "fast"
+            } else {
+                "exact"
+            };
+            let form = if packed { "packed" } else { "as-is" };
+            if !json {
+                println!(
+                    "{:<5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>9} {:>10.1} {:>8.1} {:>9.1} {:>6.1}%",
+                    s.kind,
+                    m,
+                    kk,
+                    n,
+                    dtype,
+                    path_name,
+                    form,
+                    time * 1e6,
+                    gbps,
+                    gflops,
+                    pct
+                );
+            }
+            results.push(json!({
+                "kind": s.kind, "m": m, "k": kk, "n": n, "dtype": dtype, "path": path_name,
+                "packed": packed, "time_us": time * 1e6, "gbps": gbps, "gflops": gflops, "pct_of_limit": pct,
+            }));
+        }
+    }
+    if json {
+        let v = json!({
+            "isa": k.isa().name(),
+            "threads": k.threads(),
+            "load": load_average(),
+            "roofline": roofline_json(&r),
+            "results": results,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "\nload average now {:.2}",
+            load_average().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,239 @@
-//! (in progress)
+//! This machine's limits, measured: read bandwidth from memory (one thread and all threads of a
+//! [`Kernels`]' pool), peak f32 FMA throughput, and peak bf16 dot-product (`vdpbf16ps`) throughput.
+//! Benchmarks report their figures as a fraction of these.
+//!
+//! Each figure is the best of several repetitions (the machine may be shared; the best is the closest to
+//! what the hardware can do). The read test streams a buffer much larger than the last-level cache with
+//! vector loads into independent accumulators; the compute tests run independent chains of FMAs (or
+//! `vdpbf16ps`) on registers, enough of them to cover the instruction's latency.
+
+use crate::isa::Isa;
+use crate::Kernels;
+use std::time::Instant;
+
+/// Measured limits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Roofline {
+    /// Threads used for the all-thread figures.
+    pub threads: usize,
+    /// Read bandwidth, one thread, GB/s (10⁹ bytes).
+    pub read_gbps_1t: f64,
+    /// Read bandwidth, all threads, GB/s.
+    pub read_gbps: f64,
+    /// f32 FMA peak, all threads, GFLOP/s (an FMA is 2 flops).
+    pub fma_gflops: f64,
+    /// `vdpbf16ps` peak, all threads, GFLOP/s (2 flops per bf16 product); None without AVX512_BF16.
+    pub bf16_gflops: Option<f64>,
+}
+
+/// Measures every limit with the kernels' ISA and thread count (about 2–3 seconds).
+pub fn measure(k: &Kernels) -> Roofline {
+    Roofline {
+        threads: k.threads(),
+        read_gbps_1t: read_bandwidth(&k.with_threads(1), 256 << 20, 5),
+        read_gbps: read_bandwidth(k, 256 << 20, 5),
+        fma_gflops: fma_peak(k),
+        bf16_gflops: bf16_dot_peak(k),
+    }
+}
+
+/// Best read bandwidth (GB/s) over `reps` passes over a buffer of `bytes`, split over the pool's threads
+/// in contiguous ranges.
+pub fn read_bandwidth(k: &Kernels, bytes: usize, reps: usize) -> f64 {
+    let n = (bytes / 4).max(1 << 12);
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let threads = k.threads();
+    let isa = k.isa();
+    let mut best = 0f64;
+    let sink = std::sync::Mutex::new(0f32);
+    for _ in 0..reps.max(1) + 1 {
+        let t0 = Instant::now();
+        k.parallel_for(threads, &|t| {
+            let (a, b) = (n * t / threads, n * (t + 1) / threads);
+            let s = sum(isa, &buf[a..b]);
+            *sink.lock().unwrap() += s;
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        best = best.max((n * 4) as f64 / dt / 1e9);
+    }
+    std::hint::black_box(*sink.lock().unwrap());
+    best
+}
+
+/// f32 FMA peak (GFLOP/s) on all threads of `k`, at its ISA's vector width.
+pub fn fma_peak(k: &Kernels) -> f64 {
+    let isa = k.isa();
+    compute_peak(k, &|iters| fma_loop(isa, iters))
+}
+
+/// `vdpbf16ps` peak (GFLOP/s) on all threads; None unless the CPU has AVX512_BF16 and `k` is AVX-512.
+pub fn bf16_dot_peak(k: &Kernels) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if k.isa() == Isa::Avx512 && k.features().avx512_bf16 {
+        // Safety: checked the features just above.
+        return Some(compute_peak(k, &|iters| unsafe { x86::dp_loop(iters) }));
+    }
+    let _ = k;
+    None
+}
+
+/// Runs `f(iters)` (which returns the flops it did) on every thread; best of 5 rounds of ~40 ms.
+fn compute_peak(k: &Kernels, f: &(dyn Fn(u64) -> f64 + Sync)) -> f64 {
+    let threads = k.threads();
+    // Calibrate one thread to ~40 ms.
+    let mut iters = 1u64 << 12;
+    loop {
+        let t0 = Instant::now();
+        f(iters);
+        if t0.elapsed().as_secs_f64() > 0.01 || iters > 1 << 34 {
+            iters = (iters as f64 * 0.04 / t0.elapsed().as_secs_f64().max(1e-9)) as u64;
+            break;
+        }
+        iters *= 4;
+    }
+    let flops = std::sync::Mutex::new(0f64);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        *flops.lock().unwrap() = 0.0;
+        let t0 = Instant::now();
+        k.parallel_for(threads, &|_| {
+            let fl = f(iters);
+            *flops.lock().unwrap() += fl;
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        best = best.max(*flops.lock().unwrap() / dt / 1e9);
+    }
+    best
+}
+
+fn sum(isa: Isa, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    // Safety: the ISA of a `Kernels` is supported by this CPU.
+    unsafe {
+        match isa {
+            Isa::Avx512 => return x86::sum512(x),
+            Isa::Avx2 => return x86::sum256(x),
+            _ => {}
+        }
+    }
+    let _ = isa;
+    // Scalar / SSE4.1: 8 independent partial sums.
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn fma_loop(isa: Isa, iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    // Safety: the ISA of a `Kernels` is supported by this CPU.
+    unsafe {
+        match isa {
+            Isa::Avx512 => return x86::fma512(iters),
+            Isa::Avx2 => return x86::fma256(iters),
+            _ => {}
+        }
+    }
+    let _ = isa;
+    let mut acc = [1f32; 8];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    iters as f64 * 16.0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: enough to cover FMA latency (4) × issue rate (2) on current cores.
+    const CHAINS: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn sum512(x: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let chunks = x.chunks_exact(128);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_loadu_ps(c.as_ptr().add(j * 16)));
+            }
+        }
+        let mut s = acc[0];
+        for a in &acc[1..] {
+            s = _mm512_add_ps(s, *a);
+        }
+        _mm512_reduce_add_ps(s) + tail
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sum256(x: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let chunks = x.chunks_exact(64);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_loadu_ps(c.as_ptr().add(j * 8)));
+            }
+        }
+        let mut buf = [0f32; 8];
+        let mut s = acc[0];
+        for a in &acc[1..] {
+            s = _mm256_add_ps(s, *a);
+        }
+        _mm256_storeu_ps(buf.as_mut_ptr(), s);
+        buf.iter().sum::<f32>() + tail
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: u64) -> f64 {
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_fmadd_ps(*c, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        iters as f64 * (CHAINS * 16 * 2) as f64
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: u64) -> f64 {
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm256_fmadd_ps(*c, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        iters as f64 * (CHAINS * 8 * 2) as f64
+    }
+
+    /// Safety: the CPU has AVX-512 F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dp_loop(iters: u64) -> f64 {
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80)); // 1.0
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3380)); // 2^-24
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbf16_ps(*c, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        // 16 lanes × 2 products × 2 flops
+        iters as f64 * (CHAINS * 64) as f64
+    }
+}

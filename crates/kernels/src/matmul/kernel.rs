@@ -48,82 +48,139 @@ impl WElem for f32 {
 }
 
 /// GEMV on row-major W (n, k): y[i][r] for all i < m, r0 ≤ r < r1. Blocks of up to 4 rows of x; within a
-/// block, 4 rows of W at a time, each streamed once, with M×4 independent accumulators.
+/// block, one row of W at a time, so that memory is read in one sequential stream (a row of 2048 bf16 is
+/// one 4 KiB page: streams that each last one page defeat the hardware prefetcher), with 4 independent
+/// accumulators per row of x along k.
 #[inline(always)]
 pub unsafe fn gemv<S: MmSimd, T: WElem>(s: S, a: &Args, w: &[T], r0: usize, r1: usize) {
-    let mut i = 0;
-    while i < a.m {
-        let mb = (a.m - i).min(4);
-        match mb {
-            1 => gemv_block::<S, T, 1>(s, a, w, i, r0, r1),
-            2 => gemv_block::<S, T, 2>(s, a, w, i, r0, r1),
-            3 => gemv_block::<S, T, 3>(s, a, w, i, r0, r1),
-            _ => gemv_block::<S, T, 4>(s, a, w, i, r0, r1),
+    // Row r of W is read from memory once, then from L1 for the next block of x's rows.
+    for r in r0..r1 {
+        let mut i = 0;
+        while i < a.m {
+            let mb = (a.m - i).min(4);
+            match mb {
+                1 => gemv_row::<S, T, 1>(s, a, w, i, r),
+                2 => gemv_row::<S, T, 2>(s, a, w, i, r),
+                3 => gemv_row::<S, T, 3>(s, a, w, i, r),
+                _ => gemv_row::<S, T, 4>(s, a, w, i, r),
+            }
+            i += mb;
         }
-        i += mb;
     }
 }
 
+/// y[i0+i][r] for i < M.
 #[inline(always)]
-unsafe fn gemv_block<S: MmSimd, T: WElem, const M: usize>(
-    s: S,
-    a: &Args,
-    w: &[T],
-    i0: usize,
-    r0: usize,
-    r1: usize,
-) {
-    let mut r = r0;
-    while r + 4 <= r1 {
-        gemv_rows::<S, T, M, 4>(s, a, w, i0, r);
-        r += 4;
-    }
-    while r < r1 {
-        gemv_rows::<S, T, M, 1>(s, a, w, i0, r);
-        r += 1;
-    }
-}
-
-/// y[i0+i][r+j] for i < M, j < R.
-#[inline(always)]
-unsafe fn gemv_rows<S: MmSimd, T: WElem, const M: usize, const R: usize>(
+unsafe fn gemv_row<S: MmSimd, T: WElem, const M: usize>(
     s: S,
     a: &Args,
     w: &[T],
     i0: usize,
     r: usize,
 ) {
+    const U: usize = 4;
     let k = a.k;
     let l = S::LANES;
     let x = a.x.as_ptr().add(i0 * k);
     let w = w.as_ptr().add(r * k);
-    let mut acc = [[s.zero(); R]; M];
-    // vector body
+    let mut acc = [[s.zero(); U]; M];
+    // vector body: U vectors of k per step
     let mut kk = 0;
-    while kk + l <= k {
-        let mut xv = [s.zero(); M];
-        for (m, xv) in xv.iter_mut().enumerate() {
-            *xv = s.loadp(x.add(m * k + kk));
-        }
-        for j in 0..R {
-            let wv = T::load(s, w.add(j * k + kk));
+    while kk + U * l <= k {
+        for u in 0..U {
+            let wv = T::load(s, w.add(kk + u * l));
             for m in 0..M {
-                acc[m][j] = s.mul_add(xv[m], wv, acc[m][j]);
+                acc[m][u] = s.mul_add(s.loadp(x.add(m * k + kk + u * l)), wv, acc[m][u]);
             }
+        }
+        kk += U * l;
+    }
+    // remaining whole vectors
+    while kk + l <= k {
+        let wv = T::load(s, w.add(kk));
+        for m in 0..M {
+            acc[m][0] = s.mul_add(s.loadp(x.add(m * k + kk)), wv, acc[m][0]);
         }
         kk += l;
     }
     // horizontal sums, scalar tail, bias
     for m in 0..M {
-        for j in 0..R {
-            let mut sum = s.reduce_sum(acc[m][j]);
-            for t in kk..k {
-                sum += *x.add(m * k + t) * (*w.add(j * k + t)).to_f32();
-            }
-            let c = r + j;
-            let b = a.bias.map_or(0.0, |b| *b.get_unchecked(c));
-            *a.y.0.add((i0 + m) * a.n + c) = sum + b;
+        let v = s.add(s.add(acc[m][0], acc[m][1]), s.add(acc[m][2], acc[m][3]));
+        let mut sum = s.reduce_sum(v);
+        for t in kk..k {
+            sum += *x.add(m * k + t) * (*w.add(t)).to_f32();
         }
+        let b = a.bias.map_or(0.0, |b| *b.get_unchecked(r));
+        *a.y.0.add((i0 + m) * a.n + r) = sum + b;
+    }
+}
+
+/// GEMV on row-major bf16 W with the pair trick: each load of 2·LANES weights is widened by shift/mask
+/// into the even-k and odd-k vectors, met by `Args::xp` (x deinterleaved the same way). One sequential
+/// stream of W; 2 blocks per step, 4 accumulators per row of x.
+#[inline(always)]
+pub unsafe fn gemv_bf16_pairs<S: MmSimd>(s: S, a: &Args, w: &[u16], r0: usize, r1: usize) {
+    // Row r of W is read from memory once, then from L1 for the next block of x's rows.
+    for r in r0..r1 {
+        let mut i = 0;
+        while i < a.m {
+            let mb = (a.m - i).min(4);
+            match mb {
+                1 => gemv_pairs_row::<S, 1>(s, a, w, i, r),
+                2 => gemv_pairs_row::<S, 2>(s, a, w, i, r),
+                3 => gemv_pairs_row::<S, 3>(s, a, w, i, r),
+                _ => gemv_pairs_row::<S, 4>(s, a, w, i, r),
+            }
+            i += mb;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemv_pairs_row<S: MmSimd, const M: usize>(
+    s: S,
+    a: &Args,
+    w: &[u16],
+    i0: usize,
+    r: usize,
+) {
+    let k = a.k;
+    let l = S::LANES;
+    let b = 2 * l;
+    let xp = a.xp.as_ptr().add(i0 * k);
+    let w = w.as_ptr().add(r * k);
+    let mut acc = [[s.zero(); 4]; M];
+    // vector body: two blocks of 2·LANES per step
+    let mut kk = 0;
+    while kk + 2 * b <= k {
+        for u in 0..2 {
+            let (we, wo) = s.widen_pairs(w.add(kk + u * b));
+            for m in 0..M {
+                let xr = xp.add(m * k + kk + u * b);
+                acc[m][2 * u] = s.mul_add(s.loadp(xr), we, acc[m][2 * u]);
+                acc[m][2 * u + 1] = s.mul_add(s.loadp(xr.add(l)), wo, acc[m][2 * u + 1]);
+            }
+        }
+        kk += 2 * b;
+    }
+    if kk + b <= k {
+        let (we, wo) = s.widen_pairs(w.add(kk));
+        for m in 0..M {
+            let xr = xp.add(m * k + kk);
+            acc[m][0] = s.mul_add(s.loadp(xr), we, acc[m][0]);
+            acc[m][1] = s.mul_add(s.loadp(xr.add(l)), wo, acc[m][1]);
+        }
+        kk += b;
+    }
+    // horizontal sums, scalar tail (xp keeps the tail in order), bias
+    for m in 0..M {
+        let v = s.add(s.add(acc[m][0], acc[m][1]), s.add(acc[m][2], acc[m][3]));
+        let mut sum = s.reduce_sum(v);
+        for t in kk..k {
+            sum += *xp.add(m * k + t) * f32::from_bits((*w.add(t) as u32) << 16);
+        }
+        let bv = a.bias.map_or(0.0, |b| *b.get_unchecked(r));
+        *a.y.0.add((i0 + m) * a.n + r) = sum + bv;
     }
 }
 

@@ -115,6 +115,9 @@ pub(crate) struct Args<'a> {
     pub x: &'a [f32],
     /// (m, 2·⌈k/2⌉): x rounded to bf16, odd k padded with 0 (Fast path only; else empty).
     pub xb: &'a [u16],
+    /// (m, k): x with each block of 2·LANES values of k reordered as [LANES even k, LANES odd k] (the
+    /// rest in order), to meet bf16 weight pairs widened by shift/mask (row-major bf16 GEMV only; else empty).
+    pub xp: &'a [f32],
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -131,8 +134,10 @@ unsafe impl Send for Args<'_> {}
 /// Range functions of one level. `unsafe`: they need the level's CPU features, index without checks (the
 /// public API has checked all lengths) and write through `Args::y`.
 pub(crate) struct MmTable {
-    /// Output columns r0..r1 (rows of W) for all m, W row-major (n, k).
+    /// Output columns r0..r1 (rows of W) for all m, W row-major (n, k). Reads `Args::xp`.
     pub gemv_bf16: unsafe fn(&Args, &[u16], usize, usize),
+    /// Same with x rounded to bf16 (reads `Args::xb`) and `vdpbf16ps`, where available.
+    pub gemv_bf16_dot: Option<unsafe fn(&Args, &[u16], usize, usize)>,
     pub gemv_f32: unsafe fn(&Args, &[f32], usize, usize),
     /// Column groups g0..g1 for all m, W packed; exact f32 arithmetic.
     pub packed_bf16: unsafe fn(&Args, &[u16], usize, usize),
@@ -143,16 +148,20 @@ pub(crate) struct MmTable {
     pub to_bf16: unsafe fn(&[f32], &mut [u16]),
     /// G.
     pub group: usize,
+    /// f32 lanes of the level (the block of `Args::xp` is 2·lanes).
+    pub lanes: usize,
 }
 
 static SCALAR: MmTable = MmTable {
     gemv_bf16: scalar::gemv_bf16,
+    gemv_bf16_dot: None,
     gemv_f32: scalar::gemv_f32,
     packed_bf16: scalar::packed_bf16,
     packed_bf16_dot: None,
     packed_f32: scalar::packed_f32,
     to_bf16: scalar::to_bf16,
     group: scalar::GROUP,
+    lanes: 1,
 };
 
 fn table(isa: Isa, bf16_dot: bool) -> &'static MmTable {
@@ -270,6 +279,7 @@ impl Kernels {
         let mut a = Args {
             x,
             xb: &[],
+            xp: &[],
             m,
             n,
             k,
@@ -320,9 +330,10 @@ impl Kernels {
             return self.matmul(x, m, &p, bias, y, path);
         }
         let t = self.mm();
-        let a = Args {
+        let mut a = Args {
             x,
             xb: &[],
+            xp: &[],
             m,
             n,
             k,
@@ -330,12 +341,20 @@ impl Kernels {
             y: YPtr(y.as_mut_ptr()),
         };
         let macs = m * n * k;
-        match w {
-            Weight::Bf16(wd) => {
+        let (xb_buf, xp_buf);
+        match (w, path, t.gemv_bf16_dot) {
+            (Weight::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
+                xb_buf = round_x_bf16(t, x, m, k);
+                a.xb = &xb_buf;
+                self.run_ranges(n, macs, &|r0, r1| unsafe { dot(&a, wd, r0, r1) });
+            }
+            (Weight::Bf16(wd), _, _) => {
+                xp_buf = deinterleave_x(x, m, k, t.lanes);
+                a.xp = &xp_buf;
                 let f = t.gemv_bf16;
                 self.run_ranges(n, macs, &|r0, r1| unsafe { f(&a, wd, r0, r1) });
             }
-            Weight::F32(wd) => {
+            (Weight::F32(wd), _, _) => {
                 let f = t.gemv_f32;
                 self.run_ranges(n, macs, &|r0, r1| unsafe { f(&a, wd, r0, r1) });
             }
@@ -413,4 +432,24 @@ fn round_x_bf16(t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
         unsafe { (t.to_bf16)(&x[i * k..(i + 1) * k], &mut xb[i * kp2..i * kp2 + k]) };
     }
     xb
+}
+
+/// x (m, k) with each block of 2·lanes values of a row reordered as [even k, odd k]; see `Args::xp`.
+fn deinterleave_x(x: &[f32], m: usize, k: usize, lanes: usize) -> Vec<f32> {
+    let b = 2 * lanes;
+    let mut xp = x.to_vec();
+    if lanes <= 1 {
+        return xp;
+    }
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let out = &mut xp[i * k..(i + 1) * k];
+        for (src, dst) in row.chunks_exact(b).zip(out.chunks_exact_mut(b)) {
+            for j in 0..lanes {
+                dst[j] = src[2 * j];
+                dst[lanes + j] = src[2 * j + 1];
+            }
+        }
+    }
+    xp
 }

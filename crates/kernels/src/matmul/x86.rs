@@ -83,11 +83,12 @@ macro_rules! level {
         pub mod $modname {
             use super::*;
             pub const GROUP: usize = $nv * <$tok as crate::simd::Simd>::LANES;
+            pub const LANES: usize = <$tok as crate::simd::Simd>::LANES;
 
             /// Safety (all): the CPU supports this level; `a` and `w` are consistent (see `MmTable`).
             #[target_feature(enable = $feat)]
             pub unsafe fn gemv_bf16(a: &Args, w: &[u16], r0: usize, r1: usize) {
-                kernel::gemv::<$tok, u16>(<$tok>::new_unchecked(), a, w, r0, r1)
+                kernel::gemv_bf16_pairs::<$tok>(<$tok>::new_unchecked(), a, w, r0, r1)
             }
             #[target_feature(enable = $feat)]
             pub unsafe fn gemv_f32(a: &Args, w: &[f32], r0: usize, r1: usize) {
@@ -117,36 +118,43 @@ level!(
 
 pub static SSE41: MmTable = MmTable {
     gemv_bf16: sse41::gemv_bf16,
+    gemv_bf16_dot: None,
     gemv_f32: sse41::gemv_f32,
     packed_bf16: sse41::packed_bf16,
     packed_bf16_dot: None,
     packed_f32: sse41::packed_f32,
     to_bf16: super::scalar::to_bf16,
     group: sse41::GROUP,
+    lanes: sse41::LANES,
 };
 
 pub static AVX2: MmTable = MmTable {
     gemv_bf16: avx2::gemv_bf16,
+    gemv_bf16_dot: None,
     gemv_f32: avx2::gemv_f32,
     packed_bf16: avx2::packed_bf16,
     packed_bf16_dot: None,
     packed_f32: avx2::packed_f32,
     to_bf16: super::scalar::to_bf16,
     group: avx2::GROUP,
+    lanes: avx2::LANES,
 };
 
 pub static AVX512: MmTable = MmTable {
     gemv_bf16: avx512::gemv_bf16,
+    gemv_bf16_dot: None,
     gemv_f32: avx512::gemv_f32,
     packed_bf16: avx512::packed_bf16,
     packed_bf16_dot: None,
     packed_f32: avx512::packed_f32,
     to_bf16: super::scalar::to_bf16,
     group: avx512::GROUP,
+    lanes: avx512::LANES,
 };
 
 /// AVX-512 on a CPU with AVX512_BF16: same layout, plus the `vdpbf16ps` path.
 pub static AVX512_BF16: MmTable = MmTable {
+    gemv_bf16_dot: Some(bf16dot::gemv_bf16_dot),
     packed_bf16_dot: Some(bf16dot::packed_bf16_dot),
     to_bf16: bf16dot::to_bf16,
     ..AVX512
@@ -214,6 +222,53 @@ pub mod bf16dot {
         }
         let s = Avx512::new_unchecked();
         kernel::store_tile::<Avx512, R, NV>(s, a, &acc, i0, c0, cols);
+    }
+
+    /// GEMV on row-major bf16 W: rows r0..r1, for all rows of x (`a.xb`, bf16, stride 2⌈k/2⌉). A row of W
+    /// is already a sequence of k pairs: one 64-byte load and one `vdpbf16ps` per 32 values of k.
+    /// Safety: as [`packed_bf16_dot`], `w` row-major (n, k).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+    pub unsafe fn gemv_bf16_dot(a: &Args, w: &[u16], r0: usize, r1: usize) {
+        let k = a.k;
+        let ldx = k.div_ceil(2) * 2;
+        // Row r of W is read from memory once, then from L1 for the other rows of x.
+        for r in r0..r1 {
+            let wr = w.as_ptr().add(r * k);
+            for i in 0..a.m {
+                let x = a.xb.as_ptr().add(i * ldx);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                // vector body: 4 × 32 values of k per step, then single blocks of 32
+                let mut kk = 0;
+                while kk + 128 <= k {
+                    for (u, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_loadu_si512(wr.add(kk + 32 * u) as *const __m512i);
+                        let xv = _mm512_loadu_si512(x.add(kk + 32 * u) as *const __m512i);
+                        *acc = _mm512_dpbf16_ps(
+                            *acc,
+                            std::mem::transmute(xv),
+                            std::mem::transmute(wv),
+                        );
+                    }
+                    kk += 128;
+                }
+                while kk + 32 <= k {
+                    let wv = _mm512_loadu_si512(wr.add(kk) as *const __m512i);
+                    let xv = _mm512_loadu_si512(x.add(kk) as *const __m512i);
+                    acc[0] =
+                        _mm512_dpbf16_ps(acc[0], std::mem::transmute(xv), std::mem::transmute(wv));
+                    kk += 32;
+                }
+                // horizontal sum, scalar tail (on the bf16-rounded x), bias
+                let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                let mut sum = _mm512_reduce_add_ps(v);
+                for t in kk..k {
+                    let xv = f32::from_bits((*x.add(t) as u32) << 16);
+                    sum += xv * f32::from_bits((*wr.add(t) as u32) << 16);
+                }
+                let b = a.bias.map_or(0.0, |b| *b.get_unchecked(r));
+                *a.y.0.add(i * a.n + r) = sum + b;
+            }
+        }
     }
 
     /// out = bf16(x), round to nearest even (`vcvtneps2bf16`; denormal inputs flush to 0).
