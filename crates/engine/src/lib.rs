@@ -3,13 +3,13 @@
 //! checkpoints for trying the engine without weights.
 
 pub mod cpu;
-pub mod sampling;
-
-pub use sampling::{Sampler, SamplingParams};
+pub mod generate;
 pub mod generation_config;
+pub mod init_random;
+pub mod sampling;
 pub mod stream;
 
+pub use generate::FinishReason;
 pub use generation_config::GenerationConfig;
+pub use sampling::{Sampler, SamplingParams};
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};
-pub mod generate;
-pub mod init_random;
