@@ -117,7 +117,7 @@ fn cases() -> Vec<Case> {
             lo: -20.0,
             hi: 12.0,
             bound: 6.0,
-            bound_sse: 6.0,
+            bound_sse: 7.0,
             abs: TINY,
             cond: no_cond,
         },

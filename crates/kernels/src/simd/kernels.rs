@@ -598,11 +598,13 @@ fn gelu_tanh_grad<S: Simd>(s: S, x: S::V) -> S::V {
     s.mul_add(s.mul(s.add(x, x), s.mul(sg, one_minus)), du, sg)
 }
 
-/// d/dx of x·Φ(x): Φ(x) + x·φ(x)
+/// d/dx of x·Φ(x): Φ(x) + x·e^{−x²/2}/√(2π) (one exponential for both; x clamped to ±15 in the second
+/// term, where it is 0 anyway, so ±inf give 1 / 0 instead of ∞·0)
 #[inline(always)]
 fn gelu_erf_grad<S: Simd>(s: S, x: S::V) -> S::V {
-    let xc = s.min(s.max(x, s.splat(-30.0)), s.splat(30.0));
-    s.mul_add(xc, math::normal_pdf(s, xc), math::phi(s, x))
+    let (p, e) = math::phi_gauss(s, x);
+    let xc = s.min(s.max(x, s.splat(-15.0)), s.splat(15.0));
+    s.mul_add(s.mul(xc, s.splat(0.398_942_3)), e, p)
 }
 
 /// d/dx of x·σ(x): σ(1 + x(1 - σ)); x clamped at -200 (gradient -0 in f32 there; keeps 0·∞ out).

@@ -91,6 +91,14 @@ pub trait Simd: Copy {
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lane min, NaN-propagating.
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// The plain x86 `maxps`: max(a, b), and `b` when either is NaN (so `max_raw(lo, x)` keeps x's NaN).
+    fn max_raw(self, a: Self::V, b: Self::V) -> Self::V;
+    /// The plain x86 `minps`: min(a, b), and `b` when either is NaN.
+    fn min_raw(self, a: Self::V, b: Self::V) -> Self::V;
+    /// 1/a within 1 ULP (a division, or on AVX-512 `vrcp14ps` refined by one Newton step).
+    fn recip(self, a: Self::V) -> Self::V {
+        self.div(self.splat(1.0), a)
+    }
     /// |a| (clears the sign bit).
     fn abs(self, a: Self::V) -> Self::V;
     /// The magnitude of `mag` with the sign bit of `sign`.

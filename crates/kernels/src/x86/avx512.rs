@@ -123,6 +123,22 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    fn max_raw(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn min_raw(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    fn recip(self, a: __m512) -> __m512 {
+        // 14-bit estimate, one Newton step r + r(1 - a·r): relative error ~2^-28 before rounding
+        unsafe {
+            let r = _mm512_rcp14_ps(a);
+            _mm512_fmadd_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(1.0)), r)
+        }
+    }
+    #[inline(always)]
     fn abs(self, a: __m512) -> __m512 {
         unsafe { _mm512_abs_ps(a) }
     }

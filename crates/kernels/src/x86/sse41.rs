@@ -121,6 +121,14 @@ impl Simd for Sse41 {
         }
     }
     #[inline(always)]
+    fn max_raw(self, a: __m128, b: __m128) -> __m128 {
+        unsafe { _mm_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn min_raw(self, a: __m128, b: __m128) -> __m128 {
+        unsafe { _mm_min_ps(a, b) }
+    }
+    #[inline(always)]
     fn abs(self, a: __m128) -> __m128 {
         unsafe { _mm_andnot_ps(_mm_set1_ps(-0.0), a) }
     }
