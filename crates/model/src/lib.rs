@@ -28,7 +28,7 @@ pub mod weights;
 
 pub use config::{Config, TextConfig, VisionConfig};
 pub use kv_cache::KvCache;
-pub use model::{LoadOptions, Logits, Model, Precision, VisionOutput};
+pub use model::{top_k, LoadOptions, Logits, Model, Precision, TopK, VisionOutput};
 pub use shim::ImageInput;
 pub use trace::{Trace, TraceMap};
 

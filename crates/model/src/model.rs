@@ -185,6 +185,34 @@ impl Model {
         trace: Option<&mut dyn Trace>,
     ) -> Result<(), ModelError> {
         let l = ids.len();
+        let mut tracer = Tracer(trace);
+        self.run_decoder(ids, positions, vision, cache, &mut tracer)?;
+
+        // logits = lm_head(norm(x)) for the requested rows
+        let (h, vs) = (self.config.text.hidden_size, self.vocab_size());
+        let (rows, x) = match logits {
+            Logits::All => (l, &cache.x[..]),
+            Logits::Last => (1, &cache.x[(l - 1) * h..l * h]),
+        };
+        out.resize(rows * vs, 0.0);
+        self.lm_head.forward(&self.ctx, x, rows, out)?;
+        if logits == Logits::All {
+            tracer.rec(|| "logits".into(), &[l, vs], out);
+        }
+        Ok(())
+    }
+
+    /// Checks the inputs, runs the decoder over `ids` (appending to `cache`) and leaves the final-normed
+    /// hidden states (l, H) in `cache.x`.
+    fn run_decoder(
+        &self,
+        ids: &[u32],
+        positions: &[Vec<i64>; 3],
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        tracer: &mut Tracer,
+    ) -> Result<(), ModelError> {
+        let l = ids.len();
         if l == 0 {
             return Err(ModelError::Input("no tokens to run".into()));
         }
@@ -201,23 +229,79 @@ impl Model {
                 cache.max_len()
             )));
         }
-        let mut tracer = Tracer(trace);
         let vision = vision.map(|v| (v, self.config.image_token_id));
         self.language_model
-            .forward(&self.ctx, ids, positions, vision, cache, &mut tracer)?;
+            .forward(&self.ctx, ids, positions, vision, cache, tracer)?;
         cache.advance(l);
-
-        // logits = lm_head(norm(x)) for the requested rows
-        let (h, vs) = (self.config.text.hidden_size, self.vocab_size());
-        let (rows, x) = match logits {
-            Logits::All => (l, &cache.x[..]),
-            Logits::Last => (1, &cache.x[(l - 1) * h..l * h]),
-        };
-        out.resize(rows * vs, 0.0);
-        self.lm_head.forward(&self.ctx, x, rows, out)?;
-        if logits == Logits::All {
-            tracer.rec(|| "logits".into(), &[l, vs], out);
-        }
         Ok(())
     }
+
+    /// Like [`Model::forward`], but instead of every row of logits returns, per token, the `k` largest
+    /// logits (descending) and the last token's full logits. The lm head runs over blocks of rows, so memory
+    /// stays O(block · V) for long prompts (the `logits` command).
+    pub fn forward_top_k(
+        &self,
+        ids: &[u32],
+        positions: &[Vec<i64>; 3],
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        k: usize,
+    ) -> Result<TopK, ModelError> {
+        const BLOCK: usize = 64;
+        self.run_decoder(ids, positions, vision, cache, &mut Tracer(None))?;
+        let (l, h, vs) = (ids.len(), self.config.text.hidden_size, self.vocab_size());
+        let k = k.min(vs);
+        let mut out = TopK {
+            k,
+            idx: Vec::with_capacity(l * k),
+            val: Vec::with_capacity(l * k),
+            last: Vec::new(),
+        };
+        let mut buf = vec![0f32; BLOCK.min(l) * vs];
+        for r0 in (0..l).step_by(BLOCK) {
+            let rows = BLOCK.min(l - r0);
+            let y = &mut buf[..rows * vs];
+            self.lm_head
+                .forward(&self.ctx, &cache.x[r0 * h..(r0 + rows) * h], rows, y)?;
+            for row in y.chunks_exact(vs) {
+                for (i, v) in top_k(row, k) {
+                    out.idx.push(i as u32);
+                    out.val.push(v);
+                }
+            }
+            if r0 + rows == l {
+                out.last = y[(rows - 1) * vs..].to_vec();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Per-token top-k logits of [`Model::forward_top_k`].
+#[derive(Clone, Debug)]
+pub struct TopK {
+    pub k: usize,
+    /// (l, k) token ids, largest logit first
+    pub idx: Vec<u32>,
+    /// (l, k) their logits
+    pub val: Vec<f32>,
+    /// (V) logits of the last token
+    pub last: Vec<f32>,
+}
+
+/// The k largest values of `x` with their indexes, descending (ties: lower index first; NaN never wins).
+pub fn top_k(x: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &v) in x.iter().enumerate() {
+        if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
+            continue;
+        }
+        let pos = best.partition_point(|&(_, b)| b >= v);
+        best.insert(pos, (i, v));
+        best.truncate(k);
+    }
+    best
 }

@@ -197,3 +197,58 @@ fn parity_fast_tied() {
 fn parity_fast_untied() {
     check("untied", Precision::Fast);
 }
+
+/// `forward_top_k` (the `logits` command's path) gives the reference's top-5 logits per position.
+#[test]
+fn forward_top_k_matches_reference_f32() {
+    let k = Kernels::detect().expect("kernels");
+    for geometry in ["tied", "untied"] {
+        let model = Model::load(
+            &model_dir(geometry),
+            k,
+            &LoadOptions {
+                precision: Precision::F32,
+                progress: None,
+            },
+        )
+        .unwrap();
+        for case in CASES {
+            let name = format!("{geometry}_{case}");
+            let r = Reference::load(&name);
+            let ims = images(&name, &r);
+            let ids = r.input_ids();
+            let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
+            let mut cache = KvCache::new(&model, ids.len());
+            let t = model
+                .forward_top_k(&ids, &r.positions(), vis.as_ref(), &mut cache, 5)
+                .unwrap();
+            assert_eq!(t.idx.len(), ids.len() * 5);
+            assert_eq!(t.last.len(), model.vocab_size());
+            let (ri, rv) = (&r.get("logits.top5_idx").i64, &r.get("logits.top5_val").f32);
+            let mag = rv.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for i in 0..ids.len() {
+                assert_eq!(t.idx[i * 5] as i64, ri[i * 5], "{name}: top-1 at {i}");
+                for j in 0..5 {
+                    let e = (t.val[i * 5 + j] - rv[i * 5 + j]).abs();
+                    assert!(
+                        e <= F32_REL_TOL * mag,
+                        "{name}: top-5 value {j} at {i}: error {e}"
+                    );
+                }
+            }
+            let l = ids.len() - 1;
+            assert_eq!(argmax(&t.last) as u32, t.idx[l * 5], "{name}: last row");
+        }
+    }
+}
+
+#[test]
+fn top_k_orders_and_skips_nan() {
+    let x = [1.0, f32::NAN, 3.0, 2.0, 3.0, -1.0];
+    assert_eq!(
+        qwen3vl_model::top_k(&x, 3),
+        vec![(2, 3.0), (4, 3.0), (3, 2.0)]
+    );
+    assert_eq!(qwen3vl_model::top_k(&x, 0), vec![]);
+    assert_eq!(qwen3vl_model::top_k(&x[..2], 5), vec![(0, 1.0)]);
+}
