@@ -116,7 +116,10 @@ fn run_case(model: &Model, geometry: &str, case: &str) -> (Vec<StageResult>, usi
 }
 
 fn check(geometry: &str, precision: Precision) {
-    let k = Kernels::detect().expect("kernels");
+    check_with(geometry, precision, Kernels::detect().expect("kernels"));
+}
+
+fn check_with(geometry: &str, precision: Precision, k: Kernels) {
     let model = Model::load(
         &model_dir(geometry),
         k,
@@ -186,6 +189,15 @@ fn parity_f32_tied() {
 #[test]
 fn parity_f32_untied() {
     check("untied", Precision::F32);
+}
+
+/// Every SIMD level this CPU has (scalar included) meets the F32 tolerance.
+#[test]
+fn parity_f32_every_isa_level() {
+    for k in Kernels::all_available() {
+        check_with("tied", Precision::F32, k);
+        check_with("untied", Precision::F32, k);
+    }
 }
 
 #[test]
