@@ -38,6 +38,38 @@ fn time_us(mut f: impl FnMut()) -> f64 {
     samples[0]
 }
 
+/// A zeroed buffer of `len` values starting on a 64-byte boundary (torch's CPU allocator aligns to 64 bytes
+/// too; a zmm load from a 16-byte-aligned Vec splits a cache line every time).
+struct Aligned<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+impl<T: Copy + Default> Aligned<T> {
+    fn new(len: usize) -> Self {
+        let buf = vec![T::default(); len + 64];
+        let align = 64 / std::mem::size_of::<T>();
+        let off = (align - (buf.as_ptr() as usize / std::mem::size_of::<T>()) % align) % align;
+        Aligned { buf, off, len }
+    }
+    fn from(v: &[T]) -> Self {
+        let mut a = Self::new(v.len());
+        a.copy_from_slice(v);
+        a
+    }
+}
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out_path = None;
@@ -69,16 +101,16 @@ fn main() {
             g ^= g << 5;
             lo + (hi - lo) * (g >> 8) as f32 / (1u32 << 24) as f32
         };
-        let a: Vec<f32> = (0..len).map(|_| rnd(-4.0, 4.0)).collect();
-        let b: Vec<f32> = (0..len).map(|_| rnd(-4.0, 4.0)).collect();
-        let w: Vec<f32> = (0..n).map(|_| rnd(0.5, 1.5)).collect();
-        let bias: Vec<f32> = (0..n).map(|_| rnd(-1.0, 1.0)).collect();
-        let mut o = vec![0.0f32; len];
-        let mut o2 = vec![0.0f32; len];
-        let mut h = vec![0u16; len];
+        let a = Aligned::from(&(0..len).map(|_| rnd(-4.0, 4.0)).collect::<Vec<f32>>());
+        let b = Aligned::from(&(0..len).map(|_| rnd(-4.0, 4.0)).collect::<Vec<f32>>());
+        let w = Aligned::from(&(0..n).map(|_| rnd(0.5, 1.5)).collect::<Vec<f32>>());
+        let bias = Aligned::from(&(0..n).map(|_| rnd(-1.0, 1.0)).collect::<Vec<f32>>());
+        let mut o = Aligned::<f32>::new(len);
+        let mut o2 = Aligned::<f32>::new(len);
+        let mut h = Aligned::<u16>::new(len);
         k.f32_to_bf16(&a, &mut h).unwrap();
-        let mut dw = vec![0.0f32; n];
-        let mut db = vec![0.0f32; n];
+        let mut dw = Aligned::<f32>::new(n);
+        let mut db = Aligned::<f32>::new(n);
 
         put("add", name, time_us(|| k.add(&a, &b, &mut o).unwrap()));
         put("mul", name, time_us(|| k.mul(&a, &b, &mut o).unwrap()));
