@@ -1,22 +1,21 @@
-//! Tiled flash attention written once over [`Simd`] (+ a vector exp), instantiated per ISA in `x86.rs`.
+//! The shared pieces of the flash kernels, and the decode kernel (few query rows, rows kept in rows).
 //!
-//! One task (see [`Task`]) owns `mq = rows · group` query rows — every q head of one kv head for a range
-//! of query positions — and walks its key range in tiles of [`KEY_TILE`] keys:
+//! Two kernels implement a task (see [`Task`]): `lanes.rs` when the task has at least a vector of query
+//! rows (prefill, vision), and [`run`] here otherwise (decode: one or a few query rows per kv head). Both
+//! read K and V straight from their strided views and walk the task's keys in tiles of [`KEY_TILE`]:
 //!
 //! ```text
-//! Qp (mq, hd)        = scale · q rows of the task                      packed once
-//! per key tile [j0, j0+w):
-//!   Kt (hd, ldk)     = kᵀ of the tile                                  packed once for all mq rows
-//!   Vp (w, ldv)      = v of the tile, rows padded to ldv = ⌈hd⌉_lanes   packed once for all mq rows
-//!   per block of RM rows:
-//!     S (RM, cols)   = Qp · Kt                      register tile RM × NQK vectors, no horizontal sums
-//!     online softmax: m' = max(m, max_j S), α = e^(m−m'), P = e^(S−m'), l = α·l + Σ P, O = α·O
-//!     O (RM, ldv)   += P · Vp                       register tile RM × NPV vectors
-//! out = O / l  (or the partial (m, l, O) when the keys are split across tasks)
+//! Qp (mq, hd)          = scale · q rows of the task, r = (i − i0)·group + (h − g·group)
+//! per key tile [j0, j0 + w), keys the task's last row may see (nk):
+//!   S[r, j]            = Qp[r] · k[j0 + j]          one key row loaded for every row of the task
+//!   S[r, j]            = −∞ beyond row r's causal limit
+//!   m' = max(m, max_j S), α = e^(m − m'), P = e^(S − m'), l = α·l + Σ_j P, O *= α
+//!   O[r]              += Σ_j P[r, j] · v[j0 + j]    register tile RM rows × NV vectors
+//! out[r] = O[r] / l[r]   (or the partial (m, l, O[r]) when the keys are split across tasks)
 //! ```
-//!
-//! With a causal mask each block computes only the columns its last row may see (rounded up to the
-//! register tile) and masks the rest to −∞, and key tiles above the diagonal of the task are skipped.
+
+// Register tiles index several arrays with the same (row, vector) indices.
+#![allow(clippy::needless_range_loop)]
 
 use super::{Job, Task};
 use crate::simd::Simd;
@@ -30,47 +29,36 @@ pub(crate) trait AttnSimd: Simd {
 
 /// Keys per key tile.
 pub(crate) const KEY_TILE: usize = 256;
-/// Query rows per register block.
+/// Query rows per register block of the P·V product.
 const RM: usize = 4;
 
+/// Runs one task with the rows in rows (any number of rows; meant for a few). NV: vectors per register
+/// tile row of the P·V product.
 #[inline(always)]
-fn round_up(x: usize, m: usize) -> usize {
-    x.div_ceil(m) * m
-}
-
-/// Runs one task. NQK / NPV: vectors per register-tile row of the Q·Kᵀ and P·V products.
-#[inline(always)]
-pub(crate) fn run<S: AttnSimd, const NQK: usize, const NPV: usize>(
-    s: S,
-    job: &Job,
-    t: &Task,
-    scratch: &mut Vec<f32>,
-) {
+pub(crate) fn run<S: AttnSimd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let p = &job.p;
     let hd = p.head_dim;
     let group = job.group;
     let lanes = S::LANES;
     let mq = (t.i1 - t.i0) * group;
-    let ldk = round_up(KEY_TILE, NQK * lanes);
-    let ldv = round_up(hd, lanes);
+    // the vector body of a head_dim row; the rest is the scalar tail
+    let body = hd - hd % lanes;
 
-    // Scratch: Qp (mq, hd) | Kt (hd, ldk) | Vp (KEY_TILE, ldv) | S (mq, ldk) | O (mq, ldv) | m (mq) | l (mq)
-    let need = mq * hd + hd * ldk + KEY_TILE * ldv + mq * ldk + mq * ldv + 2 * mq;
+    // Scratch: Qp (mq, hd) | S (mq, KEY_TILE) | O (mq, hd) | m (mq) | l (mq)
+    let need = mq * hd + mq * KEY_TILE + mq * hd + 2 * mq;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (qp, rest) = scratch.split_at_mut(mq * hd);
-    let (kt, rest) = rest.split_at_mut(hd * ldk);
-    let (vp, rest) = rest.split_at_mut(KEY_TILE * ldv);
-    let (sm, rest) = rest.split_at_mut(mq * ldk);
-    let (o, rest) = rest.split_at_mut(mq * ldv);
+    let (sm, rest) = rest.split_at_mut(mq * KEY_TILE);
+    let (o, rest) = rest.split_at_mut(mq * hd);
     let (m, rest) = rest.split_at_mut(mq);
     let l = &mut rest[..mq];
     o.fill(0.0);
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
 
-    // 1. Qp[r] = scale · q[i, h], r = (i − i0)·group + (h − g·group)
+    // 1. Qp[r] = scale · q[i, h]
     for r in 0..mq {
         let (i, h) = (t.i0 + r / group, t.g * group + r % group);
         let src = &job.q[i * job.ql.row_stride + h * job.ql.head_stride..][..hd];
@@ -82,201 +70,181 @@ pub(crate) fn run<S: AttnSimd, const NQK: usize, const NPV: usize>(
     // Keys visible to task row r in the tile starting at j0 (at most w).
     let visible =
         |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
+    let (krs, vrs) = (job.kl.row_stride, job.vl.row_stride);
+    let kbase = t.g * job.kl.head_stride;
+    let vbase = t.g * job.vl.head_stride;
 
     let kend = t.ke.min(job.limit(t.i1 - 1));
     let mut j0 = t.ks;
     while j0 < kend {
         let w = KEY_TILE.min(kend - j0);
+        // rows grow with r: the last row sees the most keys
+        let nk = visible(mq - 1, j0, w);
+        let kt = &job.k[kbase + j0 * krs..];
+        let vt = &job.v[vbase + j0 * vrs..];
 
-        // 2. Kt[d, j] = k[j0 + j, g, d];  Vp[j, :hd] = v[j0 + j, g, :], zero padding up to ldv
-        for j in 0..w {
-            let kj = &job.k[(j0 + j) * job.kl.row_stride + t.g * job.kl.head_stride..][..hd];
-            for (d, &x) in kj.iter().enumerate() {
-                kt[d * ldk + j] = x;
+        // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk, each key row loaded once for all rows
+        for j in 0..nk {
+            let kj = &kt[j * krs..j * krs + hd];
+            let mut r = 0;
+            while r < mq {
+                if mq - r >= RM {
+                    let d = dots::<S, RM>(s, kj, qp, hd, r, body);
+                    for (x, dv) in d.into_iter().enumerate() {
+                        sm[(r + x) * KEY_TILE + j] = dv;
+                    }
+                    r += RM;
+                } else {
+                    sm[r * KEY_TILE + j] = dots::<S, 1>(s, kj, qp, hd, r, body)[0];
+                    r += 1;
+                }
             }
-            let vj = &job.v[(j0 + j) * job.vl.row_stride + t.g * job.vl.head_stride..][..hd];
-            let dst = &mut vp[j * ldv..(j + 1) * ldv];
-            dst[..hd].copy_from_slice(vj);
-            dst[hd..].fill(0.0);
         }
 
-        let mut r0 = 0;
-        while r0 < mq {
-            let rb = RM.min(mq - r0);
-            // rows grow with r, so the block's last row sees the most keys
-            let nmax = visible(r0 + rb - 1, j0, w);
-            if nmax == 0 {
-                r0 += rb;
+        // 2b. online softmax of each row over its visible keys
+        let cols = nk.div_ceil(lanes) * lanes;
+        for r in 0..mq {
+            let n = visible(r, j0, w);
+            let row = &mut sm[r * KEY_TILE..r * KEY_TILE + cols];
+            if n == 0 {
+                row.fill(0.0);
                 continue;
             }
-            let cols = round_up(nmax, NQK * lanes);
-
-            // 3a. S[r, :cols] = Qp[r] · Kt[:, :cols]
-            if rb == RM {
-                qk::<S, RM, NQK>(s, qp, hd, r0, kt, ldk, cols, sm);
-            } else {
-                for r in r0..r0 + rb {
-                    qk::<S, 1, NQK>(s, qp, hd, r, kt, ldk, cols, sm);
+            row[n..].fill(f32::NEG_INFINITY);
+            // vector body only: cols is a multiple of the lanes
+            let mut mx = s.splat(f32::NEG_INFINITY);
+            for c in (0..cols).step_by(lanes) {
+                mx = s.max(mx, s.load(&row[c..]));
+            }
+            let m_new = m[r].max(s.reduce_max(mx));
+            let alpha = (m[r] - m_new).exp(); // 0 on the row's first tile (m = −∞)
+            let mv = s.splat(m_new);
+            let mut sum = s.zero();
+            for c in (0..cols).step_by(lanes) {
+                let e = s.exp(s.sub(s.load(&row[c..]), mv));
+                s.store(&mut row[c..], e);
+                sum = s.add(sum, e);
+            }
+            l[r] = alpha * l[r] + s.reduce_sum(sum);
+            m[r] = m_new;
+            if alpha != 1.0 {
+                for x in &mut o[r * hd..(r + 1) * hd] {
+                    *x *= alpha;
                 }
             }
+        }
 
-            // 3b. online softmax of each row over its visible columns
-            for r in r0..r0 + rb {
-                let n = visible(r, j0, w);
-                let row = &mut sm[r * ldk..r * ldk + cols];
-                if n == 0 {
-                    row.fill(0.0);
-                    continue;
+        // 2c. O[r] += Σ_j P[r, j] · v[j0 + j] for j < nk
+        let mut r = 0;
+        while r < mq {
+            let rb = if mq - r >= RM { RM } else { 1 };
+            let mut d = 0;
+            // vector body: NV vectors, then one at a time
+            while d + NV * lanes <= body {
+                if rb == RM {
+                    pv_chunk::<S, RM, NV>(s, sm, r, nk, vt, vrs, hd, d, o);
+                } else {
+                    pv_chunk::<S, 1, NV>(s, sm, r, nk, vt, vrs, hd, d, o);
                 }
-                row[n..].fill(f32::NEG_INFINITY);
-                // vector body only: cols is a multiple of the lanes
-                let mut mx = s.splat(f32::NEG_INFINITY);
-                for c in (0..cols).step_by(lanes) {
-                    mx = s.max(mx, s.load(&row[c..]));
+                d += NV * lanes;
+            }
+            while d < body {
+                if rb == RM {
+                    pv_chunk::<S, RM, 1>(s, sm, r, nk, vt, vrs, hd, d, o);
+                } else {
+                    pv_chunk::<S, 1, 1>(s, sm, r, nk, vt, vrs, hd, d, o);
                 }
-                let m_new = m[r].max(s.reduce_max(mx));
-                let alpha = (m[r] - m_new).exp(); // 0 on the first tile (m = −∞)
-                let mv = s.splat(m_new);
-                let mut sum = s.zero();
-                for c in (0..cols).step_by(lanes) {
-                    let e = s.exp(s.sub(s.load(&row[c..]), mv));
-                    s.store(&mut row[c..], e);
-                    sum = s.add(sum, e);
-                }
-                l[r] = alpha * l[r] + s.reduce_sum(sum);
-                m[r] = m_new;
-                if alpha != 1.0 {
-                    let a = s.splat(alpha);
-                    let orow = &mut o[r * ldv..(r + 1) * ldv];
-                    for c in (0..ldv).step_by(lanes) {
-                        let x = s.mul(a, s.load(&orow[c..]));
-                        s.store(&mut orow[c..], x);
+                d += lanes;
+            }
+            // scalar tail of head_dim
+            for rr in r..r + rb {
+                for j in 0..nk {
+                    let pj = sm[rr * KEY_TILE + j];
+                    let vj = &vt[j * vrs..j * vrs + hd];
+                    for dd in body..hd {
+                        o[rr * hd + dd] += pj * vj[dd];
                     }
                 }
             }
-
-            // 3c. O[r] += P[r, :nmax] · Vp[:nmax]
-            if rb == RM {
-                pv::<S, RM, NPV>(s, sm, ldk, r0, nmax, vp, ldv, o);
-            } else {
-                for r in r0..r0 + rb {
-                    pv::<S, 1, NPV>(s, sm, ldk, r, nmax, vp, ldv, o);
-                }
-            }
-            r0 += rb;
+            r += rb;
         }
         j0 += w;
     }
 
-    // 4. out rows (or partials)
+    // 3. out rows (or partials)
     for r in 0..mq {
-        job.emit(t, r, m[r], l[r], &o[r * ldv..]);
+        job.emit(t, r, m[r], l[r], &o[r * hd..]);
     }
 }
 
-/// S[r0+r, :cols] = Qp[r0+r, :hd] · Kt[:hd, :cols] for r < R; cols is a multiple of N·lanes.
-#[allow(clippy::too_many_arguments)]
+/// [Qp[r0 + x] · kj for x < R]: vector body over `body` dims, then the scalar tail.
 #[inline(always)]
-fn qk<S: Simd, const R: usize, const N: usize>(
+fn dots<S: Simd, const R: usize>(
     s: S,
+    kj: &[f32],
     qp: &[f32],
     hd: usize,
     r0: usize,
-    kt: &[f32],
-    ldk: usize,
-    cols: usize,
-    sm: &mut [f32],
-) {
+    body: usize,
+) -> [f32; R] {
     let lanes = S::LANES;
-    let qb = &qp[r0 * hd..(r0 + R) * hd];
-    for c0 in (0..cols).step_by(N * lanes) {
-        let mut acc = [[s.zero(); N]; R];
-        for d in 0..hd {
-            let kr = &kt[d * ldk + c0..d * ldk + c0 + N * lanes];
-            let mut kv = [s.zero(); N];
-            for n in 0..N {
-                kv[n] = s.load(&kr[n * lanes..]);
-            }
-            for r in 0..R {
-                let a = s.splat(qb[r * hd + d]);
-                for n in 0..N {
-                    acc[r][n] = s.mul_add(a, kv[n], acc[r][n]);
-                }
-            }
-        }
-        for r in 0..R {
-            let dst = &mut sm[(r0 + r) * ldk + c0..(r0 + r) * ldk + c0 + N * lanes];
-            for n in 0..N {
-                s.store(&mut dst[n * lanes..], acc[r][n]);
-            }
+    let q = &qp[r0 * hd..(r0 + R) * hd];
+    let mut acc = [s.zero(); R];
+    for d in (0..body).step_by(lanes) {
+        let kv = s.load(&kj[d..]);
+        for x in 0..R {
+            acc[x] = s.mul_add(s.load(&q[x * hd + d..]), kv, acc[x]);
         }
     }
+    let mut out = [0.0f32; R];
+    for x in 0..R {
+        let mut t = s.reduce_sum(acc[x]);
+        for d in body..hd {
+            t += q[x * hd + d] * kj[d];
+        }
+        out[x] = t;
+    }
+    out
 }
 
-/// O[r0+r, :ldv] += P[r0+r, :nk] · Vp[:nk, :ldv] for r < R, in column chunks of N vectors then 1.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pv<S: Simd, const R: usize, const N: usize>(
-    s: S,
-    sm: &[f32],
-    ldk: usize,
-    r0: usize,
-    nk: usize,
-    vp: &[f32],
-    ldv: usize,
-    o: &mut [f32],
-) {
-    let lanes = S::LANES;
-    let mut c0 = 0;
-    // vector body: N vectors per row
-    while c0 + N * lanes <= ldv {
-        pv_chunk::<S, R, N>(s, sm, ldk, r0, nk, vp, ldv, c0, o);
-        c0 += N * lanes;
-    }
-    // tail: one vector at a time (ldv is a multiple of the lanes)
-    while c0 < ldv {
-        pv_chunk::<S, R, 1>(s, sm, ldk, r0, nk, vp, ldv, c0, o);
-        c0 += lanes;
-    }
-}
-
+/// O[r0 + x, d0..d0 + N·lanes] += Σ_{j < nk} P[r0 + x, j] · v[j, d0..] for x < R.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pv_chunk<S: Simd, const R: usize, const N: usize>(
     s: S,
     sm: &[f32],
-    ldk: usize,
     r0: usize,
     nk: usize,
-    vp: &[f32],
-    ldv: usize,
-    c0: usize,
+    vt: &[f32],
+    vrs: usize,
+    hd: usize,
+    d0: usize,
     o: &mut [f32],
 ) {
     let lanes = S::LANES;
     let mut acc = [[s.zero(); N]; R];
-    for r in 0..R {
+    for x in 0..R {
         for n in 0..N {
-            acc[r][n] = s.load(&o[(r0 + r) * ldv + c0 + n * lanes..]);
+            acc[x][n] = s.load(&o[(r0 + x) * hd + d0 + n * lanes..]);
         }
     }
-    let pb = &sm[r0 * ldk..(r0 + R - 1) * ldk + nk];
+    let pb = &sm[r0 * KEY_TILE..(r0 + R - 1) * KEY_TILE + nk];
     for j in 0..nk {
-        let vr = &vp[j * ldv + c0..j * ldv + c0 + N * lanes];
+        let vr = &vt[j * vrs + d0..j * vrs + d0 + N * lanes];
         let mut vv = [s.zero(); N];
         for n in 0..N {
             vv[n] = s.load(&vr[n * lanes..]);
         }
-        for r in 0..R {
-            let a = s.splat(pb[r * ldk + j]);
+        for x in 0..R {
+            let a = s.splat(pb[x * KEY_TILE + j]);
             for n in 0..N {
-                acc[r][n] = s.mul_add(a, vv[n], acc[r][n]);
+                acc[x][n] = s.mul_add(a, vv[n], acc[x][n]);
             }
         }
     }
-    for r in 0..R {
+    for x in 0..R {
         for n in 0..N {
-            s.store(&mut o[(r0 + r) * ldv + c0 + n * lanes..], acc[r][n]);
+            s.store(&mut o[(r0 + x) * hd + d0 + n * lanes..], acc[x][n]);
         }
     }
 }

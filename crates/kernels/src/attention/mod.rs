@@ -23,6 +23,7 @@
 //!   chunks whose partial (max, sum, accumulator) are merged at the end (flash-decoding).
 
 mod flash;
+mod lanes;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

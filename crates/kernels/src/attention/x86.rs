@@ -6,6 +6,7 @@
 //! [−87.33, 88] first (so 2^n stays a normal number) and lanes below −87.33 are set to 0.
 
 use super::flash::{self, AttnSimd};
+use super::lanes;
 use super::{Job, Task};
 use crate::simd::Simd;
 use crate::x86::{avx2::Avx2, avx512::Avx512, sse41::Sse41};
@@ -106,19 +107,34 @@ impl AttnSimd for Avx512 {
 /// Safety: the CPU supports SSE4.1; `job` was validated and `t` comes from the plan.
 #[target_feature(enable = "sse4.1")]
 pub(super) unsafe fn task_sse41(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
-    flash::run::<_, 2, 2>(Sse41::new_unchecked(), job, t, scratch)
+    let s = Sse41::new_unchecked();
+    if (t.i1 - t.i0) * job.group >= Sse41::LANES {
+        lanes::run::<_, 2, 4, 4>(s, job, t, scratch)
+    } else {
+        flash::run::<_, 2>(s, job, t, scratch)
+    }
 }
 
 /// Safety: the CPU supports AVX2 and FMA; `job` was validated and `t` comes from the plan.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn task_avx2(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
-    flash::run::<_, 2, 2>(Avx2::new_unchecked(), job, t, scratch)
+    let s = Avx2::new_unchecked();
+    if (t.i1 - t.i0) * job.group >= Avx2::LANES {
+        lanes::run::<_, 2, 4, 4>(s, job, t, scratch)
+    } else {
+        flash::run::<_, 2>(s, job, t, scratch)
+    }
 }
 
 /// Safety: the CPU supports AVX-512 F+BW+VL, AVX2 and FMA; `job` was validated and `t` comes from the plan.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub(super) unsafe fn task_avx512(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
-    flash::run::<_, 4, 4>(Avx512::new_unchecked(), job, t, scratch)
+    let s = Avx512::new_unchecked();
+    if (t.i1 - t.i0) * job.group >= Avx512::LANES {
+        lanes::run::<_, 4, 6, 4>(s, job, t, scratch)
+    } else {
+        flash::run::<_, 4>(s, job, t, scratch)
+    }
 }
 
 #[cfg(test)]

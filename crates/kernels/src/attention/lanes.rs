@@ -1,0 +1,346 @@
+//! The prefill / vision kernel: flash attention with the task's query rows in the vector lanes.
+//!
+//! A task (see [`Task`]) owns `mq = rows · group` query rows (every q head of one kv head for a range of
+//! positions). Everything is kept transposed, (·, mq) with the rows in lanes, so that K and V are read
+//! straight from their strided views (no packing) and the softmax needs no horizontal reductions:
+//!
+//! ```text
+//! Qt (hd, ld)          = scale · qᵀ of the task rows (ld = mq rounded up to the lanes, padding 0)
+//! per key tile [j0, j0 + w), per column chunk c of N vectors (rows r ∈ c see wc keys of the tile):
+//!   St (wc, c)         = K[j0..j0+wc] · Qt[:, c]            register tile RK keys × N vectors
+//!   St[j, r]           = −∞ for j beyond row r's causal limit
+//!   m' = max(m, max_j St), α = e^(m − m'), Pt = e^(St − m'), l = α·l + Σ_j Pt, Ot[:, c] *= α
+//!   Ot (hd, c)        += V[j0..j0+wc]ᵀ · Pt                 register tile RD dims × N vectors
+//! out[r] = Ot[:, r] / l[r]   (or the partial (m, l, Ot[:, r]) when the keys are split across tasks)
+//! ```
+//!
+//! Key tiles past the task's last causal limit are never visited, and within a tile a chunk computes only
+//! the keys its last row may see.
+
+// Register tiles index several arrays with the same (row, vector) indices.
+#![allow(clippy::needless_range_loop)]
+
+use super::flash::{AttnSimd, KEY_TILE};
+use super::{Job, Task};
+
+/// Loads `S::LANES` values at `x[i..]` without a bounds check.
+/// Safety: i + S::LANES <= x.len().
+#[inline(always)]
+unsafe fn vload<S: AttnSimd>(s: S, x: &[f32], i: usize) -> S::V {
+    debug_assert!(i + S::LANES <= x.len());
+    s.load(x.get_unchecked(i..))
+}
+
+/// Stores `S::LANES` values at `x[i..]` without a bounds check.
+/// Safety: i + S::LANES <= x.len().
+#[inline(always)]
+unsafe fn vstore<S: AttnSimd>(s: S, x: &mut [f32], i: usize, v: S::V) {
+    debug_assert!(i + S::LANES <= x.len());
+    s.store(x.get_unchecked_mut(i..), v)
+}
+
+/// Scratch floats a task of `mq` rows needs.
+fn scratch_len(hd: usize, ld: usize) -> usize {
+    hd * ld + KEY_TILE * ld + hd * ld + 2 * ld + hd
+}
+
+/// Runs one task. Register tiles: N vectors per column chunk; RK keys (Q·Kᵀ) and RD head dims (P·V) per
+/// block.
+#[inline(always)]
+pub(crate) fn run<S: AttnSimd, const N: usize, const RK: usize, const RD: usize>(
+    s: S,
+    job: &Job,
+    t: &Task,
+    scratch: &mut Vec<f32>,
+) {
+    let p = &job.p;
+    let hd = p.head_dim;
+    let group = job.group;
+    let lanes = S::LANES;
+    let mq = (t.i1 - t.i0) * group;
+    let ld = mq.div_ceil(lanes) * lanes;
+
+    let need = scratch_len(hd, ld);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    // Scratch: Qt (hd, ld) | St (KEY_TILE, ld) | Ot (hd, ld) | m (ld) | l (ld) | o (hd)
+    let (qt, rest) = scratch.split_at_mut(hd * ld);
+    let (stt, rest) = rest.split_at_mut(KEY_TILE * ld);
+    let (ot, rest) = rest.split_at_mut(hd * ld);
+    let (m, rest) = rest.split_at_mut(ld);
+    let (l, rest) = rest.split_at_mut(ld);
+    let orow = &mut rest[..hd];
+    ot.fill(0.0);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
+
+    // 1. Qt[d, r] = scale · q[i_r, h_r, d] with i_r = i0 + r / group, h_r = g·group + r % group
+    qt.fill(0.0);
+    for r in 0..mq {
+        let (i, h) = (t.i0 + r / group, t.g * group + r % group);
+        let src = &job.q[i * job.ql.row_stride + h * job.ql.head_stride..][..hd];
+        for (d, &x) in src.iter().enumerate() {
+            qt[d * ld + r] = p.scale * x;
+        }
+    }
+
+    // Keys of the tile at j0 (w keys) that row r may see.
+    let visible =
+        |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
+    let kbase = t.g * job.kl.head_stride;
+    let vbase = t.g * job.vl.head_stride;
+
+    let kend = t.ke.min(job.limit(t.i1 - 1));
+    let mut j0 = t.ks;
+    while j0 < kend {
+        let w = KEY_TILE.min(kend - j0);
+        // K and V rows of the tile: (w, hd) at row strides krs, vrs
+        let krs = job.kl.row_stride;
+        let vrs = job.vl.row_stride;
+        let kt = &job.k[kbase + j0 * krs..];
+        let vt = &job.v[vbase + j0 * vrs..];
+        let mut c = 0;
+        while c < ld {
+            let full = ld - c >= N * lanes;
+            let width = if full { N * lanes } else { lanes };
+            // rows grow with r: the chunk's last real row sees the most keys
+            let last = (c + width).min(mq) - 1;
+            let wc = visible(last, j0, w);
+            if wc > 0 {
+                let cc = Chunk {
+                    hd,
+                    ld,
+                    c,
+                    wc,
+                    krs,
+                    vrs,
+                };
+                if full {
+                    cc.step::<S, N, RK, RD>(
+                        s,
+                        kt,
+                        vt,
+                        qt,
+                        stt,
+                        ot,
+                        m,
+                        l,
+                        |r| visible(r, j0, w),
+                        mq,
+                    );
+                } else {
+                    cc.step::<S, 1, RK, RD>(
+                        s,
+                        kt,
+                        vt,
+                        qt,
+                        stt,
+                        ot,
+                        m,
+                        l,
+                        |r| visible(r, j0, w),
+                        mq,
+                    );
+                }
+            }
+            c += width;
+        }
+        j0 += w;
+    }
+
+    // 4. out rows (or partials): Ot[:, r]
+    for r in 0..mq {
+        for (d, o) in orow.iter_mut().enumerate() {
+            *o = ot[d * ld + r];
+        }
+        job.emit(t, r, m[r], l[r], orow);
+    }
+}
+
+/// One column chunk of one key tile: columns c..c + N·lanes, keys 0..wc of the tile.
+struct Chunk {
+    hd: usize,
+    ld: usize,
+    c: usize,
+    wc: usize,
+    krs: usize,
+    vrs: usize,
+}
+
+impl Chunk {
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step<S: AttnSimd, const N: usize, const RK: usize, const RD: usize>(
+        &self,
+        s: S,
+        kt: &[f32],
+        vt: &[f32],
+        qt: &[f32],
+        stt: &mut [f32],
+        ot: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        visible: impl Fn(usize) -> usize,
+        mq: usize,
+    ) {
+        let Chunk {
+            hd,
+            ld,
+            c,
+            wc,
+            krs,
+            vrs,
+        } = *self;
+        let lanes = S::LANES;
+        // Bounds of everything read or written below (then unchecked):
+        // Qt (hd, ld), St (wc, ld), Ot (hd, ld), m, l (ld), K/V rows j < wc of hd values.
+        assert!(c + N * lanes <= ld && qt.len() >= hd * ld && ot.len() >= hd * ld);
+        assert!(stt.len() >= wc * ld && m.len() >= ld && l.len() >= ld);
+        assert!(kt.len() >= (wc - 1) * krs + hd && vt.len() >= (wc - 1) * vrs + hd);
+
+        // 2a. St[j, c..] = Σ_d k[j, d] · Qt[d, c..] for j < wc, RK keys at a time
+        let mut j = 0;
+        while j < wc {
+            if wc - j >= RK {
+                unsafe { qk_block::<S, RK, N>(s, kt, krs, j, hd, qt, ld, c, stt) };
+                j += RK;
+            } else {
+                unsafe { qk_block::<S, 1, N>(s, kt, krs, j, hd, qt, ld, c, stt) };
+                j += 1;
+            }
+        }
+
+        // 2b. causal mask: St[j, r] = −∞ for visible(r) <= j < wc
+        for r in c..(c + N * lanes).min(mq) {
+            for jj in visible(r)..wc {
+                stt[jj * ld + r] = f32::NEG_INFINITY;
+            }
+        }
+
+        // 2c. online softmax per vector of rows
+        for n in 0..N {
+            let cv = c + n * lanes;
+            unsafe {
+                let mut mx = s.splat(f32::NEG_INFINITY);
+                for jj in 0..wc {
+                    mx = s.max(mx, vload::<S>(s, stt, jj * ld + cv));
+                }
+                let m_old = vload::<S>(s, m, cv);
+                // a row that sees no key yet keeps m = f32::MIN (finite, so St − m' is −∞, not NaN)
+                let m_new = s.max(s.max(m_old, mx), s.splat(f32::MIN));
+                let alpha = s.exp(s.sub(m_old, m_new));
+                let mut sum = s.zero();
+                for jj in 0..wc {
+                    let e = s.exp(s.sub(vload::<S>(s, stt, jj * ld + cv), m_new));
+                    vstore::<S>(s, stt, jj * ld + cv, e);
+                    sum = s.add(sum, e);
+                }
+                vstore::<S>(s, l, cv, s.mul_add(alpha, vload::<S>(s, l, cv), sum));
+                vstore::<S>(s, m, cv, m_new);
+                for d in 0..hd {
+                    vstore::<S>(
+                        s,
+                        ot,
+                        d * ld + cv,
+                        s.mul(alpha, vload::<S>(s, ot, d * ld + cv)),
+                    );
+                }
+            }
+        }
+
+        // 2d. Ot[d, c..] += Σ_j v[j, d] · Pt[j, c..], RD dims at a time
+        let mut d = 0;
+        while d < hd {
+            if hd - d >= RD {
+                unsafe { pv_block::<S, RD, N>(s, vt, vrs, d, wc, stt, ld, c, ot) };
+                d += RD;
+            } else {
+                unsafe { pv_block::<S, 1, N>(s, vt, vrs, d, wc, stt, ld, c, ot) };
+                d += 1;
+            }
+        }
+    }
+}
+
+/// St[j0 + t, c..c + N·lanes] = Σ_d k[j0 + t, d] · Qt[d, c..] for t < R.
+/// Safety: bounds asserted by `Chunk::step`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn qk_block<S: AttnSimd, const R: usize, const N: usize>(
+    s: S,
+    kt: &[f32],
+    krs: usize,
+    j0: usize,
+    hd: usize,
+    qt: &[f32],
+    ld: usize,
+    c: usize,
+    stt: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let mut acc = [[s.zero(); N]; R];
+    let kp: [*const f32; R] = std::array::from_fn(|t| kt.as_ptr().add((j0 + t) * krs));
+    for d in 0..hd {
+        let mut qv = [s.zero(); N];
+        for n in 0..N {
+            qv[n] = vload::<S>(s, qt, d * ld + c + n * lanes);
+        }
+        for t in 0..R {
+            let b = s.splat(*kp[t].add(d));
+            for n in 0..N {
+                acc[t][n] = s.mul_add(b, qv[n], acc[t][n]);
+            }
+        }
+    }
+    for t in 0..R {
+        for n in 0..N {
+            vstore::<S>(s, stt, (j0 + t) * ld + c + n * lanes, acc[t][n]);
+        }
+    }
+}
+
+/// Ot[d0 + t, c..c + N·lanes] += Σ_{j < wc} v[j, d0 + t] · Pt[j, c..] for t < R.
+/// Safety: bounds asserted by `Chunk::step`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pv_block<S: AttnSimd, const R: usize, const N: usize>(
+    s: S,
+    vt: &[f32],
+    vrs: usize,
+    d0: usize,
+    wc: usize,
+    pt: &[f32],
+    ld: usize,
+    c: usize,
+    ot: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let mut acc = [[s.zero(); N]; R];
+    for t in 0..R {
+        for n in 0..N {
+            acc[t][n] = vload::<S>(s, ot, (d0 + t) * ld + c + n * lanes);
+        }
+    }
+    let mut vp = vt.as_ptr().add(d0);
+    let mut pp = pt.as_ptr().add(c);
+    for _ in 0..wc {
+        let mut pv = [s.zero(); N];
+        for n in 0..N {
+            pv[n] = s.load(std::slice::from_raw_parts(pp.add(n * lanes), lanes));
+        }
+        for t in 0..R {
+            let b = s.splat(*vp.add(t));
+            for n in 0..N {
+                acc[t][n] = s.mul_add(b, pv[n], acc[t][n]);
+            }
+        }
+        vp = vp.wrapping_add(vrs);
+        pp = pp.wrapping_add(ld);
+    }
+    for t in 0..R {
+        for n in 0..N {
+            vstore::<S>(s, ot, (d0 + t) * ld + c + n * lanes, acc[t][n]);
+        }
+    }
+}
