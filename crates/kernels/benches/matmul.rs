@@ -1,7 +1,8 @@
 //! Benchmarks of the thread pool's fork/join cost and of the matmul kernels on Qwen3-VL-2B shapes.
 //! (`qwen3vl bench matmul` reports the same shapes against the roofline.)
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwen3vl_kernels::matmul::{MatmulPath, Weight};
 use qwen3vl_kernels::Kernels;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,8 +23,102 @@ fn bench_pool(c: &mut Criterion) {
             })
         });
     }
+    // Wake-up from park: the workers have been idle longer than their spin (1 ms > 200 µs).
+    if max >= 2 {
+        let k = base.with_threads(2);
+        let sink = AtomicUsize::new(0);
+        g.sample_size(20);
+        g.bench_function("fork_join_after_park/2", |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    let t0 = std::time::Instant::now();
+                    k.parallel_for(2, &|i| {
+                        sink.fetch_add(i, Ordering::Relaxed);
+                    });
+                    total += t0.elapsed();
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 
-criterion_group!(benches, bench_pool);
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
+        })
+        .collect()
+}
+
+/// Decode-shaped GEMV (1 × 2048 -> 6144, bf16 weights), per level and path, on the weight as stored and
+/// packed. Throughput is weight bytes. (The 25 MB weight may partly sit in L3 between iterations here;
+/// `qwen3vl bench matmul` cycles copies to measure from memory.)
+fn bench_gemv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemv_1x2048x6144_bf16");
+    let (k, n) = (2048, 6144);
+    let x = data(k, 1);
+    let w: Vec<u16> = data(n * k, 2)
+        .iter()
+        .map(|v| (v.to_bits() >> 16) as u16)
+        .collect();
+    let mut y = vec![0f32; n];
+    g.throughput(Throughput::Bytes((n * k * 2) as u64));
+    for kern in Kernels::all_available()
+        .into_iter()
+        .filter(|k| k.isa().f32_lanes() >= 8)
+    {
+        let p = kern.pack_weight(Weight::Bf16(&w), n, k).unwrap();
+        for path in [MatmulPath::Exact, MatmulPath::Fast] {
+            let id = format!("{}/{path:?}", kern.isa());
+            g.bench_function(BenchmarkId::new("as_is", &id), |b| {
+                b.iter(|| {
+                    kern.matmul_unpacked(&x, 1, Weight::Bf16(&w), n, k, None, &mut y, path)
+                        .unwrap()
+                })
+            });
+            g.bench_function(BenchmarkId::new("packed", &id), |b| {
+                b.iter(|| kern.matmul(&x, 1, &p, None, &mut y, path).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Prefill-shaped GEMM (128 × 2048 -> 2048, packed bf16 weights), per level and path. Throughput is
+/// multiply-adds.
+fn bench_gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_128x2048x2048_bf16");
+    g.sample_size(20);
+    let (m, k, n) = (128, 2048, 2048);
+    let x = data(m * k, 1);
+    let w: Vec<u16> = data(n * k, 2)
+        .iter()
+        .map(|v| (v.to_bits() >> 16) as u16)
+        .collect();
+    let mut y = vec![0f32; m * n];
+    g.throughput(Throughput::Elements((m * n * k) as u64));
+    for kern in Kernels::all_available()
+        .into_iter()
+        .filter(|k| k.isa().f32_lanes() >= 8)
+    {
+        let p = kern.pack_weight(Weight::Bf16(&w), n, k).unwrap();
+        for path in [MatmulPath::Exact, MatmulPath::Fast] {
+            let id = format!("{}/{path:?}", kern.isa());
+            g.bench_function(BenchmarkId::new("packed", &id), |b| {
+                b.iter(|| kern.matmul(&x, m, &p, None, &mut y, path).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_pool, bench_gemv, bench_gemm);
 criterion_main!(benches);

@@ -9,11 +9,14 @@
 //! One op at a time runs on a pool: a second caller (another thread, or a nested `parallel_for` from inside
 //! a task) that finds the pool busy runs its tasks itself, serially, instead of waiting.
 //!
-//! Protocol of one op (`run`): the caller publishes the job (closure pointer, task count, participants),
-//! then bumps `generation` (release). Each participating worker sees the new generation (acquire), claims
-//! task indices from the shared counter `next` until they run out, then decrements `pending`. The caller
-//! claims tasks the same way and returns once `pending` is 0, so the closure (which borrows the caller's
-//! stack) outlives every use of it.
+//! Protocol of one op (`run`): the caller publishes the job (closure pointer, task count), opens the
+//! op's `entry` word (generation | count of workers that joined), then bumps `generation`. A worker that
+//! sees the new generation joins by incrementing `entry` — only while it still names this generation and is
+//! not closed — then claims task indices from the shared counter `next` until they run out, and
+//! increments `done`. The caller claims tasks the same way; when none are left it closes `entry` and waits
+//! until `done` equals the number of workers that joined. So the closure (borrowed from the caller's stack)
+//! outlives every use of it, and the caller never waits for a worker the OS has not scheduled yet (on a
+//! loaded machine that wait would be a whole time slice): such a worker finds the op closed and skips it.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,16 +26,19 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// A task body with its lifetime erased. Only dereferenced between publication and `pending == 0`.
+/// A task body with its lifetime erased. Only dereferenced by workers that joined the op, before they
+/// increment `done`.
 #[derive(Clone, Copy)]
 struct JobRef(*const (dyn Fn(usize) + Sync + 'static));
 
 struct Job {
     f: JobRef,
     n_tasks: usize,
-    /// Workers with index < `workers` take part in this op.
-    workers: usize,
 }
+
+/// `entry` word: generation (high 32 bits) | CLOSED | number of workers that joined.
+const CLOSED: u64 = 1 << 31;
+const COUNT: u64 = CLOSED - 1;
 
 struct Shared {
     /// Bumped once per op; workers compare it with the last one they saw.
@@ -41,8 +47,10 @@ struct Shared {
     job: UnsafeCell<Job>,
     /// Next unclaimed task index.
     next: AtomicUsize,
-    /// Participating workers that have not yet finished the current op.
-    pending: AtomicUsize,
+    /// (generation << 32) | CLOSED | joined workers, of the current op.
+    entry: AtomicU64,
+    /// Joined workers that have finished the current op.
+    done: AtomicU64,
     /// A task panicked (on a worker); the caller re-raises.
     panicked: AtomicBool,
     /// Per worker: it is parked (or about to) and needs an `unpark`.
@@ -50,9 +58,9 @@ struct Shared {
     spin: Duration,
 }
 
-// Safety: `job` is only written by the caller holding `ThreadPool::busy`, while no worker reads it (all
-// workers of the previous op have finished: `pending == 0`), and only read by workers between the release
-// store of `generation` and their decrement of `pending`.
+// Safety: `job` is only written by the caller holding `ThreadPool::busy` while no worker reads it (the
+// previous op is closed and every worker that joined it is done), and only read by workers that joined
+// the current op (after the release store of `entry` that followed the write), before they count `done`.
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
@@ -115,10 +123,10 @@ impl ThreadPool {
             job: UnsafeCell::new(Job {
                 f: JobRef(&noop as &(dyn Fn(usize) + Sync)),
                 n_tasks: 0,
-                workers: 0,
             }),
             next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            entry: AtomicU64::new(CLOSED),
+            done: AtomicU64::new(0),
             panicked: AtomicBool::new(false),
             sleeping: (0..n_workers).map(|_| AtomicBool::new(false)).collect(),
             spin,
@@ -164,8 +172,8 @@ impl ThreadPool {
         };
         let sh = self.shared;
         sh.panicked.store(false, Ordering::Relaxed);
-        // Safety: lifetime erasure; `f` is only used until `pending` reaches 0, which `Join` waits for
-        // (also when the caller's own tasks panic).
+        // Safety: lifetime erasure; `f` is only used by workers that joined before `Join` closed the op,
+        // and `Join` waits for them (also when the caller's own tasks panic).
         let f_static: *const (dyn Fn(usize) + Sync + 'static) =
             unsafe { std::mem::transmute(f as *const (dyn Fn(usize) + Sync)) };
         // Safety: we hold `busy` and the previous op's workers are done, so nobody reads `job` now.
@@ -173,12 +181,13 @@ impl ThreadPool {
             *sh.job.get() = Job {
                 f: JobRef(f_static),
                 n_tasks,
-                workers,
             };
         }
         sh.next.store(0, Ordering::Relaxed);
-        sh.pending.store(workers, Ordering::Relaxed);
-        sh.generation.fetch_add(1, Ordering::SeqCst);
+        sh.done.store(0, Ordering::Relaxed);
+        let gen = sh.generation.load(Ordering::Relaxed) + 1;
+        sh.entry.store((gen & 0xffff_ffff) << 32, Ordering::Release);
+        sh.generation.store(gen, Ordering::SeqCst);
         for (i, t) in self.workers[..workers].iter().enumerate() {
             if sh.sleeping[i].swap(false, Ordering::SeqCst) {
                 t.unpark();
@@ -187,8 +196,10 @@ impl ThreadPool {
         struct Join(&'static Shared);
         impl Drop for Join {
             fn drop(&mut self) {
+                // Close the op: from now on no worker joins; wait for those that did.
+                let joined = self.0.entry.fetch_or(CLOSED, Ordering::AcqRel) & COUNT;
                 let mut spins = 0u32;
-                while self.0.pending.load(Ordering::Acquire) != 0 {
+                while self.0.done.load(Ordering::Acquire) != joined {
                     spins += 1;
                     if spins < 1 << 14 {
                         std::hint::spin_loop();
@@ -261,12 +272,25 @@ fn worker(sh: &'static Shared, index: usize) {
             }
         };
         seen = gen;
-        // 2. Safety: published before the release bump of `generation` we acquired; stays valid until we
-        // decrement `pending`.
-        let job = unsafe { &*sh.job.get() };
-        if index >= job.workers {
+        // 2. Join the op, unless the caller has closed it (or already moved on to a later one).
+        let mut e = sh.entry.load(Ordering::Acquire);
+        let joined = loop {
+            if e >> 32 != gen & 0xffff_ffff || e & CLOSED != 0 {
+                break false;
+            }
+            match sh
+                .entry
+                .compare_exchange_weak(e, e + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break true,
+                Err(now) => e = now,
+            }
+        };
+        if !joined {
             continue;
         }
+        // Safety: written before the release store of `entry` we acquired; valid until we count `done`.
+        let job = unsafe { &*sh.job.get() };
         let f = unsafe { &*job.f.0 };
         let n_tasks = job.n_tasks;
         // 3. Claim tasks until none are left.
@@ -281,7 +305,7 @@ fn worker(sh: &'static Shared, index: usize) {
             sh.panicked.store(true, Ordering::Relaxed);
         }
         // 4. Done with the job: the caller may return (and free the closure) after this.
-        sh.pending.fetch_sub(1, Ordering::Release);
+        sh.done.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -302,6 +326,22 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    /// Many short ops in a row: workers joining late (or not at all) never lose or repeat a task.
+    #[test]
+    fn many_short_ops() {
+        let pool = ThreadPool::get(2);
+        let total = AtomicUsize::new(0);
+        for r in 0..20_000usize {
+            pool.run(2 + r % 3, &|i| {
+                total.fetch_add(i + 1, Ordering::Relaxed);
+            });
+        }
+        let want: usize = (0..20_000usize)
+            .map(|r| (2 + r % 3) * (3 + r % 3) / 2)
+            .sum();
+        assert_eq!(total.load(Ordering::Relaxed), want);
     }
 
     #[test]
