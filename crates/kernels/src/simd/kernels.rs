@@ -53,27 +53,7 @@ unsafe fn map2<S: Simd, F: Binary<S>>(
 ) {
     let l = S::LANES;
     let mut i = 0;
-    // vector body, 4 vectors per step (all loads before the stores: more misses in flight, and no
-    // store can alias a later load when out == a)
-    while i + 4 * l <= n {
-        let (a0, a1, a2, a3) = (
-            s.ld(a.add(i)),
-            s.ld(a.add(i + l)),
-            s.ld(a.add(i + 2 * l)),
-            s.ld(a.add(i + 3 * l)),
-        );
-        let (b0, b1, b2, b3) = (
-            s.ld(b.add(i)),
-            s.ld(b.add(i + l)),
-            s.ld(b.add(i + 2 * l)),
-            s.ld(b.add(i + 3 * l)),
-        );
-        s.st(out.add(i), f.f(s, a0, b0));
-        s.st(out.add(i + l), f.f(s, a1, b1));
-        s.st(out.add(i + 2 * l), f.f(s, a2, b2));
-        s.st(out.add(i + 3 * l), f.f(s, a3, b3));
-        i += 4 * l;
-    }
+    // vector body
     while i + l <= n {
         s.st(out.add(i), f.f(s, s.ld(a.add(i)), s.ld(b.add(i))));
         i += l;
