@@ -18,14 +18,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{Job, Task};
+use crate::simd::math::exp;
 use crate::simd::Simd;
-
-/// The [`Simd`] primitives plus the vector exp the softmax needs.
-pub(crate) trait AttnSimd: Simd {
-    /// e^x per lane: relative error ≲ 2 ulp; 0 for x < −87.33 (including −∞); NaN stays NaN;
-    /// saturates at e^88 for larger x.
-    fn exp(self, x: Self::V) -> Self::V;
-}
 
 /// Keys per key tile.
 pub(crate) const KEY_TILE: usize = 256;
@@ -35,7 +29,7 @@ const RM: usize = 4;
 /// Runs one task with the rows in rows (any number of rows; meant for a few). NV: vectors per register
 /// tile row of the P·V product.
 #[inline(always)]
-pub(crate) fn run<S: AttnSimd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: &mut Vec<f32>) {
+pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let p = &job.p;
     let hd = p.head_dim;
     let group = job.group;
@@ -121,7 +115,7 @@ pub(crate) fn run<S: AttnSimd, const NV: usize>(s: S, job: &Job, t: &Task, scrat
             let mv = s.splat(m_new);
             let mut sum = s.zero();
             for c in (0..cols).step_by(lanes) {
-                let e = s.exp(s.sub(s.load(&row[c..]), mv));
+                let e = exp(s, s.sub(s.load(&row[c..]), mv));
                 s.store(&mut row[c..], e);
                 sum = s.add(sum, e);
             }

@@ -20,13 +20,15 @@
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
 
-use super::flash::{AttnSimd, KEY_TILE};
+use super::flash::KEY_TILE;
 use super::{Job, Task};
+use crate::simd::math::exp;
+use crate::simd::Simd;
 
 /// Loads `S::LANES` values at `x[i..]` without a bounds check.
 /// Safety: i + S::LANES <= x.len().
 #[inline(always)]
-unsafe fn vload<S: AttnSimd>(s: S, x: &[f32], i: usize) -> S::V {
+unsafe fn vload<S: Simd>(s: S, x: &[f32], i: usize) -> S::V {
     debug_assert!(i + S::LANES <= x.len());
     s.load(x.get_unchecked(i..))
 }
@@ -34,7 +36,7 @@ unsafe fn vload<S: AttnSimd>(s: S, x: &[f32], i: usize) -> S::V {
 /// Stores `S::LANES` values at `x[i..]` without a bounds check.
 /// Safety: i + S::LANES <= x.len().
 #[inline(always)]
-unsafe fn vstore<S: AttnSimd>(s: S, x: &mut [f32], i: usize, v: S::V) {
+unsafe fn vstore<S: Simd>(s: S, x: &mut [f32], i: usize, v: S::V) {
     debug_assert!(i + S::LANES <= x.len());
     s.store(x.get_unchecked_mut(i..), v)
 }
@@ -47,7 +49,7 @@ fn scratch_len(hd: usize, ld: usize) -> usize {
 /// Runs one task. Register tiles: N vectors per column chunk; RK keys (Q·Kᵀ) and RD head dims (P·V) per
 /// block.
 #[inline(always)]
-pub(crate) fn run<S: AttnSimd, const N: usize, const RK: usize, const RD: usize>(
+pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
     s: S,
     job: &Job,
     t: &Task,
@@ -171,7 +173,7 @@ struct Chunk {
 impl Chunk {
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn step<S: AttnSimd, const N: usize, const RK: usize, const RD: usize>(
+    fn step<S: Simd, const N: usize, const RK: usize, const RD: usize>(
         &self,
         s: S,
         kt: &[f32],
@@ -229,10 +231,10 @@ impl Chunk {
                 let m_old = vload::<S>(s, m, cv);
                 // a row that sees no key yet keeps m = f32::MIN (finite, so St − m' is −∞, not NaN)
                 let m_new = s.max(s.max(m_old, mx), s.splat(f32::MIN));
-                let alpha = s.exp(s.sub(m_old, m_new));
+                let alpha = exp(s, s.sub(m_old, m_new));
                 let mut sum = s.zero();
                 for jj in 0..wc {
-                    let e = s.exp(s.sub(vload::<S>(s, stt, jj * ld + cv), m_new));
+                    let e = exp(s, s.sub(vload::<S>(s, stt, jj * ld + cv), m_new));
                     vstore::<S>(s, stt, jj * ld + cv, e);
                     sum = s.add(sum, e);
                 }
@@ -267,7 +269,7 @@ impl Chunk {
 /// Safety: bounds asserted by `Chunk::step`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn qk_block<S: AttnSimd, const R: usize, const N: usize>(
+unsafe fn qk_block<S: Simd, const R: usize, const N: usize>(
     s: S,
     kt: &[f32],
     krs: usize,
@@ -304,7 +306,7 @@ unsafe fn qk_block<S: AttnSimd, const R: usize, const N: usize>(
 /// Safety: bounds asserted by `Chunk::step`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pv_block<S: AttnSimd, const R: usize, const N: usize>(
+unsafe fn pv_block<S: Simd, const R: usize, const N: usize>(
     s: S,
     vt: &[f32],
     vrs: usize,
