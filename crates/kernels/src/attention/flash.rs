@@ -25,6 +25,25 @@ use crate::simd::Simd;
 pub(crate) const KEY_TILE: usize = 256;
 /// Query rows per register block of the P·V product.
 const RM: usize = 4;
+/// Keys per register block of the Q·Kᵀ product.
+const KB: usize = 4;
+/// How many key rows ahead the K and V rows are prefetched (decode streams the cache from memory).
+const PREFETCH_KEYS: usize = 16;
+
+/// Asks for the cache lines of x[i..i + n] (nothing if that lies outside x).
+#[inline(always)]
+fn prefetch_row(x: &[f32], i: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i + n <= x.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for c in (0..n).step_by(16) {
+            // Safety: in bounds (checked above); prefetching has no architectural effect.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i + c) as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, i, n);
+}
 
 /// Runs one task with the rows in rows (any number of rows; meant for a few). NV: vectors per register
 /// tile row of the P·V product.
@@ -77,22 +96,23 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
         let kt = &job.k[kbase + j0 * krs..];
         let vt = &job.v[vbase + j0 * vrs..];
 
-        // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk, each key row loaded once for all rows
-        for j in 0..nk {
-            let kj = &kt[j * krs..j * krs + hd];
+        // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk: KB keys × (2 or 1) rows per block, so that each
+        //     key vector loaded serves several rows and the FMA chains are independent
+        let mut j = 0;
+        while j < nk {
+            let kb = if nk - j >= KB { KB } else { 1 };
             let mut r = 0;
             while r < mq {
-                if mq - r >= RM {
-                    let d = dots::<S, RM>(s, kj, qp, hd, r, body);
-                    for (x, dv) in d.into_iter().enumerate() {
-                        sm[(r + x) * KEY_TILE + j] = dv;
-                    }
-                    r += RM;
-                } else {
-                    sm[r * KEY_TILE + j] = dots::<S, 1>(s, kj, qp, hd, r, body)[0];
-                    r += 1;
+                let rb = if mq - r >= 2 { 2 } else { 1 };
+                match (rb, kb) {
+                    (2, KB) => dots::<S, 2, KB>(s, kt, krs, j, qp, hd, r, body, sm),
+                    (2, _) => dots::<S, 2, 1>(s, kt, krs, j, qp, hd, r, body, sm),
+                    (_, KB) => dots::<S, 1, KB>(s, kt, krs, j, qp, hd, r, body, sm),
+                    _ => dots::<S, 1, 1>(s, kt, krs, j, qp, hd, r, body, sm),
                 }
+                r += rb;
             }
+            j += kb;
         }
 
         // 2b. online softmax of each row over its visible keys
@@ -131,22 +151,28 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
         // 2c. O[r] += Σ_j P[r, j] · v[j0 + j] for j < nk
         let mut r = 0;
         while r < mq {
-            let rb = if mq - r >= RM { RM } else { 1 };
+            let rb = if mq - r >= RM {
+                RM
+            } else if mq - r >= 2 {
+                2
+            } else {
+                1
+            };
             let mut d = 0;
             // vector body: NV vectors, then one at a time
             while d + NV * lanes <= body {
-                if rb == RM {
-                    pv_chunk::<S, RM, NV>(s, sm, r, nk, vt, vrs, hd, d, o);
-                } else {
-                    pv_chunk::<S, 1, NV>(s, sm, r, nk, vt, vrs, hd, d, o);
+                match rb {
+                    RM => pv_chunk::<S, RM, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
+                    2 => pv_chunk::<S, 2, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
+                    _ => pv_chunk::<S, 1, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
                 }
                 d += NV * lanes;
             }
             while d < body {
-                if rb == RM {
-                    pv_chunk::<S, RM, 1>(s, sm, r, nk, vt, vrs, hd, d, o);
-                } else {
-                    pv_chunk::<S, 1, 1>(s, sm, r, nk, vt, vrs, hd, d, o);
+                match rb {
+                    RM => pv_chunk::<S, RM, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
+                    2 => pv_chunk::<S, 2, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
+                    _ => pv_chunk::<S, 1, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
                 }
                 d += lanes;
             }
@@ -171,34 +197,51 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
     }
 }
 
-/// [Qp[r0 + x] · kj for x < R]: vector body over `body` dims, then the scalar tail.
+/// S[r0 + x, j0 + y] = Qp[r0 + x] · k[j0 + y] for x < R, y < K: vector body over `body` dims, then
+/// the scalar tail.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dots<S: Simd, const R: usize>(
+fn dots<S: Simd, const R: usize, const K: usize>(
     s: S,
-    kj: &[f32],
+    kt: &[f32],
+    krs: usize,
+    j0: usize,
     qp: &[f32],
     hd: usize,
     r0: usize,
     body: usize,
-) -> [f32; R] {
+    sm: &mut [f32],
+) {
     let lanes = S::LANES;
     let q = &qp[r0 * hd..(r0 + R) * hd];
-    let mut acc = [s.zero(); R];
+    let k: [&[f32]; K] = std::array::from_fn(|y| &kt[(j0 + y) * krs..(j0 + y) * krs + hd]);
+    if r0 == 0 {
+        for y in 0..K {
+            prefetch_row(kt, (j0 + y + PREFETCH_KEYS) * krs, hd);
+        }
+    }
+    let mut acc = [[s.zero(); K]; R];
     for d in (0..body).step_by(lanes) {
-        let kv = s.load(&kj[d..]);
+        let mut kv = [s.zero(); K];
+        for y in 0..K {
+            kv[y] = s.load(&k[y][d..]);
+        }
         for x in 0..R {
-            acc[x] = s.mul_add(s.load(&q[x * hd + d..]), kv, acc[x]);
+            let qv = s.load(&q[x * hd + d..]);
+            for y in 0..K {
+                acc[x][y] = s.mul_add(qv, kv[y], acc[x][y]);
+            }
         }
     }
-    let mut out = [0.0f32; R];
     for x in 0..R {
-        let mut t = s.reduce_sum(acc[x]);
-        for d in body..hd {
-            t += q[x * hd + d] * kj[d];
+        for y in 0..K {
+            let mut t = s.reduce_sum(acc[x][y]);
+            for d in body..hd {
+                t += q[x * hd + d] * k[y][d];
+            }
+            sm[(r0 + x) * KEY_TILE + j0 + y] = t;
         }
-        out[x] = t;
     }
-    out
 }
 
 /// O[r0 + x, d0..d0 + N·lanes] += Σ_{j < nk} P[r0 + x, j] · v[j, d0..] for x < R.
@@ -224,6 +267,9 @@ fn pv_chunk<S: Simd, const R: usize, const N: usize>(
     }
     let pb = &sm[r0 * KEY_TILE..(r0 + R - 1) * KEY_TILE + nk];
     for j in 0..nk {
+        if r0 == 0 {
+            prefetch_row(vt, (j + PREFETCH_KEYS) * vrs + d0, N * lanes);
+        }
         let vr = &vt[j * vrs + d0..j * vrs + d0 + N * lanes];
         let mut vv = [s.zero(); N];
         for n in 0..N {
