@@ -47,29 +47,48 @@ struct Case {
 }
 
 /// (reference without bias, Σ|x·w|), each (m, n), in f64, for the weights given as f64 rows.
+/// Threaded over rows of x; 4 partial sums per dot product (f64, so the order does not matter here).
 fn reference(c: &Case, w: &(dyn Fn(usize) -> f64 + Sync)) -> (Vec<f64>, Vec<f64>) {
     let (m, n, k) = (c.m, c.n, c.k);
     let mut y = vec![0f64; m * n];
     let mut s = vec![0f64; m * n];
-    let rows_per = m.div_ceil(2).max(1);
+    if m * n == 0 {
+        return (y, s);
+    }
+    // W widened to f64 once: (n, k)
+    let wd: Vec<f64> = (0..n * k).map(w).collect();
+    let threads = 2;
+    let rows_per = m.div_ceil(threads);
     std::thread::scope(|sc| {
-        for ((ych, sch), t) in y
-            .chunks_mut(rows_per * n.max(1))
-            .zip(s.chunks_mut(rows_per * n.max(1)))
-            .zip(0..)
+        for (t, (ych, sch)) in y
+            .chunks_mut(rows_per * n)
+            .zip(s.chunks_mut(rows_per * n))
+            .enumerate()
         {
+            let wd = &wd;
             sc.spawn(move || {
                 for (li, (yr, sr)) in ych.chunks_mut(n).zip(sch.chunks_mut(n)).enumerate() {
                     let i = t * rows_per + li;
+                    let xr: Vec<f64> = c.x[i * k..(i + 1) * k].iter().map(|&v| v as f64).collect();
                     for r in 0..n {
-                        let (mut acc, mut mag) = (0f64, 0f64);
-                        for kk in 0..k {
-                            let p = c.x[i * k + kk] as f64 * w(r * k + kk);
-                            acc += p;
-                            mag += p.abs();
+                        let wr = &wd[r * k..(r + 1) * k];
+                        let (mut acc, mut mag) = ([0f64; 4], [0f64; 4]);
+                        let mut kk = 0;
+                        while kk + 4 <= k {
+                            for j in 0..4 {
+                                let p = xr[kk + j] * wr[kk + j];
+                                acc[j] += p;
+                                mag[j] += p.abs();
+                            }
+                            kk += 4;
                         }
-                        yr[r] = acc;
-                        sr[r] = mag;
+                        for t in kk..k {
+                            let p = xr[t] * wr[t];
+                            acc[0] += p;
+                            mag[0] += p.abs();
+                        }
+                        yr[r] = acc.iter().sum();
+                        sr[r] = mag.iter().sum();
                     }
                 }
             });
@@ -147,20 +166,22 @@ fn run_shape(m: usize, k: usize, n: usize, big: bool) {
     let (ref_b, mag_b) = reference(&c, &|i| widen(c.w_bf16[i]) as f64);
     let (ref_f, mag_f) = reference(&c, &|i| c.w_f32[i] as f64);
     let mut combo = 0usize;
+    let mut runs = 0usize;
     for base in Kernels::all_available() {
         for path in [MatmulPath::Exact, MatmulPath::Fast] {
             for bf in [true, false] {
                 for packed in [true, false] {
+                    combo += 1;
                     for threads in [1usize, 2] {
                         for bias in [false, true] {
-                            combo += 1;
-                            // On the large shape, one (threads, bias) combination per configuration, and
-                            // only two runs of the slow scalar reference level.
+                            // On the large shape, one (threads, bias) combination per configuration,
+                            // alternating; the scalar level (plain loops) and SSE4.1 once each.
                             if big {
-                                if (threads == 2) != (combo % 2 == 0) || bias != (combo % 3 == 0) {
+                                if threads != 1 + combo % 2 || bias != (combo % 4 < 2) {
                                     continue;
                                 }
-                                if base.isa() == Isa::Scalar && (path == MatmulPath::Fast || packed)
+                                if base.isa() <= Isa::Sse41
+                                    && (path == MatmulPath::Fast || packed || !bf)
                                 {
                                     continue;
                                 }
@@ -194,12 +215,14 @@ fn run_shape(m: usize, k: usize, n: usize, big: bool) {
                                 (&ref_f, &mag_f)
                             };
                             check(&label, &c, &y, yr, mg, bias, fast);
+                            runs += 1;
                         }
                     }
                 }
             }
         }
     }
+    assert!(runs >= Kernels::all_available().len(), "{runs} runs");
 }
 
 #[test]
