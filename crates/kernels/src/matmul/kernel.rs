@@ -240,11 +240,17 @@ unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize>(
             xe[m] = s.splat(*x.add(m * k + 2 * p));
             xo[m] = s.splat(*x.add(m * k + 2 * p + 1));
         }
+        let mut we = [s.zero(); NV];
+        let mut wo = [s.zero(); NV];
         for v in 0..NV {
-            let (we, wo) = s.widen_pairs(wp.add(v * l * 2));
-            for m in 0..MR {
-                acc[m][v] = s.mul_add(xe[m], we, acc[m][v]);
-                acc[m][v] = s.mul_add(xo[m], wo, acc[m][v]);
+            (we[v], wo[v]) = s.widen_pairs(wp.add(v * l * 2));
+        }
+        for m in 0..MR {
+            for v in 0..NV {
+                acc[m][v] = s.mul_add(xe[m], we[v], acc[m][v]);
+            }
+            for v in 0..NV {
+                acc[m][v] = s.mul_add(xo[m], wo[v], acc[m][v]);
             }
         }
     }
