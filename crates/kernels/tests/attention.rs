@@ -268,8 +268,13 @@ fn assert_close(what: &str, c: &Case, got: &[f32], want: &[f64], vmax: f64) {
     );
 }
 
-/// Checks every level against the f64 reference and the SIMD levels against the scalar twin.
+/// Checks every level against the f64 reference and the SIMD levels against the scalar twin, the SIMD
+/// levels on 1 and 2 threads (2 may split long keys into chunks).
 fn check(c: Case, seed: u64) {
+    check_threads(c, seed, &[1, 2]);
+}
+
+fn check_threads(c: Case, seed: u64, thread_counts: &[usize]) {
     let x = build(&c, seed);
     let want = naive_f64(&x);
     let vmax = max_abs_v(&x);
@@ -280,8 +285,7 @@ fn check(c: Case, seed: u64) {
         if k.isa() == Isa::Scalar {
             continue;
         }
-        // single-threaded and on 2 threads (which may split long keys into chunks)
-        for threads in [1, 2] {
+        for &threads in thread_counts {
             let k = k.with_threads(threads);
             let got = run(&k, &x);
             let what = format!("{} ({threads} threads)", k.isa());
@@ -403,6 +407,33 @@ fn long_decode_split_keys() {
             );
             seed += 1;
         }
+    }
+}
+
+/// Wide GQA groups (8 q heads per kv head: query tiles of 8 rows) and thread counts above the core count
+/// (more key chunks in a split decode).
+#[test]
+fn wide_groups_and_odd_thread_counts() {
+    for (q_len, kv_len, causal) in [
+        (1, 2000, true),
+        (3, 700, true),
+        (70, 70, true),
+        (33, 90, false),
+    ] {
+        check_threads(
+            Case {
+                hd: 64,
+                q_len,
+                kv_len,
+                causal,
+                nkv: 1,
+                group: 8,
+                layout: Layout::HeadMajorCache,
+                values: Values::Uniform,
+            },
+            400 + q_len as u64,
+            &[3, 5],
+        );
     }
 }
 
