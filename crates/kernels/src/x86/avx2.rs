@@ -38,6 +38,15 @@ unsafe fn bf16_bits256(v: __m256) -> __m256i {
     _mm256_blendv_epi8(rounded, quiet, nan)
 }
 
+/// All-ones in the first `n` (< 8) 32-bit lanes. Safety: AVX2 available.
+#[inline(always)]
+unsafe fn lane_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
 impl Simd for Avx2 {
     const LANES: usize = 8;
     type V = __m256;
@@ -54,6 +63,20 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn st(self, p: *mut f32, v: __m256) {
         _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn ld_part(self, p: *const f32, n: usize, pad: f32) -> __m256 {
+        // vmaskmovps: the masked-off lanes are not read (no fault past the end) and load as 0
+        let m = lane_mask(n);
+        _mm256_blendv_ps(
+            _mm256_set1_ps(pad),
+            _mm256_maskload_ps(p, m),
+            _mm256_castsi256_ps(m),
+        )
+    }
+    #[inline(always)]
+    unsafe fn st_part(self, p: *mut f32, n: usize, v: __m256) {
+        _mm256_maskstore_ps(p, lane_mask(n), v)
     }
     #[inline(always)]
     unsafe fn ld_bf16(self, p: *const u16) -> __m256 {
