@@ -26,7 +26,7 @@ struct Data {
 
 fn data(rows: usize, n: usize) -> Data {
     let len = rows * n;
-    let f = |i: usize, k: f32| ((i as f32 * k).sin() * 4.0);
+    let f = |i: usize, k: f32| (i as f32 * k).sin() * 4.0;
     let a: Vec<f32> = (0..len).map(|i| f(i, 0.37)).collect();
     let h = a.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
     Data {

@@ -125,7 +125,7 @@ pub(crate) fn rows_of(op: &'static str, len: usize, n: usize) -> Result<usize, K
             })
         };
     }
-    if len % n != 0 {
+    if !len.is_multiple_of(n) {
         return Err(KernelError::Invalid {
             op,
             msg: format!("length of x is {len}, not a multiple of the row length {n}"),
@@ -441,7 +441,7 @@ impl Kernels {
         cos: &[f32],
         sin: &[f32],
     ) -> Result<(), KernelError> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(KernelError::Invalid {
                 op: "rope_half",
                 msg: format!("head_dim {head_dim} is odd"),

@@ -50,12 +50,13 @@ fn check_fd_abs(op: &str, level: &str, n: usize, got: &[f32], want: &[f64], rel:
 }
 
 type Grad = fn(&Kernels, &[f32], &[f32], &mut [f32]);
+type GradCase = (&'static str, Grad, fn(f64) -> f64);
 
 /// Elementwise activation gradients: each level against the twin (f64 formulas): ≤ 8 ULP + 2^-22·|dy|
 /// (the derivative is a difference of terms near x ≈ −1..−3); against finite differences, 1e-4 relative.
 #[test]
 fn activation_grads() {
-    let cases: [(&str, Grad, fn(f64) -> f64); 4] = [
+    let cases: [GradCase; 4] = [
         (
             "gelu_tanh_backward",
             |k, x, d, o| k.gelu_tanh_backward(x, d, o).unwrap(),

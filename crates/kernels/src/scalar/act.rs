@@ -2,6 +2,7 @@
 //! crate's `erff`. GELU-erf uses f64 `libm::erfc` for Φ so the reference has no cancellation in the left tail.
 //!
 //! Safety (all functions): the pointers are valid for `n` elements; `out` may equal an input.
+#![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 /// √(2/π)
 const GELU_C: f32 = 0.797_884_6;

@@ -2,6 +2,7 @@
 //! gradient; dx: written; dw/db: accumulated (+=) over rows. Plain formulas in f64.
 //!
 //! Safety (all functions): the pointers are valid for the shapes given (checked in `ops.rs`).
+#![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 use super::act::phi64;
 

@@ -2,6 +2,7 @@
 //!
 //! Safety (all functions): the pointers are valid for the shapes given (checked by the public API in
 //! `ops.rs`); `out` may equal `x`.
+#![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 /// out = x / sqrt(mean(x²) + eps) * w
 pub unsafe fn rms_norm(

@@ -2,6 +2,7 @@
 //!
 //! Safety (all functions): the pointers are valid for `n` elements (checked by the public API in `ops.rs`);
 //! `out` may equal an input.
+#![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 /// out[i] = a[i] + b[i]
 pub unsafe fn add(a: *const f32, b: *const f32, out: *mut f32, n: usize) {

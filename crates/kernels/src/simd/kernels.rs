@@ -7,6 +7,7 @@
 //! rows dividing exactly) are checked by the public API in `ops.rs` before any of these runs.
 //! Every loop is a vector body followed by a tail that runs the same vector code on a padded partial
 //! vector ([`Simd::ld_part`]), so the last `n % LANES` elements get bit-identical arithmetic.
+#![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 use super::math;
 use super::Simd;

@@ -20,6 +20,8 @@
 //!   u = √(2/π)(x + 0.044715x³) (the op's own conditioning; torch's ½x(1 + tanh u) is far worse there).
 //!
 //! Results below 2^-122 (from subnormal σ or Φ of very negative x) are bounded in absolute terms only.
+// Fitted coefficients are written with all the digits the fit printed (they round to the f32 used).
+#![allow(clippy::excessive_precision, clippy::approx_constant)]
 
 use super::Simd;
 

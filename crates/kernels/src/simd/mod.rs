@@ -6,6 +6,7 @@
 //! `unsafe fn new_unchecked` after detection, which is why the arithmetic primitives themselves are safe to
 //! call. Loads and stores take raw pointers (so one kernel serves out-of-place and in-place calls without
 //! aliasing `&`/`&mut`); they are `unsafe` because the caller vouches for the pointed-to memory.
+#![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
 pub mod kernels;
 pub mod math;

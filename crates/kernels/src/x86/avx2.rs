@@ -1,4 +1,5 @@
 //! AVX2+FMA level: the [`Simd`] primitives on ymm registers, and the per-op entry points.
+#![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
 use crate::simd::{kernels, Simd};
 use std::arch::x86_64::*;
@@ -195,8 +196,10 @@ impl Simd for Avx2 {
 
 macro_rules! entry {
     ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; )*) => {$(
-        /// Safety: the CPU supports this level (the dispatch table is only built after detection), and the
+        /// # Safety
+        /// The CPU supports this level (the dispatch table is only built after detection), and the
         /// pointers/lengths are valid as checked by the public API in `ops.rs`.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn $name($($arg: $ty),*) -> $ret {
             kernels::$name(Avx2::new_unchecked(), $($arg),*)

@@ -1,5 +1,6 @@
 //! SSE4.1 level: the [`Simd`] primitives on xmm registers, and the per-op entry points.
 //! There is no FMA at this level: `mul_add` rounds twice.
+#![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
 use crate::simd::{kernels, Simd};
 use std::arch::x86_64::*;
@@ -185,8 +186,10 @@ impl Simd for Sse41 {
 
 macro_rules! entry {
     ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ; )*) => {$(
-        /// Safety: the CPU supports this level (the dispatch table is only built after detection), and the
+        /// # Safety
+        /// The CPU supports this level (the dispatch table is only built after detection), and the
         /// pointers/lengths are valid as checked by the public API in `ops.rs`.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "sse4.1")]
         pub unsafe fn $name($($arg: $ty),*) -> $ret {
             kernels::$name(Sse41::new_unchecked(), $($arg),*)
