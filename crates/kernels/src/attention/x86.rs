@@ -12,7 +12,7 @@ use crate::x86::{avx2::Avx2, avx512::Avx512, sse41::Sse41};
 pub(super) unsafe fn task_sse41(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let s = Sse41::new_unchecked();
     if (t.i1 - t.i0) * job.group >= Sse41::LANES {
-        lanes::run::<_, 2, 4, 4>(s, job, t, scratch)
+        lanes::run::<_, 2, 6, 4>(s, job, t, scratch)
     } else {
         flash::run::<_, 2>(s, job, t, scratch)
     }
@@ -23,7 +23,7 @@ pub(super) unsafe fn task_sse41(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
 pub(super) unsafe fn task_avx2(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let s = Avx2::new_unchecked();
     if (t.i1 - t.i0) * job.group >= Avx2::LANES {
-        lanes::run::<_, 2, 4, 4>(s, job, t, scratch)
+        lanes::run::<_, 2, 6, 4>(s, job, t, scratch)
     } else {
         flash::run::<_, 2>(s, job, t, scratch)
     }
