@@ -184,7 +184,8 @@ fn table(isa: Isa, bf16_dot: bool) -> &'static MmTable {
 
 /// Below this many multiply-adds a matmul runs on the calling thread only.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
-/// Up to this many rows of x, `matmul_unpacked` streams the weight (once per 4 rows) instead of packing it.
+/// Up to this many rows of x, `matmul_unpacked` streams the weight (each row of W read from memory once,
+/// then from L1 for the other rows of x) instead of packing it.
 const GEMV_MAX_M: usize = 8;
 
 impl Kernels {
@@ -205,8 +206,7 @@ impl Kernels {
                 let gsize = kp * g * 2;
                 let mut out = vec![0u16; groups * gsize];
                 let out_ptr = YPtrU16(out.as_mut_ptr());
-                self.parallel_for(tasks_for(groups, self.threads(), n * k), &|t| {
-                    let (j0, j1) = split(groups, tasks_for(groups, self.threads(), n * k), t);
+                self.run_ranges(groups, n * k, &|j0, j1| {
                     for j in j0..j1 {
                         // Safety: group j's slice is written by this task only.
                         let dst = unsafe {
