@@ -104,8 +104,15 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
         let vt = &job.v[vbase + j0 * vrs..];
         let mut c = 0;
         while c < ld {
-            let full = ld - c >= N * lanes;
-            let width = if full { N * lanes } else { lanes };
+            // chunk width in vectors: N, else 2 (when N > 2), else 1
+            let nv = if ld - c >= N * lanes {
+                N
+            } else if N > 2 && ld - c >= 2 * lanes {
+                2
+            } else {
+                1
+            };
+            let width = nv * lanes;
             // rows grow with r: the chunk's last real row sees the most keys
             let last = (c + width).min(mq) - 1;
             let wc = visible(last, j0, w);
@@ -118,32 +125,11 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
                     krs,
                     vrs,
                 };
-                if full {
-                    cc.step::<S, N, RK, RD>(
-                        s,
-                        kt,
-                        vt,
-                        qt,
-                        stt,
-                        ot,
-                        m,
-                        l,
-                        |r| visible(r, j0, w),
-                        mq,
-                    );
-                } else {
-                    cc.step::<S, 1, RK, RD>(
-                        s,
-                        kt,
-                        vt,
-                        qt,
-                        stt,
-                        ot,
-                        m,
-                        l,
-                        |r| visible(r, j0, w),
-                        mq,
-                    );
+                let vis = |r| visible(r, j0, w);
+                match nv {
+                    1 => cc.step::<S, 1, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
+                    2 => cc.step::<S, 2, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
+                    _ => cc.step::<S, N, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
                 }
             }
             c += width;
