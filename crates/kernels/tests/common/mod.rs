@@ -36,7 +36,8 @@ pub const SPECIAL: [f32; 22] = [
     10.0,
 ];
 
-/// Every level this host supports; prints (once per test binary) the levels skipped.
+/// Every level this host supports; prints (once per test binary, straight to stderr so the test harness
+/// does not capture it) the levels skipped.
 pub fn levels() -> Vec<Kernels> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let f = Features::detect();
@@ -46,13 +47,21 @@ pub fn levels() -> Vec<Kernels> {
             .filter(|&&i| !f.supports(i))
             .map(|i| i.name())
             .collect();
-        if skipped.is_empty() {
-            eprintln!("kernel tests: all levels run (scalar, sse4.1, avx2, avx512)");
+        let msg = if skipped.is_empty() {
+            "kernel tests: all levels run (scalar, sse4.1, avx2, avx512)".to_string()
         } else {
-            eprintln!(
+            format!(
                 "kernel tests: SKIPPED levels the host lacks: {}",
                 skipped.join(", ")
-            );
+            )
+        };
+        // the harness captures eprintln!; /dev/stderr (Linux) is not captured
+        use std::io::Write;
+        match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+            Ok(mut f) => {
+                let _ = writeln!(f, "{msg}");
+            }
+            Err(_) => eprintln!("{msg}"),
         }
     });
     Kernels::all_available()
