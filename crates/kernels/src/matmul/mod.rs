@@ -289,7 +289,7 @@ impl Kernels {
         let macs = m * n * k;
         match (&w.data, path, t.packed_bf16_dot) {
             (PackedData::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
-                xb_buf = round_x_bf16(t, x, m, k);
+                xb_buf = round_x_bf16(self, t, x, m, k);
                 a.xb = &xb_buf;
                 self.run_ranges(groups, macs, &|g0, g1| unsafe { dot(&a, wd, g0, g1) });
             }
@@ -344,7 +344,7 @@ impl Kernels {
         let (xb_buf, xp_buf);
         match (w, path, t.gemv_bf16_dot) {
             (Weight::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
-                xb_buf = round_x_bf16(t, x, m, k);
+                xb_buf = round_x_bf16(self, t, x, m, k);
                 a.xb = &xb_buf;
                 self.run_ranges(n, macs, &|r0, r1| unsafe { dot(&a, wd, r0, r1) });
             }
@@ -424,13 +424,21 @@ fn check_args(
 }
 
 /// x (m, k) rounded to bf16, rows padded to an even length with 0: (m, 2⌈k/2⌉).
-fn round_x_bf16(t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
+fn round_x_bf16(kern: &Kernels, t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
     let kp2 = k.div_ceil(2) * 2;
     let mut xb = vec![0u16; m * kp2];
-    for i in 0..m {
-        // Safety: the table belongs to a level this CPU supports.
-        unsafe { (t.to_bf16)(&x[i * k..(i + 1) * k], &mut xb[i * kp2..i * kp2 + k]) };
-    }
+    let out = YPtrU16(xb.as_mut_ptr());
+    // Threaded over rows once x is large (vision: 1200 × 4096).
+    kern.run_ranges(m, m * k / 16, &|i0, i1| {
+        for i in i0..i1 {
+            // Safety: row i of xb is written by this task only; the table belongs to a level this CPU
+            // supports.
+            unsafe {
+                let dst = std::slice::from_raw_parts_mut(out.get().add(i * kp2), k);
+                (t.to_bf16)(&x[i * k..(i + 1) * k], dst)
+            };
+        }
+    });
     xb
 }
 
