@@ -458,7 +458,13 @@ impl Kernels {
                 msg: format!("head_dim {head_dim} is odd"),
             });
         }
-        let rows = rows_of("rope_half", x.len(), heads * head_dim)?;
+        let per_row = heads
+            .checked_mul(head_dim)
+            .ok_or_else(|| KernelError::Invalid {
+                op: "rope_half",
+                msg: format!("heads {heads} × head_dim {head_dim} overflows"),
+            })?;
+        let rows = rows_of("rope_half", x.len(), per_row)?;
         check_len("rope_half", "cos", rows * head_dim / 2, cos.len())?;
         check_len("rope_half", "sin", rows * head_dim / 2, sin.len())?;
         let p = x.as_mut_ptr();

@@ -487,6 +487,12 @@ fn length_errors() {
             "cos length"
         );
         assert!(k.rope_half(&mut xr, 2, 4, &[1.0; 2], &[0.0; 2]).is_ok());
+        // heads·head_dim wrapping around to 2 must not pass as a row length of 2
+        let huge = (usize::MAX / 2) + 2;
+        assert!(
+            k.rope_half(&mut xr[..2], huge, 2, &[1.0], &[0.0]).is_err(),
+            "overflow"
+        );
         let mut d6 = [0.0f32; 6];
         assert!(k
             .rms_norm_backward(&x, &[1.0; 3], 1e-6, &x[..3], &mut d6, &mut [0.0; 3])
