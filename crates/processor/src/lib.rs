@@ -1,1 +1,460 @@
-//! qwen3vl-processor
+//! qwen3vl-processor: everything before the network, exact to transformers 5.23's `Qwen3VLProcessor`.
+//!
+//! - images: decode under limits (EXIF orientation, alpha over white, like PIL + the processor), `smart_resize`,
+//!   torchvision's uint8 bicubic antialias resize in fixed point, normalize, patchify (spec 6);
+//! - text: the chat template (minijinja; the checkpoint's `chat_template.json`/`.jinja`, else the built-in
+//!   Qwen3-VL Instruct one), tokenization where user text never becomes special tokens, `<|image_pad|>`
+//!   expansion (spec 6.5, 7.1);
+//! - `get_rope_index` (spec 5.2).
+//!
+//! ```no_run
+//! use qwen3vl_processor::{Content, Message, Processor};
+//! let p = Processor::from_dir("checkpoint".as_ref())?;
+//! let img = p.preprocess_image(&p.load_image_file("cat.jpg".as_ref())?)?;
+//! let msgs = [Message::new("user", vec![Content::Image, Content::Text("Describe this image.".into())])];
+//! let prompt = p.encode(&msgs, &[img], true)?;
+//! # Ok::<(), qwen3vl_processor::ProcessorError>(())
+//! ```
+
+mod chat;
+pub mod decode;
+mod error;
+mod jpeg;
+pub mod patch;
+pub mod resize;
+mod rope;
+
+pub use chat::{Content, Message, BUILTIN_TEMPLATE};
+pub use decode::{composite_over_white, decode_rgb, ImageLimits};
+pub use error::ProcessorError;
+pub use image::RgbImage;
+pub use rope::get_rope_index;
+
+use qwen3vl_kernels::Kernels;
+use serde_json::Value as Json;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// Token ids the processor and the model agree on (spec 1.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub image_token_id: u32,
+    pub video_token_id: u32,
+    pub vision_start_token_id: u32,
+    pub vision_end_token_id: u32,
+}
+
+impl Default for SpecialIds {
+    /// The values of every Qwen3-VL checkpoint.
+    fn default() -> Self {
+        SpecialIds {
+            image_token_id: 151655,
+            video_token_id: 151656,
+            vision_start_token_id: 151652,
+            vision_end_token_id: 151653,
+        }
+    }
+}
+
+/// `preprocessor_config.json` values (spec 6.1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageConfig {
+    pub patch_size: usize,
+    pub temporal_patch_size: usize,
+    pub merge_size: usize,
+    pub min_pixels: usize,
+    pub max_pixels: usize,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
+    pub rescale_factor: f64,
+}
+
+impl Default for ImageConfig {
+    /// The Qwen3-VL checkpoints' values (not the Qwen2-VL class defaults).
+    fn default() -> Self {
+        ImageConfig {
+            patch_size: 16,
+            temporal_patch_size: 2,
+            merge_size: 2,
+            min_pixels: 65536,
+            max_pixels: 16777216,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            rescale_factor: 1.0 / 255.0,
+        }
+    }
+}
+
+impl ImageConfig {
+    /// Parse `preprocessor_config.json`; every field the pipeline uses must be present (no class defaults).
+    pub fn from_json(text: &str) -> Result<ImageConfig, ProcessorError> {
+        const FILE: &str = "preprocessor_config.json";
+        let err = |msg: String| ProcessorError::Config {
+            file: FILE.into(),
+            msg,
+        };
+        let v: Json =
+            serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let uint = |key: &str| -> Result<usize, ProcessorError> {
+            match v.get(key).and_then(Json::as_u64) {
+                Some(x) if x > 0 => Ok(x as usize),
+                Some(_) => Err(err(format!("field `{key}` must be positive"))),
+                None => Err(err(format!("missing or non-integer field `{key}`"))),
+            }
+        };
+        let triple = |key: &str| -> Result<[f64; 3], ProcessorError> {
+            let a = v
+                .get(key)
+                .and_then(Json::as_array)
+                .ok_or_else(|| err(format!("missing field `{key}`")))?;
+            let f: Vec<f64> = a.iter().filter_map(Json::as_f64).collect();
+            match f[..] {
+                [x, y, z] => Ok([x, y, z]),
+                _ => Err(err(format!("field `{key}` must hold 3 numbers"))),
+            }
+        };
+        let size = v.get("size");
+        let pick = |a: &str, b: &str| -> Option<u64> {
+            size.and_then(|s| s.get(a))
+                .and_then(Json::as_u64)
+                .or_else(|| v.get(b).and_then(Json::as_u64))
+        };
+        let min_pixels = pick("shortest_edge", "min_pixels")
+            .ok_or_else(|| err("missing `size.shortest_edge` (or `min_pixels`)".into()))?
+            as usize;
+        let max_pixels = pick("longest_edge", "max_pixels")
+            .ok_or_else(|| err("missing `size.longest_edge` (or `max_pixels`)".into()))?
+            as usize;
+        if min_pixels > max_pixels || max_pixels == 0 {
+            return Err(err(format!(
+                "min_pixels {min_pixels} / max_pixels {max_pixels} are inconsistent"
+            )));
+        }
+        let image_std = triple("image_std")?;
+        if image_std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+            return Err(err("field `image_std` must be positive".into()));
+        }
+        let rescale_factor = v
+            .get("rescale_factor")
+            .and_then(Json::as_f64)
+            .unwrap_or(1.0 / 255.0);
+        if rescale_factor <= 0.0 || !rescale_factor.is_finite() {
+            return Err(err("field `rescale_factor` must be positive".into()));
+        }
+        Ok(ImageConfig {
+            patch_size: uint("patch_size")?,
+            temporal_patch_size: uint("temporal_patch_size")?,
+            merge_size: uint("merge_size")?,
+            min_pixels,
+            max_pixels,
+            image_mean: triple("image_mean")?,
+            image_std,
+            rescale_factor,
+        })
+    }
+
+    /// Side multiple of resized images: patch_size · merge_size.
+    pub fn factor(&self) -> usize {
+        self.patch_size * self.merge_size
+    }
+}
+
+/// One preprocessed image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageInput {
+    /// (N, 3·temporal·patch²) = (N, 1536) rows, N = grid t·h·w (spec 6.4).
+    pub pixel_values: Vec<f32>,
+    /// (t, h, w) in patches.
+    pub grid_thw: [usize; 3],
+}
+
+/// A tokenized prompt ready for prefill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    /// (L) token ids, image placeholders expanded.
+    pub input_ids: Vec<u32>,
+    /// (3, L) M-RoPE positions, rows T, H, W.
+    pub positions: [Vec<i64>; 3],
+    /// Added to the cache index of every decoded token (spec 5.3).
+    pub rope_delta: i64,
+    /// Grid of each image, in prompt order.
+    pub image_grids: Vec<[usize; 3]>,
+}
+
+/// The Qwen3-VL processor of one checkpoint directory.
+pub struct Processor {
+    tokenizer: Tokenizer,
+    /// Added special tokens (content, id): the only strings ever mapped to special ids, and only outside
+    /// user text.
+    specials: Vec<(String, u32)>,
+    template: chat::ChatTemplate,
+    ids: SpecialIds,
+    image: ImageConfig,
+    norm: [[f32; 256]; 3],
+    limits: ImageLimits,
+    kernels: Kernels,
+}
+
+fn read(path: &Path) -> Result<String, ProcessorError> {
+    std::fs::read_to_string(path).map_err(|source| ProcessorError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Processor {
+    /// Load `tokenizer.json`, `preprocessor_config.json`, the chat template (`chat_template.jinja`, else
+    /// `chat_template.json`, else the built-in Qwen3-VL Instruct one; never the text-only template inside
+    /// `tokenizer_config.json`) and the token ids of `config.json` (else looked up in the vocabulary).
+    pub fn from_dir(dir: &Path) -> Result<Processor, ProcessorError> {
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| ProcessorError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        // Special tokens in text are text; the template's markers are mapped separately.
+        tokenizer.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = tokenizer
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, t)| (t.content.clone(), id))
+            .collect();
+        specials.sort_by(|a, b| a.1.cmp(&b.1));
+
+        let image = ImageConfig::from_json(&read(&dir.join("preprocessor_config.json"))?)?;
+        let source =
+            if dir.join("chat_template.jinja").is_file() {
+                read(&dir.join("chat_template.jinja"))?
+            } else if dir.join("chat_template.json").is_file() {
+                let v: Json = serde_json::from_str(&read(&dir.join("chat_template.json"))?)
+                    .map_err(|e| ProcessorError::Config {
+                        file: "chat_template.json".into(),
+                        msg: format!("not valid JSON: {e}"),
+                    })?;
+                v.get("chat_template")
+                    .and_then(Json::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| ProcessorError::Config {
+                        file: "chat_template.json".into(),
+                        msg: "missing string field `chat_template`".into(),
+                    })?
+            } else {
+                BUILTIN_TEMPLATE.to_string()
+            };
+        let template = chat::ChatTemplate::new(source)?;
+
+        let config: Option<Json> = match std::fs::read_to_string(dir.join("config.json")) {
+            Ok(t) => Some(
+                serde_json::from_str(&t).map_err(|e| ProcessorError::Config {
+                    file: "config.json".into(),
+                    msg: format!("not valid JSON: {e}"),
+                })?,
+            ),
+            Err(_) => None,
+        };
+        let id = |key: &str, token: &str| -> Result<u32, ProcessorError> {
+            if let Some(v) = config.as_ref().and_then(|c| c.get(key)) {
+                return v
+                    .as_u64()
+                    .map(|x| x as u32)
+                    .ok_or_else(|| ProcessorError::Config {
+                        file: "config.json".into(),
+                        msg: format!("field `{key}` is not a token id"),
+                    });
+            }
+            tokenizer.token_to_id(token).ok_or_else(|| {
+                ProcessorError::Tokenizer(format!(
+                    "no `{key}` in config.json and no token {token} in the vocabulary"
+                ))
+            })
+        };
+        let ids = SpecialIds {
+            image_token_id: id("image_token_id", "<|image_pad|>")?,
+            video_token_id: id("video_token_id", "<|video_pad|>")?,
+            vision_start_token_id: id("vision_start_token_id", "<|vision_start|>")?,
+            vision_end_token_id: id("vision_end_token_id", "<|vision_end|>")?,
+        };
+        if let Some(m) = config
+            .as_ref()
+            .and_then(|c| c.pointer("/vision_config/spatial_merge_size"))
+            .and_then(Json::as_u64)
+        {
+            if m as usize != image.merge_size {
+                return Err(ProcessorError::Config {
+                    file: "config.json".into(),
+                    msg: format!(
+                        "vision_config.spatial_merge_size {m} differs from preprocessor_config.json merge_size {}",
+                        image.merge_size
+                    ),
+                });
+            }
+        }
+        let norm = patch::normalize_table(image.image_mean, image.image_std, image.rescale_factor);
+        let kernels = Kernels::detect().map_err(|e| ProcessorError::Config {
+            file: "QWEN3VL_SIMD".into(),
+            msg: e.to_string(),
+        })?;
+        Ok(Processor {
+            tokenizer,
+            specials,
+            template,
+            ids,
+            image,
+            norm,
+            limits: ImageLimits::default(),
+            kernels,
+        })
+    }
+
+    /// Use these decode limits.
+    pub fn with_limits(mut self, limits: ImageLimits) -> Processor {
+        self.limits = limits;
+        self
+    }
+
+    /// Use these kernels (default: `Kernels::detect()`).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Processor {
+        self.kernels = kernels;
+        self
+    }
+
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
+    }
+
+    pub fn image_config(&self) -> &ImageConfig {
+        &self.image
+    }
+
+    pub fn special_ids(&self) -> &SpecialIds {
+        &self.ids
+    }
+
+    /// The tokenizer. It is set to treat special tokens in text as text (`encode_special_tokens`).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Decode ids to text (special tokens included).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ProcessorError> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| ProcessorError::Tokenizer(e.to_string()))
+    }
+
+    /// Read and decode an image file (see [`Processor::load_image_bytes`]).
+    pub fn load_image_file(&self, path: &Path) -> Result<RgbImage, ProcessorError> {
+        let meta = std::fs::metadata(path).map_err(|source| ProcessorError::Io {
+            path: path.into(),
+            source,
+        })?;
+        if meta.len() > self.limits.max_file_bytes {
+            return Err(ProcessorError::Image(format!(
+                "{}: file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
+                path.display(),
+                meta.len(),
+                self.limits.max_file_bytes
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|source| ProcessorError::Io {
+            path: path.into(),
+            source,
+        })?;
+        self.load_image_bytes(&bytes).map_err(|e| {
+            ProcessorError::Image(format!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim_start_matches("image: ")
+            ))
+        })
+    }
+
+    /// Decode an encoded image under the limits: EXIF orientation applied, alpha composited over white.
+    pub fn load_image_bytes(&self, bytes: &[u8]) -> Result<RgbImage, ProcessorError> {
+        decode::decode_rgb(bytes, &self.limits)
+    }
+
+    /// smart_resize, resize, normalize and patchify one RGB image (spec 6.2–6.4).
+    pub fn preprocess_image(&self, img: &RgbImage) -> Result<ImageInput, ProcessorError> {
+        let c = &self.image;
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let (rh, rw) = resize::smart_resize(h, w, c.factor(), c.min_pixels, c.max_pixels)?;
+        let resized = resize::resize_rgb(&self.kernels, img.as_raw(), h, w, rh, rw)?;
+        let pixel_values = patch::patchify(
+            &resized,
+            rh,
+            rw,
+            c.patch_size,
+            c.merge_size,
+            c.temporal_patch_size,
+            &self.norm,
+        );
+        Ok(ImageInput {
+            pixel_values,
+            grid_thw: [1, rh / c.patch_size, rw / c.patch_size],
+        })
+    }
+
+    /// The prompt text the chat template renders (images as `<|vision_start|><|image_pad|><|vision_end|>`).
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ProcessorError> {
+        self.template.render(messages, add_generation_prompt)
+    }
+
+    /// Render, tokenize (user text never becomes special tokens), expand each image placeholder to its
+    /// t·h·w/merge² tokens and compute the M-RoPE positions.
+    pub fn encode(
+        &self,
+        messages: &[Message],
+        images: &[ImageInput],
+        add_generation_prompt: bool,
+    ) -> Result<Prompt, ProcessorError> {
+        let placeholders = messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter(|c| matches!(c, Content::Image))
+            .count();
+        if placeholders != images.len() {
+            return Err(ProcessorError::PlaceholderCount {
+                placeholders,
+                images: images.len(),
+            });
+        }
+        let (rendered, spans) = self
+            .template
+            .render_with_spans(messages, add_generation_prompt)?;
+        let raw = chat::tokenize_rendered(&self.tokenizer, &self.specials, &rendered, &spans)?;
+        let pads = raw
+            .iter()
+            .filter(|&&t| t == self.ids.image_token_id)
+            .count();
+        if pads != images.len() {
+            return Err(ProcessorError::PlaceholderCount {
+                placeholders: pads,
+                images: images.len(),
+            });
+        }
+        let merge2 = self.image.merge_size * self.image.merge_size;
+        let mut input_ids = Vec::with_capacity(raw.len());
+        let mut next = images.iter();
+        for t in raw {
+            if t == self.ids.image_token_id {
+                let g = next.next().expect("counted above").grid_thw;
+                input_ids.extend(std::iter::repeat_n(t, g[0] * g[1] * g[2] / merge2));
+            } else {
+                input_ids.push(t);
+            }
+        }
+        let image_grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
+        let (positions, rope_delta) =
+            get_rope_index(&input_ids, &image_grids, &self.ids, self.image.merge_size)?;
+        Ok(Prompt {
+            input_ids,
+            positions,
+            rope_delta,
+            image_grids,
+        })
+    }
+}
