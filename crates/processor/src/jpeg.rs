@@ -114,7 +114,8 @@ fn decode_inner(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, Processor
             )));
         }
         let row = w as usize * 3;
-        let mut rgb = vec![0u8; row * h as usize];
+        let mut rgb = crate::alloc::big_vec::<u8>(row * h as usize);
+        rgb.resize(row * h as usize, 0);
         while (cinfo.output_scanline as usize) < h as usize {
             let y = cinfo.output_scanline as usize;
             let mut row_ptr = rgb.as_mut_ptr().add(y * row);

@@ -16,6 +16,7 @@
 //! # Ok::<(), qwen3vl_processor::ProcessorError>(())
 //! ```
 
+mod alloc;
 mod chat;
 pub mod decode;
 mod error;

@@ -29,33 +29,27 @@ pub fn patchify(
 ) -> Vec<f32> {
     let (gh, gw) = (h / patch, w / patch);
     let pp = patch * patch;
-    let row_len = 3 * temporal * pp;
-    let mut out = vec![0f32; gh * gw * row_len];
-    let mut r = 0;
+    // Written strictly in output order (no zero fill, no second pass): one patch of one channel is
+    // gathered into `tile`, then appended once per frame.
+    let mut out = crate::alloc::big_vec(gh * gw * 3 * temporal * pp);
+    let mut tile = vec![0f32; pp];
     for br in 0..gh / merge {
         for bc in 0..gw / merge {
             for ir in 0..merge {
                 for ic in 0..merge {
-                    let row = &mut out[r * row_len..(r + 1) * row_len];
                     let (y0, x0) = ((br * merge + ir) * patch, (bc * merge + ic) * patch);
-                    for py in 0..patch {
-                        let src = &img[((y0 + py) * w + x0) * 3..((y0 + py) * w + x0 + patch) * 3];
-                        for c in 0..3 {
-                            let dst = &mut row[c * temporal * pp + py * patch
-                                ..c * temporal * pp + py * patch + patch];
-                            for (px, d) in dst.iter_mut().enumerate() {
-                                *d = norm[c][src[px * 3 + c] as usize];
+                    for (c, table) in norm.iter().enumerate() {
+                        for (py, trow) in tile.chunks_exact_mut(patch).enumerate() {
+                            let start = ((y0 + py) * w + x0) * 3;
+                            let src = &img[start..start + patch * 3];
+                            for (d, px) in trow.iter_mut().zip(src.chunks_exact(3)) {
+                                *d = table[px[c] as usize];
                             }
                         }
-                    }
-                    // Frames 1.. are copies of frame 0.
-                    for c in 0..3 {
-                        let base = c * temporal * pp;
-                        for t in 1..temporal {
-                            row.copy_within(base..base + pp, base + t * pp);
+                        for _ in 0..temporal {
+                            out.extend_from_slice(&tile);
                         }
                     }
-                    r += 1;
                 }
             }
         }

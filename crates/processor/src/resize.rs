@@ -155,7 +155,8 @@ pub fn resize_rgb(
 ) -> Result<Vec<u8>, ProcessorError> {
     let horiz = if out_w != w {
         let f = bicubic_aa_filter(w, out_w);
-        let mut tmp = vec![0u8; h * out_w * 3];
+        let mut tmp = crate::alloc::big_vec::<u8>(h * out_w * 3);
+        tmp.resize(h * out_w * 3, 0);
         k.resample_rows_u8(src, h, w, 3, &f.taps(), &mut tmp)?;
         Some(tmp)
     } else {
@@ -164,7 +165,8 @@ pub fn resize_rgb(
     let mid: &[u8] = horiz.as_deref().unwrap_or(src);
     if out_h != h {
         let f = bicubic_aa_filter(h, out_h);
-        let mut out = vec![0u8; out_h * out_w * 3];
+        let mut out = crate::alloc::big_vec::<u8>(out_h * out_w * 3);
+        out.resize(out_h * out_w * 3, 0);
         k.resample_cols_u8(mid, h, out_w * 3, &f.taps(), &mut out)?;
         Ok(out)
     } else {
