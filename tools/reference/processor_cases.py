@@ -99,7 +99,33 @@ def make_images(img_dir: Path) -> list[dict]:
         exif[0x0112] = o
         im.save(img_dir / f"exif{o}_40x24.jpg", quality=92, exif=exif.tobytes())
         add(f"exif{o}_40x24", f"exif{o}_40x24.jpg", f"JPEG with EXIF orientation {o}")
-    # A PNG with orientation too? Not made: PIL reads eXIf chunks, rarely used.
+    # PNG with an eXIf orientation (PIL's exif_transpose reads it too).
+    im = Image.fromarray(common.pattern(40, 24, seed=12))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(img_dir / "png_exif6_40x24.png", exif=exif.tobytes())
+    add("png_exif6_40x24", "png_exif6_40x24.png", "PNG with an eXIf chunk, orientation 6")
+
+    # More JPEG variants: progressive, 4:2:2, 4:4:4.
+    Image.fromarray(common.pattern(45, 61, seed=13)).save(img_dir / "progressive_45x61.jpg", quality=85, progressive=True)
+    add("progressive_45x61", "progressive_45x61.jpg", "progressive JPEG")
+    Image.fromarray(common.pattern(45, 61, seed=14)).save(img_dir / "sub422_45x61.jpg", quality=85, subsampling=1)
+    add("sub422_45x61", "sub422_45x61.jpg", "JPEG 4:2:2")
+    Image.fromarray(common.pattern(45, 61, seed=15)).save(img_dir / "sub444_45x61.jpg", quality=85, subsampling=0)
+    add("sub444_45x61", "sub444_45x61.jpg", "JPEG 4:4:4")
+
+    # GIF (palette, one transparent index), BMP, WebP lossless with alpha.
+    gif = Image.fromarray((common.pattern(30, 44, seed=16)[..., 0] // 16).astype(np.uint8), "P")
+    gif.putpalette(rng.integers(0, 256, size=(256, 3), dtype=np.uint8).flatten().tolist())
+    gif.save(img_dir / "gif_trns_30x44.gif", transparency=3)
+    add("gif_trns_30x44", "gif_trns_30x44.gif", "GIF with a transparent palette index")
+    Image.fromarray(common.pattern(30, 44, seed=17)).save(img_dir / "bmp_30x44.bmp")
+    add("bmp_30x44", "bmp_30x44.bmp", "BMP 24-bit")
+    rgba = np.dstack([common.pattern(30, 44, seed=18), ((np.arange(30 * 44) * 3) % 256).reshape(30, 44).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(img_dir / "webp_lossless_30x44.webp", lossless=True)
+    add("webp_lossless_30x44", "webp_lossless_30x44.webp", "WebP lossless with alpha")
+    Image.fromarray(common.pattern(30, 44, seed=19)).save(img_dir / "webp_lossy_30x44.webp", quality=80)
+    add("webp_lossy_30x44", "webp_lossy_30x44.webp", "WebP lossy (VP8)")
     return out
 
 
