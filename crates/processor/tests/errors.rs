@@ -299,3 +299,62 @@ fn preprocess_of_a_synthetic_image_has_the_documented_layout() {
         assert!(row[1024..1536].iter().all(|&v| v == 0.5f32 / 127.5));
     }
 }
+
+#[test]
+fn damaged_files_never_panic() {
+    // Flip bytes, truncate and splice every small reference picture: each decode returns Ok or a named error.
+    let p = processor().with_limits(ImageLimits {
+        max_width: 4096,
+        max_height: 4096,
+        ..ImageLimits::default()
+    });
+    let mut seed = 0x853c49e6748fea9bu64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let dir = common::testdata().join("images");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let mut errors = 0;
+    for path in names {
+        let orig = std::fs::read(&path).unwrap();
+        if orig.len() > 200_000 {
+            continue;
+        }
+        for round in 0..30 {
+            let mut b = orig.clone();
+            match round % 3 {
+                0 => {
+                    for _ in 0..1 + next() % 8 {
+                        let i = (next() as usize) % b.len();
+                        b[i] ^= 1 << (next() % 8);
+                    }
+                }
+                1 => b.truncate((next() as usize) % b.len()),
+                _ => {
+                    // Copy 16 bytes from one place over another.
+                    let n = b.len();
+                    let len = 16.min(n);
+                    let i = (next() as usize) % (n - len + 1);
+                    let j = (next() as usize) % (n - len + 1);
+                    b.copy_within(i..i + len, j);
+                }
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                p.load_image_bytes(&b)
+                    .and_then(|img| p.preprocess_image(&img).map(|_| ()))
+            }));
+            match r {
+                Ok(r) => errors += r.is_err() as usize,
+                Err(_) => panic!("{}: round {round} panicked", path.display()),
+            }
+        }
+    }
+    assert!(errors > 0, "damage was never detected");
+}
