@@ -187,12 +187,15 @@ impl Chunk {
         assert!(stt.len() >= wc * ld && m.len() >= ld && l.len() >= ld);
         assert!(kt.len() >= (wc - 1) * krs + hd && vt.len() >= (wc - 1) * vrs + hd);
 
-        // 2a. St[j, c..] = Σ_d k[j, d] · Qt[d, c..] for j < wc, RK keys at a time
+        // 2a. St[j, c..] = Σ_d k[j, d] · Qt[d, c..] for j < wc, RK keys at a time, then 4, then 1
         let mut j = 0;
         while j < wc {
             if wc - j >= RK {
                 unsafe { qk_block::<S, RK, N>(s, kt, krs, j, hd, qt, ld, c, stt) };
                 j += RK;
+            } else if wc - j >= 4 {
+                unsafe { qk_block::<S, 4, N>(s, kt, krs, j, hd, qt, ld, c, stt) };
+                j += 4;
             } else {
                 unsafe { qk_block::<S, 1, N>(s, kt, krs, j, hd, qt, ld, c, stt) };
                 j += 1;
@@ -237,12 +240,15 @@ impl Chunk {
             }
         }
 
-        // 2d. Ot[d, c..] += Σ_j v[j, d] · Pt[j, c..], RD dims at a time
+        // 2d. Ot[d, c..] += Σ_j v[j, d] · Pt[j, c..], RD dims at a time, then 4, then 1
         let mut d = 0;
         while d < hd {
             if hd - d >= RD {
                 unsafe { pv_block::<S, RD, N>(s, vt, vrs, d, wc, stt, ld, c, ot) };
                 d += RD;
+            } else if hd - d >= 4 {
+                unsafe { pv_block::<S, 4, N>(s, vt, vrs, d, wc, stt, ld, c, ot) };
+                d += 4;
             } else {
                 unsafe { pv_block::<S, 1, N>(s, vt, vrs, d, wc, stt, ld, c, ot) };
                 d += 1;

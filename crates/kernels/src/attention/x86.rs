@@ -34,7 +34,7 @@ pub(super) unsafe fn task_avx2(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
 pub(super) unsafe fn task_avx512(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let s = Avx512::new_unchecked();
     if (t.i1 - t.i0) * job.group >= Avx512::LANES {
-        lanes::run::<_, 4, 6, 4>(s, job, t, scratch)
+        lanes::run::<_, 4, 6, 6>(s, job, t, scratch)
     } else {
         flash::run::<_, 4>(s, job, t, scratch)
     }
