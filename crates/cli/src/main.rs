@@ -1,11 +1,19 @@
 //! `qwen3vl`: the command-line interface. It parses arguments and calls the libraries; nothing else.
 //! Every error is printed as one line on stderr with a non-zero exit status.
 
+mod bench_kernels;
+
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qwen3vl_engine::session::{Engine, EngineError, EngineOptions, GenerateParams, TurnStats};
+use qwen3vl_engine::GenerationConfig;
+use qwen3vl_model::Precision;
+use qwen3vl_processor::{Content, Message};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +36,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Answer one prompt (optionally about images), streaming the answer to stdout and a timing summary
+    /// to stderr. Sampling defaults come from the checkpoint's generation_config.json.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// An image file to show the model (repeat for several; they come before the prompt text).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// The user's message.
+        #[arg(long)]
+        prompt: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Print the generated token ids to stderr (for comparisons with other implementations).
+        #[arg(long, hide = true)]
+        print_ids: bool,
+    },
+    /// Interactive multi-turn chat. Type a message and press Enter. Commands: `/image PATH` attaches an
+    /// image to the next message, `/reset` clears the conversation, `/quit` (or end of input) leaves.
+    /// The conversation stays in the KV cache: each turn only runs its own new tokens.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A system message for the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Measure load time, vision encode, prefill and decode speed and peak memory against this machine's
+    /// roofline; or `bench roofline` / `bench matmul` for the kernels alone.
+    Bench(BenchArgs),
     /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
     /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
     InitRandom {
@@ -49,6 +92,115 @@ enum Cmd {
     },
 }
 
+/// Which checkpoint and how to run it.
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint directory (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Numerics: `fast` lets matmuls round activations to bf16 and use bf16 dot products where the CPU
+    /// has them; `f32` keeps activations in f32 (parity with transformers in float32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
+    precision: PrecisionArg,
+    /// Context length of the session in tokens (default: the model's, for chat 32768).
+    #[arg(long)]
+    context: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fast,
+    F32,
+}
+
+/// Decoding settings; each defaults to the checkpoint's generation_config.json.
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Most tokens to generate (default: the rest of the context, at most 2048).
+    #[arg(long, allow_negative_numbers = true)]
+    max_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens with probability mass P (1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    min_p: Option<f32>,
+    /// Divide positive / multiply negative logits of tokens already seen (1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    repetition_penalty: Option<f32>,
+    /// Subtract from the logits of tokens already generated (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    presence_penalty: Option<f32>,
+    /// Subtract this × the count of each token already generated (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    frequency_penalty: Option<f32>,
+    /// Seed of the sampler: the same seed gives the same answer.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCmd>,
+    /// Checkpoint directory (required unless a `bench` subcommand is given).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Synthetic prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens to decode for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Synthetic image WxH for the vision measurement, or `none`.
+    #[arg(long, default_value = "640x480")]
+    image_size: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
+    precision: PrecisionArg,
+    /// Skip measuring the roofline (the percentages are then omitted).
+    #[arg(long)]
+    no_roofline: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Measure this machine's limits: memory read bandwidth (1 and all threads), f32 FMA and bf16
+    /// dot-product peaks.
+    Roofline {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The matmul kernels on Qwen3-VL-2B shapes, against the roofline.
+    Matmul {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
 fn main() -> ExitCode {
     // A bug must still end as one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -67,13 +219,19 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            // --help / --version print to stdout and succeed; usage errors go to stderr.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            // --help / --version print to stdout and succeed; usage errors are one line on stderr.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see --help)", msg.join(" "));
+            return ExitCode::from(2);
         }
     };
     match run(cli) {
@@ -103,6 +261,27 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Cpu { json } => cmd_cpu(json),
+        Cmd::Generate {
+            model,
+            images,
+            system,
+            prompt,
+            sampling,
+            print_ids,
+        } => cmd_generate(
+            &model,
+            &images,
+            system.as_deref(),
+            &prompt,
+            &sampling,
+            print_ids,
+        ),
+        Cmd::Chat {
+            model,
+            system,
+            sampling,
+        } => cmd_chat(&model, system.as_deref(), &sampling),
+        Cmd::Bench(b) => cmd_bench(&b),
         Cmd::InitRandom {
             preset,
             out,
@@ -193,4 +372,357 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     b.set_style(style);
     b.set_message(what.to_string());
     Some(b)
+}
+
+fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    let bar = progress_bar("loading weights");
+    let progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let engine = Engine::load(
+        &args.model,
+        &EngineOptions {
+            threads: args.threads,
+            precision: match args.precision {
+                PrecisionArg::Fast => Precision::Fast,
+                PrecisionArg::F32 => Precision::F32,
+            },
+            progress: Some(&progress),
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(engine)
+}
+
+/// The request's settings: command-line values over generation_config.json.
+fn generate_params(g: &GenerationConfig, a: &SamplingArgs, max_tokens: usize) -> GenerateParams {
+    let mut p = g.sampling_params(a.seed);
+    if let Some(t) = a.temperature {
+        p.temperature = t;
+    }
+    if let Some(k) = a.top_k {
+        p.top_k = k;
+    }
+    if let Some(x) = a.top_p {
+        p.top_p = x;
+    }
+    if let Some(x) = a.min_p {
+        p.min_p = x;
+    }
+    if let Some(x) = a.repetition_penalty {
+        p.repetition_penalty = x;
+    }
+    if let Some(x) = a.presence_penalty {
+        p.presence_penalty = x;
+    }
+    if let Some(x) = a.frequency_penalty {
+        p.frequency_penalty = x;
+    }
+    GenerateParams {
+        sampling: p,
+        max_tokens,
+        stop_strings: a.stop.clone(),
+        extra_eos: Vec::new(),
+    }
+}
+
+/// The user message: images first, then the text.
+fn user_message(n_images: usize, text: &str) -> Message {
+    let mut content = vec![Content::Image; n_images];
+    content.push(Content::Text(text.to_string()));
+    Message::new("user", content)
+}
+
+fn stdout_sink() -> impl FnMut(&str) -> Result<(), EngineError> {
+    let mut out = std::io::stdout();
+    move |s: &str| {
+        out.write_all(s.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+fn cmd_generate(
+    args: &ModelArgs,
+    images: &[PathBuf],
+    system: Option<&str>,
+    prompt: &str,
+    sampling: &SamplingArgs,
+    print_ids: bool,
+) -> Result<()> {
+    if sampling.max_tokens == Some(0) {
+        bail!("--max-tokens must be at least 1");
+    }
+    if args.context == Some(0) {
+        bail!("--context must be at least 1");
+    }
+    let engine = load_engine(args)?;
+    let pixels = images
+        .iter()
+        .map(|p| engine.load_image(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(Message::text("system", s));
+    }
+    messages.push(user_message(images.len(), prompt));
+    // Size the KV cache for this request: prompt + answer, within the context.
+    let prompt_len = engine
+        .processor
+        .encode(&messages, &pixels, true)?
+        .input_ids
+        .len();
+    let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
+    let max_tokens = match sampling.max_tokens {
+        Some(n) => n,
+        None => {
+            let room = context.saturating_sub(prompt_len);
+            if room == 0 {
+                bail!("the prompt has {prompt_len} tokens, which fills the context of {context} tokens");
+            }
+            engine
+                .generation_config
+                .max_new_tokens
+                .unwrap_or(2048)
+                .min(room)
+        }
+    };
+    let params = generate_params(&engine.generation_config, sampling, max_tokens);
+    let mut session = engine.session(context.min(prompt_len.saturating_add(max_tokens)));
+    let mut sink = stdout_sink();
+    let g = session.generate(&messages, &pixels, &params, &mut sink)?;
+    println!();
+    if print_ids {
+        eprintln!("ids: {:?}", g.tokens);
+    }
+    eprintln!(
+        "{}",
+        summary(engine.load_seconds, &g.stats, g.finish.as_str())
+    );
+    Ok(())
+}
+
+fn summary(load_s: f64, s: &TurnStats, finish: &str) -> String {
+    let mut parts = Vec::new();
+    if load_s > 0.0 {
+        parts.push(format!("load {load_s:.2} s"));
+    }
+    if s.image_tokens > 0 {
+        parts.push(format!(
+            "vision {:.2} s ({} image tokens)",
+            s.vision_seconds, s.image_tokens
+        ));
+    }
+    parts.push(format!(
+        "prefill {} tokens {:.2} s ({:.1} tok/s)",
+        s.prefill_tokens,
+        s.prefill_seconds,
+        s.prefill_tok_s()
+    ));
+    parts.push(format!(
+        "decode {} tokens {:.2} s ({:.1} tok/s)",
+        s.generated_tokens,
+        s.decode_seconds,
+        s.decode_tok_s()
+    ));
+    parts.push(format!("finish: {finish}"));
+    parts.join(" | ")
+}
+
+fn cmd_chat(args: &ModelArgs, system: Option<&str>, sampling: &SamplingArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    if sampling.max_tokens == Some(0) {
+        bail!("--max-tokens must be at least 1");
+    }
+    let engine = load_engine(args)?;
+    let context = args.context.unwrap_or(32768).clamp(1, engine.context_len());
+    let mut session = engine.session(context);
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "qwen3vl chat ({} tokens of context). /image PATH attaches an image, /reset clears, /quit leaves.",
+            session.max_len()
+        );
+    }
+    let mut pending_images: Vec<(PathBuf, qwen3vl_processor::ImageInput)> = Vec::new();
+    let mut first_turn = true;
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading standard input")?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(path) = text.strip_prefix("/image") {
+            let path = Path::new(path.trim());
+            match engine.load_image(path) {
+                Ok(img) => {
+                    eprintln!("[image {} attached to the next message]", path.display());
+                    pending_images.push((path.to_path_buf(), img));
+                }
+                // A bad image is reported and the chat goes on.
+                Err(e) => eprintln!("error: {e}"),
+            }
+            continue;
+        }
+        match text {
+            "/reset" => {
+                session.reset();
+                pending_images.clear();
+                first_turn = true;
+                eprintln!("[conversation cleared]");
+                continue;
+            }
+            "/quit" | "/exit" => break,
+            "/help" => {
+                eprintln!("/image PATH  attach an image to the next message\n/reset  clear the conversation\n/quit  leave");
+                continue;
+            }
+            _ => {}
+        }
+        let mut messages = Vec::new();
+        if first_turn {
+            if let Some(s) = system {
+                messages.push(Message::text("system", s));
+            }
+        }
+        messages.push(user_message(pending_images.len(), text));
+        let pixels: Vec<_> = pending_images.iter().map(|(_, p)| p.clone()).collect();
+        let room = session.max_len().saturating_sub(session.len() + 64);
+        let max_tokens = sampling.max_tokens.unwrap_or(
+            engine
+                .generation_config
+                .max_new_tokens
+                .unwrap_or(2048)
+                .min(room.max(1)),
+        );
+        let params = generate_params(&engine.generation_config, sampling, max_tokens);
+        let mut sink = stdout_sink();
+        match session.generate(&messages, &pixels, &params, &mut sink) {
+            Ok(g) => {
+                println!();
+                first_turn = false;
+                pending_images.clear();
+                eprintln!("[{}]", summary(0.0, &g.stats, g.finish.as_str()));
+            }
+            Err(EngineError::Input(msg)) => {
+                // Too long for the context etc.: the conversation is unchanged; say so and go on.
+                eprintln!("error: {msg} (use /reset to start over)");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn parse_image_size(s: &str) -> Result<Option<(u32, u32)>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--image-size {s:?}: expected WxH, e.g. 640x480, or none"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .with_context(|| format!("--image-size {s:?}: bad width"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .with_context(|| format!("--image-size {s:?}: bad height"))?;
+    if w == 0 || h == 0 {
+        bail!("--image-size {s:?}: width and height must be at least 1");
+    }
+    Ok(Some((w, h)))
+}
+
+fn cmd_bench(b: &BenchArgs) -> Result<()> {
+    match &b.cmd {
+        Some(BenchCmd::Roofline { json }) => return bench_kernels::roofline(*json),
+        Some(BenchCmd::Matmul { json, threads }) => return bench_kernels::matmul(*json, *threads),
+        None => {}
+    }
+    let Some(model) = &b.model else {
+        bail!("bench needs --model DIR (or a subcommand: bench roofline, bench matmul)");
+    };
+    let image_size = parse_image_size(&b.image_size)?;
+    let engine = load_engine(&ModelArgs {
+        model: model.clone(),
+        threads: b.threads,
+        precision: b.precision,
+        context: None,
+    })?;
+    let r = qwen3vl_engine::bench::run(
+        &engine,
+        &qwen3vl_engine::bench::BenchOptions {
+            prompt_tokens: b.prompt_tokens,
+            gen_tokens: b.gen_tokens,
+            image_size,
+            roofline: !b.no_roofline,
+        },
+    )?;
+    let mut out = std::io::stdout().lock();
+    if b.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(());
+    }
+    let pct = |x: Option<f64>, what: &str| {
+        x.map(|p| format!("  ({p:.0}% of {what})"))
+            .unwrap_or_default()
+    };
+    writeln!(
+        out,
+        "{} on {} threads, {} precision",
+        r.isa, r.threads, r.precision
+    )?;
+    writeln!(out, "load          {:8.2} s", r.load_s)?;
+    if r.image_tokens > 0 {
+        writeln!(
+            out,
+            "vision        {:8.2} s   {} image tokens, {:.1} GFLOP/s{}",
+            r.vision_s,
+            r.image_tokens,
+            r.vision_gflops,
+            pct(r.vision_pct_of_peak, "peak")
+        )?;
+    }
+    writeln!(
+        out,
+        "prefill       {:8.1} tok/s  {} tokens in {:.2} s, {:.1} GFLOP/s{}",
+        r.prefill_tok_s,
+        r.prefill_tokens,
+        r.prefill_s,
+        r.prefill_gflops,
+        pct(r.prefill_pct_of_peak, "peak")
+    )?;
+    writeln!(
+        out,
+        "decode        {:8.2} tok/s  {} tokens in {:.2} s, {:.1} GB/s{}{}",
+        r.decode_tok_s,
+        r.decode_tokens,
+        r.decode_s,
+        r.decode_gbps,
+        pct(r.decode_pct_of_bandwidth, "read bandwidth"),
+        r.decode_tok_s_limit
+            .map(|l| format!("; bandwidth limit {l:.2} tok/s"))
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "peak RSS      {:8.0} MB", r.peak_rss_mb)?;
+    if let (Some(bw), Some(pk)) = (r.read_gbps, r.peak_gflops) {
+        writeln!(
+            out,
+            "roofline: read {bw:.1} GB/s, compute peak {pk:.0} GFLOP/s"
+        )?;
+    }
+    Ok(())
 }

@@ -155,3 +155,357 @@ fn init_random_unknown_preset_is_a_clean_error() {
     ]);
     assert_clean_failure(&o, "unknown preset");
 }
+
+/// One tiny random checkpoint per test process, written by the binary itself.
+fn tiny_checkpoint() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = temp_dir("tiny-shared");
+        let o = qwen3vl(&[
+            "init-random",
+            "--preset",
+            "tiny",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "init-random: {}", stderr(&o));
+        dir
+    })
+}
+
+#[test]
+fn init_random_then_generate_streams_text_and_timings() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "Hello!",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--print-ids",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    for needle in ["load", "prefill", "tok/s", "decode", "ids: ["] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    // Greedy is deterministic: the same ids twice.
+    let o2 = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "Hello!",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--print-ids",
+    ]);
+    let ids = |e: &str| {
+        e.lines()
+            .find(|l| l.starts_with("ids:"))
+            .map(str::to_string)
+    };
+    assert_eq!(ids(&err), ids(&stderr(&o2)));
+    assert_eq!(o.stdout, o2.stdout);
+    // Sampling with a seed: reproducible.
+    let sampled = |seed: &str| {
+        let o = qwen3vl(&[
+            "generate",
+            "--model",
+            dir,
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "40",
+            "--seed",
+            seed,
+            "--print-ids",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        ids(&stderr(&o))
+    };
+    assert_eq!(sampled("3"), sampled("3"));
+}
+
+#[test]
+fn generate_with_an_image() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let img = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-reference/img_64x96.png"
+    );
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--image",
+        img,
+        "--prompt",
+        "Describe this image.",
+        "--max-tokens",
+        "4",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("image tokens"), "{err}");
+}
+
+#[test]
+fn missing_model_directory_is_a_clean_error() {
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        "/nonexistent/qwen3vl-model",
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "does not exist");
+}
+
+#[test]
+fn model_directory_without_files_is_a_clean_error() {
+    let dir = temp_dir("emptymodel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "config.json");
+    // Config and tokenizer but no weights.
+    let tiny = tiny_checkpoint();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "safetensors");
+    // A truncated weights file.
+    let w = std::fs::read(tiny.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "model.safetensors");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreadable_image_is_a_clean_error() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--image",
+        "/nonexistent/cat.png",
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "cat.png");
+    let bad = temp_dir("badimg");
+    std::fs::create_dir_all(&bad).unwrap();
+    let f = bad.join("not-an-image.png");
+    std::fs::write(&f, b"this is not a PNG").unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--image",
+        f.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_clean_failure(&o, "not-an-image.png");
+    let _ = std::fs::remove_dir_all(&bad);
+}
+
+#[test]
+fn prompt_longer_than_context_is_a_clean_error() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let long = "word ".repeat(200);
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--context",
+        "64",
+        "--prompt",
+        &long,
+        "--max-tokens",
+        "4",
+    ]);
+    assert_clean_failure(&o, "context");
+    // Without --max-tokens too.
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--context",
+        "64",
+        "--prompt",
+        &long,
+    ]);
+    assert_clean_failure(&o, "context");
+}
+
+#[test]
+fn bad_numbers_are_clean_errors() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "0",
+    ]);
+    assert_clean_failure(&o, "max-tokens");
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "hi",
+        "--temperature",
+        "-1",
+    ]);
+    assert_clean_failure(&o, "temperature");
+    let o = qwen3vl(&[
+        "generate", "--model", dir, "--prompt", "hi", "--top-p", "1.5",
+    ]);
+    assert_clean_failure(&o, "top_p");
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "hi",
+        "--temperature",
+        "NaN",
+    ]);
+    assert_clean_failure(&o, "temperature");
+}
+
+#[test]
+fn chat_keeps_history_and_handles_commands() {
+    use std::io::Write as _;
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let img = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-reference/img_64x96.png"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .args([
+            "chat",
+            "--model",
+            dir,
+            "--max-tokens",
+            "3",
+            "--temperature",
+            "0",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input =
+        format!("Hello\n/image {img}\nWhat is this?\n/image /nonexistent.png\n/reset\nAgain\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("attached"), "{err}");
+    assert!(err.contains("image tokens"), "{err}");
+    assert!(err.contains("nonexistent.png"), "{err}");
+    assert!(err.contains("cleared"), "{err}");
+    // Three answered turns.
+    assert_eq!(err.matches("finish:").count(), 3, "{err}");
+    // The second turn ran only its own tokens: its prefill is far below the history's length.
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bench_json_has_required_keys() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let o = qwen3vl(&[
+        "bench",
+        "--model",
+        dir,
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "4",
+        "--image-size",
+        "64x64",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    for key in [
+        "load_s",
+        "vision_s",
+        "image_tokens",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "peak_rss_mb",
+        "decode_pct_of_bandwidth",
+        "prefill_pct_of_peak",
+        "vision_pct_of_peak",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing or not a number: {v}"));
+        assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
+    }
+    // 64×64 is resized up to the 65536-pixel minimum: 256×256 → 64 tokens.
+    assert_eq!(v["image_tokens"], 64);
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_without_model_or_subcommand_is_a_clean_error() {
+    let o = qwen3vl(&["bench"]);
+    assert_clean_failure(&o, "--model");
+    let o = qwen3vl(&[
+        "bench",
+        "--model",
+        tiny_checkpoint().to_str().unwrap(),
+        "--image-size",
+        "big",
+    ]);
+    assert_clean_failure(&o, "image-size");
+}

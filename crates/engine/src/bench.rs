@@ -1,0 +1,241 @@
+//! `qwen3vl bench --model DIR`: load time, vision encode, prefill and decode speed, peak memory — each
+//! next to this machine's limit measured by the roofline (bandwidth for decode, compute peak for prefill
+//! and the vision tower).
+//!
+//! Work counted:
+//! - decode reads every text weight once per token (all linears of every layer + lm_head, at the bytes
+//!   per element of the packed weights) plus the KV cache up to the current position;
+//! - prefill FLOPs: 2·(linear params)·n + causal attention 4·n_q·hd·n(n+1)/2 per layer + lm_head on the
+//!   last row;
+//! - vision FLOPs: patch embed, per block 2·N·(4D² + 2DF) + attention 4·N²·D, and the mergers on N/4 rows.
+//!
+//! The prompt is synthetic (ordinary text token ids); the image is a synthetic gradient of the given size,
+//! encoded separately from the prefill so each figure measures one thing.
+
+use std::time::Instant;
+
+use qwen3vl_kernels::roofline::{self, Roofline};
+use qwen3vl_model::{KvCache, Logits, Precision};
+
+use crate::sampling::argmax;
+use crate::session::{Engine, EngineError};
+
+/// What to run.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// (width, height) of the synthetic image; None = no vision measurement.
+    pub image_size: Option<(u32, u32)>,
+    /// Measure the roofline (a few seconds).
+    pub roofline: bool,
+}
+
+/// Figures of one run; `*_pct_*` are None when the roofline was not measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub isa: String,
+    pub threads: usize,
+    pub precision: String,
+    pub load_s: f64,
+    pub vision_s: f64,
+    pub image_tokens: usize,
+    pub vision_gflops: f64,
+    pub prefill_tokens: usize,
+    pub prefill_s: f64,
+    pub prefill_tok_s: f64,
+    pub prefill_gflops: f64,
+    pub decode_tokens: usize,
+    pub decode_s: f64,
+    pub decode_tok_s: f64,
+    /// Weight bytes read per decoded token.
+    pub weight_bytes_per_token: u64,
+    /// KV-cache bytes read per decoded token (mean over the decode).
+    pub kv_bytes_per_token: u64,
+    pub decode_gbps: f64,
+    pub peak_rss_mb: f64,
+    pub read_gbps: Option<f64>,
+    pub peak_gflops: Option<f64>,
+    pub decode_pct_of_bandwidth: Option<f64>,
+    pub prefill_pct_of_peak: Option<f64>,
+    pub vision_pct_of_peak: Option<f64>,
+    /// Decode tok/s the bandwidth allows: read_gbps / bytes per token.
+    pub decode_tok_s_limit: Option<f64>,
+}
+
+/// Run the benchmark on a loaded engine.
+pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineError> {
+    let model = &engine.model;
+    let cfg = model.config();
+    let t = &cfg.text;
+    if opts.prompt_tokens == 0 || opts.gen_tokens == 0 {
+        return Err(EngineError::Input(
+            "--prompt-tokens and --gen-tokens must be at least 1".into(),
+        ));
+    }
+    let k = model.kernels();
+
+    // 1. Vision tower on a synthetic image.
+    let (mut vision_s, mut image_tokens, mut vision_flops) = (0.0, 0, 0.0);
+    if let Some((w, h)) = opts.image_size {
+        if w == 0 || h == 0 {
+            return Err(EngineError::Input(
+                "--image-size must be WxH with W, H ≥ 1".into(),
+            ));
+        }
+        let img = qwen3vl_processor::RgbImage::from_fn(w, h, |x, y| {
+            let v = ((x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8);
+            [v.0, v.1, ((x ^ y) & 0xFF) as u8].into()
+        });
+        let input = engine.processor.preprocess_image(&img)?;
+        let patches = input.grid_thw.iter().product::<usize>();
+        vision_flops = vision_flops_for(cfg, patches);
+        // Warm-up on the same image is not done: the first call is what a user waits for.
+        let t0 = Instant::now();
+        let v = model.encode_images(&crate::session::model_images(std::slice::from_ref(&input)))?;
+        vision_s = t0.elapsed().as_secs_f64();
+        image_tokens = v.n_tokens(t.hidden_size);
+    }
+
+    // 2. Prefill of a synthetic prompt.
+    let n = opts.prompt_tokens;
+    let total = n + opts.gen_tokens;
+    if total > engine.context_len() {
+        return Err(EngineError::Input(format!(
+            "--prompt-tokens {n} + --gen-tokens {} is over the context of {} tokens",
+            opts.gen_tokens,
+            engine.context_len()
+        )));
+    }
+    let ids: Vec<u32> = (0..n)
+        .map(|i| 1000 + ((i as u64 * 7919) % 90_000) as u32)
+        .collect();
+    let pos: Vec<i64> = (0..n as i64).collect();
+    let mut cache = KvCache::new(model, total);
+    let t0 = Instant::now();
+    let mut logits = model.forward(
+        &ids,
+        &[pos.clone(), pos.clone(), pos],
+        None,
+        &mut cache,
+        Logits::Last,
+    )?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+
+    // 3. Greedy decode, EOS ignored.
+    let t0 = Instant::now();
+    for _ in 0..opts.gen_tokens {
+        let id = argmax(&logits).unwrap_or(0);
+        let p = cache.len() as i64;
+        logits = model.forward(
+            &[id],
+            &[vec![p], vec![p], vec![p]],
+            None,
+            &mut cache,
+            Logits::Last,
+        )?;
+    }
+    let decode_s = t0.elapsed().as_secs_f64();
+
+    // 4. Work and limits.
+    let h = t.hidden_size as u64;
+    let q = (t.num_attention_heads * t.head_dim) as u64;
+    let kv = (t.num_key_value_heads * t.head_dim) as u64;
+    let i = t.intermediate_size as u64;
+    let layers = t.num_hidden_layers as u64;
+    let linear_params = layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
+    let head_params = t.vocab_size as u64 * h;
+    let bytes_per_weight = 2; // packed bf16
+    let weight_bytes_per_token = (linear_params + head_params) * bytes_per_weight;
+    let mean_ctx = n as u64 + (opts.gen_tokens as u64).div_ceil(2);
+    let kv_bytes_per_token = 2 * layers * kv * 4 * mean_ctx;
+    let nn = n as f64;
+    let prefill_flops = 2.0 * linear_params as f64 * nn
+        + layers as f64 * 4.0 * q as f64 * nn * (nn + 1.0) / 2.0
+        + 2.0 * head_params as f64;
+    let decode_tok_s = opts.gen_tokens as f64 / decode_s.max(1e-12);
+    let decode_gbps = (weight_bytes_per_token + kv_bytes_per_token) as f64 * decode_tok_s / 1e9;
+    let prefill_gflops = prefill_flops / prefill_s.max(1e-12) / 1e9;
+    let vision_gflops = if vision_s > 0.0 {
+        vision_flops / vision_s / 1e9
+    } else {
+        0.0
+    };
+
+    let roof: Option<Roofline> = opts.roofline.then(|| roofline::measure(&k));
+    let peak = roof.map(|r| match (model.precision(), r.bf16_gflops) {
+        (Precision::Fast, Some(bf)) => bf,
+        _ => r.fma_gflops,
+    });
+    let pct = |x: f64, lim: Option<f64>| lim.filter(|l| *l > 0.0).map(|l| 100.0 * x / l);
+    Ok(BenchReport {
+        isa: k.isa().name().to_string(),
+        threads: k.threads(),
+        precision: format!("{:?}", model.precision()).to_lowercase(),
+        load_s: engine.load_seconds,
+        vision_s,
+        image_tokens,
+        vision_gflops,
+        prefill_tokens: n,
+        prefill_s,
+        prefill_tok_s: nn / prefill_s.max(1e-12),
+        prefill_gflops,
+        decode_tokens: opts.gen_tokens,
+        decode_s,
+        decode_tok_s,
+        weight_bytes_per_token,
+        kv_bytes_per_token,
+        decode_gbps,
+        peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+        read_gbps: roof.map(|r| r.read_gbps),
+        peak_gflops: peak,
+        decode_pct_of_bandwidth: pct(decode_gbps, roof.map(|r| r.read_gbps)),
+        prefill_pct_of_peak: pct(prefill_gflops, peak),
+        vision_pct_of_peak: if vision_s > 0.0 {
+            pct(vision_gflops, peak)
+        } else {
+            None
+        },
+        decode_tok_s_limit: roof
+            .map(|r| r.read_gbps * 1e9 / (weight_bytes_per_token + kv_bytes_per_token) as f64),
+    })
+}
+
+/// FLOPs of the vision tower on one image of `patches` patches.
+pub fn vision_flops_for(cfg: &qwen3vl_model::Config, patches: usize) -> f64 {
+    let v = &cfg.vision;
+    let n = patches as f64;
+    let d = v.hidden_size as f64;
+    let f = v.intermediate_size as f64;
+    let dm = 4.0 * d;
+    let o = v.out_hidden_size as f64;
+    let patch = 2.0 * n * 1536.0 * d;
+    let block = 2.0 * n * (4.0 * d * d + 2.0 * d * f) + 4.0 * n * n * d;
+    let mergers =
+        (1 + v.deepstack_visual_indexes.len()) as f64 * 2.0 * (n / 4.0) * (dm * dm + dm * o);
+    patch + v.depth as f64 * block + mergers
+}
+
+/// Peak resident set size (VmHWM of /proc/self/status) in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_kb(&s).map(|kb| kb as f64 / 1024.0)
+}
+
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vm_hwm() {
+        let s = "Name:\tqwen3vl\nVmPeak:\t 123 kB\nVmHWM:\t   45678 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(vm_hwm_kb(s), Some(45678));
+        assert_eq!(vm_hwm_kb("VmRSS: 1 kB"), None);
+        assert!(peak_rss_mb().unwrap() > 0.0);
+    }
+}
