@@ -472,6 +472,7 @@ fn cmd_generate(
     }
     messages.push(user_message(images.len(), prompt));
     // Size the KV cache for this request: prompt + answer, within the context.
+    qwen3vl_engine::session::check_prompt_bytes(&messages)?;
     let prompt_len = engine
         .processor
         .encode(&messages, &pixels, true)?

@@ -48,6 +48,24 @@ pub enum EngineError {
     Output(#[from] std::io::Error),
 }
 
+/// Refuse prompt text over [`MAX_PROMPT_BYTES`] before tokenizing it (RELIABILITY 11).
+pub fn check_prompt_bytes(messages: &[Message]) -> Result<(), EngineError> {
+    let text_bytes: usize = messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .map(|c| match c {
+            qwen3vl_processor::Content::Text(t) => t.len(),
+            _ => 0,
+        })
+        .sum();
+    if text_bytes > MAX_PROMPT_BYTES {
+        return Err(EngineError::Input(format!(
+            "the prompt text is {text_bytes} bytes, over the limit of {MAX_PROMPT_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// How to load a checkpoint.
 #[derive(Clone, Copy, Default)]
 pub struct EngineOptions<'a> {
@@ -252,19 +270,7 @@ impl Session<'_> {
                 "max_tokens must be at least 1".to_string(),
             ));
         }
-        let text_bytes: usize = messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .map(|c| match c {
-                qwen3vl_processor::Content::Text(t) => t.len(),
-                _ => 0,
-            })
-            .sum();
-        if text_bytes > MAX_PROMPT_BYTES {
-            return Err(EngineError::Input(format!(
-                "the prompt text is {text_bytes} bytes, over the limit of {MAX_PROMPT_BYTES}"
-            )));
-        }
+        check_prompt_bytes(messages)?;
         let mut sampler = Sampler::new(params.sampling.clone())?;
 
         // 1. Tokens and positions of this turn, continuing the cache.

@@ -187,3 +187,35 @@ fn fixed_seed_reproduces_sampled_answer() {
     assert_eq!(a, run(7));
     assert_ne!(a, run(8));
 }
+
+#[test]
+fn refused_requests_leave_the_session_usable() {
+    let engine = load(&testdata().join("model-tiny-tied"));
+    let mut s = engine.session(40);
+    let none = &mut |_: &str| Ok(());
+    let greedy = |n| params(SamplingParams::greedy(), n);
+    let err = |r: Result<qwen3vl_engine::Generation, qwen3vl_engine::EngineError>| {
+        r.unwrap_err().to_string()
+    };
+    // max_tokens 0
+    assert!(err(s.generate(&[user(0, "hi")], &[], &greedy(0), none)).contains("max_tokens"));
+    // over the context (prompt 9 tokens + 40 > 40)
+    let e = err(s.generate(&[user(0, "hi")], &[], &greedy(40), none));
+    assert!(e.contains("context of 40"), "{e}");
+    // over the byte limit, refused before tokenization
+    let huge = "x".repeat(qwen3vl_engine::session::MAX_PROMPT_BYTES + 1);
+    let e = err(s.generate(&[user(0, &huge)], &[], &greedy(1), none));
+    assert!(e.contains("bytes"), "{e}");
+    // out-of-range sampling parameter
+    let bad = SamplingParams {
+        top_p: 0.0,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    assert!(err(s.generate(&[user(0, "hi")], &[], &params(bad, 2), none)).contains("top_p"));
+    // images/placeholder mismatch
+    assert!(s.generate(&[user(1, "hi")], &[], &greedy(2), none).is_err());
+    assert_eq!(s.len(), 0, "a refused request must not touch the cache");
+    let g = s.generate(&[user(0, "hi")], &[], &greedy(3), none).unwrap();
+    assert_eq!(g.tokens.len(), 3);
+}
