@@ -437,8 +437,9 @@ fn chat_keeps_history_and_handles_commands() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let input =
-        format!("Hello\n/image {img}\nWhat is this?\n/image /nonexistent.png\n/reset\nAgain\n");
+    let input = format!(
+        "Hello\nHello\n/image {img}\nWhat is this?\n/image /nonexistent.png\n/reset\nAgain\n"
+    );
     child
         .stdin
         .take()
@@ -452,10 +453,20 @@ fn chat_keeps_history_and_handles_commands() {
     assert!(err.contains("image tokens"), "{err}");
     assert!(err.contains("nonexistent.png"), "{err}");
     assert!(err.contains("cleared"), "{err}");
-    // Three answered turns.
-    assert_eq!(err.matches("finish:").count(), 3, "{err}");
-    // The second turn ran only its own tokens: its prefill is far below the history's length.
     assert!(!err.contains("panicked"), "{err}");
+    // Four answered turns.
+    assert_eq!(err.matches("finish:").count(), 4, "{err}");
+    // Prefill sizes: the second turn runs only its own 9 tokens plus the 2-3 that close the first answer
+    // (a recomputed history would be 9 + 3 + 2 + 9); after /reset a turn starts from scratch again.
+    let prefills: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.split("prefill ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(prefills.len(), 4, "{err}");
+    assert_eq!(prefills[0], 9, "{err}");
+    assert!(prefills[1] == 11 || prefills[1] == 12, "{err}");
+    assert_eq!(prefills[3], 9, "{err}");
 }
 
 #[test]
