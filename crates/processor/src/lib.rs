@@ -459,3 +459,14 @@ impl Processor {
         })
     }
 }
+
+#[cfg(test)]
+mod thread_tests {
+    #[test]
+    fn processor_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Processor>();
+        check::<super::ImageInput>();
+        check::<super::Prompt>();
+    }
+}
