@@ -20,7 +20,6 @@ mod kv_cache;
 mod linear;
 mod model;
 mod norm;
-pub(crate) mod shim;
 pub mod text;
 pub mod trace;
 pub mod vision;
@@ -29,7 +28,7 @@ pub mod weights;
 pub use config::{Config, TextConfig, VisionConfig};
 pub use kv_cache::KvCache;
 pub use model::{top_k, LoadOptions, Logits, Model, Precision, TopK, VisionOutput};
-pub use shim::ImageInput;
+pub use qwen3vl_processor::ImageInput;
 pub use trace::{Trace, TraceMap};
 
 /// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.

@@ -8,7 +8,7 @@ use qwen3vl_kernels::Kernels;
 use crate::config::Config;
 use crate::kv_cache::KvCache;
 use crate::linear::{pack, Ctx, Linear, Vb};
-use crate::shim::ImageInput;
+use qwen3vl_processor::ImageInput;
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;

@@ -9,7 +9,7 @@ pub mod rotary;
 
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Vb};
-use crate::shim::ImageInput;
+use qwen3vl_processor::ImageInput;
 use crate::trace::Tracer;
 use crate::{KernelCtx, ModelError};
 
