@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod generate;
 pub mod generation_config;
 pub mod init_random;
+pub mod logits;
 pub mod sampling;
 pub mod session;
 pub mod stream;

@@ -8,13 +8,13 @@ use qwen3vl_kernels::Kernels;
 use crate::config::Config;
 use crate::kv_cache::KvCache;
 use crate::linear::{pack, Ctx, Linear, Vb};
-use qwen3vl_processor::ImageInput;
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;
 use crate::weights::Weights;
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
+use qwen3vl_processor::ImageInput;
 
 pub use crate::vision::VisionOutput;
 

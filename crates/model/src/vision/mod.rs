@@ -9,9 +9,9 @@ pub mod rotary;
 
 use crate::config::VisionConfig;
 use crate::linear::{Ctx, Vb};
-use qwen3vl_processor::ImageInput;
 use crate::trace::Tracer;
 use crate::{KernelCtx, ModelError};
+use qwen3vl_processor::ImageInput;
 
 pub use block::VisionBlock;
 pub use merger::PatchMerger;
