@@ -3,8 +3,9 @@
 
     python3 tools/bench/torch_matmul.py [--threads 2] [--json]
 
-bf16: x and W in bf16 (PyTorch has no f32-activation x bf16-weight linear); f32: both f32. GEMV weights are
-cycled over copies totalling >= 160 MiB so each call reads its weight from memory, as `bench matmul` does.
+bf16: x and W in bf16 (PyTorch has no f32-activation x bf16-weight linear); f32: both f32. A GEMV is
+timed over a round of copies of its weight totalling >= 160 MiB (so each call reads its weight from memory),
+per call: the best round's average, as `bench matmul` does.
 Times are the best of repeated runs (>= 5 runs and ~1 s per GEMV, 1.5 s per GEMM), like `bench matmul`.
 """
 import argparse
@@ -64,13 +65,12 @@ def main():
                 del w0
                 b = torch.rand(n).to(dtype)
                 x = (torch.rand(m, k) - 0.5).to(dtype)
-                i = [0]
 
                 def run():
-                    F.linear(x, ws[i[0] % copies], b)
-                    i[0] += 1
+                    for w in ws:
+                        F.linear(x, w, b)
 
-                t = best_time(run, 1.0 if kind == "gemv" else 1.5)
+                t = best_time(run, 1.0 if kind == "gemv" else 1.5) / copies
                 bytes_ = wbytes + (m * k + m * n + n) * elem
                 gbps = bytes_ / t / 1e9
                 gflops = 2.0 * m * n * k / t / 1e9

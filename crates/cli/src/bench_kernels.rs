@@ -149,8 +149,9 @@ const SHAPES: [Shape; 10] = [
     },
 ];
 
-/// Weights of a GEMV are cycled over copies totalling at least this many bytes, so that every call reads
-/// its weight from memory (as in a decode step) and not from the 32 MiB L3.
+/// A GEMV is timed over a round of copies of its weight totalling at least this many bytes, so that every
+/// call reads its weight from memory (as in a decode step) and not from the 32 MiB L3; the time per call
+/// is the best round's average (a single best call would favour the best-placed copy).
 const GEMV_FOOTPRINT: usize = 160 << 20;
 
 fn rng_vec(len: usize, seed: u64) -> Vec<f32> {
@@ -332,30 +333,27 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
                     _ => k.pack_weight(Weight::F32(&w32), n, kk)?,
                 };
                 let ps: Vec<PackedWeight> = (0..copies).map(|_| p.clone()).collect();
-                let mut i = 0;
                 best_time(secs, || {
-                    k.matmul(&x, m, &ps[i % copies], Some(&bias), &mut y, path)
-                        .unwrap();
-                    i += 1;
-                })
+                    for p in &ps {
+                        k.matmul(&x, m, p, Some(&bias), &mut y, path).unwrap();
+                    }
+                }) / copies as f64
             } else if dtype == "bf16" {
                 let ws: Vec<Vec<u16>> = (0..copies).map(|_| w16.clone()).collect();
-                let mut i = 0;
                 best_time(secs, || {
-                    let w = Weight::Bf16(&ws[i % copies]);
-                    k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
-                        .unwrap();
-                    i += 1;
-                })
+                    for w in &ws {
+                        k.matmul_unpacked(&x, m, Weight::Bf16(w), n, kk, Some(&bias), &mut y, path)
+                            .unwrap();
+                    }
+                }) / copies as f64
             } else {
                 let ws: Vec<Vec<f32>> = (0..copies).map(|_| w32.clone()).collect();
-                let mut i = 0;
                 best_time(secs, || {
-                    let w = Weight::F32(&ws[i % copies]);
-                    k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
-                        .unwrap();
-                    i += 1;
-                })
+                    for w in &ws {
+                        k.matmul_unpacked(&x, m, Weight::F32(w), n, kk, Some(&bias), &mut y, path)
+                            .unwrap();
+                    }
+                }) / copies as f64
             };
             let bytes = (wbytes + (m * kk + m * n + n) * 4) as f64;
             rows.push(Row {
