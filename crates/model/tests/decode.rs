@@ -160,3 +160,70 @@ fn cache_overflow_and_bad_inputs_are_errors() {
     };
     assert!(model.encode_images(&[odd]).is_err());
 }
+
+/// Greedy decoding (prefill, then argmax token by token at cache_len + rope_delta) reproduces
+/// transformers' `generate(do_sample=False)` ids of every reference case.
+#[test]
+fn greedy_decode_matches_transformers_generate() {
+    let cases = cases();
+    for geometry in ["tied", "untied"] {
+        let model = Model::load(
+            &model_dir(geometry),
+            Kernels::detect().unwrap(),
+            &LoadOptions {
+                precision: Precision::F32,
+                progress: None,
+            },
+        )
+        .unwrap();
+        let gen: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(model_dir(geometry).join("generation_config.json")).unwrap(),
+        )
+        .unwrap();
+        let eos: Vec<u32> = gen["eos_token_id"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        for case in ["text", "image1", "image2"] {
+            let name = format!("{geometry}_{case}");
+            let want: Vec<u32> = cases["cases"][&name]["greedy_new_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let r = Reference::load(&name);
+            let ims = images(&name, &r);
+            let ids = r.input_ids();
+            let delta = r.rope_delta();
+            let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
+            let mut cache = KvCache::new(&model, ids.len() + want.len());
+            let mut logits = model
+                .forward(&ids, &r.positions(), vis.as_ref(), &mut cache, Logits::Last)
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let next = argmax(&logits) as u32;
+                got.push(next);
+                if eos.contains(&next) || got.len() == want.len() {
+                    break;
+                }
+                let p = cache.len() as i64 + delta;
+                model
+                    .forward_into(
+                        &[next],
+                        &[vec![p], vec![p], vec![p]],
+                        None,
+                        &mut cache,
+                        Logits::Last,
+                        &mut logits,
+                        None,
+                    )
+                    .unwrap();
+            }
+            assert_eq!(got, want, "{name}: greedy ids");
+        }
+    }
+}
