@@ -5,7 +5,7 @@
 //! KERNELS.md) for the roofline fraction; decode is memory-bound: K+V bytes = 2·kv_len·n_kv·hd·4.
 //!
 //! Cases: text prefill L=512 (16 q heads, 8 kv heads, hd 128, causal, fused qkv); decode q_len=1 against
-//! a head-major cache of 512 / 4096 keys; vision N=1200 (16 heads, hd 64, non-causal, fused qkv).
+//! a head-major cache of 512 / 4096 keys (and the model's row-major cache at the best level); vision N=1200 (16 heads, hd 64, non-causal, fused qkv).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
@@ -123,6 +123,37 @@ fn decode(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // the model's cache layout: row-major (max_len, nkv, hd), best level only
+    let rows = AttnLayout::contiguous(nkv, hd);
+    let k = Kernels::detect().unwrap();
+    for kv_len in [512usize, 4096] {
+        let p = AttnParams {
+            n_q_heads: nq,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            q_len: 1,
+            kv_len,
+            scale: 1.0 / (hd as f32).sqrt(),
+            causal: true,
+        };
+        g.throughput(Throughput::Bytes((2 * kv_len * nkv * hd * 4) as u64));
+        let id = format!("{}-rowmajor", k.isa().name());
+        g.bench_with_input(BenchmarkId::new(id, kv_len), &kv_len, |b, _| {
+            b.iter(|| {
+                k.attention(
+                    &q,
+                    AttnLayout::contiguous(nq, hd),
+                    &kc,
+                    rows,
+                    &vc,
+                    rows,
+                    &mut out,
+                    &p,
+                )
+                .unwrap()
+            })
+        });
     }
     g.finish();
 }
