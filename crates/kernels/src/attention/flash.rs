@@ -2,7 +2,9 @@
 //!
 //! Two kernels implement a task (see [`Task`]): `lanes.rs` when the task has at least a vector of query
 //! rows (prefill, vision), and [`run`] here otherwise (decode: one or a few query rows per kv head). Both
-//! read K and V straight from their strided views and walk the task's keys in tiles of [`KEY_TILE`]:
+//! read K and V straight from their strided views and walk the task's keys in tiles of [`KEY_TILE`]. A
+//! decode task may hold several kv heads: each key tile is then processed head after head, so the task
+//! reads whole rows of a row-major KV cache (all heads of a position are adjacent in memory).
 //!
 //! ```text
 //! Qp (mq, hd)          = scale · q rows of the task, r = (i − i0)·group + (h − g·group)
@@ -52,10 +54,9 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
     let p = &job.p;
     let hd = p.head_dim;
     let group = job.group;
-    let lanes = S::LANES;
-    let mq = (t.i1 - t.i0) * group;
-    // the vector body of a head_dim row; the rest is the scalar tail
-    let body = hd - hd % lanes;
+    // rows per kv head, and in the task (see `Task` for their order)
+    let rph = (t.i1 - t.i0) * group;
+    let mq = rph * t.ng;
 
     // Scratch: Qp (mq, hd) | S (mq, KEY_TILE) | O (mq, hd) | m (mq) | l (mq)
     let need = mq * hd + mq * KEY_TILE + mq * hd + 2 * mq;
@@ -73,120 +74,48 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
 
     // 1. Qp[r] = scale · q[i, h]
     for r in 0..mq {
-        let (i, h) = (t.i0 + r / group, t.g * group + r % group);
+        let (i, h) = (
+            t.i0 + (r % rph) / group,
+            (t.g + r / rph) * group + r % group,
+        );
         let src = &job.q[i * job.ql.row_stride + h * job.ql.head_stride..][..hd];
         for (d, &x) in qp[r * hd..(r + 1) * hd].iter_mut().zip(src) {
             *d = p.scale * x;
         }
     }
 
-    // Keys visible to task row r in the tile starting at j0 (at most w).
+    // Keys visible to row r (of one kv head's rows) in the tile starting at j0 (at most w).
     let visible =
         |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
     let (krs, vrs) = (job.kl.row_stride, job.vl.row_stride);
-    let kbase = t.g * job.kl.head_stride;
-    let vbase = t.g * job.vl.head_stride;
 
     let kend = t.ke.min(job.limit(t.i1 - 1));
     let mut j0 = t.ks;
     while j0 < kend {
         let w = KEY_TILE.min(kend - j0);
         // rows grow with r: the last row sees the most keys
-        let nk = visible(mq - 1, j0, w);
-        let kt = &job.k[kbase + j0 * krs..];
-        let vt = &job.v[vbase + j0 * vrs..];
-
-        // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk: KB keys × (2 or 1) rows per block, so that each
-        //     key vector loaded serves several rows and the FMA chains are independent
-        let mut j = 0;
-        while j < nk {
-            let kb = if nk - j >= KB { KB } else { 1 };
-            let mut r = 0;
-            while r < mq {
-                let rb = if mq - r >= 2 { 2 } else { 1 };
-                match (rb, kb) {
-                    (2, KB) => dots::<S, 2, KB>(s, kt, krs, j, qp, hd, r, body, sm),
-                    (2, _) => dots::<S, 2, 1>(s, kt, krs, j, qp, hd, r, body, sm),
-                    (_, KB) => dots::<S, 1, KB>(s, kt, krs, j, qp, hd, r, body, sm),
-                    _ => dots::<S, 1, 1>(s, kt, krs, j, qp, hd, r, body, sm),
-                }
-                r += rb;
-            }
-            j += kb;
-        }
-
-        // 2b. online softmax of each row over its visible keys
-        let cols = nk.div_ceil(lanes) * lanes;
-        for r in 0..mq {
-            let n = visible(r, j0, w);
-            let row = &mut sm[r * KEY_TILE..r * KEY_TILE + cols];
-            if n == 0 {
-                row.fill(0.0);
-                continue;
-            }
-            row[n..].fill(f32::NEG_INFINITY);
-            // vector body only: cols is a multiple of the lanes
-            let mut mx = s.splat(f32::NEG_INFINITY);
-            for c in (0..cols).step_by(lanes) {
-                mx = s.max(mx, s.load(&row[c..]));
-            }
-            let m_new = m[r].max(s.reduce_max(mx));
-            let alpha = (m[r] - m_new).exp(); // 0 on the row's first tile (m = −∞)
-            let mv = s.splat(m_new);
-            let mut sum = s.zero();
-            for c in (0..cols).step_by(lanes) {
-                let e = exp(s, s.sub(s.load(&row[c..]), mv));
-                s.store(&mut row[c..], e);
-                sum = s.add(sum, e);
-            }
-            l[r] = alpha * l[r] + s.reduce_sum(sum);
-            m[r] = m_new;
-            if alpha != 1.0 {
-                for x in &mut o[r * hd..(r + 1) * hd] {
-                    *x *= alpha;
-                }
-            }
-        }
-
-        // 2c. O[r] += Σ_j P[r, j] · v[j0 + j] for j < nk
-        let mut r = 0;
-        while r < mq {
-            let rb = if mq - r >= RM {
-                RM
-            } else if mq - r >= 2 {
-                2
-            } else {
-                1
-            };
-            let mut d = 0;
-            // vector body: NV vectors, then one at a time
-            while d + NV * lanes <= body {
-                match rb {
-                    RM => pv_chunk::<S, RM, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
-                    2 => pv_chunk::<S, 2, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
-                    _ => pv_chunk::<S, 1, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
-                }
-                d += NV * lanes;
-            }
-            while d < body {
-                match rb {
-                    RM => pv_chunk::<S, RM, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
-                    2 => pv_chunk::<S, 2, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
-                    _ => pv_chunk::<S, 1, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
-                }
-                d += lanes;
-            }
-            // scalar tail of head_dim
-            for rr in r..r + rb {
-                for j in 0..nk {
-                    let pj = sm[rr * KEY_TILE + j];
-                    let vj = &vt[j * vrs..j * vrs + hd];
-                    for dd in body..hd {
-                        o[rr * hd + dd] += pj * vj[dd];
-                    }
-                }
-            }
-            r += rb;
+        let nk = visible(rph - 1, j0, w);
+        // the task's kv heads one after the other on the same key rows (adjacent in a row-major cache)
+        for gi in 0..t.ng {
+            let g = t.g + gi;
+            let kt = &job.k[g * job.kl.head_stride + j0 * krs..];
+            let vt = &job.v[g * job.vl.head_stride + j0 * vrs..];
+            let rows = gi * rph..(gi + 1) * rph;
+            head_tile::<S, NV>(
+                s,
+                &qp[rows.start * hd..rows.end * hd],
+                &mut sm[rows.start * KEY_TILE..rows.end * KEY_TILE],
+                &mut o[rows.start * hd..rows.end * hd],
+                &mut m[rows.clone()],
+                &mut l[rows],
+                kt,
+                krs,
+                vt,
+                vrs,
+                hd,
+                nk,
+                |r| visible(r, j0, w),
+            );
         }
         j0 += w;
     }
@@ -194,6 +123,123 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
     // 3. out rows (or partials)
     for r in 0..mq {
         job.emit(t, r, m[r], l[r], &o[r * hd..]);
+    }
+}
+
+/// One key tile for the rows of one kv head: qp, o (rows, hd); sm (rows, KEY_TILE); m, l (rows);
+/// kt, vt: the tile's first K / V row of this head; nk keys, of which row r sees visible(r).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn head_tile<S: Simd, const NV: usize>(
+    s: S,
+    qp: &[f32],
+    sm: &mut [f32],
+    o: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+    kt: &[f32],
+    krs: usize,
+    vt: &[f32],
+    vrs: usize,
+    hd: usize,
+    nk: usize,
+    visible: impl Fn(usize) -> usize,
+) {
+    let lanes = S::LANES;
+    let mq = m.len();
+    let body = hd - hd % lanes;
+
+    // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk: KB keys × (2 or 1) rows per block, so that each
+    //     key vector loaded serves several rows and the FMA chains are independent
+    let mut j = 0;
+    while j < nk {
+        let kb = if nk - j >= KB { KB } else { 1 };
+        let mut r = 0;
+        while r < mq {
+            let rb = if mq - r >= 2 { 2 } else { 1 };
+            match (rb, kb) {
+                (2, KB) => dots::<S, 2, KB>(s, kt, krs, j, qp, hd, r, body, sm),
+                (2, _) => dots::<S, 2, 1>(s, kt, krs, j, qp, hd, r, body, sm),
+                (_, KB) => dots::<S, 1, KB>(s, kt, krs, j, qp, hd, r, body, sm),
+                _ => dots::<S, 1, 1>(s, kt, krs, j, qp, hd, r, body, sm),
+            }
+            r += rb;
+        }
+        j += kb;
+    }
+
+    // 2b. online softmax of each row over its visible keys
+    let cols = nk.div_ceil(lanes) * lanes;
+    for r in 0..mq {
+        let n = visible(r);
+        let row = &mut sm[r * KEY_TILE..r * KEY_TILE + cols];
+        if n == 0 {
+            row.fill(0.0);
+            continue;
+        }
+        row[n..].fill(f32::NEG_INFINITY);
+        // vector body only: cols is a multiple of the lanes
+        let mut mx = s.splat(f32::NEG_INFINITY);
+        for c in (0..cols).step_by(lanes) {
+            mx = s.max(mx, s.load(&row[c..]));
+        }
+        let m_new = m[r].max(s.reduce_max(mx));
+        let alpha = (m[r] - m_new).exp(); // 0 on the row's first tile (m = −∞)
+        let mv = s.splat(m_new);
+        let mut sum = s.zero();
+        for c in (0..cols).step_by(lanes) {
+            let e = exp(s, s.sub(s.load(&row[c..]), mv));
+            s.store(&mut row[c..], e);
+            sum = s.add(sum, e);
+        }
+        l[r] = alpha * l[r] + s.reduce_sum(sum);
+        m[r] = m_new;
+        if alpha != 1.0 {
+            for x in &mut o[r * hd..(r + 1) * hd] {
+                *x *= alpha;
+            }
+        }
+    }
+
+    // 2c. O[r] += Σ_j P[r, j] · v[j0 + j] for j < nk
+    let mut r = 0;
+    while r < mq {
+        let rb = if mq - r >= RM {
+            RM
+        } else if mq - r >= 2 {
+            2
+        } else {
+            1
+        };
+        let mut d = 0;
+        // vector body: NV vectors, then one at a time
+        while d + NV * lanes <= body {
+            match rb {
+                RM => pv_chunk::<S, RM, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
+                2 => pv_chunk::<S, 2, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
+                _ => pv_chunk::<S, 1, NV>(s, sm, r, nk, vt, vrs, hd, d, o),
+            }
+            d += NV * lanes;
+        }
+        while d < body {
+            match rb {
+                RM => pv_chunk::<S, RM, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
+                2 => pv_chunk::<S, 2, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
+                _ => pv_chunk::<S, 1, 1>(s, sm, r, nk, vt, vrs, hd, d, o),
+            }
+            d += lanes;
+        }
+        // scalar tail of head_dim
+        for rr in r..r + rb {
+            for j in 0..nk {
+                let pj = sm[rr * KEY_TILE + j];
+                let vj = &vt[j * vrs..j * vrs + hd];
+                for dd in body..hd {
+                    o[rr * hd + dd] += pj * vj[dd];
+                }
+            }
+        }
+        r += rb;
     }
 }
 

@@ -59,6 +59,7 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
     let hd = p.head_dim;
     let group = job.group;
     let lanes = S::LANES;
+    debug_assert_eq!(t.ng, 1, "the lanes kernel takes one kv head per task");
     let mq = (t.i1 - t.i0) * group;
     let ld = mq.div_ceil(lanes) * lanes;
 

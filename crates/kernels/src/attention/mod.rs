@@ -23,10 +23,12 @@
 //!   - `lanes.rs` (prefill, vision: at least a vector of task rows): the rows sit in the vector lanes, so
 //!     q·kᵀ and p·v are broadcast-FMA register tiles and the softmax needs no horizontal reductions;
 //!   - `flash.rs` (decode: a few rows): dot products over head_dim, several keys and rows per block.
-//! - Tasks run on the shared pool ([`Kernels::parallel_for`]), longest first. When there are fewer
-//!   (kv head, query tile) tasks than 2 per thread and the keys are long (≥ 512, a decode step with few kv
-//!   heads), the keys are split into chunks whose partial (m, l, accumulator) are merged at the end
-//!   (flash-decoding).
+//! - Tasks run on the shared pool ([`Kernels::parallel_for`]), longest first (see `plan`). Prefill:
+//!   (query tile, kv head) tasks. Decode (fewer than 8 (row, q head) pairs per kv head): each task takes
+//!   several kv heads, so it reads whole rows of a row-major cache; with ≥ 512 keys and several threads,
+//!   every head and the keys split into chunks across the threads, whose partial (m, l, accumulator) are
+//!   merged at the end (flash-decoding). A short prefill after a long context with few tasks splits the
+//!   keys the same way.
 //!
 //! Accuracy: every level is within 1e-5 · max|v| (max abs error) of an f64 evaluation of the formula on
 //! the tests' shapes (tests/attention.rs).
@@ -254,17 +256,21 @@ pub(crate) struct Job<'a> {
     pub tile_rows: usize,
     /// out: (q_len, n_q_heads, head_dim).
     out: SyncPtr,
-    /// Split-KV partials: one slot per task, slot_len = tile_rows·group·(2 + head_dim) floats, each row
+    /// Split-KV partials: one slot per task, slot_len = (rows of the largest task)·(2 + head_dim) floats, each row
     /// [max, sum, unnormalized accumulator (head_dim)].
     partial: SyncPtr,
     slot_len: usize,
 }
 
-/// One unit of work: kv head `g`, query rows `i0..i1` (with all `group` q heads of g) against keys `ks..ke`.
-/// Row r of the task is (query row i0 + r / group, q head g·group + r % group).
+/// One unit of work: kv heads `g..g + ng`, query rows `i0..i1` (with all `group` q heads of each kv head)
+/// against keys `ks..ke`. The task's rows are ordered (kv head, query row, q head of the group): row r is
+/// kv head g + r / rph, query row i0 + (r % rph) / group, q head (g + r / rph)·group + r % group, with
+/// rph = (i1 − i0)·group rows per kv head.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Task {
     pub g: usize,
+    /// kv heads of the task (1 except for decode tasks, which read several heads of each cache row).
+    pub ng: usize,
     pub i0: usize,
     pub i1: usize,
     pub ks: usize,
@@ -292,8 +298,9 @@ impl Job<'_> {
         let o = &o[..hd];
         match t.slot {
             None => {
-                let i = t.i0 + r / self.group;
-                let h = t.g * self.group + r % self.group;
+                let rph = (t.i1 - t.i0) * self.group;
+                let i = t.i0 + (r % rph) / self.group;
+                let h = (t.g + r / rph) * self.group + r % self.group;
                 debug_assert!(i < self.p.q_len && h < self.p.n_q_heads);
                 // Safety: out has q_len·n_q_heads·hd elements (validated); (i, h) lies in this task's rows,
                 // which no other task writes, and `out` is borrowed mutably for the whole call.
@@ -328,24 +335,62 @@ impl Job<'_> {
 
 /// (q rows × heads) per query tile: the rows that share each loaded K/V tile.
 const TILE_PAIRS: usize = 64;
+/// Fewer (query row, q head) pairs per kv head than this is a decode step.
+const DECODE_PAIRS: usize = 8;
 /// Split the keys only if there are fewer (kv head, query tile) tasks than this many per thread ...
 const SPLIT_TASKS_PER_THREAD: usize = 2;
 /// ... and the keys are at least this long; each chunk gets at least SPLIT_MIN_CHUNK keys.
 const SPLIT_MIN_KV: usize = 512;
 const SPLIT_MIN_CHUNK: usize = 256;
 
-/// The query-tile height, and the number of key chunks, for `threads` threads.
-fn plan(p: &AttnParams, group: usize, threads: usize) -> (usize, usize) {
+/// How a call is cut into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// Query rows per query tile.
+    tile_rows: usize,
+    /// kv heads per task (the last task of a query tile may have fewer).
+    heads: usize,
+    /// Key chunks per (query tile, head group); > 1 means partial results are merged.
+    chunks: usize,
+}
+
+/// The plan for `threads` threads.
+///
+/// Prefill (q_len·group >= DECODE_PAIRS): tasks are (query tile, kv head); if there are fewer than
+/// SPLIT_TASKS_PER_THREAD per thread and the keys are long, the keys are split too.
+/// Decode: one query tile, and each task takes several kv heads so that it reads whole rows of a
+/// row-major cache (all heads of a position are adjacent): with long keys all heads and the keys split
+/// across threads, else the heads split across threads.
+fn plan(p: &AttnParams, group: usize, threads: usize) -> Plan {
+    let long = threads > 1 && p.kv_len >= SPLIT_MIN_KV;
+    if p.q_len * group < DECODE_PAIRS {
+        let (heads, chunks) = if long {
+            let chunks = (SPLIT_TASKS_PER_THREAD * threads)
+                .min(p.kv_len / SPLIT_MIN_CHUNK)
+                .max(1);
+            (p.n_kv_heads, chunks)
+        } else {
+            (p.n_kv_heads.div_ceil(threads.min(p.n_kv_heads)), 1)
+        };
+        return Plan {
+            tile_rows: p.q_len.max(1),
+            heads,
+            chunks,
+        };
+    }
     let tile_rows = (TILE_PAIRS / group).clamp(1, p.q_len.max(1));
-    let n_qt = p.q_len.div_ceil(tile_rows);
-    let base = n_qt * p.n_kv_heads;
+    let base = p.q_len.div_ceil(tile_rows) * p.n_kv_heads;
     let want = SPLIT_TASKS_PER_THREAD * threads;
-    let chunks = if threads > 1 && base < want && p.kv_len >= SPLIT_MIN_KV {
+    let chunks = if long && base < want {
         want.div_ceil(base).min(p.kv_len / SPLIT_MIN_CHUNK).max(1)
     } else {
         1
     };
-    (tile_rows, chunks)
+    Plan {
+        tile_rows,
+        heads: 1,
+        chunks,
+    }
 }
 
 thread_local! {
@@ -356,18 +401,23 @@ thread_local! {
 fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
     let p = job.p;
     let group = job.group;
-    let (tile_rows, chunks) = plan(&p, group, k.threads());
+    let Plan {
+        tile_rows,
+        heads,
+        chunks,
+    } = plan(&p, group, k.threads());
     job.tile_rows = tile_rows;
     let n_qt = p.q_len.div_ceil(tile_rows);
 
     // Tasks, the longest first: with a causal mask the last query tiles see the most keys.
-    let mut tasks = Vec::with_capacity(n_qt * p.n_kv_heads * chunks);
+    let mut tasks = Vec::with_capacity(n_qt * p.n_kv_heads.div_ceil(heads) * chunks);
     for qt in (0..n_qt).rev() {
-        for g in 0..p.n_kv_heads {
+        for g in (0..p.n_kv_heads).step_by(heads) {
             for c in 0..chunks {
                 let slot = (chunks > 1).then_some(tasks.len());
                 tasks.push(Task {
                     g,
+                    ng: heads.min(p.n_kv_heads - g),
                     i0: qt * tile_rows,
                     i1: ((qt + 1) * tile_rows).min(p.q_len),
                     ks: c * p.kv_len / chunks,
@@ -380,7 +430,7 @@ fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
 
     let mut partial = Vec::new();
     if chunks > 1 {
-        job.slot_len = tile_rows * group * (p.head_dim + 2);
+        job.slot_len = tile_rows * group * heads * (p.head_dim + 2);
         partial = vec![0.0f32; tasks.len() * job.slot_len];
         job.partial = SyncPtr(partial.as_mut_ptr());
     }
@@ -408,7 +458,7 @@ fn merge(job: &Job, tasks: &[Task], chunks: usize, partial: &[f32]) {
     let mut acc = vec![0.0f32; hd];
     for first in tasks.chunks(chunks) {
         let t0 = first[0];
-        let rows = (t0.i1 - t0.i0) * job.group;
+        let rows = (t0.i1 - t0.i0) * job.group * t0.ng;
         for r in 0..rows {
             let row = |c: usize| {
                 let s = t0.slot.unwrap() + c;
@@ -453,17 +503,26 @@ mod tests {
     }
 
     #[test]
-    fn plan_splits_only_long_decode_with_few_tasks() {
-        // decode, 1 kv head, 2 threads: split 4096 keys into 4 chunks (2 per thread)
-        assert_eq!(plan(&params(1, 4096, 2, 1), 2, 2), (1, 4));
-        // enough heads: no split
-        assert_eq!(plan(&params(1, 4096, 16, 8), 2, 2).1, 1);
-        // short cache: no split
-        assert_eq!(plan(&params(1, 300, 2, 1), 2, 2).1, 1);
-        // one thread: no split
-        assert_eq!(plan(&params(1, 4096, 2, 1), 2, 1).1, 1);
-        // prefill tiles: 64 (row, head) pairs per tile
-        assert_eq!(plan(&params(512, 512, 16, 8), 2, 2), (32, 1));
-        assert_eq!(plan(&params(5, 5, 16, 8), 2, 2).0, 5);
+    fn plans() {
+        let plan = |q_len, kv_len, nq, nkv, threads| {
+            let p = params(q_len, kv_len, nq, nkv);
+            let x = super::plan(&p, nq / nkv, threads);
+            (x.tile_rows, x.heads, x.chunks)
+        };
+        // decode, 2 threads, long cache: every head per task, keys split in 4 chunks (2 per thread)
+        assert_eq!(plan(1, 4096, 16, 8, 2), (1, 8, 4));
+        assert_eq!(plan(1, 600, 2, 1, 2), (1, 1, 2));
+        // decode, short cache: heads split across the threads
+        assert_eq!(plan(1, 300, 16, 8, 2), (1, 4, 1));
+        assert_eq!(plan(1, 300, 16, 8, 3), (1, 3, 1));
+        // decode, one thread: one task
+        assert_eq!(plan(1, 4096, 16, 8, 1), (1, 8, 1));
+        // prefill tiles: 64 (row, head) pairs per tile, one kv head per task
+        assert_eq!(plan(512, 512, 16, 8, 2), (32, 1, 1));
+        assert_eq!(plan(5, 5, 16, 8, 2), (5, 1, 1));
+        // a short prefill after a long context on one kv head: split the keys
+        assert_eq!(plan(8, 4096, 8, 1, 2), (8, 1, 4));
+        // a wide group is prefill-shaped even for one query row
+        assert_eq!(plan(1, 4096, 8, 1, 2), (1, 1, 4));
     }
 }
