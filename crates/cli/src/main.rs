@@ -68,6 +68,27 @@ enum Cmd {
         #[command(flatten)]
         sampling: SamplingArgs,
     },
+    /// One forward pass over one user turn, written as safetensors (input ids, last-position logits,
+    /// per-position top-5) for comparison with transformers or another build.
+    Logits {
+        /// Checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// An image file (repeatable; placed before the text).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// The user's message.
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
+        /// The .safetensors file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Measure load time, vision encode, prefill and decode speed and peak memory against this machine's
     /// roofline; or `bench roofline` / `bench matmul` for the kernels alone.
     Bench(BenchArgs),
@@ -114,6 +135,15 @@ struct ModelArgs {
 enum PrecisionArg {
     Fast,
     F32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fast => Precision::Fast,
+            PrecisionArg::F32 => Precision::F32,
+        }
+    }
 }
 
 /// Decoding settings; each defaults to the checkpoint's generation_config.json.
@@ -282,6 +312,21 @@ fn run(cli: Cli) -> Result<()> {
             sampling,
         } => cmd_chat(&model, system.as_deref(), &sampling),
         Cmd::Bench(b) => cmd_bench(&b),
+        Cmd::Logits {
+            model,
+            images,
+            system,
+            prompt,
+            precision,
+            out,
+        } => qwen3vl_engine::logits::run_logits(&qwen3vl_engine::logits::LogitsOptions {
+            model_dir: model,
+            images,
+            system,
+            prompt,
+            precision: precision.into(),
+            out,
+        }),
         Cmd::InitRandom {
             preset,
             out,

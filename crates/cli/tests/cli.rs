@@ -520,3 +520,54 @@ fn bench_without_model_or_subcommand_is_a_clean_error() {
     ]);
     assert_clean_failure(&o, "image-size");
 }
+
+#[test]
+fn logits_writes_safetensors() {
+    let dir = temp_dir("logits");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.safetensors");
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-tiny-tied"
+    );
+    let img = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-reference/img_64x96.png"
+    );
+    let o = qwen3vl(&[
+        "logits",
+        "--model",
+        model,
+        "--image",
+        img,
+        "--prompt",
+        "Describe this image.",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for key in [
+        "input_ids",
+        "last_logits",
+        "top5_idx",
+        "top5_val",
+        "pixel_values",
+        "image_grid_thw",
+    ] {
+        assert!(header.get(key).is_some(), "{key} missing: {header}");
+    }
+    let o = qwen3vl(&[
+        "logits",
+        "--model",
+        "/nonexistent/dir",
+        "--prompt",
+        "hi",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "/nonexistent/dir");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,7 +92,7 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         vision_flops = vision_flops_for(cfg, patches);
         // Warm-up on the same image is not done: the first call is what a user waits for.
         let t0 = Instant::now();
-        let v = model.encode_images(&crate::session::model_images(std::slice::from_ref(&input)))?;
+        let v = model.encode_images(std::slice::from_ref(&input))?;
         vision_s = t0.elapsed().as_secs_f64();
         image_tokens = v.n_tokens(t.hidden_size);
     }

@@ -313,7 +313,7 @@ impl Session<'_> {
             None
         } else {
             let t = Instant::now();
-            let v = model.encode_images(&model_images(images))?;
+            let v = model.encode_images(images)?;
             stats.vision_seconds = t.elapsed().as_secs_f64();
             stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
             Some(v)
@@ -386,16 +386,4 @@ impl Session<'_> {
             stats,
         })
     }
-}
-
-/// TEMPORARY shim while the model crate has its own copy of `ImageInput` (delete once it re-exports the
-/// processor's): the same fields, so this compiles whichever way the types are defined.
-pub(crate) fn model_images(images: &[ImageInput]) -> Vec<qwen3vl_model::ImageInput> {
-    images
-        .iter()
-        .map(|i| qwen3vl_model::ImageInput {
-            pixel_values: i.pixel_values.clone(),
-            grid_thw: i.grid_thw,
-        })
-        .collect()
 }

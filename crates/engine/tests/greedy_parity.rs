@@ -130,12 +130,7 @@ fn multi_turn_cache_equals_full_recompute() {
     let (positions, delta) =
         qwen3vl_processor::get_rope_index(&ids, &[img.grid_thw], p.special_ids(), 2).unwrap();
     let model = &engine.model;
-    let vision = model
-        .encode_images(&[qwen3vl_model::ImageInput {
-            pixel_values: img.pixel_values.clone(),
-            grid_thw: img.grid_thw,
-        }])
-        .unwrap();
+    let vision = model.encode_images(std::slice::from_ref(&img)).unwrap();
     let mut cache = KvCache::new(model, 512);
     let mut logits = model
         .forward(&ids, &positions, Some(&vision), &mut cache, Logits::Last)
