@@ -95,21 +95,42 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
         let w = KEY_TILE.min(kend - j0);
         // rows grow with r: the last row sees the most keys
         let nk = visible(rph - 1, j0, w);
-        // the task's kv heads one after the other on the same key rows (adjacent in a row-major cache)
+        // 2a. S = Qp · Kᵀ. In a row-major cache (all heads of a position adjacent) key blocks go
+        //     outermost and the task's kv heads inside, so memory is read in address order; in a
+        //     head-major cache one head after the other (one stream at a time).
+        let body = hd - hd % S::LANES;
+        // (a plain function, not a closure: closures do not inherit the caller's target features)
+        let hs = job.kl.head_stride;
+        let qk = QkArgs { hd, body, rph, krs };
+        if t.ng > 1 && job.kl.head_stride < job.kl.row_stride {
+            let mut j = 0;
+            while j < nk {
+                let kb = if nk - j >= KB { KB } else { 1 };
+                for gi in 0..t.ng {
+                    qk.run::<S>(s, &job.k[(t.g + gi) * hs + j0 * krs..], gi, j, kb, qp, sm);
+                }
+                j += kb;
+            }
+        } else {
+            for gi in 0..t.ng {
+                let mut j = 0;
+                while j < nk {
+                    let kb = if nk - j >= KB { KB } else { 1 };
+                    qk.run::<S>(s, &job.k[(t.g + gi) * hs + j0 * krs..], gi, j, kb, qp, sm);
+                    j += kb;
+                }
+            }
+        }
+        // 2b, 2c: softmax and P·V head by head
         for gi in 0..t.ng {
-            let g = t.g + gi;
-            let kt = &job.k[g * job.kl.head_stride + j0 * krs..];
-            let vt = &job.v[g * job.vl.head_stride + j0 * vrs..];
+            let vt = &job.v[(t.g + gi) * job.vl.head_stride + j0 * vrs..];
             let rows = gi * rph..(gi + 1) * rph;
-            head_tile::<S, NV>(
+            softmax_pv::<S, NV>(
                 s,
-                &qp[rows.start * hd..rows.end * hd],
                 &mut sm[rows.start * KEY_TILE..rows.end * KEY_TILE],
                 &mut o[rows.start * hd..rows.end * hd],
                 &mut m[rows.clone()],
                 &mut l[rows],
-                kt,
-                krs,
                 vt,
                 vrs,
                 hd,
@@ -126,19 +147,17 @@ pub(crate) fn run<S: Simd, const NV: usize>(s: S, job: &Job, t: &Task, scratch: 
     }
 }
 
-/// One key tile for the rows of one kv head: qp, o (rows, hd); sm (rows, KEY_TILE); m, l (rows);
-/// kt, vt: the tile's first K / V row of this head; nk keys, of which row r sees visible(r).
+/// The softmax and P·V of one key tile for the rows of one kv head: sm (rows, KEY_TILE) holds the scores
+/// of nk keys (row r sees visible(r) of them) and becomes P; o (rows, hd), m, l (rows) are updated;
+/// vt: the tile's first V row of this head.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn head_tile<S: Simd, const NV: usize>(
+fn softmax_pv<S: Simd, const NV: usize>(
     s: S,
-    qp: &[f32],
     sm: &mut [f32],
     o: &mut [f32],
     m: &mut [f32],
     l: &mut [f32],
-    kt: &[f32],
-    krs: usize,
     vt: &[f32],
     vrs: usize,
     hd: usize,
@@ -148,25 +167,6 @@ fn head_tile<S: Simd, const NV: usize>(
     let lanes = S::LANES;
     let mq = m.len();
     let body = hd - hd % lanes;
-
-    // 2a. S[r, j] = Qp[r] · k[j0 + j] for j < nk: KB keys × (2 or 1) rows per block, so that each
-    //     key vector loaded serves several rows and the FMA chains are independent
-    let mut j = 0;
-    while j < nk {
-        let kb = if nk - j >= KB { KB } else { 1 };
-        let mut r = 0;
-        while r < mq {
-            let rb = if mq - r >= 2 { 2 } else { 1 };
-            match (rb, kb) {
-                (2, KB) => dots::<S, 2, KB>(s, kt, krs, j, qp, hd, r, body, sm),
-                (2, _) => dots::<S, 2, 1>(s, kt, krs, j, qp, hd, r, body, sm),
-                (_, KB) => dots::<S, 1, KB>(s, kt, krs, j, qp, hd, r, body, sm),
-                _ => dots::<S, 1, 1>(s, kt, krs, j, qp, hd, r, body, sm),
-            }
-            r += rb;
-        }
-        j += kb;
-    }
 
     // 2b. online softmax of each row over its visible keys
     let cols = nk.div_ceil(lanes) * lanes;
@@ -240,6 +240,47 @@ fn head_tile<S: Simd, const NV: usize>(
             }
         }
         r += rb;
+    }
+}
+
+/// Sizes for [`QkArgs::run`].
+#[derive(Clone, Copy)]
+struct QkArgs {
+    hd: usize,
+    body: usize,
+    /// rows per kv head
+    rph: usize,
+    krs: usize,
+}
+
+impl QkArgs {
+    /// S[rows of kv head gi, j..j + kb] for the task's kv head gi; kt: the tile's first K row of that head.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn run<S: Simd>(
+        &self,
+        s: S,
+        kt: &[f32],
+        gi: usize,
+        j: usize,
+        kb: usize,
+        qp: &[f32],
+        sm: &mut [f32],
+    ) {
+        let QkArgs { hd, body, rph, krs } = *self;
+        let qh = &qp[gi * rph * hd..(gi + 1) * rph * hd];
+        let sh = &mut sm[gi * rph * KEY_TILE..(gi + 1) * rph * KEY_TILE];
+        let mut r = 0;
+        while r < rph {
+            let rb = if rph - r >= 2 { 2 } else { 1 };
+            match (rb, kb) {
+                (2, KB) => dots::<S, 2, KB>(s, kt, krs, j, qh, hd, r, body, sh),
+                (2, _) => dots::<S, 2, 1>(s, kt, krs, j, qh, hd, r, body, sh),
+                (_, KB) => dots::<S, 1, KB>(s, kt, krs, j, qh, hd, r, body, sh),
+                _ => dots::<S, 1, 1>(s, kt, krs, j, qh, hd, r, body, sh),
+            }
+            r += rb;
+        }
     }
 }
 
