@@ -3,8 +3,8 @@
 //! and the vision tower).
 //!
 //! Work counted:
-//! - decode reads every text weight once per token (all linears of every layer + lm_head, at the bytes
-//!   per element of the packed weights) plus the KV cache up to the current position;
+//! - decode reads every text weight once per token (all linears of every layer + lm_head: the bytes of the
+//!   packed weights as loaded) plus the KV cache (f32) up to the current position;
 //! - prefill FLOPs: 2·(linear params)·n + causal attention 4·n_q·hd·n(n+1)/2 per layer + lm_head on the
 //!   last row;
 //! - vision FLOPs: patch embed, per block 2·N·(4D² + 2DF) + attention 4·N²·D, and the mergers on N/4 rows.
@@ -145,8 +145,28 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     let layers = t.num_hidden_layers as u64;
     let linear_params = layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
     let head_params = t.vocab_size as u64 * h;
-    let bytes_per_weight = 2; // packed bf16
-    let weight_bytes_per_token = (linear_params + head_params) * bytes_per_weight;
+    // Bytes of the packed weights each decode step streams: every text linear and the lm head.
+    let weight_bytes_per_token: u64 = model
+        .language_model
+        .layers
+        .iter()
+        .map(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+            .iter()
+            .map(|lin| lin.weight.bytes() as u64)
+            .sum::<u64>()
+        })
+        .sum::<u64>()
+        + model.lm_head.weight.bytes() as u64;
     let mean_ctx = n as u64 + (opts.gen_tokens as u64).div_ceil(2);
     let kv_bytes_per_token = 2 * layers * kv * 4 * mean_ctx;
     let nn = n as f64;

@@ -601,7 +601,7 @@ fn safetensors_header(tensors: &[TensorSpec]) -> Vec<u8> {
         off += t.bytes();
     }
     let mut h = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len());

@@ -380,7 +380,7 @@ mod tests {
         s.apply_penalties(&mut l);
         assert_eq!(l, vec![2.0, -2.0, 3.0, 1.25, -0.5]);
         // Greedy then picks token 2 (3.0), not token 0 (4.0 → 2.0).
-        assert_eq!(s.choose(&mut vec![4.0, -1.0, 3.0, 2.5, -0.5]).unwrap(), 2);
+        assert_eq!(s.choose(&mut [4.0, -1.0, 3.0, 2.5, -0.5]).unwrap(), 2);
     }
 
     #[test]
@@ -400,7 +400,7 @@ mod tests {
         s.apply_penalties(&mut l);
         // token 0: 1 - 0.5 - 3·0.25 = -0.25; token 2: 1 - 0.5 - 0.25 = 0.25
         assert_eq!(l, vec![-0.25, 1.0, 0.25, 1.0]);
-        assert_eq!(s.choose(&mut vec![1.2, 1.0, 1.0, 0.9]).unwrap(), 1);
+        assert_eq!(s.choose(&mut [1.2, 1.0, 1.0, 0.9]).unwrap(), 1);
     }
 
     #[test]
