@@ -47,7 +47,7 @@ enum Cmd {
         /// A system message.
         #[arg(long)]
         system: Option<String>,
-        /// The user's message.
+        /// The user's message (`-` reads it from standard input).
         #[arg(long)]
         prompt: String,
         #[command(flatten)]
@@ -506,6 +506,12 @@ fn cmd_generate(
     if args.context == Some(0) {
         bail!("--context must be at least 1");
     }
+    let prompt = if prompt == "-" {
+        read_prompt_stdin()?
+    } else {
+        prompt.to_string()
+    };
+    let prompt = prompt.as_str();
     let engine = load_engine(args)?;
     let pixels = images
         .iter()
@@ -553,6 +559,22 @@ fn cmd_generate(
     Ok(())
 }
 
+/// The prompt from standard input, refusing more than the engine accepts before reading it all.
+fn read_prompt_stdin() -> Result<String> {
+    use std::io::Read;
+    let limit = qwen3vl_engine::session::MAX_PROMPT_BYTES;
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .context("reading the prompt from standard input")?;
+    if buf.len() > limit {
+        bail!("the prompt on standard input is over the limit of {limit} bytes");
+    }
+    String::from_utf8(buf).context("the prompt on standard input is not UTF-8")
+}
+
 fn summary(load_s: f64, s: &TurnStats, finish: &str) -> String {
     let mut parts = Vec::new();
     if load_s > 0.0 {
@@ -572,11 +594,14 @@ fn summary(load_s: f64, s: &TurnStats, finish: &str) -> String {
     ));
     parts.push(format!(
         "decode {} tokens {:.2} s ({:.1} tok/s)",
-        s.generated_tokens,
+        s.decode_steps,
         s.decode_seconds,
         s.decode_tok_s()
     ));
-    parts.push(format!("finish: {finish}"));
+    parts.push(format!(
+        "{} tokens generated, finish: {finish}",
+        s.generated_tokens
+    ));
     parts.join(" | ")
 }
 

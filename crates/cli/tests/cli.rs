@@ -571,3 +571,42 @@ fn logits_writes_safetensors() {
     assert_clean_failure(&o, "/nonexistent/dir");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn prompt_from_stdin_equals_prompt_argument() {
+    use std::io::Write as _;
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let args = |p: &'static str| {
+        vec![
+            "generate",
+            "--model",
+            dir,
+            "--prompt",
+            p,
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--print-ids",
+        ]
+    };
+    let a = qwen3vl(&args("Hello!"));
+    assert!(a.status.success(), "{}", stderr(&a));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .args(args("-"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello!").unwrap();
+    let b = child.wait_with_output().unwrap();
+    assert!(b.status.success(), "{}", stderr(&b));
+    let ids = |e: &str| {
+        e.lines()
+            .find(|l| l.starts_with("ids:"))
+            .map(str::to_string)
+    };
+    assert!(ids(&stderr(&a)).is_some());
+    assert_eq!(ids(&stderr(&a)), ids(&stderr(&b)));
+}
