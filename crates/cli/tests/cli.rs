@@ -610,3 +610,37 @@ fn prompt_from_stdin_equals_prompt_argument() {
     assert!(ids(&stderr(&a)).is_some());
     assert_eq!(ids(&stderr(&a)), ids(&stderr(&b)));
 }
+
+#[test]
+fn chat_refuses_a_turn_that_does_not_fit_and_goes_on() {
+    use std::io::Write as _;
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .args([
+            "chat",
+            "--model",
+            dir,
+            "--context",
+            "30",
+            "--temperature",
+            "0",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello\nHello again\n/reset\nHi\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("does not fit"), "{err}");
+    // The first turn fills the context (9 prompt tokens + 21 generated); after /reset a turn runs again.
+    assert_eq!(err.matches("finish: length").count(), 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

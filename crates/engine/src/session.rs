@@ -245,6 +245,18 @@ impl Session<'_> {
         self.cache.max_len()
     }
 
+    /// Tokens the next turn with `messages` and `images` would add to the cache before generating
+    /// (the tokens closing the previous answer plus the turn's prompt).
+    pub fn turn_len(
+        &self,
+        messages: &[Message],
+        images: &[ImageInput],
+    ) -> Result<usize, EngineError> {
+        check_prompt_bytes(messages)?;
+        let prompt = self.engine.processor.encode(messages, images, true)?;
+        Ok(self.close.len() + prompt.input_ids.len())
+    }
+
     /// Forget the conversation.
     pub fn reset(&mut self) {
         self.cache.clear();
