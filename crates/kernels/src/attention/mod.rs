@@ -201,7 +201,6 @@ impl Kernels {
                     vl,
                     p: *p,
                     group: p.n_q_heads / p.n_kv_heads,
-                    tile_rows: 0,
                     out: SyncPtr(out.as_mut_ptr()),
                     partial: SyncPtr(std::ptr::null_mut()),
                     slot_len: 0,
@@ -252,8 +251,6 @@ pub(crate) struct Job<'a> {
     pub p: AttnParams,
     /// Query heads per kv head.
     pub group: usize,
-    /// Query rows per query tile (a tile holds tile_rows · group (row, head) pairs).
-    pub tile_rows: usize,
     /// out: (q_len, n_q_heads, head_dim).
     out: SyncPtr,
     /// Split-KV partials: one slot per task, slot_len = (rows of the largest task)·(2 + head_dim) floats, each row
@@ -406,7 +403,6 @@ fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
         heads,
         chunks,
     } = plan(&p, group, k.threads());
-    job.tile_rows = tile_rows;
     let n_qt = p.q_len.div_ceil(tile_rows);
 
     // Tasks, the longest first: with a causal mask the last query tiles see the most keys.
