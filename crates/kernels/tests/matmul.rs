@@ -239,6 +239,10 @@ fn small_shapes() {
     run_shape(2, 64, 70, false);
     run_shape(5, 33, 129, false);
     run_shape(9, 31, 17, false);
+    // every remainder of the 6-row (bf16 dot) and 4-row (exact) register tiles
+    run_shape(4, 40, 100, false);
+    run_shape(10, 40, 100, false);
+    run_shape(11, 40, 100, false);
 }
 
 #[test]
