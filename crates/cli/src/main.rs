@@ -523,13 +523,14 @@ fn cmd_generate(
     }
     messages.push(user_message(images.len(), prompt));
     // Size the KV cache for this request: prompt + answer, within the context.
-    qwen3vl_engine::session::check_prompt_bytes(&messages)?;
+    let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
+    use qwen3vl_engine::session::{check_prompt_bytes, prompt_byte_limit};
+    check_prompt_bytes(&messages, prompt_byte_limit(context))?;
     let prompt_len = engine
         .processor
         .encode(&messages, &pixels, true)?
         .input_ids
         .len();
-    let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
     let max_tokens = match sampling.max_tokens {
         Some(n) => n,
         None => {

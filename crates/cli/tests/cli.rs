@@ -373,6 +373,18 @@ fn prompt_longer_than_context_is_a_clean_error() {
         &long,
     ]);
     assert_clean_failure(&o, "context");
+    // Far too long for the context: refused by size before tokenizing.
+    let huge = "word ".repeat(1000);
+    let o = qwen3vl(&[
+        "generate",
+        "--model",
+        dir,
+        "--context",
+        "64",
+        "--prompt",
+        &huge,
+    ]);
+    assert_clean_failure(&o, "bytes");
 }
 
 #[test]

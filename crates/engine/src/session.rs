@@ -19,8 +19,15 @@ use crate::generation_config::{GenerationConfig, GenerationConfigError};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
 use crate::stream::{StreamDecoder, TokenBytes};
 
-/// Largest prompt text accepted before tokenization (RELIABILITY 11): a bound on tokenizer time.
+/// Largest prompt text accepted before tokenization (RELIABILITY 11): a bound on tokenizer time
+/// (about 3 s for 4 MiB on one loaded core).
 pub const MAX_PROMPT_BYTES: usize = 4 << 20;
+
+/// Bytes of prompt text worth tokenizing for a context of `context` tokens: 16 bytes per token (far above
+/// any real text's average), at most [`MAX_PROMPT_BYTES`].
+pub fn prompt_byte_limit(context: usize) -> usize {
+    MAX_PROMPT_BYTES.min(context.saturating_mul(16))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -48,8 +55,8 @@ pub enum EngineError {
     Output(#[from] std::io::Error),
 }
 
-/// Refuse prompt text over [`MAX_PROMPT_BYTES`] before tokenizing it (RELIABILITY 11).
-pub fn check_prompt_bytes(messages: &[Message]) -> Result<(), EngineError> {
+/// Refuse prompt text over `limit` bytes before tokenizing it (RELIABILITY 11).
+pub fn check_prompt_bytes(messages: &[Message], limit: usize) -> Result<(), EngineError> {
     let text_bytes: usize = messages
         .iter()
         .flat_map(|m| &m.content)
@@ -58,9 +65,9 @@ pub fn check_prompt_bytes(messages: &[Message]) -> Result<(), EngineError> {
             _ => 0,
         })
         .sum();
-    if text_bytes > MAX_PROMPT_BYTES {
+    if text_bytes > limit {
         return Err(EngineError::Input(format!(
-            "the prompt text is {text_bytes} bytes, over the limit of {MAX_PROMPT_BYTES}"
+            "the prompt text is {text_bytes} bytes, over the limit of {limit} bytes for this context"
         )));
     }
     Ok(())
@@ -252,7 +259,7 @@ impl Session<'_> {
         messages: &[Message],
         images: &[ImageInput],
     ) -> Result<usize, EngineError> {
-        check_prompt_bytes(messages)?;
+        check_prompt_bytes(messages, prompt_byte_limit(self.engine.context_len()))?;
         let prompt = self.engine.processor.encode(messages, images, true)?;
         Ok(self.close.len() + prompt.input_ids.len())
     }
@@ -282,7 +289,7 @@ impl Session<'_> {
                 "max_tokens must be at least 1".to_string(),
             ));
         }
-        check_prompt_bytes(messages)?;
+        check_prompt_bytes(messages, prompt_byte_limit(self.engine.context_len()))?;
         let mut sampler = Sampler::new(params.sampling.clone())?;
 
         // 1. Tokens and positions of this turn, continuing the cache.

@@ -199,6 +199,7 @@ fn refused_requests_leave_the_session_usable() {
     assert!(e.contains("context of 40"), "{e}");
     // over the byte limit, refused before tokenization
     let huge = "x".repeat(qwen3vl_engine::session::MAX_PROMPT_BYTES + 1);
+    assert_eq!(qwen3vl_engine::session::prompt_byte_limit(1000), 16000);
     let e = err(s.generate(&[user(0, &huge)], &[], &greedy(1), none));
     assert!(e.contains("bytes"), "{e}");
     // out-of-range sampling parameter
