@@ -260,7 +260,7 @@ fn worker(sh: &'static Shared, index: usize) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() >= sh.spin {
+            if spins.is_multiple_of(64) && start.elapsed() >= sh.spin {
                 sh.sleeping[index].store(true, Ordering::SeqCst);
                 // Re-check after announcing: the caller bumps `generation` before reading `sleeping`.
                 if sh.generation.load(Ordering::SeqCst) == seen {

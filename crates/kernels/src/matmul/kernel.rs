@@ -2,6 +2,8 @@
 //! raw-pointer loads), `#[inline(always)]` so each ISA's `#[target_feature]` entry point compiles them for
 //! that ISA. Preconditions (all lengths consistent) are checked by the public API in `mod.rs`.
 
+#![allow(clippy::needless_range_loop)] // register tiles read best as acc[m][v]
+
 use super::Args;
 use crate::simd::Simd;
 

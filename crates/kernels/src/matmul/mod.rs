@@ -133,17 +133,20 @@ unsafe impl Send for Args<'_> {}
 
 /// Range functions of one level. `unsafe`: they need the level's CPU features, index without checks (the
 /// public API has checked all lengths) and write through `Args::y`.
+/// A range function: (operands, weight, first, end) over output rows or column groups.
+pub(crate) type RangeFn<T> = unsafe fn(&Args, &[T], usize, usize);
+
 pub(crate) struct MmTable {
     /// Output columns r0..r1 (rows of W) for all m, W row-major (n, k). Reads `Args::xp`.
-    pub gemv_bf16: unsafe fn(&Args, &[u16], usize, usize),
+    pub gemv_bf16: RangeFn<u16>,
     /// Same with x rounded to bf16 (reads `Args::xb`) and `vdpbf16ps`, where available.
-    pub gemv_bf16_dot: Option<unsafe fn(&Args, &[u16], usize, usize)>,
-    pub gemv_f32: unsafe fn(&Args, &[f32], usize, usize),
+    pub gemv_bf16_dot: Option<RangeFn<u16>>,
+    pub gemv_f32: RangeFn<f32>,
     /// Column groups g0..g1 for all m, W packed; exact f32 arithmetic.
-    pub packed_bf16: unsafe fn(&Args, &[u16], usize, usize),
+    pub packed_bf16: RangeFn<u16>,
     /// Same with x rounded to bf16 (reads `Args::xb`) and `vdpbf16ps`, where available.
-    pub packed_bf16_dot: Option<unsafe fn(&Args, &[u16], usize, usize)>,
-    pub packed_f32: unsafe fn(&Args, &[f32], usize, usize),
+    pub packed_bf16_dot: Option<RangeFn<u16>>,
+    pub packed_f32: RangeFn<f32>,
     /// f32 -> bf16 RNE, for `Args::xb`.
     pub to_bf16: unsafe fn(&[f32], &mut [u16]),
     /// G.

@@ -163,7 +163,15 @@ pub static AVX512_BF16: MmTable = MmTable {
 /// The `vdpbf16ps` microkernel: for each pair of k, broadcast x's bf16 pair (one 32-bit lane) per row and
 /// accumulate into MR × 4 zmm (64 columns): acc[m][v] += x[m][2p]·w[v·16+i][2p] + x[m][2p+1]·w[..][2p+1].
 pub mod bf16dot {
+    #![allow(clippy::needless_range_loop)] // register tiles read best as acc[m][v]
     use super::*;
+
+    /// 32 bf16 as the operand type of `vdpbf16ps` (same bits).
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // Safety: both are 64-byte plain vectors; every bit pattern is valid.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
     const NV: usize = 4;
     const MR: usize = 6;
     const G: usize = NV * 16;
@@ -214,9 +222,9 @@ pub mod bf16dot {
             }
             for m in 0..R {
                 let pair = (x.add(m * ldx + 2 * p) as *const i32).read_unaligned();
-                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                let xv = bh(_mm512_set1_epi32(pair));
                 for v in 0..NV {
-                    acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xv, std::mem::transmute(wv[v]));
+                    acc[m][v] = _mm512_dpbf16_ps(acc[m][v], xv, bh(wv[v]));
                 }
             }
         }
@@ -243,19 +251,14 @@ pub mod bf16dot {
                     for (u, acc) in acc.iter_mut().enumerate() {
                         let wv = _mm512_loadu_si512(wr.add(kk + 32 * u) as *const __m512i);
                         let xv = _mm512_loadu_si512(x.add(kk + 32 * u) as *const __m512i);
-                        *acc = _mm512_dpbf16_ps(
-                            *acc,
-                            std::mem::transmute(xv),
-                            std::mem::transmute(wv),
-                        );
+                        *acc = _mm512_dpbf16_ps(*acc, bh(xv), bh(wv));
                     }
                     kk += 128;
                 }
                 while kk + 32 <= k {
                     let wv = _mm512_loadu_si512(wr.add(kk) as *const __m512i);
                     let xv = _mm512_loadu_si512(x.add(kk) as *const __m512i);
-                    acc[0] =
-                        _mm512_dpbf16_ps(acc[0], std::mem::transmute(xv), std::mem::transmute(wv));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], bh(xv), bh(wv));
                     kk += 32;
                 }
                 // horizontal sum, scalar tail (on the bf16-rounded x), bias
@@ -280,8 +283,8 @@ pub mod bf16dot {
         // vector body
         let mut i = 0;
         while i < body {
-            let b: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i))));
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i)));
+            let b = std::mem::transmute::<__m256bh, __m256i>(h);
             _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
             i += 16;
         }
