@@ -656,3 +656,45 @@ fn chat_refuses_a_turn_that_does_not_fit_and_goes_on() {
     assert_eq!(err.matches("finish: length").count(), 2, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `init-random --preset tiny` (seed 0) is a checkpoint transformers loads as is, and greedy decoding on it
+/// gives transformers' ids. Expected ids from transformers 5.23 / torch 2.15 (float32):
+/// `Qwen3VLForConditionalGeneration.from_pretrained(DIR)`, `AutoProcessor.from_pretrained(DIR)`, the chat
+/// template with add_generation_prompt, `generate(max_new_tokens=8, do_sample=False)`; the image case with
+/// testdata/model-reference/img_64x96.png before the text.
+#[test]
+fn init_random_tiny_matches_transformers_greedy() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let img = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-reference/img_64x96.png"
+    );
+    let ids = |extra: &[&str], prompt: &str| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir,
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ];
+        args.extend_from_slice(&["--precision", "f32", "--print-ids", "--prompt", prompt]);
+        args.extend_from_slice(extra);
+        let o = qwen3vl(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+            .lines()
+            .find(|l| l.starts_with("ids:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ids(&[], "Hello!"), format!("ids: {:?}", [140539u32; 8]));
+    assert_eq!(
+        ids(&["--image", img], "Describe this image."),
+        format!(
+            "ids: {:?}",
+            [49759u32, 78309, 78309, 78309, 78309, 78309, 78309, 78309]
+        )
+    );
+}
