@@ -635,8 +635,15 @@ fn cmd_chat(args: &ModelArgs, system: Option<&str>, sampling: &SamplingArgs) -> 
         if text.is_empty() {
             continue;
         }
-        if let Some(path) = text.strip_prefix("/image") {
+        if let Some(path) = text
+            .strip_prefix("/image ")
+            .or_else(|| (text == "/image").then_some(""))
+        {
             let path = Path::new(path.trim());
+            if path.as_os_str().is_empty() {
+                eprintln!("usage: /image PATH");
+                continue;
+            }
             match engine.load_image(path) {
                 Ok(img) => {
                     eprintln!("[image {} attached to the next message]", path.display());
