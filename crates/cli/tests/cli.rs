@@ -156,11 +156,24 @@ fn init_random_unknown_preset_is_a_clean_error() {
     assert_clean_failure(&o, "unknown preset");
 }
 
-/// One tiny random checkpoint per test process, written by the binary itself.
+/// One tiny random checkpoint per test process, written by the binary itself into the target's temp
+/// directory; those of earlier processes that have ended are removed first.
 fn tiny_checkpoint() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = temp_dir("tiny-shared");
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("qwen3vl-cli-tiny-") {
+                    if !std::path::Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let dir = root.join(format!("qwen3vl-cli-tiny-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let o = qwen3vl(&[
             "init-random",
             "--preset",
