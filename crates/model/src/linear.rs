@@ -56,6 +56,7 @@ pub(crate) fn pack(
             k.pack_weight(Weight::F32(&f), n, kk)
         }
     };
+    t.release();
     packed.map_err(|source| ModelError::Kernel {
         context: format!("packing {}", t.key),
         source,
@@ -124,7 +125,10 @@ impl<'a> Vb<'a> {
     }
 
     pub fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
-        self.tensor(name, &[n])?.to_f32()
+        let t = self.tensor(name, &[n])?;
+        let v = t.to_f32()?;
+        t.release();
+        Ok(v)
     }
 
     /// `{name}.weight` (out, in) and, if `bias`, `{name}.bias` (out).

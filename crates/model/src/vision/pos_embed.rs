@@ -34,7 +34,12 @@ impl PosEmbed {
     pub(crate) fn load(vb: &Vb, cfg: &VisionConfig) -> Result<PosEmbed, ModelError> {
         let (n, d) = (cfg.num_position_embeddings, cfg.hidden_size);
         Ok(PosEmbed {
-            weight: vb.tensor("weight", &[n, d])?.to_f32()?,
+            weight: {
+                let t = vb.tensor("weight", &[n, d])?;
+                let w = t.to_f32()?;
+                t.release();
+                w
+            },
             side: cfg.grid_side(),
             dim: d,
         })
