@@ -37,10 +37,7 @@ pub struct VisionBlock {
 #[derive(Default)]
 pub(crate) struct VisionScratch {
     pub h: Vec<f32>,    // (n, D)
-    pub qkv: Vec<f32>,  // (n, 3D)
-    pub q: Vec<f32>,    // (n, heads, hv)
-    pub k: Vec<f32>,    // (n, heads, hv)
-    pub v: Vec<f32>,    // (n, heads, hv)
+    pub qkv: Vec<f32>,  // (n, 3, heads, hv)
     pub attn: Vec<f32>, // (n, heads, hv)
     pub mlp: Vec<f32>,  // (n, F)
 }
@@ -86,7 +83,7 @@ impl VisionBlock {
         let k = &c.k;
         let (heads, hv) = (self.attn.num_heads, self.attn.head_dim);
         let d = heads * hv;
-        for b in [&mut s.h, &mut s.q, &mut s.k, &mut s.v, &mut s.attn] {
+        for b in [&mut s.h, &mut s.attn] {
             b.resize(n * d, 0.0);
         }
         s.qkv.resize(n * 3 * d, 0.0);
@@ -94,26 +91,29 @@ impl VisionBlock {
 
         // 1. h = norm1(x)                                             (n, D)
         self.norm1.forward(k, x, &mut s.h)?;
-        // 2. qkv = h·Wqkvᵀ + b -> view (n, 3, heads, hv); split into q, k, v (n, heads, hv)
+        // 2. qkv = h·Wqkvᵀ + b, viewed as (n, 3, heads, hv): q, k, v are strided views of it (no copies)
         self.attn.qkv.forward(c, &s.h, n, &mut s.qkv)?;
-        for (r, row) in s.qkv.chunks_exact(3 * d).enumerate() {
-            s.q[r * d..(r + 1) * d].copy_from_slice(&row[..d]);
-            s.k[r * d..(r + 1) * d].copy_from_slice(&row[d..2 * d]);
-            s.v[r * d..(r + 1) * d].copy_from_slice(&row[2 * d..]);
-        }
         // 3. q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)      (fp32, rotate_half pairs)
-        k.rope_half(&mut s.q, heads, hv, inp.cos, inp.sin)
-            .ctx("vision rope q")?;
-        k.rope_half(&mut s.k, heads, hv, inp.cos, inp.sin)
-            .ctx("vision rope k")?;
+        //    q and k of one row are adjacent: rotate them together as 2·heads heads of that row.
+        let half = hv / 2;
+        for (r, row) in s.qkv.chunks_exact_mut(3 * d).enumerate() {
+            k.rope_half(
+                &mut row[..2 * d],
+                2 * heads,
+                hv,
+                &inp.cos[r * half..(r + 1) * half],
+                &inp.sin[r * half..(r + 1) * half],
+            )
+            .ctx("vision rope q, k")?;
+        }
         // 4. attn = softmax(q·kᵀ / sqrt(hv))·v within each segment (no mask, no attention across images)
         let layout = AttnLayout {
-            row_stride: d,
+            row_stride: 3 * d,
             head_stride: hv,
         };
         let mut start = 0;
         for &len in inp.segments {
-            let r = start * d..(start + len) * d;
+            let r = start * 3 * d..(start + len) * 3 * d;
             let p = AttnParams {
                 n_q_heads: heads,
                 n_kv_heads: heads,
@@ -123,14 +123,15 @@ impl VisionBlock {
                 scale: 1.0 / (hv as f32).sqrt(),
                 causal: false,
             };
+            let seg = &s.qkv[r];
             k.attention(
-                &s.q[r.clone()],
+                seg,
                 layout,
-                &s.k[r.clone()],
+                seg.get(d..).unwrap_or_default(),
                 layout,
-                &s.v[r.clone()],
+                seg.get(2 * d..).unwrap_or_default(),
                 layout,
-                &mut s.attn[r],
+                &mut s.attn[start * d..(start + len) * d],
                 &p,
             )
             .ctx("vision attention")?;
