@@ -20,6 +20,7 @@ mod kv_cache;
 mod linear;
 mod model;
 mod norm;
+mod plan;
 pub mod text;
 pub mod trace;
 pub mod vision;
@@ -28,6 +29,7 @@ pub mod weights;
 pub use config::{Config, TextConfig, VisionConfig};
 pub use kv_cache::KvCache;
 pub use model::{top_k, LoadOptions, Logits, Model, Precision, TopK, VisionOutput};
+pub use plan::{Plan, PlanOp};
 pub use qwen3vl_processor::ImageInput;
 pub use trace::{Trace, TraceMap};
 

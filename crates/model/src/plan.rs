@@ -1,0 +1,236 @@
+//! `Model::plan()`: what runs for each op of the loaded model — the kernel, the weight layout and the
+//! memory it holds (the `qwen3vl plan` command prints it).
+
+use std::fmt;
+
+use crate::linear::Linear;
+use crate::model::Model;
+use crate::weights::Dtype;
+
+/// One op of the forward pass (repeated `count` times: once per layer/block that has it).
+#[derive(Clone, Debug)]
+pub struct PlanOp {
+    /// where it runs, e.g. `language_model.layers.*.self_attn`
+    pub scope: String,
+    /// the op, e.g. `q_proj (2048 <- 2048)`
+    pub op: String,
+    /// the kernel that runs it
+    pub kernel: String,
+    /// how its weights are stored
+    pub layout: String,
+    /// bytes of weights held per instance
+    pub bytes: u64,
+    pub count: usize,
+}
+
+/// The printable plan of a loaded model.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub isa: String,
+    pub threads: usize,
+    pub precision: String,
+    pub ops: Vec<PlanOp>,
+    /// KV cache bytes per token of context (f32 K and V of every layer)
+    pub kv_bytes_per_token: u64,
+}
+
+impl Plan {
+    /// Bytes of all weights the model holds in memory (packed copies and f32 vectors; the mmapped
+    /// embedding table is not counted: only the rows read become resident).
+    pub fn weight_bytes(&self) -> u64 {
+        self.ops.iter().map(|o| o.bytes * o.count as u64).sum()
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "isa {}, {} threads, precision {}",
+            self.isa, self.threads, self.precision
+        )?;
+        writeln!(
+            f,
+            "{:<32} {:<46} {:>5} {:<40} {:<52} {:>12}",
+            "scope", "op", "count", "kernel", "weight layout", "memory"
+        )?;
+        for o in &self.ops {
+            writeln!(
+                f,
+                "{:<32} {:<46} {:>5} {:<40} {:<52} {:>12}",
+                o.scope,
+                o.op,
+                o.count,
+                o.kernel,
+                o.layout,
+                mib(o.bytes * o.count as u64)
+            )?;
+        }
+        writeln!(f, "weights held: {}", mib(self.weight_bytes()))?;
+        writeln!(
+            f,
+            "KV cache: {} per token of context (f32)",
+            mib(self.kv_bytes_per_token)
+        )
+    }
+}
+
+impl Model {
+    /// The kernel, weight layout and memory of each op of the loaded model.
+    pub fn plan(&self) -> Plan {
+        let k = self.kernels();
+        let path = match self.precision() {
+            crate::model::Precision::F32 => "Exact",
+            crate::model::Precision::Fast => "Fast",
+        };
+        let mut ops = Vec::new();
+        let lin = |scope: &str, name: &str, l: &Linear, count: usize| {
+            let w = &l.weight;
+            let dt = if w.is_bf16() { "bf16" } else { "f32" };
+            PlanOp {
+                scope: scope.into(),
+                op: format!("{name} ({} <- {})", l.out_features, l.in_features),
+                kernel: format!("matmul {path}, {} threads", k.threads()),
+                layout: format!(
+                    "packed {dt} panels for {:?} ({}x{}){}",
+                    w.isa(),
+                    w.n(),
+                    w.k(),
+                    if l.bias.is_some() { " + f32 bias" } else { "" }
+                ),
+                bytes: (w.bytes() + l.bias.as_ref().map_or(0, |b| b.len() * 4)) as u64,
+                count,
+            }
+        };
+        let vec_op = |scope: &str, name: &str, kernel: &str, floats: usize, count: usize| PlanOp {
+            scope: scope.into(),
+            op: name.into(),
+            kernel: kernel.into(),
+            layout: if floats == 0 {
+                "-".into()
+            } else {
+                format!("f32 ({floats})")
+            },
+            bytes: floats as u64 * 4,
+            count,
+        };
+
+        // vision tower
+        let v = &self.visual;
+        ops.push(lin("visual.patch_embed", "proj", &v.patch_embed.proj, 1));
+        ops.push(PlanOp {
+            scope: "visual.pos_embed".into(),
+            op: format!("bilinear ({}x{} grid)", v.pos_embed.side, v.pos_embed.side),
+            kernel: "scalar interpolation".into(),
+            layout: format!("f32 ({}, {})", v.pos_embed.side.pow(2), v.pos_embed.dim),
+            bytes: v.pos_embed.weight.len() as u64 * 4,
+            count: 1,
+        });
+        if let Some(b) = v.blocks.first() {
+            let (s, n) = ("visual.blocks.*", v.blocks.len());
+            let ln = b.norm1.weight.len() * 2;
+            ops.push(vec_op(s, "norm1", "layer_norm", ln, n));
+            ops.push(lin(s, "attn.qkv", &b.attn.qkv, n));
+            ops.push(vec_op(s, "rope q,k (2-D)", "rope_half", 0, n));
+            ops.push(vec_op(
+                s,
+                "attention (per image, on the fused qkv)",
+                "attention (flash, non-causal)",
+                0,
+                n,
+            ));
+            ops.push(lin(s, "attn.proj", &b.attn.proj, n));
+            ops.push(vec_op(s, "norm2", "layer_norm", ln, n));
+            ops.push(lin(s, "mlp.linear_fc1", &b.mlp.linear_fc1, n));
+            ops.push(vec_op(s, "gelu_tanh", "gelu_tanh", 0, n));
+            ops.push(lin(s, "mlp.linear_fc2", &b.mlp.linear_fc2, n));
+        }
+        for (name, m, count) in [
+            ("visual.merger", Some(&v.merger), 1),
+            (
+                "visual.deepstack_merger_list.*",
+                v.deepstack_merger_list.first(),
+                v.deepstack_merger_list.len(),
+            ),
+        ] {
+            if let Some(m) = m {
+                ops.push(vec_op(
+                    name,
+                    "norm",
+                    "layer_norm",
+                    m.norm.weight.len() * 2,
+                    count,
+                ));
+                ops.push(lin(name, "linear_fc1", &m.linear_fc1, count));
+                ops.push(vec_op(name, "gelu_erf", "gelu_erf", 0, count));
+                ops.push(lin(name, "linear_fc2", &m.linear_fc2, count));
+            }
+        }
+
+        // text decoder
+        let t = &self.language_model;
+        let e = &t.embed_tokens;
+        let dt = match e.dtype {
+            Dtype::BF16 => "bf16",
+            Dtype::F16 => "f16",
+            _ => "f32",
+        };
+        ops.push(PlanOp {
+            scope: "language_model.embed_tokens".into(),
+            op: "row lookup".into(),
+            kernel: "widen rows to f32".into(),
+            layout: format!("mmapped {dt} {:?}, rows read on demand", e.shape),
+            bytes: 0,
+            count: 1,
+        });
+        if let Some(l) = t.layers.first() {
+            let (s, n) = ("language_model.layers.*", t.layers.len());
+            let (a, m) = (&l.self_attn, &l.mlp);
+            let h = l.input_layernorm.weight.len();
+            ops.push(vec_op(s, "input_layernorm", "rms_norm", h, n));
+            ops.push(lin(s, "self_attn.q_proj", &a.q_proj, n));
+            ops.push(lin(s, "self_attn.k_proj -> KV cache", &a.k_proj, n));
+            ops.push(lin(s, "self_attn.v_proj -> KV cache", &a.v_proj, n));
+            ops.push(vec_op(s, "q_norm, k_norm", "rms_norm", a.head_dim * 2, n));
+            ops.push(vec_op(s, "M-RoPE q,k", "rope_half", 0, n));
+            ops.push(vec_op(
+                s,
+                format!("attention GQA {}/{} heads", a.num_heads, a.num_kv_heads).as_str(),
+                "attention (causal; split-KV in decode)",
+                0,
+                n,
+            ));
+            ops.push(lin(s, "self_attn.o_proj", &a.o_proj, n));
+            ops.push(vec_op(s, "post_attention_layernorm", "rms_norm", h, n));
+            ops.push(lin(s, "mlp.gate_proj", &m.gate_proj, n));
+            ops.push(lin(s, "mlp.up_proj", &m.up_proj, n));
+            ops.push(vec_op(s, "silu(gate)*up", "swiglu", 0, n));
+            ops.push(lin(s, "mlp.down_proj", &m.down_proj, n));
+        }
+        ops.push(vec_op(
+            "language_model.norm",
+            "norm",
+            "rms_norm",
+            t.norm.weight.len(),
+            1,
+        ));
+        ops.push(lin("lm_head", "lm_head", &self.lm_head, 1));
+
+        let tc = &self.config().text;
+        Plan {
+            isa: format!("{:?}", k.isa()),
+            threads: k.threads(),
+            precision: format!("{:?}", self.precision()),
+            ops,
+            kv_bytes_per_token: (tc.num_hidden_layers
+                * 2
+                * tc.num_key_value_heads
+                * tc.head_dim
+                * 4) as u64,
+        }
+    }
+}
