@@ -219,7 +219,7 @@ impl Processor {
             .filter(|(_, t)| t.special)
             .map(|(&id, t)| (t.content.clone(), id))
             .collect();
-        specials.sort_by(|a, b| a.1.cmp(&b.1));
+        specials.sort_by_key(|a| a.1);
 
         let image = ImageConfig::from_json(&read(&dir.join("preprocessor_config.json"))?)?;
         let source =

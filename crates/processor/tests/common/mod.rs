@@ -27,7 +27,7 @@ impl Reference {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.view().names().iter().any(|n| *n == name)
+        self.view().names().contains(&name)
     }
 
     /// (shape, raw little-endian bytes, dtype)
