@@ -72,13 +72,15 @@ impl Model {
         let done = Cell::new(0u64);
         let root = Vb::root(weights, kernels, opts.progress, &done);
         let vb = root.pp("model");
-        let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
-        let language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
         let (v, h) = (config.text.vocab_size, config.text.hidden_size);
+        // The lm head is packed first: packing holds a tensor's mapped source and its packed copy at once,
+        // and doing the largest tensor while little else is packed keeps peak RSS near the packed size.
         let lm_head = if config.tie_word_embeddings {
             // Tied: lm_head = embed_tokens (lm_head.weight, if present, is ignored as transformers does).
+            // (Not counted for progress here: the text model counts embed_tokens when it takes it.)
+            let embed = weights.float("model.language_model.embed_tokens.weight", &[v, h])?;
             Linear {
-                weight: pack(&kernels, &language_model.embed_tokens, v, h)?,
+                weight: pack(&kernels, &embed, v, h)?,
                 bias: None,
                 out_features: v,
                 in_features: h,
@@ -91,6 +93,8 @@ impl Model {
                 msg: "absent, and config.json says tie_word_embeddings = false".into(),
             });
         };
+        let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
+        let language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,
