@@ -152,18 +152,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         .iter()
         .map(|l| {
             let (a, m) = (&l.self_attn, &l.mlp);
-            [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ]
-            .iter()
-            .map(|lin| lin.weight.bytes() as u64)
-            .sum::<u64>()
+            [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                .iter()
+                .map(|lin| lin.weight.bytes() as u64)
+                .sum::<u64>()
         })
         .sum::<u64>()
         + model.lm_head.weight.bytes() as u64;

@@ -155,6 +155,47 @@ impl<'a> Vb<'a> {
         })
     }
 
+    /// Several `{name}.weight` (out_i, in) without bias stacked along the output rows into one packed
+    /// weight (Σ out_i, in): one matmul instead of several (fewer fork/joins, longer row streams in decode).
+    pub fn linear_cat(&self, parts: &[(&str, usize)], inp: usize) -> Result<Linear, ModelError> {
+        let ts = parts
+            .iter()
+            .map(|&(name, out)| self.pp(name).tensor("weight", &[out, inp]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out: usize = parts.iter().map(|p| p.1).sum();
+        let key = ts
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let packed = if ts.iter().all(|t| t.dtype == Dtype::BF16) {
+            let mut bits = Vec::with_capacity(out * inp);
+            for t in &ts {
+                bits.extend_from_slice(&t.bf16_bits().expect("bf16"));
+            }
+            self.k.pack_weight(Weight::Bf16(&bits), out, inp)
+        } else {
+            let mut f = Vec::with_capacity(out * inp);
+            for t in &ts {
+                f.extend_from_slice(&t.to_f32()?);
+            }
+            self.k.pack_weight(Weight::F32(&f), out, inp)
+        };
+        let weight = packed.map_err(|source| ModelError::Kernel {
+            context: format!("packing {key}"),
+            source,
+        })?;
+        for t in &ts {
+            t.release();
+        }
+        Ok(Linear {
+            weight,
+            bias: None,
+            out_features: out,
+            in_features: inp,
+        })
+    }
+
     pub fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm, ModelError> {
         let m = self.pp(name);
         Ok(LayerNorm {

@@ -192,9 +192,12 @@ impl Model {
             let (a, m) = (&l.self_attn, &l.mlp);
             let h = l.input_layernorm.weight.len();
             ops.push(vec_op(s, "input_layernorm", "rms_norm", h, n));
-            ops.push(lin(s, "self_attn.q_proj", &a.q_proj, n));
-            ops.push(lin(s, "self_attn.k_proj -> KV cache", &a.k_proj, n));
-            ops.push(lin(s, "self_attn.v_proj -> KV cache", &a.v_proj, n));
+            ops.push(lin(
+                s,
+                "self_attn.q|k|v_proj (k, v -> KV cache)",
+                &a.qkv_proj,
+                n,
+            ));
             ops.push(vec_op(s, "q_norm, k_norm", "rms_norm", a.head_dim * 2, n));
             ops.push(vec_op(s, "M-RoPE q,k", "rope_half", 0, n));
             ops.push(vec_op(
@@ -206,8 +209,7 @@ impl Model {
             ));
             ops.push(lin(s, "self_attn.o_proj", &a.o_proj, n));
             ops.push(vec_op(s, "post_attention_layernorm", "rms_norm", h, n));
-            ops.push(lin(s, "mlp.gate_proj", &m.gate_proj, n));
-            ops.push(lin(s, "mlp.up_proj", &m.up_proj, n));
+            ops.push(lin(s, "mlp.gate|up_proj", &m.gate_up_proj, n));
             ops.push(vec_op(s, "silu(gate)*up", "swiglu", 0, n));
             ops.push(lin(s, "mlp.down_proj", &m.down_proj, n));
         }

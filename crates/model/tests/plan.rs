@@ -24,11 +24,11 @@ fn plan_lists_every_weight_with_its_packed_bytes() {
     let gate = plan
         .ops
         .iter()
-        .find(|o| o.op.starts_with("mlp.gate_proj"))
+        .find(|o| o.op.starts_with("mlp.gate|up_proj"))
         .unwrap();
     assert_eq!(gate.count, t.num_hidden_layers);
     let l0 = &model.language_model.layers[0];
-    assert_eq!(gate.bytes, l0.mlp.gate_proj.weight.bytes() as u64);
+    assert_eq!(gate.bytes, l0.mlp.gate_up_proj.weight.bytes() as u64);
     // Every text layer's linears are counted once per layer.
     let text_linear: u64 = model
         .language_model
@@ -36,18 +36,10 @@ fn plan_lists_every_weight_with_its_packed_bytes() {
         .iter()
         .map(|l| {
             let (a, m) = (&l.self_attn, &l.mlp);
-            [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ]
-            .iter()
-            .map(|x| x.weight.bytes() as u64)
-            .sum::<u64>()
+            [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                .iter()
+                .map(|x| x.weight.bytes() as u64)
+                .sum::<u64>()
         })
         .sum();
     let planned: u64 = plan

@@ -7,12 +7,8 @@ use crate::{KernelCtx, ModelError};
 use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
 
 pub struct TextAttention {
-    /// (nq·hd, H)
-    pub q_proj: Linear,
-    /// (nkv·hd, H)
-    pub k_proj: Linear,
-    /// (nkv·hd, H)
-    pub v_proj: Linear,
+    /// ((nq + 2·nkv)·hd, H): q_proj, k_proj and v_proj stacked (one matmul)
+    pub qkv_proj: Linear,
     /// (H, nq·hd)
     pub o_proj: Linear,
     /// (hd)
@@ -26,6 +22,8 @@ pub struct TextAttention {
 
 /// Buffers of one attention call.
 pub(crate) struct AttnBufs<'a> {
+    /// (l, (nq + 2·nkv)·hd)
+    pub qkv: &'a mut [f32],
     /// (l, nq·hd)
     pub q: &'a mut [f32],
     /// (l, nq·hd)
@@ -45,9 +43,14 @@ impl TextAttention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(TextAttention {
-            q_proj: vb.linear("q_proj", nq * hd, h, false)?,
-            k_proj: vb.linear("k_proj", nkv * hd, h, false)?,
-            v_proj: vb.linear("v_proj", nkv * hd, h, false)?,
+            qkv_proj: vb.linear_cat(
+                &[
+                    ("q_proj", nq * hd),
+                    ("k_proj", nkv * hd),
+                    ("v_proj", nkv * hd),
+                ],
+                h,
+            )?,
             o_proj: vb.linear("o_proj", h, nq * hd, false)?,
             q_norm: vb.rms_norm("q_norm", hd, cfg.rms_norm_eps)?,
             k_norm: vb.rms_norm("k_norm", hd, cfg.rms_norm_eps)?,
@@ -71,10 +74,15 @@ impl TextAttention {
         let kvd = nkv * hd;
         let rows = b.start * kvd..(b.start + l) * kvd;
         // 1. q = q_norm(q_proj(h).view(l, nq, hd)); k = k_norm(k_proj(h).view(l, nkv, hd)); v = v_proj(h)
-        //    K and V are written straight into the cache rows of these tokens.
-        self.q_proj.forward(c, h, l, b.q)?;
-        self.k_proj.forward(c, h, l, &mut b.k_cache[rows.clone()])?;
-        self.v_proj.forward(c, h, l, &mut b.v_cache[rows.clone()])?;
+        //    One matmul for q, k, v; K and V rows are copied into the cache rows of these tokens.
+        let qd = nq * hd;
+        self.qkv_proj.forward(c, h, l, b.qkv)?;
+        for (r, row) in b.qkv.chunks_exact(qd + 2 * kvd).enumerate() {
+            let cr = (b.start + r) * kvd..(b.start + r + 1) * kvd;
+            b.q[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
+            b.k_cache[cr.clone()].copy_from_slice(&row[qd..qd + kvd]);
+            b.v_cache[cr].copy_from_slice(&row[qd + kvd..]);
+        }
         self.q_norm.forward_inplace(k, b.q)?;
         self.k_norm
             .forward_inplace(k, &mut b.k_cache[rows.clone()])?;

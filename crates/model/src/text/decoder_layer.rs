@@ -19,14 +19,15 @@ pub struct DecoderLayer {
 /// Per-call buffers of the text decoder (kept in the KvCache so decode steps do not allocate).
 #[derive(Default)]
 pub(crate) struct TextScratch {
-    pub h: Vec<f32>,    // (l, H)
-    pub o: Vec<f32>,    // (l, H)
-    pub q: Vec<f32>,    // (l, nq·hd)
-    pub attn: Vec<f32>, // (l, nq·hd)
-    pub gate: Vec<f32>, // (l, I)
-    pub up: Vec<f32>,   // (l, I)
-    pub cos: Vec<f32>,  // (l, hd/2)
-    pub sin: Vec<f32>,  // (l, hd/2)
+    pub h: Vec<f32>,       // (l, H)
+    pub o: Vec<f32>,       // (l, H)
+    pub qkv: Vec<f32>,     // (l, (nq + 2·nkv)·hd)
+    pub q: Vec<f32>,       // (l, nq·hd)
+    pub attn: Vec<f32>,    // (l, nq·hd)
+    pub gate_up: Vec<f32>, // (l, 2·I)
+    pub act: Vec<f32>,     // (l, I)
+    pub cos: Vec<f32>,     // (l, hd/2)
+    pub sin: Vec<f32>,     // (l, hd/2)
 }
 
 impl TextScratch {
@@ -39,10 +40,12 @@ impl TextScratch {
         );
         self.h.resize(l * h, 0.0);
         self.o.resize(l * h, 0.0);
+        let kv = 2 * cfg.num_key_value_heads * cfg.head_dim;
+        self.qkv.resize(l * (q + kv), 0.0);
         self.q.resize(l * q, 0.0);
         self.attn.resize(l * q, 0.0);
-        self.gate.resize(l * i, 0.0);
-        self.up.resize(l * i, 0.0);
+        self.gate_up.resize(l * 2 * i, 0.0);
+        self.act.resize(l * i, 0.0);
         self.cos.resize(l * half, 0.0);
         self.sin.resize(l * half, 0.0);
     }
@@ -78,6 +81,7 @@ impl DecoderLayer {
         // 1. x = x + self_attn(input_layernorm(x))
         self.input_layernorm.forward(&c.k, x, &mut s.h)?;
         let bufs = AttnBufs {
+            qkv: &mut s.qkv,
             q: &mut s.q,
             out: &mut s.attn,
             k_cache,
@@ -91,7 +95,7 @@ impl DecoderLayer {
         // 2. x = x + mlp(post_attention_layernorm(x))
         self.post_attention_layernorm.forward(&c.k, x, &mut s.h)?;
         self.mlp
-            .forward(c, &s.h, l, &mut s.gate, &mut s.up, &mut s.o)?;
+            .forward(c, &s.h, l, &mut s.gate_up, &mut s.act, &mut s.o)?;
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         Ok(())
     }

@@ -5,10 +5,8 @@ use crate::linear::{Ctx, Linear, Vb};
 use crate::{KernelCtx, ModelError};
 
 pub struct TextMlp {
-    /// (I, H)
-    pub gate_proj: Linear,
-    /// (I, H)
-    pub up_proj: Linear,
+    /// (2·I, H): gate_proj then up_proj stacked (one matmul)
+    pub gate_up_proj: Linear,
     /// (H, I)
     pub down_proj: Linear,
 }
@@ -17,25 +15,34 @@ impl TextMlp {
     pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<TextMlp, ModelError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(TextMlp {
-            gate_proj: vb.linear("gate_proj", i, h, false)?,
-            up_proj: vb.linear("up_proj", i, h, false)?,
+            gate_up_proj: vb.linear_cat(&[("gate_proj", i), ("up_proj", i)], h)?,
             down_proj: vb.linear("down_proj", h, i, false)?,
         })
     }
 
-    /// x: (l, H) -> out: (l, H); gate, up: (l, I) scratch
+    /// x: (l, H) -> out: (l, H); gate_up: (l, 2·I), act: (l, I) scratch
     pub(crate) fn forward(
         &self,
         c: &Ctx,
         x: &[f32],
         l: usize,
-        gate: &mut [f32],
-        up: &mut [f32],
+        gate_up: &mut [f32],
+        act: &mut [f32],
         out: &mut [f32],
     ) -> Result<(), ModelError> {
-        self.gate_proj.forward(c, x, l, gate)?;
-        self.up_proj.forward(c, x, l, up)?;
-        c.k.swiglu_assign(gate, up).ctx("swiglu")?;
-        self.down_proj.forward(c, gate, l, out)
+        // 1. [gate | up] = x·[Wg; Wu]ᵀ                                  (l, 2I)
+        self.gate_up_proj.forward(c, x, l, gate_up)?;
+        // 2. act = silu(gate) ⊙ up                                       (l, I)
+        let i = self.down_proj.in_features;
+        if l == 1 {
+            c.k.swiglu(&gate_up[..i], &gate_up[i..], act)
+                .ctx("swiglu")?;
+        } else {
+            for (gu, a) in gate_up.chunks_exact(2 * i).zip(act.chunks_exact_mut(i)) {
+                c.k.swiglu(&gu[..i], &gu[i..], a).ctx("swiglu")?;
+            }
+        }
+        // 3. out = down(act)
+        self.down_proj.forward(c, act, l, out)
     }
 }
