@@ -92,6 +92,12 @@ enum Cmd {
     /// Measure load time, vision encode, prefill and decode speed and peak memory against this machine's
     /// roofline; or `bench roofline` / `bench matmul` for the kernels alone.
     Bench(BenchArgs),
+    /// Load a checkpoint and print the load-time plan: per op the kernel, the weight layout and the memory
+    /// it holds, with totals (packed weights, KV cache per token).
+    Plan {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
     /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
     InitRandom {
@@ -312,6 +318,11 @@ fn run(cli: Cli) -> Result<()> {
             sampling,
         } => cmd_chat(&model, system.as_deref(), &sampling),
         Cmd::Bench(b) => cmd_bench(&b),
+        Cmd::Plan { model } => {
+            let engine = load_engine(&model)?;
+            write!(std::io::stdout().lock(), "{}", engine.model.plan())?;
+            Ok(())
+        }
         Cmd::Logits {
             model,
             images,

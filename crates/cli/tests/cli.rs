@@ -711,3 +711,27 @@ fn init_random_tiny_matches_transformers_greedy() {
         )
     );
 }
+
+/// `plan` prints, per op, the kernel and weight layout of the loaded model, with the fused projections.
+#[test]
+fn plan_lists_ops_kernels_and_layouts() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/model-tiny-tied"
+    );
+    let o = qwen3vl(&["plan", "--model", dir, "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for needle in [
+        "visual.blocks.*",
+        "self_attn.q|k|v_proj",
+        "mlp.gate|up_proj",
+        "packed bf16 panels",
+        "attention (causal; split-KV in decode)",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let o = qwen3vl(&["plan", "--model", "/nonexistent/model"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/model"), "{}", stderr(&o));
+}
