@@ -12,7 +12,8 @@ use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision};
 use safetensors::SafeTensors;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qwen3vl-model-{}-{name}", std::process::id()));
+    // Under the target's temp dir with a fixed name per case: a rerun replaces it, nothing piles up in /tmp.
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("model-weights-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
