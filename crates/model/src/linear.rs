@@ -39,26 +39,42 @@ impl Linear {
     }
 }
 
-/// Packs a float tensor of shape (n, k) (any trailing dims flattened into k).
+/// Packs tensors stacked along the output dimension: `ts[i]` is (n_i, kk) (trailing dims flattened into kk),
+/// n = Σ n_i. A single bf16 tensor is packed straight from its mapping; each source's mapped pages are
+/// released once packed.
 pub(crate) fn pack(
     k: &Kernels,
-    t: &TensorRef,
+    ts: &[&TensorRef],
     n: usize,
     kk: usize,
 ) -> Result<PackedWeight, ModelError> {
-    let packed = match t.dtype {
-        Dtype::BF16 => {
-            let bits = t.bf16_bits().expect("bf16");
-            k.pack_weight(Weight::Bf16(&bits), n, kk)
-        }
-        _ => {
-            let f = t.to_f32()?;
-            k.pack_weight(Weight::F32(&f), n, kk)
-        }
+    let packed = if ts.iter().all(|t| t.dtype == Dtype::BF16) {
+        let mut parts: Vec<_> = ts.iter().map(|t| t.bf16_bits().expect("bf16")).collect();
+        let bits = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            parts.concat().into()
+        };
+        k.pack_weight(Weight::Bf16(&bits), n, kk)
+    } else {
+        let f = ts
+            .iter()
+            .map(|t| t.to_f32())
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        k.pack_weight(Weight::F32(&f), n, kk)
     };
-    t.release();
+    for t in ts {
+        t.release();
+    }
     packed.map_err(|source| ModelError::Kernel {
-        context: format!("packing {}", t.key),
+        context: format!(
+            "packing {}",
+            ts.iter()
+                .map(|t| t.key.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
         source,
     })
 }
@@ -141,7 +157,7 @@ impl<'a> Vb<'a> {
     ) -> Result<Linear, ModelError> {
         let m = self.pp(name);
         let t = m.tensor("weight", &[out, inp])?;
-        let weight = pack(&self.k, &t, out, inp)?;
+        let weight = pack(&self.k, &[&t], out, inp)?;
         let bias = if bias {
             Some(m.vec("bias", out)?)
         } else {
@@ -163,31 +179,7 @@ impl<'a> Vb<'a> {
             .map(|&(name, out)| self.pp(name).tensor("weight", &[out, inp]))
             .collect::<Result<Vec<_>, _>>()?;
         let out: usize = parts.iter().map(|p| p.1).sum();
-        let key = ts
-            .iter()
-            .map(|t| t.key.as_str())
-            .collect::<Vec<_>>()
-            .join(" + ");
-        let packed = if ts.iter().all(|t| t.dtype == Dtype::BF16) {
-            let mut bits = Vec::with_capacity(out * inp);
-            for t in &ts {
-                bits.extend_from_slice(&t.bf16_bits().expect("bf16"));
-            }
-            self.k.pack_weight(Weight::Bf16(&bits), out, inp)
-        } else {
-            let mut f = Vec::with_capacity(out * inp);
-            for t in &ts {
-                f.extend_from_slice(&t.to_f32()?);
-            }
-            self.k.pack_weight(Weight::F32(&f), out, inp)
-        };
-        let weight = packed.map_err(|source| ModelError::Kernel {
-            context: format!("packing {key}"),
-            source,
-        })?;
-        for t in &ts {
-            t.release();
-        }
+        let weight = pack(&self.k, &ts.iter().collect::<Vec<_>>(), out, inp)?;
         Ok(Linear {
             weight,
             bias: None,

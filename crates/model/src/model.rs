@@ -80,7 +80,7 @@ impl Model {
             // (Not counted for progress here: the text model counts embed_tokens when it takes it.)
             let embed = weights.float("model.language_model.embed_tokens.weight", &[v, h])?;
             Linear {
-                weight: pack(&kernels, &embed, v, h)?,
+                weight: pack(&kernels, &[&embed], v, h)?,
                 bias: None,
                 out_features: v,
                 in_features: h,

@@ -34,13 +34,11 @@ impl TextMlp {
         self.gate_up_proj.forward(c, x, l, gate_up)?;
         // 2. act = silu(gate) ⊙ up                                       (l, I)
         let i = self.down_proj.in_features;
-        if l == 1 {
-            c.k.swiglu(&gate_up[..i], &gate_up[i..], act)
-                .ctx("swiglu")?;
-        } else {
-            for (gu, a) in gate_up.chunks_exact(2 * i).zip(act.chunks_exact_mut(i)) {
-                c.k.swiglu(&gu[..i], &gu[i..], a).ctx("swiglu")?;
-            }
+        for (gu, a) in gate_up[..l * 2 * i]
+            .chunks_exact(2 * i)
+            .zip(act[..l * i].chunks_exact_mut(i))
+        {
+            c.k.swiglu(&gu[..i], &gu[i..], a).ctx("swiglu")?;
         }
         // 3. out = down(act)
         self.down_proj.forward(c, act, l, out)

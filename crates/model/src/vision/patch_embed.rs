@@ -24,7 +24,7 @@ impl PatchEmbed {
                 cfg.patch_size,
             ],
         )?;
-        let weight = pack(&vb.k, &t, d, cfg.patch_dim())?;
+        let weight = pack(&vb.k, &[&t], d, cfg.patch_dim())?;
         let bias = Some(m.vec("bias", d)?);
         Ok(PatchEmbed {
             proj: Linear {
