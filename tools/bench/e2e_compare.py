@@ -35,7 +35,7 @@ ROWS = [
     ("vision_s", "vision encode ({image_size}, {image_tokens} tokens)", "s", False, "{:.2f}"),
     ("ttft_s", "time to first token (image + question)", "s", False, "{:.2f}"),
     ("load_s", "load", "s", False, "{:.2f}"),
-    ("peak_rss_mb", "peak RSS", "MB", False, "{:.0f}"),
+    ("peak_rss_mib", "peak RSS", "MiB", False, "{:.0f}"),
 ]
 
 

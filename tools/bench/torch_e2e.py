@@ -16,7 +16,7 @@ What is measured (same synthetic inputs as `qwen3vl bench`, crates/engine/src/be
 - ttft_s:        time to first token of an image + short question, starting from the PNG file on disk:
                  PIL open, chat template + image processor, forward (vision + prefill), argmax. Best of
                  --repeats after a warm-up.
-- peak_rss_mb:   peak resident set size of the process (ru_maxrss).
+- peak_rss_mib:   peak resident set size of the process (ru_maxrss).
 - cores_used:    per phase, process CPU seconds / wall seconds: below --threads means other processes
                  took the cores (the figures are then pessimistic).
 
@@ -50,7 +50,7 @@ def synthetic_ids(n):
     return [1000 + (i * 7919) % 90_000 for i in range(n)]
 
 
-def peak_rss_mb():
+def peak_rss_mib():
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -217,7 +217,7 @@ def main():
         "decode_logits_finite": decoded_finite,
         "ttft_s": ttft_s,
         "ttft_prompt_tokens": ttft_prompt_tokens,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mib": peak_rss_mib(),
         "repeats": args.repeats,
         "cores_used": cores,
         "loadavg_before": list(load_before),
@@ -236,7 +236,7 @@ def main():
         (f"prefill {n} tokens", f"{n / prefill_s:.1f} tok/s", f"{prefill_s:.2f} s"),
         (f"decode {args.gen_tokens} tokens", f"{args.gen_tokens / decode_s:.2f} tok/s", f"{decode_s:.2f} s"),
         (f"time to first token (image + question, {ttft_prompt_tokens} tokens)", f"{ttft_s:.2f} s", ""),
-        ("peak RSS", f"{report['peak_rss_mb']:.0f} MB", ""),
+        ("peak RSS", f"{report['peak_rss_mib']:.0f} MiB", ""),
     ]
     print(f"PyTorch {torch.__version__}, transformers {transformers.__version__}, {args.dtype}, "
           f"{report['threads']} threads, attn {report['attn_implementation']}, {args.model}")

@@ -826,7 +826,11 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
             .map(|l| format!("; bandwidth limit {l:.2} tok/s"))
             .unwrap_or_default()
     )?;
-    writeln!(out, "peak RSS      {:8.0} MB", r.peak_rss_mb)?;
+    writeln!(
+        out,
+        "peak RSS      {:8.0} MiB  {:.2}x of checkpoint {:.0} MiB + KV cache {:.0} MiB",
+        r.peak_rss_mib, r.rss_over_checkpoint_kv, r.checkpoint_mib, r.kv_cache_mib
+    )?;
     if let (Some(bw), Some(pk)) = (r.read_gbps, r.peak_gflops) {
         writeln!(
             out,

@@ -517,7 +517,7 @@ fn bench_json_has_required_keys() {
         "image_tokens",
         "prefill_tok_s",
         "decode_tok_s",
-        "peak_rss_mb",
+        "peak_rss_mib",
         "decode_pct_of_bandwidth",
         "prefill_pct_of_peak",
         "vision_pct_of_peak",
@@ -530,6 +530,31 @@ fn bench_json_has_required_keys() {
     // 64×64 is resized up to the 65536-pixel minimum: 256×256 → 64 tokens.
     assert_eq!(v["image_tokens"], 64);
     assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
+    // Memory is reported next to what the model must hold: the checkpoint's tensor bytes (the file
+    // less its 8-byte length and JSON header) and the KV cache for 16 + 4 tokens (keys and values of
+    // every layer, f32).
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tiny_checkpoint().join("config.json")).unwrap())
+            .unwrap();
+    let t = &cfg["text_config"];
+    let dim = |k: &str| t[k].as_u64().unwrap() as usize;
+    let kv_bytes =
+        20 * 2 * dim("num_hidden_layers") * dim("num_key_value_heads") * dim("head_dim") * 4;
+    let file = std::fs::read(tiny_checkpoint().join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    assert_eq!(
+        v["checkpoint_mib"].as_f64(),
+        Some(mib(file.len() - 8 - header))
+    );
+    assert_eq!(v["kv_cache_mib"].as_f64(), Some(mib(kv_bytes)));
+    let ratio = v["peak_rss_mib"].as_f64().unwrap()
+        / (v["checkpoint_mib"].as_f64().unwrap() + v["kv_cache_mib"].as_f64().unwrap());
+    let reported = v["rss_over_checkpoint_kv"].as_f64().unwrap();
+    assert!(
+        (reported - ratio).abs() < 1e-9 * ratio,
+        "{reported} vs {ratio}"
+    );
 }
 
 #[test]

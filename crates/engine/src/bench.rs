@@ -53,7 +53,14 @@ pub struct BenchReport {
     /// KV-cache bytes read per decoded token (mean over the decode).
     pub kv_bytes_per_token: u64,
     pub decode_gbps: f64,
-    pub peak_rss_mb: f64,
+    /// Peak resident set size (VmHWM) after decode, before the roofline's buffers, MiB.
+    pub peak_rss_mib: f64,
+    /// Tensor bytes of the checkpoint, MiB.
+    pub checkpoint_mib: f64,
+    /// KV cache reserved for prompt + generated tokens (f32), MiB.
+    pub kv_cache_mib: f64,
+    /// peak_rss_mib / (checkpoint_mib + kv_cache_mib): the memory goal is ≤ 1.10.
+    pub rss_over_checkpoint_kv: f64,
     pub read_gbps: Option<f64>,
     pub peak_gflops: Option<f64>,
     pub decode_pct_of_bandwidth: Option<f64>,
@@ -136,6 +143,11 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         )?;
     }
     let decode_s = t0.elapsed().as_secs_f64();
+    // Peak memory of the work itself, before the roofline allocates its probe buffers.
+    let peak_rss_mib = peak_rss_mib().unwrap_or(0.0);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let (checkpoint_mib, kv_cache_mib) =
+        (mib(model.checkpoint_bytes()), mib(cache.reserved_bytes()));
 
     // 4. Work and limits.
     let h = t.hidden_size as u64;
@@ -198,7 +210,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         weight_bytes_per_token,
         kv_bytes_per_token,
         decode_gbps,
-        peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+        peak_rss_mib,
+        checkpoint_mib,
+        kv_cache_mib,
+        rss_over_checkpoint_kv: peak_rss_mib / (checkpoint_mib + kv_cache_mib).max(1e-9),
         read_gbps: roof.map(|r| r.read_gbps),
         peak_gflops: peak,
         decode_pct_of_bandwidth: pct(decode_gbps, roof.map(|r| r.read_gbps)),
@@ -228,8 +243,8 @@ pub fn vision_flops_for(cfg: &qwen3vl_model::Config, patches: usize) -> f64 {
     patch + v.depth as f64 * block + mergers
 }
 
-/// Peak resident set size (VmHWM of /proc/self/status) in MB.
-pub fn peak_rss_mb() -> Option<f64> {
+/// Peak resident set size (VmHWM of /proc/self/status) in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     vm_hwm_kb(&s).map(|kb| kb as f64 / 1024.0)
 }
@@ -248,6 +263,6 @@ mod tests {
         let s = "Name:\tqwen3vl\nVmPeak:\t 123 kB\nVmHWM:\t   45678 kB\nVmRSS:\t 1 kB\n";
         assert_eq!(vm_hwm_kb(s), Some(45678));
         assert_eq!(vm_hwm_kb("VmRSS: 1 kB"), None);
-        assert!(peak_rss_mb().unwrap() > 0.0);
+        assert!(peak_rss_mib().unwrap() > 0.0);
     }
 }

@@ -35,6 +35,15 @@ impl KvCache {
         }
     }
 
+    /// Bytes reserved for keys and values (every layer, `max_len` positions).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|x| std::mem::size_of_val(x.as_slice()) as u64)
+            .sum()
+    }
+
     /// Tokens held.
     pub fn len(&self) -> usize {
         self.len

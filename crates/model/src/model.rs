@@ -48,6 +48,8 @@ pub struct Model {
     config: Config,
     ctx: Ctx,
     precision: Precision,
+    /// Bytes of tensor data in the checkpoint the model was loaded from.
+    checkpoint_bytes: u64,
     pub visual: VisionModel,
     pub language_model: TextModel,
     /// (V, H); a packed copy of embed_tokens when the embeddings are tied
@@ -103,6 +105,7 @@ impl Model {
             config,
             ctx: Ctx { k: kernels, path },
             precision: opts.precision,
+            checkpoint_bytes: weights.total_bytes(),
             visual,
             language_model,
             lm_head,
@@ -119,6 +122,11 @@ impl Model {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Bytes of tensor data in the checkpoint the model was loaded from (the safetensors payloads).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes
     }
 
     pub fn kernels(&self) -> Kernels {
