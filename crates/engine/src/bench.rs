@@ -158,19 +158,8 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     let linear_params = layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
     let head_params = t.vocab_size as u64 * h;
     // Bytes of the packed weights each decode step streams: every text linear and the lm head.
-    let weight_bytes_per_token: u64 = model
-        .language_model
-        .layers
-        .iter()
-        .map(|l| {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
-                .iter()
-                .map(|lin| lin.weight.bytes() as u64)
-                .sum::<u64>()
-        })
-        .sum::<u64>()
-        + model.lm_head.weight.bytes() as u64;
+    let weight_bytes_per_token: u64 =
+        model.language_model.linear_weight_bytes() + model.lm_head.weight.bytes() as u64;
     let mean_ctx = n as u64 + (opts.gen_tokens as u64).div_ceil(2);
     let kv_bytes_per_token = 2 * layers * kv * 4 * mean_ctx;
     let nn = n as f64;

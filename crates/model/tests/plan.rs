@@ -36,12 +36,13 @@ fn plan_lists_every_weight_with_its_packed_bytes() {
         .iter()
         .map(|l| {
             let (a, m) = (&l.self_attn, &l.mlp);
-            [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
-                .iter()
-                .map(|x| x.weight.bytes() as u64)
-                .sum::<u64>()
+            a.qkv_proj.weight.bytes()
+                + a.o_proj.weight.bytes()
+                + m.gate_up_proj.weight.bytes()
+                + m.down_proj.weight.bytes()
         })
-        .sum();
+        .sum::<usize>() as u64;
+    assert_eq!(model.language_model.linear_weight_bytes(), text_linear);
     let planned: u64 = plan
         .ops
         .iter()

@@ -31,6 +31,21 @@ pub struct TextModel {
 }
 
 impl TextModel {
+    /// Bytes of the packed weights of every decoder layer's linears (q|k|v, o, gate|up, down): what one
+    /// decode step streams besides the lm head and the KV cache.
+    pub fn linear_weight_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                    .iter()
+                    .map(|lin| lin.weight.bytes() as u64)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<TextModel, ModelError> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| DecoderLayer::load(&vb.pp("layers").pp(l), cfg))
