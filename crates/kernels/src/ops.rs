@@ -473,6 +473,91 @@ impl Kernels {
         Ok(())
     }
 
+    /// Per-head RMSNorm then rotate-half RoPE, read from one strided buffer and written to another in one
+    /// pass: `out[r, h, :] = rope_half(rms_norm(x[r, h, :], w, eps), cos[r], sin[r])`.
+    ///
+    /// Row r of x starts at `r·x_stride` and holds `heads` heads of `head_dim`; row r of out starts at
+    /// `r·out_stride`. w: (head_dim); cos, sin: (rows, head_dim/2). Each head runs the level's
+    /// [`Kernels::rms_norm`] and [`Kernels::rope_half`] on a head in L1, so the result is bit for bit that
+    /// of the two ops in sequence (plus a copy) — without the passes over memory between them. Threaded
+    /// over rows when there are many.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_rope_half(
+        &self,
+        x: &[f32],
+        x_stride: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        rows: usize,
+        heads: usize,
+        w: &[f32],
+        eps: f32,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), KernelError> {
+        const OP: &str = "rms_norm_rope_half";
+        let hd = w.len();
+        let invalid = |msg: String| KernelError::Invalid { op: OP, msg };
+        if !hd.is_multiple_of(2) {
+            return Err(invalid(format!("head_dim {hd} (the length of w) is odd")));
+        }
+        if rows == 0 || heads == 0 || hd == 0 {
+            return Ok(());
+        }
+        let row = heads
+            .checked_mul(hd)
+            .ok_or_else(|| invalid(format!("heads {heads} × head_dim {hd} overflows")))?;
+        // The last row's end must lie inside each buffer; rows must not overlap in out.
+        let end = |stride: usize| {
+            (rows - 1)
+                .checked_mul(stride)
+                .and_then(|e| e.checked_add(row))
+        };
+        if end(x_stride).is_none_or(|e| e > x.len()) || x_stride < row {
+            return Err(invalid(format!(
+                "x: {rows} rows of {heads}×{hd} at stride {x_stride} do not fit in {} elements",
+                x.len()
+            )));
+        }
+        if end(out_stride).is_none_or(|e| e > out.len()) || out_stride < row {
+            return Err(invalid(format!(
+                "out: {rows} rows of {heads}×{hd} at stride {out_stride} do not fit in {} elements",
+                out.len()
+            )));
+        }
+        check_len(OP, "cos", rows * hd / 2, cos.len())?;
+        check_len(OP, "sin", rows * hd / 2, sin.len())?;
+        let (xp, op) = (x.as_ptr() as usize, out.as_mut_ptr() as usize);
+        let (norm, rope) = (self.vec.rms_norm, self.vec.rope_half);
+        let run = |r0: usize, r1: usize| {
+            for r in r0..r1 {
+                let (c, s) = (cos[r * hd / 2..].as_ptr(), sin[r * hd / 2..].as_ptr());
+                for h in 0..heads {
+                    // Safety: supported level; the bounds of row r of x and out were checked above; rows of
+                    // out are disjoint (out_stride >= row) and each is written by one task.
+                    unsafe {
+                        let src = (xp as *const f32).add(r * x_stride + h * hd);
+                        let dst = (op as *mut f32).add(r * out_stride + h * hd);
+                        norm(src, w.as_ptr(), eps, dst, 1, hd);
+                        rope(dst, 1, 1, hd, c, s);
+                    }
+                }
+            }
+        };
+        // A decode step (a row or a few) stays on this thread; a prefill splits its rows.
+        let tasks = if rows * row >= 1 << 15 {
+            self.threads().min(rows)
+        } else {
+            1
+        };
+        if tasks <= 1 {
+            run(0, rows);
+        } else {
+            self.parallel_for(tasks, &|t| run(rows * t / tasks, rows * (t + 1) / tasks));
+        }
+        Ok(())
+    }
+
     // -- backward ---------------------------------------------------------------------------------------
 
     grad_api! {

@@ -425,6 +425,85 @@ fn rope_half() {
     }
 }
 
+/// rms_norm_rope_half is, bit for bit, rms_norm then rope_half of the same level applied to each head,
+/// reading and writing strided rows; also when it splits the rows over threads. Bad shapes are errors.
+#[test]
+fn rms_norm_rope_half_is_the_two_ops() {
+    for k0 in levels() {
+        let lv = k0.isa().name();
+        for k in [k0, k0.with_threads(2)] {
+            // (rows, heads, hd): one decode row; odd head counts; a prefill large enough to be threaded.
+            for (rows, heads, hd) in [
+                (1usize, 1usize, 2usize),
+                (1, 3, 30),
+                (5, 2, 34),
+                (17, 3, 128),
+                (70, 4, 128),
+            ] {
+                let (xs, os) = (heads * hd + 7, heads * hd + 3);
+                let mut g = Rng::new((rows * 1000 + heads * 10 + hd) as u64);
+                let x = g.vec(rows * xs, -3.0, 3.0);
+                let w = g.vec(hd, 0.5, 1.5);
+                let ang = g.vec(rows * hd / 2, -3.2, 3.2);
+                let cos: Vec<f32> = ang.iter().map(|a| a.cos()).collect();
+                let sin: Vec<f32> = ang.iter().map(|a| a.sin()).collect();
+                let mut got = vec![f32::NAN; rows * os];
+                k.rms_norm_rope_half(&x, xs, &mut got, os, rows, heads, &w, 1e-6, &cos, &sin)
+                    .unwrap();
+                for r in 0..rows {
+                    let mut want = vec![0.0; heads * hd];
+                    k.rms_norm(&x[r * xs..r * xs + heads * hd], &w, 1e-6, &mut want)
+                        .unwrap();
+                    let c = &cos[r * hd / 2..(r + 1) * hd / 2];
+                    let sn = &sin[r * hd / 2..(r + 1) * hd / 2];
+                    for h in 0..heads {
+                        k.rope_half(&mut want[h * hd..(h + 1) * hd], 1, hd, c, sn)
+                            .unwrap();
+                    }
+                    let row = &got[r * os..r * os + heads * hd];
+                    assert!(
+                        row.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "[{lv}] rows={rows} heads={heads} hd={hd}: row {r} differs"
+                    );
+                    // the gap between rows of out is not written
+                    assert!(got[r * os + heads * hd..(r + 1) * os]
+                        .iter()
+                        .all(|v| v.is_nan()));
+                }
+            }
+        }
+        let (x, w, cs) = (vec![1.0f32; 64], vec![1.0f32; 8], vec![0.5f32; 8]);
+        let mut out = vec![0.0f32; 64];
+        let e = k0
+            .rms_norm_rope_half(&x, 16, &mut out, 16, 5, 2, &w, 1e-6, &cs, &cs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rms_norm_rope_half") && e.contains("x: 5 rows"),
+            "{e}"
+        );
+        let e = k0
+            .rms_norm_rope_half(&x, 16, &mut out, 8, 2, 2, &w, 1e-6, &cs[..8], &cs[..8])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out: 2 rows") && e.contains("stride 8"), "{e}");
+        assert!(k0
+            .rms_norm_rope_half(&x, 16, &mut out, 16, 2, 2, &w[..7], 1e-6, &cs, &cs)
+            .is_err());
+        assert!(k0
+            .rms_norm_rope_half(&x, 16, &mut out, 16, 2, 2, &w, 1e-6, &cs[..7], &cs)
+            .is_err());
+        assert!(k0
+            .rms_norm_rope_half(&x, usize::MAX, &mut out, 16, 2, 2, &w, 1e-6, &cs, &cs)
+            .is_err());
+        assert!(k0
+            .rms_norm_rope_half(&x, 16, &mut out, 16, 0, 2, &w, 1e-6, &[], &[])
+            .is_ok());
+    }
+}
+
 /// Mismatched lengths are a KernelError naming the op and the lengths, never a panic.
 #[test]
 fn length_errors() {
