@@ -72,24 +72,35 @@ impl TextAttention {
         let k = &c.k;
         let (nq, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let kvd = nkv * hd;
-        let rows = b.start * kvd..(b.start + l) * kvd;
         // 1. q = q_norm(q_proj(h).view(l, nq, hd)); k = k_norm(k_proj(h).view(l, nkv, hd)); v = v_proj(h)
-        //    One matmul for q, k, v; K and V rows are copied into the cache rows of these tokens.
-        let qd = nq * hd;
+        //    One matmul for q, k, v                                          (l, (nq + 2·nkv)·hd)
+        let (qd, row) = (nq * hd, nq * hd + 2 * kvd);
         self.qkv_proj.forward(c, h, l, b.qkv)?;
-        for (r, row) in b.qkv.chunks_exact(qd + 2 * kvd).enumerate() {
-            let cr = (b.start + r) * kvd..(b.start + r + 1) * kvd;
-            b.q[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
-            b.k_cache[cr.clone()].copy_from_slice(&row[qd..qd + kvd]);
-            b.v_cache[cr].copy_from_slice(&row[qd + kvd..]);
-        }
-        self.q_norm.forward_inplace(k, b.q)?;
-        self.k_norm
-            .forward_inplace(k, &mut b.k_cache[rows.clone()])?;
+        let qkv = &b.qkv[..l * row];
         // 2. q, k = apply_rotary_pos_emb(q, k, cos, sin)   (norm before rope)
-        k.rope_half(b.q, nq, hd, b.cos, b.sin).ctx("text rope q")?;
-        k.rope_half(&mut b.k_cache[rows], nkv, hd, b.cos, b.sin)
-            .ctx("text rope k")?;
+        //    Norm and RoPE in one pass per head, q written to its buffer and k straight into the cache rows
+        //    of these tokens; v rows copied to the cache.
+        let (qn, kn) = (&self.q_norm, &self.k_norm);
+        k.rms_norm_rope_half(qkv, row, b.q, qd, l, nq, &qn.weight, qn.eps, b.cos, b.sin)
+            .ctx("text q_norm + rope")?;
+        let k_rows = &mut b.k_cache[b.start * kvd..(b.start + l) * kvd];
+        k.rms_norm_rope_half(
+            &qkv[qd..],
+            row,
+            k_rows,
+            kvd,
+            l,
+            nkv,
+            &kn.weight,
+            kn.eps,
+            b.cos,
+            b.sin,
+        )
+        .ctx("text k_norm + rope")?;
+        for (r, src) in qkv.chunks_exact(row).enumerate() {
+            let cr = (b.start + r) * kvd..(b.start + r + 1) * kvd;
+            b.v_cache[cr].copy_from_slice(&src[qd + kvd..]);
+        }
         // 3. o = causal GQA attention over cache rows [0, start+l), scale hd^-0.5   (l, nq, hd)
         let kv_len = b.start + l;
         let p = AttnParams {
