@@ -5,10 +5,12 @@
 //! KERNELS.md) for the roofline fraction; decode is memory-bound: K+V bytes = 2·kv_len·n_kv·hd·4.
 //!
 //! Cases: text prefill L=512 (16 q heads, 8 kv heads, hd 128, causal, fused qkv); decode q_len=1 against
-//! a head-major cache of 512 / 4096 keys (and the model's row-major cache at the best level); vision N=1200 (16 heads, hd 64, non-causal, fused qkv).
+//! a head-major cache of 512 / 4096 keys (and the model's row-major cache at the best level); vision N=1200
+//! (16 heads, hd 64, non-causal, fused qkv). Prefill and vision also run the `Fast` path at the best level
+//! (`vdpbf16ps` on AVX512_BF16: compare with the bf16 dot-product peak, ≈2× the f32 FMA peak).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
+use qwen3vl_kernels::attention::{AttnLayout, AttnParams, MatmulPath};
 use qwen3vl_kernels::isa::Isa;
 use qwen3vl_kernels::Kernels;
 use std::time::Duration;
@@ -35,6 +37,7 @@ fn fused(
     hd: usize,
     causal: bool,
 ) {
+    let fast = Kernels::detect().unwrap();
     let l = AttnLayout {
         row_stride: (nq + 2 * nkv) * hd,
         head_stride: hd,
@@ -49,16 +52,27 @@ fn fused(
         kv_len: len,
         scale: 1.0 / (hd as f32).sqrt(),
         causal,
+        path: MatmulPath::Exact,
     };
     let flops = 4 * len * len * hd * nq / if causal { 2 } else { 1 };
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(flops as u64));
     // the scalar reference takes seconds per call here: benchmark the SIMD levels only
-    for k in Kernels::all_available()
+    let exact = Kernels::all_available()
         .into_iter()
         .filter(|k| k.isa() != Isa::Scalar)
-    {
-        g.bench_with_input(BenchmarkId::new(k.isa().name(), len), &len, |b, _| {
+        .map(|k| (k, p, k.isa().name().to_string()));
+    let pf = AttnParams {
+        path: MatmulPath::Fast,
+        ..p
+    };
+    let name = format!(
+        "{}-fast-{:?}",
+        fast.isa().name(),
+        fast.attention_precision(&pf)
+    );
+    for (k, p, id) in exact.chain([(fast, pf, name)]) {
+        g.bench_with_input(BenchmarkId::new(id, len), &len, |b, _| {
             b.iter(|| {
                 k.attention(
                     &qkv,
@@ -103,6 +117,7 @@ fn decode(c: &mut Criterion) {
             kv_len,
             scale: 1.0 / (hd as f32).sqrt(),
             causal: true,
+            path: MatmulPath::Exact,
         };
         // bytes of K and V read
         g.throughput(Throughput::Bytes((2 * kv_len * nkv * hd * 4) as u64));
@@ -136,6 +151,7 @@ fn decode(c: &mut Criterion) {
             kv_len,
             scale: 1.0 / (hd as f32).sqrt(),
             causal: true,
+            path: MatmulPath::Exact,
         };
         g.throughput(Throughput::Bytes((2 * kv_len * nkv * hd * 4) as u64));
         let id = format!("{}-rowmajor", k.isa().name());

@@ -6,7 +6,7 @@
 //! outside the views are NaN, so a read outside a view poisons the output), long decode caches (split keys),
 //! score magnitudes of ~1e4 (softmax stability) and bad arguments.
 
-use qwen3vl_kernels::attention::{AttnLayout, AttnParams};
+use qwen3vl_kernels::attention::{AttnLayout, AttnParams, MatmulPath};
 use qwen3vl_kernels::isa::Isa;
 use qwen3vl_kernels::{KernelError, Kernels};
 
@@ -184,12 +184,43 @@ fn build(c: &Case, seed: u64) -> Inputs {
             kv_len: c.kv_len,
             scale,
             causal: c.causal,
+            path: MatmulPath::Exact,
         },
     }
 }
 
 /// The definition, in f64: out[i,h] = Σ_j softmax_j(scale·q·k_j) v_j over the visible keys.
 fn naive_f64(x: &Inputs) -> Vec<f64> {
+    let f = |v: f32| v as f64;
+    eval_f64(x, x.p.scale as f64, f, f, f)
+}
+
+/// f32 -> bf16 -> f32, round to nearest even (as `vcvtneps2bf16` on normal values).
+fn bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits(((b + 0x7fff + ((b >> 16) & 1)) >> 16) << 16)
+}
+
+/// The f64 evaluation on the bf16 path's rounded operands: bf16(scale·q), bf16(k), bf16(v), scale 1.
+fn rounded_f64(x: &Inputs) -> Vec<f64> {
+    let s = x.p.scale;
+    eval_f64(
+        x,
+        1.0,
+        |q| bf16(s * q) as f64,
+        |k| bf16(k) as f64,
+        |v| bf16(v) as f64,
+    )
+}
+
+/// out[i,h] = Σ_j softmax_j(scale·qf(q)·kf(k_j)) vf(v_j) in f64 over the visible keys.
+fn eval_f64(
+    x: &Inputs,
+    scale: f64,
+    qf: impl Fn(f32) -> f64,
+    kf: impl Fn(f32) -> f64,
+    vf: impl Fn(f32) -> f64,
+) -> Vec<f64> {
     let p = &x.p;
     let hd = p.head_dim;
     let group = p.n_q_heads / p.n_kv_heads;
@@ -205,16 +236,16 @@ fn naive_f64(x: &Inputs) -> Vec<f64> {
             let s: Vec<f64> = (0..n)
                 .map(|j| {
                     (0..hd)
-                        .map(|d| x.q.at(i, h, d) as f64 * x.k.at(j, g, d) as f64)
+                        .map(|d| qf(x.q.at(i, h, d)) * kf(x.k.at(j, g, d)))
                         .sum::<f64>()
-                        * p.scale as f64
+                        * scale
                 })
                 .collect();
             let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|&sj| (sj - m).exp()).collect();
             let l: f64 = e.iter().sum();
             for d in 0..hd {
-                let acc: f64 = (0..n).map(|j| e[j] * x.v.at(j, g, d) as f64).sum();
+                let acc: f64 = (0..n).map(|j| e[j] * vf(x.v.at(j, g, d))).sum();
                 out[(i * p.n_q_heads + h) * hd + d] = acc / l;
             }
         }
@@ -223,7 +254,10 @@ fn naive_f64(x: &Inputs) -> Vec<f64> {
 }
 
 fn run(k: &Kernels, x: &Inputs) -> Vec<f32> {
-    let p = &x.p;
+    run_p(k, x, &x.p)
+}
+
+fn run_p(k: &Kernels, x: &Inputs, p: &AttnParams) -> Vec<f32> {
     let mut out = vec![f32::NAN; p.q_len * p.n_q_heads * p.head_dim];
     k.attention(x.q.s(), x.q.l, x.k.s(), x.k.l, x.v.s(), x.v.l, &mut out, p)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -243,8 +277,8 @@ fn max_abs_v(x: &Inputs) -> f64 {
     m
 }
 
-/// Asserts max |got − want| ≤ TOL·vmax, reporting the worst element and the first few differing pairs.
-fn assert_close(what: &str, c: &Case, got: &[f32], want: &[f64], vmax: f64) {
+/// Asserts max |got − want| ≤ bound, reporting the worst element and the first few differing pairs.
+fn assert_close(what: &str, c: &Case, got: &[f32], want: &[f64], bound: f64) {
     assert_eq!(got.len(), want.len());
     let (nq, hd) = (c.nkv * c.group, c.hd);
     let mut worst = (0.0f64, 0usize);
@@ -255,17 +289,99 @@ fn assert_close(what: &str, c: &Case, got: &[f32], want: &[f64], vmax: f64) {
         if e > worst.0 {
             worst = (e, idx);
         }
-        if e > TOL * vmax && first.len() < 4 {
+        if e > bound && first.len() < 4 {
             first.push((idx, g, w));
         }
     }
     let (err, idx) = worst;
     let at = (idx / (nq * hd), (idx / hd) % nq, idx % hd);
     assert!(
-        err <= TOL * vmax,
-        "{what} {c:?}: max abs err {err:e} (> {:e}) at (row, head, d) = {at:?}; first differing (index, got, want): {first:?}",
-        TOL * vmax
+        err <= bound,
+        "{what} {c:?}: max abs err {err:e} (> {bound:e}) at (row, head, d) = {at:?}; first differing (index, got, want): {first:?}",
     );
+}
+
+/// The bounds of the bf16 (`Fast`) path, absolute, from its error model (see the attention module docs):
+/// - vs the f64 definition: (e^(2Δ) − 1 + 2⁻⁸ + 2⁻¹⁸ + TOL)·max|v|, with Δ = max_{i,h,j} Σ_d
+///   |bf16(scale·q)·bf16(k) − scale·q·k| ≤ (2⁻⁸ + 2⁻¹⁸)·|scale|·max Σ_d |q·k| the score error from rounding
+///   scale·q and k to bf16 (relative 2⁻⁹ each), which moves each softmax weight by a factor within
+///   e^(±2Δ); 2⁻⁹ from rounding v and 2⁻⁹(1 + 2⁻⁹) from rounding the weights P (the sum l is of the
+///   unrounded f32 P);
+/// - vs the f64 evaluation on the rounded operands ([`rounded_f64`]): (2⁻⁹(1 + 2⁻⁹) + TOL)·max|v| (the
+///   rounding of P only; TOL covers the f32 arithmetic, as for the exact path).
+fn fast_bounds(x: &Inputs) -> (f64, f64) {
+    let p = &x.p;
+    let group = p.n_q_heads / p.n_kv_heads;
+    let u = 2f64.powi(-8) + 2f64.powi(-18);
+    let scale = p.scale as f64;
+    let mut delta = 0.0f64;
+    for i in 0..p.q_len {
+        for h in 0..p.n_q_heads {
+            for j in 0..p.kv_len {
+                let (mut e, mut qk) = (0.0f64, 0.0f64);
+                for d in 0..p.head_dim {
+                    let (q, k) = (x.q.at(i, h, d), x.k.at(j, h / group, d));
+                    let exact = scale * q as f64 * k as f64;
+                    e += (bf16(p.scale * q) as f64 * bf16(k) as f64 - exact).abs();
+                    qk += exact.abs();
+                }
+                // (+2⁻²³: scale·q is formed in f32 before the rounding to bf16)
+                assert!(
+                    e <= (u + 2f64.powi(-23)) * qk,
+                    "the rounding model: {e} > {u}·{qk}"
+                );
+                delta = delta.max(e);
+            }
+        }
+    }
+    let vmax = max_abs_v(x);
+    let loose = ((2.0 * delta).exp_m1() + u + TOL) * vmax;
+    let tight = (2f64.powi(-9) * (1.0 + 2f64.powi(-9)) + TOL) * vmax;
+    (loose, tight)
+}
+
+/// The `Fast` path of kernels `k` on case `c`: where it runs the bf16 kernel, within [`fast_bounds`] of
+/// both f64 references; elsewhere bit for bit the `Exact` result `exact` of the same kernels.
+struct FastRefs<'a> {
+    x: &'a Inputs,
+    want: &'a [f64],
+    rounded: Option<Vec<f64>>,
+    bounds: Option<(f64, f64)>,
+}
+
+impl FastRefs<'_> {
+    fn check(&mut self, what: &str, c: &Case, k: &Kernels, exact: &[f32]) {
+        let pf = AttnParams {
+            path: MatmulPath::Fast,
+            ..self.x.p
+        };
+        let got = run_p(k, self.x, &pf);
+        match k.attention_precision(&pf) {
+            MatmulPath::Exact => {
+                let same = got
+                    .iter()
+                    .zip(exact)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{what} {c:?}: Fast runs the exact path but differs from Exact"
+                );
+            }
+            MatmulPath::Fast => {
+                let x = self.x;
+                let (loose, tight) = *self.bounds.get_or_insert_with(|| fast_bounds(x));
+                let rounded = self.rounded.get_or_insert_with(|| rounded_f64(x));
+                assert_close(&format!("{what} Fast vs f64"), c, &got, self.want, loose);
+                assert_close(
+                    &format!("{what} Fast vs f64 on bf16 operands"),
+                    c,
+                    &got,
+                    rounded,
+                    tight,
+                );
+            }
+        }
+    }
 }
 
 /// Checks every level against the f64 reference and the SIMD levels against the scalar twin, the SIMD
@@ -278,8 +394,16 @@ fn check_threads(c: Case, seed: u64, thread_counts: &[usize]) {
     let x = build(&c, seed);
     let want = naive_f64(&x);
     let vmax = max_abs_v(&x);
-    let scalar = run(&Kernels::new(Isa::Scalar).unwrap(), &x);
-    assert_close("scalar vs f64", &c, &scalar, &want, vmax);
+    let scalar_k = Kernels::new(Isa::Scalar).unwrap();
+    let scalar = run(&scalar_k, &x);
+    assert_close("scalar vs f64", &c, &scalar, &want, TOL * vmax);
+    let mut fast = FastRefs {
+        x: &x,
+        want: &want,
+        rounded: None,
+        bounds: None,
+    };
+    fast.check("scalar", &c, &scalar_k, &scalar);
     let scalar64: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
     for k in Kernels::all_available() {
         if k.isa() == Isa::Scalar {
@@ -289,9 +413,34 @@ fn check_threads(c: Case, seed: u64, thread_counts: &[usize]) {
             let k = k.with_threads(threads);
             let got = run(&k, &x);
             let what = format!("{} ({threads} threads)", k.isa());
-            assert_close(&format!("{what} vs f64"), &c, &got, &want, vmax);
-            assert_close(&format!("{what} vs scalar"), &c, &got, &scalar64, vmax);
+            assert_close(&format!("{what} vs f64"), &c, &got, &want, TOL * vmax);
+            assert_close(
+                &format!("{what} vs scalar"),
+                &c,
+                &got,
+                &scalar64,
+                TOL * vmax,
+            );
+            fast.check(&what, &c, &k, &got);
         }
+    }
+}
+
+/// The `Fast` path only (no scalar run: for large shapes), at the best level on 1 and 2 threads.
+fn check_fast(c: Case, seed: u64) {
+    let x = build(&c, seed);
+    let want = naive_f64(&x);
+    let mut fast = FastRefs {
+        x: &x,
+        want: &want,
+        rounded: None,
+        bounds: None,
+    };
+    let best = Kernels::all_available().pop().unwrap();
+    for threads in [1, 2] {
+        let k = best.with_threads(threads);
+        let exact = run(&k, &x);
+        fast.check(&format!("{} ({threads} threads)", k.isa()), &c, &k, &exact);
     }
 }
 
@@ -496,6 +645,137 @@ fn model_shapes() {
     );
 }
 
+/// The `Fast` (bf16) path on awkward prefill sizes up to 1023 rows and keys (odd key counts leave a pad
+/// key in the last pair, odd head dims a pad dim), causal and not, GQA groups and strided layouts.
+fn fast_sweep(hd: usize, seed0: u64) {
+    let shapes = [
+        (15, 15),
+        (17, 17),
+        (63, 63),
+        (65, 65),
+        (257, 257),
+        (1023, 1023),
+        (1, 65),
+        (17, 1023),
+        (63, 257),
+        (65, 300),
+    ];
+    for (n, &(q_len, kv_len)) in shapes.iter().enumerate() {
+        for causal in [true, false] {
+            let big = q_len * kv_len > 300 * 300;
+            let group = if q_len == 1 { 16 } else { 1 + n % 4 };
+            check_fast(
+                Case {
+                    hd,
+                    q_len,
+                    kv_len,
+                    causal,
+                    nkv: if big { 1 } else { 2 },
+                    group: if big { 1 } else { group },
+                    layout: LAYOUTS[(n + causal as usize) % 4],
+                    values: Values::Uniform,
+                },
+                seed0 + 2 * n as u64 + causal as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_sweep_hd64() {
+    fast_sweep(64, 500);
+}
+
+#[test]
+fn fast_sweep_hd72() {
+    fast_sweep(72, 600);
+}
+
+#[test]
+fn fast_sweep_hd33() {
+    fast_sweep(33, 700);
+}
+
+/// Which calls take the bf16 kernel: prefill-shaped `Fast` calls on AVX512_BF16 only.
+#[test]
+fn fast_dispatch() {
+    let vision = AttnParams {
+        n_q_heads: 16,
+        n_kv_heads: 16,
+        head_dim: 64,
+        q_len: 1200,
+        kv_len: 1200,
+        scale: 0.125,
+        causal: false,
+        path: MatmulPath::Fast,
+    };
+    let decode = AttnParams {
+        n_kv_heads: 8,
+        q_len: 1,
+        kv_len: 4096,
+        causal: true,
+        ..vision
+    };
+    for k in Kernels::all_available() {
+        let bf16 = k.isa() == Isa::Avx512 && k.features().avx512_bf16;
+        let expect = if bf16 {
+            MatmulPath::Fast
+        } else {
+            MatmulPath::Exact
+        };
+        assert_eq!(k.attention_precision(&vision), expect, "{}", k.isa());
+        let exact = AttnParams {
+            path: MatmulPath::Exact,
+            ..vision
+        };
+        assert_eq!(k.attention_precision(&exact), MatmulPath::Exact);
+        assert_eq!(k.attention_precision(&decode), MatmulPath::Exact);
+    }
+}
+
+/// Zero queries (uniform weights: the mean of v) and zero values (out 0) on the `Fast` path.
+#[test]
+fn fast_zeros() {
+    let (hd, n) = (64usize, 70usize);
+    let l = AttnLayout::contiguous(2, hd);
+    let mut rng = Rng(7);
+    let v: Vec<f32> = (0..n * 2 * hd).map(|_| rng.f()).collect();
+    let kx: Vec<f32> = (0..n * 2 * hd).map(|_| rng.f()).collect();
+    let zeros = vec![0.0f32; n * 2 * hd];
+    let p = AttnParams {
+        n_q_heads: 2,
+        n_kv_heads: 2,
+        head_dim: hd,
+        q_len: n,
+        kv_len: n,
+        scale: 0.125,
+        causal: false,
+        path: MatmulPath::Fast,
+    };
+    for k in Kernels::all_available() {
+        let mut out = vec![f32::NAN; n * 2 * hd];
+        k.attention(&kx, l, &kx, l, &zeros, l, &mut out, &p)
+            .unwrap();
+        assert!(out.iter().all(|&x| x == 0.0), "{}: v = 0", k.isa());
+        k.attention(&zeros, l, &kx, l, &v, l, &mut out, &p).unwrap();
+        for i in 0..n {
+            for h in 0..2 {
+                for d in 0..hd {
+                    let mean =
+                        (0..n).map(|j| v[(j * 2 + h) * hd + d] as f64).sum::<f64>() / n as f64;
+                    let got = out[(i * 2 + h) * hd + d] as f64;
+                    // rounding v and P to bf16: 2⁻⁸ of max |v| <= 1
+                    assert!(
+                        (got - mean).abs() <= 2f64.powi(-8) + 1e-5,
+                        "{}: q = 0: {got} vs {mean}",
+                        k.isa()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Hand-computed values: two keys with scores 0 and ln 3 give weights 1/4 and 3/4.
 #[test]
 fn known_values() {
@@ -514,6 +794,7 @@ fn known_values() {
             kv_len: 2,
             scale: 1.0,
             causal: false,
+            path: MatmulPath::Exact,
         };
         kern.attention(
             &q,
@@ -576,6 +857,7 @@ fn bad_arguments_are_errors() {
         kv_len,
         scale: 0.3,
         causal: true,
+        path: MatmulPath::Exact,
     };
     let ql = AttnLayout::contiguous(nq, hd);
     let kl = AttnLayout::contiguous(nkv, hd);

@@ -33,6 +33,8 @@
 //! Accuracy: every level is within 1e-5 · max|v| (max abs error) of an f64 evaluation of the formula on
 //! the tests' shapes (tests/attention.rs).
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 mod flash;
 mod lanes;
 mod scalar;
@@ -40,6 +42,7 @@ mod scalar;
 mod x86;
 
 use crate::isa::Isa;
+pub use crate::matmul::MatmulPath;
 use crate::{KernelError, Kernels};
 use std::cell::RefCell;
 
@@ -81,6 +84,10 @@ pub struct AttnParams {
     pub scale: f32,
     /// Query row i attends keys j <= i + (kv_len - q_len) only. Needs kv_len >= q_len.
     pub causal: bool,
+    /// `Exact`: f32 arithmetic. `Fast`: prefill-shaped calls on AVX512_BF16 round q·scale, k, v and the
+    /// softmax weights to bf16 for `vdpbf16ps` (f32 accumulation and softmax); see the module docs for the
+    /// bound. Elsewhere `Fast` runs the exact path.
+    pub path: MatmulPath,
 }
 
 const OP: &str = "attention";
@@ -204,11 +211,25 @@ impl Kernels {
                     out: SyncPtr(out.as_mut_ptr()),
                     partial: SyncPtr(std::ptr::null_mut()),
                     slot_len: 0,
+                    kb: &[],
+                    vb: &[],
                 };
                 run_tasks(self, f, job);
             }
         }
         Ok(())
+    }
+
+    /// The arithmetic [`Kernels::attention`] runs for `p`: `Fast` only when `p.path` is `Fast` and the
+    /// call takes the bf16 kernel (AVX512_BF16, prefill-shaped: at least 16 (query row, q head) pairs per
+    /// query tile), else `Exact`.
+    pub fn attention_precision(&self, p: &AttnParams) -> MatmulPath {
+        let group = p.n_q_heads.checked_div(p.n_kv_heads).unwrap_or(1).max(1);
+        let pl = plan(p, group, self.threads());
+        match bf16_kernel(self, p, &pl, group) {
+            Some(_) => MatmulPath::Fast,
+            None => MatmulPath::Exact,
+        }
     }
 }
 
@@ -257,6 +278,9 @@ pub(crate) struct Job<'a> {
     /// [max, sum, unnormalized accumulator (head_dim)].
     partial: SyncPtr,
     slot_len: usize,
+    /// The bf16 kernel's packed K and V of every kv head (see `bf16.rs`); else empty.
+    pub kb: &'a [u32],
+    pub vb: &'a [u32],
 }
 
 /// One unit of work: kv heads `g..g + ng`, query rows `i0..i1` (with all `group` q heads of each kv head)
@@ -393,17 +417,108 @@ fn plan(p: &AttnParams, group: usize, threads: usize) -> Plan {
 thread_local! {
     /// Per-thread scratch of the task kernels (packed tiles, scores, accumulators), reused across calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for the bf16 kernel's packed K and V, reused across calls.
+    static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
+/// Query rows (× q heads) per task from which the `Fast` path runs the bf16 kernel: a vector of lanes.
+const BF16_MIN_ROWS: usize = 16;
+
+/// The bf16 task kernel, if this call takes the `Fast` bf16 path: `Fast`, AVX-512 with AVX512_BF16 and a
+/// prefill-shaped plan (one kv head per task, at least a vector of rows per query tile).
+fn bf16_kernel(k: &Kernels, p: &AttnParams, plan: &Plan, group: usize) -> Option<TaskFn> {
+    #[cfg(target_arch = "x86_64")]
+    if p.path == MatmulPath::Fast
+        && k.isa() == Isa::Avx512
+        && k.features().avx512_bf16
+        && plan.heads == 1
+        && plan.tile_rows * group >= BF16_MIN_ROWS
+    {
+        return Some(bf16::run);
+    }
+    let _ = (k, p, plan, group);
+    None
+}
+
+/// Keys per packing task of the bf16 path (even).
+#[cfg(target_arch = "x86_64")]
+const PACK_KEYS: usize = 512;
+
+/// Rounds K and V of every kv head into `buf` (the bf16 kernel's layouts), threaded over (head, keys);
+/// returns (kb, vb) words.
+#[cfg(target_arch = "x86_64")]
+fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>) -> (usize, usize) {
+    let p = &job.p;
+    let (kw, vw) = bf16::packed_words(p.n_kv_heads, p.kv_len, p.head_dim);
+    if buf.len() < kw + vw {
+        buf.resize(kw + vw, 0);
+    }
+    let (kb, vb) = buf.split_at_mut(kw);
+    let (kb, vb) = (SyncPtrU32(kb.as_mut_ptr()), SyncPtrU32(vb.as_mut_ptr()));
+    let blocks = p.kv_len.div_ceil(PACK_KEYS);
+    k.parallel_for(p.n_kv_heads * blocks, &|ti| {
+        let (g, b) = (ti / blocks, ti % blocks);
+        let j1 = ((b + 1) * PACK_KEYS).min(p.kv_len);
+        // Safety: the level has AVX512_BF16 (see `bf16_kernel`), the job was validated and each task
+        // writes its own keys of head g.
+        unsafe { bf16::pack_kv(job, kb.get(), vb.get(), g, b * PACK_KEYS, j1) }
+    });
+    (kw, vw)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SyncPtrU32(*mut u32);
+// Safety: the packing tasks write disjoint ranges and the buffer outlives `parallel_for`.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SyncPtrU32 {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SyncPtrU32 {}
+#[cfg(target_arch = "x86_64")]
+impl SyncPtrU32 {
+    /// (a method, so closures capture the Sync wrapper rather than its raw field)
+    fn get(self) -> *mut u32 {
+        self.0
+    }
+}
+
+fn run_tasks(k: &Kernels, f: TaskFn, job: Job) {
+    let pl = plan(&job.p, job.group, k.threads());
+    match bf16_kernel(k, &job.p, &pl, job.group) {
+        #[cfg(target_arch = "x86_64")]
+        Some(f) => PACKED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let (kw, vw) = pack_bf16(k, &job, &mut buf);
+            let job = Job {
+                kb: &buf[..kw],
+                vb: &buf[kw..kw + vw],
+                ..job
+            };
+            run_plan(k, f, job, pl, true)
+        }),
+        _ => run_plan(k, f, job, pl, false),
+    }
+}
+
+/// Runs the tasks of plan `pl` with task kernel `f`; `even`: key chunks start at even keys (bf16 pairs).
+fn run_plan(k: &Kernels, f: TaskFn, mut job: Job, pl: Plan, even: bool) {
     let p = job.p;
     let group = job.group;
     let Plan {
         tile_rows,
         heads,
         chunks,
-    } = plan(&p, group, k.threads());
+    } = pl;
     let n_qt = p.q_len.div_ceil(tile_rows);
+    // start of key chunk c
+    let bound = |c: usize| {
+        let b = c * p.kv_len / chunks;
+        if even && c < chunks {
+            b & !1
+        } else {
+            b
+        }
+    };
 
     // Tasks, the longest first: with a causal mask the last query tiles see the most keys.
     let mut tasks = Vec::with_capacity(n_qt * p.n_kv_heads.div_ceil(heads) * chunks);
@@ -416,8 +531,8 @@ fn run_tasks(k: &Kernels, f: TaskFn, mut job: Job) {
                     ng: heads.min(p.n_kv_heads - g),
                     i0: qt * tile_rows,
                     i1: ((qt + 1) * tile_rows).min(p.q_len),
-                    ks: c * p.kv_len / chunks,
-                    ke: (c + 1) * p.kv_len / chunks,
+                    ks: bound(c),
+                    ke: bound(c + 1),
                     slot,
                 });
             }
@@ -495,6 +610,7 @@ mod tests {
             kv_len,
             scale: 0.125,
             causal: true,
+            path: MatmulPath::Exact,
         }
     }
 

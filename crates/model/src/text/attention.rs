@@ -111,6 +111,7 @@ impl TextAttention {
             kv_len,
             scale: 1.0 / (hd as f32).sqrt(),
             causal: true,
+            path: c.path,
         };
         let kv_layout = AttnLayout {
             row_stride: kvd,

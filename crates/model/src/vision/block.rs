@@ -122,6 +122,7 @@ impl VisionBlock {
                 kv_len: len,
                 scale: 1.0 / (hv as f32).sqrt(),
                 causal: false,
+                path: c.path,
             };
             let seg = &s.qkv[r];
             k.attention(

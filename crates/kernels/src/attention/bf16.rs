@@ -1,0 +1,489 @@
+//! The `Fast` prefill / vision kernel on AVX512_BF16: the lanes kernel (`lanes.rs`, rows in the vector
+//! lanes) with both products on `vdpbf16ps` (two bf16 products per f32 lane, accumulated in f32) and the
+//! online softmax in f32.
+//!
+//! Before the tasks run, K and V of the whole call are rounded to bf16 (RNE) once, by [`pack_kv`]:
+//!
+//! ```text
+//! Kb (n_kv, kv_len, hdp)        Kb[g, j, d] = bf16(k[j, g, d]), hdp = hd rounded up to even (pad 0):
+//!                               each 32-bit word is a pair of head dims (d, d+1) of one key
+//! Vb (n_kv, kvp/2, hd, 2)       Vb[g, j/2, d, j%2] = bf16(v[j, g, d]), kvp = kv_len rounded up to even
+//!                               (pad 0): each 32-bit word is a pair of keys (j, j+1) of one head dim
+//! ```
+//!
+//! A task then works like `lanes.rs`, on 32-bit words that hold pairs of bf16 (one word per row lane):
+//!
+//! ```text
+//! Qt (hdp/2, ld) pairs  Qt[p, r] = (bf16(scale·q[r, 2p]), bf16(scale·q[r, 2p+1]))
+//! per key tile [j0, j0 + w) (j0 even), per column chunk c of N vectors (rows r ∈ c see wc keys):
+//!   St (wce, c)         = Σ_p Kb[j, p] · Qt[p, c]       vdpbf16ps, Kb pair broadcast; RK keys × N vectors
+//!   St[j, r]            = −∞ beyond row r's causal limit, and for the pad key wc when wc is odd
+//!   m' = max(m, max_j St), α = e^(m − m'), P = e^(St − m') (f32), l = α·l + Σ_j P (f32), Ot[:, c] *= α
+//!   Pb (wce/2, c) pairs = (bf16(P[2jp]), bf16(P[2jp+1]))
+//!   Ot (hd, c)         += Σ_jp Vb[jp, d] · Pb[jp, c]    vdpbf16ps, Vb pair broadcast; RD dims × N vectors
+//! out[r] = Ot[:, r] / l[r]   (or the partial (m, l, Ot[:, r]) when the keys are split across tasks)
+//! ```
+//!
+//! Key tiles start at even keys (the plan keeps chunk starts even), so Vb pairs and tile pairs coincide.
+
+// Register tiles index several arrays with the same (row, vector) indices.
+#![allow(clippy::needless_range_loop)]
+
+use super::{Job, Task};
+use crate::matmul::scalar::f32_to_bf16;
+use crate::simd::math::exp;
+use crate::x86::avx512::Avx512;
+use std::arch::x86_64::*;
+
+/// Keys per key tile (even).
+pub(crate) const KEY_TILE: usize = 256;
+/// Vectors of 16 rows per column chunk.
+const N: usize = 4;
+/// Keys per register block of Q·Kᵀ.
+const RK: usize = 6;
+/// Head dims per register block of P·V.
+const RD: usize = 6;
+const LANES: usize = 16;
+
+/// 32 bf16 as the operand type of `vdpbf16ps` (same bits).
+#[inline(always)]
+fn bh(v: __m512i) -> __m512bh {
+    // Safety: both are 64-byte plain vectors; every bit pattern is valid.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+/// 16 bf16 (RNE; denormal inputs flush to 0), as the 256-bit integer vector of their bits.
+#[inline(always)]
+unsafe fn cvt16(x: __m512) -> __m256i {
+    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x))
+}
+
+/// Pairs (bf16(a[i]), bf16(b[i])) for the 16 lanes: one 32-bit word per lane, a in the low half.
+#[inline(always)]
+unsafe fn pairs(a: __m512, b: __m512) -> __m512i {
+    // cvtne2ps puts bf16(a) in elements 0..16 and bf16(b) in 16..32; interleave them by lane.
+    let ab = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    _mm512_permutexvar_epi16(idx, ab)
+}
+
+/// Sizes of the packed K and V of one call in 32-bit words (pairs of bf16), see the module docs.
+pub(crate) fn packed_words(n_kv: usize, kv_len: usize, hd: usize) -> (usize, usize) {
+    let hp = hd.div_ceil(2);
+    let kvp = kv_len.div_ceil(2) * 2;
+    (n_kv * kv_len * hp, n_kv * kvp / 2 * hd)
+}
+
+/// Rounds keys j0..j1 (j0 even) of kv head g of the job's K and V into `kb`, `vb` (layouts in the module
+/// docs; the pad pair of an odd kv_len is written as 0).
+/// Safety: the CPU has AVX-512 F/BW/VL and AVX512_BF16; the job was validated; kb, vb have
+/// [`packed_words`] words and no other thread writes the same keys of head g.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+pub(crate) unsafe fn pack_kv(
+    job: &Job,
+    kb: *mut u32,
+    vb: *mut u32,
+    g: usize,
+    j0: usize,
+    j1: usize,
+) {
+    let (kb, vb) = (kb as *mut u16, vb as *mut u16);
+    let p = &job.p;
+    let hd = p.head_dim;
+    let hdp = hd.div_ceil(2) * 2;
+    let kvp = p.kv_len.div_ceil(2) * 2;
+    let body = hd - hd % LANES;
+    debug_assert!(j0.is_multiple_of(2) && j1 <= p.kv_len);
+    // K rows: 16 dims per conversion, then the scalar tail and the pad dim
+    for j in j0..j1 {
+        let src = job
+            .k
+            .as_ptr()
+            .add(j * job.kl.row_stride + g * job.kl.head_stride);
+        let dst = kb.add((g * p.kv_len + j) * hdp);
+        let mut d = 0;
+        while d < body {
+            _mm256_storeu_si256(
+                dst.add(d) as *mut __m256i,
+                cvt16(_mm512_loadu_ps(src.add(d))),
+            );
+            d += LANES;
+        }
+        for d in body..hd {
+            *dst.add(d) = f32_to_bf16(*src.add(d));
+        }
+        if hdp > hd {
+            *dst.add(hd) = 0;
+        }
+    }
+    // V key pairs: 16 dims of two keys per step, interleaved; the scalar tail
+    let zero = [0.0f32; 1];
+    for j in (j0..j1).step_by(2) {
+        let v0 = job
+            .v
+            .as_ptr()
+            .add(j * job.vl.row_stride + g * job.vl.head_stride);
+        // the pad key of an odd kv_len reads as zeros
+        let (v1, s1) = if j + 1 < p.kv_len {
+            (v0.add(job.vl.row_stride), 1)
+        } else {
+            (zero.as_ptr(), 0)
+        };
+        let dst = vb.add(((g * kvp + j) / 2 * hd) * 2);
+        let mut d = 0;
+        while d < body {
+            let b = if s1 == 1 {
+                _mm512_loadu_ps(v1.add(d))
+            } else {
+                _mm512_setzero_ps()
+            };
+            _mm512_storeu_si512(
+                dst.add(2 * d) as *mut __m512i,
+                pairs(_mm512_loadu_ps(v0.add(d)), b),
+            );
+            d += LANES;
+        }
+        for d in body..hd {
+            *dst.add(2 * d) = f32_to_bf16(*v0.add(d));
+            *dst.add(2 * d + 1) = f32_to_bf16(*v1.add(d * s1));
+        }
+    }
+}
+
+/// Scratch words (f32-sized) a task of `ld` lanes needs.
+fn scratch_len(hd: usize, ld: usize) -> usize {
+    let hp = hd.div_ceil(2);
+    hp * ld + KEY_TILE * ld + KEY_TILE / 2 * ld + hd * ld + 2 * ld + hd
+}
+
+/// Runs one task (one kv head, any number of query rows) on the packed K and V.
+/// Safety: the CPU has AVX-512 F/BW/VL and AVX512_BF16; the job was validated, `kb`, `vb` hold the packed
+/// K and V of every kv head of the job and `t` comes from the plan (t.ng == 1, t.ks even).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
+    let s = Avx512::new_unchecked();
+    let p = &job.p;
+    let hd = p.head_dim;
+    let hp = hd.div_ceil(2);
+    let kvp = p.kv_len.div_ceil(2) * 2;
+    let group = job.group;
+    debug_assert!(t.ng == 1 && t.ks.is_multiple_of(2));
+    let mq = (t.i1 - t.i0) * group;
+    let ld = mq.div_ceil(LANES) * LANES;
+
+    let need = scratch_len(hd, ld);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    // Scratch: Qt (hp, ld) pairs | St (KEY_TILE, ld) | Pb (KEY_TILE/2, ld) pairs | Ot (hd, ld) | m | l | o
+    let (qt, rest) = scratch.split_at_mut(hp * ld);
+    let (stt, rest) = rest.split_at_mut(KEY_TILE * ld);
+    let (pb, rest) = rest.split_at_mut(KEY_TILE / 2 * ld);
+    let (ot, rest) = rest.split_at_mut(hd * ld);
+    let (m, rest) = rest.split_at_mut(ld);
+    let (l, rest) = rest.split_at_mut(ld);
+    let orow = &mut rest[..hd];
+    ot.fill(0.0);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
+    let qt = qt.as_mut_ptr() as *mut u32;
+    let pb = pb.as_mut_ptr() as *mut u32;
+
+    // 1. Qt[p, r] = (bf16(scale·q[i_r, h_r, 2p]), bf16(scale·q[i_r, h_r, 2p+1])), padding lanes 0
+    std::ptr::write_bytes(qt, 0, hp * ld);
+    let scale = _mm512_set1_ps(p.scale);
+    let body = hd - hd % LANES;
+    for r in 0..mq {
+        let (i, h) = (t.i0 + r / group, t.g * group + r % group);
+        let src = &job.q[i * job.ql.row_stride + h * job.ql.head_stride..][..hd];
+        // vector body: 16 dims -> 8 pairs, written down column r
+        let mut d = 0;
+        while d < body {
+            let b = cvt16(_mm512_mul_ps(scale, _mm512_loadu_ps(src.as_ptr().add(d))));
+            let mut w = [0u32; 8];
+            _mm256_storeu_si256(w.as_mut_ptr() as *mut __m256i, b);
+            for (k, &x) in w.iter().enumerate() {
+                *qt.add((d / 2 + k) * ld + r) = x;
+            }
+            d += LANES;
+        }
+        // scalar tail, the pad dim 0
+        while d < hd {
+            let lo = f32_to_bf16(p.scale * src[d]) as u32;
+            let hi = if d + 1 < hd {
+                f32_to_bf16(p.scale * src[d + 1]) as u32
+            } else {
+                0
+            };
+            *qt.add(d / 2 * ld + r) = lo | hi << 16;
+            d += 2;
+        }
+    }
+
+    // Keys of the tile at j0 (w keys) that row r may see.
+    let visible =
+        |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
+    // this head's packed K rows (kv_len, hdp) and V pairs (kvp/2, hd)
+    let kh = job.kb.as_ptr().add(t.g * p.kv_len * hp);
+    let vh = job.vb.as_ptr().add(t.g * kvp / 2 * hd);
+
+    let kend = t.ke.min(job.limit(t.i1 - 1));
+    let mut j0 = t.ks;
+    while j0 < kend {
+        let w = KEY_TILE.min(kend - j0);
+        let mut c = 0;
+        while c < ld {
+            // chunk width in vectors: N, else 2, else 1
+            let nv = if ld - c >= N * LANES {
+                N
+            } else if ld - c >= 2 * LANES {
+                2
+            } else {
+                1
+            };
+            let width = nv * LANES;
+            // rows grow with r: the chunk's last real row sees the most keys
+            let last = (c + width).min(mq) - 1;
+            let wc = visible(last, j0, w);
+            if wc > 0 {
+                let cc = Chunk {
+                    hp,
+                    hd,
+                    ld,
+                    c,
+                    wc,
+                    // key j of the tile: K row j0 + j (hp words), V pair j0/2 + jp (hd words)
+                    kt: kh.add(j0 * hp),
+                    vt: vh.add(j0 / 2 * hd),
+                };
+                let vis = |r| visible(r, j0, w);
+                let b = Bufs {
+                    qt,
+                    stt: stt.as_mut_ptr(),
+                    pb,
+                    ot: ot.as_mut_ptr(),
+                    m: m.as_mut_ptr(),
+                    l: l.as_mut_ptr(),
+                };
+                match nv {
+                    1 => cc.step::<1>(s, &b, vis, mq),
+                    2 => cc.step::<2>(s, &b, vis, mq),
+                    _ => cc.step::<N>(s, &b, vis, mq),
+                }
+            }
+            c += width;
+        }
+        j0 += w;
+    }
+
+    // 4. out rows (or partials): Ot[:, r]
+    for r in 0..mq {
+        for (d, o) in orow.iter_mut().enumerate() {
+            *o = ot[d * ld + r];
+        }
+        job.emit(t, r, m[r], l[r], orow);
+    }
+}
+
+/// The task's scratch, as raw pointers: Qt (hp, ld) pairs, St (KEY_TILE, ld), Pb (KEY_TILE/2, ld) pairs,
+/// Ot (hd, ld), m, l (ld).
+struct Bufs {
+    qt: *mut u32,
+    stt: *mut f32,
+    pb: *mut u32,
+    ot: *mut f32,
+    m: *mut f32,
+    l: *mut f32,
+}
+
+/// One column chunk of one key tile: columns c..c + N·16, keys 0..wc of the tile.
+struct Chunk {
+    hp: usize,
+    hd: usize,
+    ld: usize,
+    c: usize,
+    wc: usize,
+    /// the tile's K rows: key j's pairs at kt[j·hp..]
+    kt: *const u32,
+    /// the tile's V pairs: key pair jp, dim d at vt[jp·hd + d]
+    vt: *const u32,
+}
+
+impl Chunk {
+    /// Safety: the caller's bounds: c + NC·16 <= ld, wc <= KEY_TILE, the tile's K rows and V pairs exist.
+    #[inline(always)]
+    unsafe fn step<const NC: usize>(
+        &self,
+        s: Avx512,
+        b: &Bufs,
+        visible: impl Fn(usize) -> usize,
+        mq: usize,
+    ) {
+        let Chunk {
+            hp,
+            hd,
+            ld,
+            c,
+            wc,
+            kt,
+            vt,
+        } = *self;
+        let wce = wc.div_ceil(2) * 2;
+
+        // 2a. St[j, c..] = Σ_p Kb[j, p] · Qt[p, c..] for j < wc, RK keys at a time, then 2, then 1
+        let mut j = 0;
+        while j < wc {
+            if wc - j >= RK {
+                qk_block::<RK, NC>(kt, hp, j, b.qt, ld, c, b.stt);
+                j += RK;
+            } else if wc - j >= 2 {
+                qk_block::<2, NC>(kt, hp, j, b.qt, ld, c, b.stt);
+                j += 2;
+            } else {
+                qk_block::<1, NC>(kt, hp, j, b.qt, ld, c, b.stt);
+                j += 1;
+            }
+        }
+
+        // 2b. the pad key of an odd wc is −∞ for every lane; causal mask St[j, r] = −∞ for
+        //     visible(r) <= j < wce
+        if wce > wc {
+            for n in 0..NC {
+                _mm512_storeu_ps(
+                    b.stt.add(wc * ld + c + n * LANES),
+                    _mm512_set1_ps(f32::NEG_INFINITY),
+                );
+            }
+        }
+        for r in c..(c + NC * LANES).min(mq) {
+            for jj in visible(r)..wc {
+                *b.stt.add(jj * ld + r) = f32::NEG_INFINITY;
+            }
+        }
+
+        // 2c. online softmax per vector of rows; P rounded to bf16 pairs of keys into Pb
+        for n in 0..NC {
+            let cv = c + n * LANES;
+            let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+            for jj in 0..wce {
+                mx = _mm512_max_ps(mx, _mm512_loadu_ps(b.stt.add(jj * ld + cv)));
+            }
+            let m_old = _mm512_loadu_ps(b.m.add(cv));
+            // a row that sees no key yet keeps m = f32::MIN (finite, so St − m' is −∞, not NaN)
+            let m_new = _mm512_max_ps(_mm512_max_ps(m_old, mx), _mm512_set1_ps(f32::MIN));
+            let alpha = exp(s, _mm512_sub_ps(m_old, m_new));
+            let mut sum = _mm512_setzero_ps();
+            for jp in 0..wce / 2 {
+                let s0 = _mm512_loadu_ps(b.stt.add(2 * jp * ld + cv));
+                let s1 = _mm512_loadu_ps(b.stt.add((2 * jp + 1) * ld + cv));
+                let e0 = exp(s, _mm512_sub_ps(s0, m_new));
+                let e1 = exp(s, _mm512_sub_ps(s1, m_new));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+                _mm512_storeu_si512(b.pb.add(jp * ld + cv) as *mut __m512i, pairs(e0, e1));
+            }
+            let lv = _mm512_loadu_ps(b.l.add(cv));
+            _mm512_storeu_ps(b.l.add(cv), _mm512_fmadd_ps(alpha, lv, sum));
+            _mm512_storeu_ps(b.m.add(cv), m_new);
+            for d in 0..hd {
+                let o = b.ot.add(d * ld + cv);
+                _mm512_storeu_ps(o, _mm512_mul_ps(alpha, _mm512_loadu_ps(o)));
+            }
+        }
+
+        // 2d. Ot[d, c..] += Σ_jp Vb[jp, d] · Pb[jp, c..], RD dims at a time, then 2, then 1
+        let wp = wce / 2;
+        let mut d = 0;
+        while d < hd {
+            if hd - d >= RD {
+                pv_block::<RD, NC>(vt, hd, d, wp, b.pb, ld, c, b.ot);
+                d += RD;
+            } else if hd - d >= 2 {
+                pv_block::<2, NC>(vt, hd, d, wp, b.pb, ld, c, b.ot);
+                d += 2;
+            } else {
+                pv_block::<1, NC>(vt, hd, d, wp, b.pb, ld, c, b.ot);
+                d += 1;
+            }
+        }
+    }
+}
+
+/// St[j0 + t, c..c + NC·16] = Σ_p Kb[j0 + t, p] · Qt[p, c..] for t < R.
+/// Safety: bounds as [`Chunk::step`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn qk_block<const R: usize, const NC: usize>(
+    kt: *const u32,
+    hp: usize,
+    j0: usize,
+    qt: *const u32,
+    ld: usize,
+    c: usize,
+    stt: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NC]; R];
+    let kp: [*const u32; R] = std::array::from_fn(|t| kt.add((j0 + t) * hp));
+    for p in 0..hp {
+        let mut qv = [_mm512_setzero_si512(); NC];
+        for n in 0..NC {
+            qv[n] = _mm512_loadu_si512(qt.add(p * ld + c + n * LANES) as *const __m512i);
+        }
+        for t in 0..R {
+            let kv = bh(_mm512_set1_epi32(*kp[t].add(p) as i32));
+            for n in 0..NC {
+                acc[t][n] = _mm512_dpbf16_ps(acc[t][n], bh(qv[n]), kv);
+            }
+        }
+    }
+    for t in 0..R {
+        for n in 0..NC {
+            _mm512_storeu_ps(stt.add((j0 + t) * ld + c + n * LANES), acc[t][n]);
+        }
+    }
+}
+
+/// Ot[d0 + t, c..c + NC·16] += Σ_{jp < wp} Vb[jp, d0 + t] · Pb[jp, c..] for t < R.
+/// Safety: bounds as [`Chunk::step`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pv_block<const R: usize, const NC: usize>(
+    vt: *const u32,
+    hd: usize,
+    d0: usize,
+    wp: usize,
+    pb: *const u32,
+    ld: usize,
+    c: usize,
+    ot: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NC]; R];
+    for t in 0..R {
+        for n in 0..NC {
+            acc[t][n] = _mm512_loadu_ps(ot.add((d0 + t) * ld + c + n * LANES));
+        }
+    }
+    let mut vp = vt.add(d0);
+    let mut pp = pb.add(c);
+    for _ in 0..wp {
+        let mut pv = [_mm512_setzero_si512(); NC];
+        for n in 0..NC {
+            pv[n] = _mm512_loadu_si512(pp.add(n * LANES) as *const __m512i);
+        }
+        for t in 0..R {
+            let v = bh(_mm512_set1_epi32(*vp.add(t) as i32));
+            for n in 0..NC {
+                acc[t][n] = _mm512_dpbf16_ps(acc[t][n], bh(pv[n]), v);
+            }
+        }
+        vp = vp.wrapping_add(hd);
+        pp = pp.wrapping_add(ld);
+    }
+    for t in 0..R {
+        for n in 0..NC {
+            _mm512_storeu_ps(ot.add((d0 + t) * ld + c + n * LANES), acc[t][n]);
+        }
+    }
+}
