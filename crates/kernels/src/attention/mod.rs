@@ -29,9 +29,21 @@
 //!   every head and the keys split into chunks across the threads, whose partial (m, l, accumulator) are
 //!   merged at the end (flash-decoding). A short prefill after a long context with few tasks splits the
 //!   keys the same way.
+//! - `Fast` path (`AttnParams::path`), AVX-512 with AVX512_BF16, prefill-shaped calls (at least 16
+//!   (query row, q head) pairs per query tile): `bf16.rs`, the lanes kernel on `vdpbf16ps`. K and V are
+//!   rounded to bf16 once per call, q·scale once per task, the softmax weights P once per key tile; the
+//!   products accumulate in f32 and the online softmax (m, l, rescaling) is f32. Elsewhere (other levels,
+//!   decode) `Fast` runs the exact kernels; [`Kernels::attention_precision`] tells which.
 //!
-//! Accuracy: every level is within 1e-5 · max|v| (max abs error) of an f64 evaluation of the formula on
-//! the tests' shapes (tests/attention.rs).
+//! Accuracy (max abs error, tests/attention.rs):
+//! - `Exact`: every level within 1e-5 · max|v| of an f64 evaluation of the formula on the tests' shapes.
+//! - `Fast` (bf16 kernel): rounding scale·q and k to bf16 (RNE, relative error ≤ 2⁻⁹ each) moves each
+//!   score by at most Δ = (2⁻⁸ + 2⁻¹⁸)·|scale|·max_{i,j} Σ_d |q_id·k_jd|, hence each softmax weight by a
+//!   factor within e^(±2Δ); rounding v and P adds 2⁻⁹ each (l sums the unrounded f32 P, as torch's bf16
+//!   SDPA does). So |out − f64| ≤ (e^(2Δ) − 1 + 2⁻⁸ + 2⁻¹⁸)·max|v| + the f32 arithmetic (1e-5·max|v| on the
+//!   tests' shapes), and against an f64 evaluation on the rounded operands only P's rounding remains:
+//!   ≤ (2⁻⁹(1 + 2⁻⁹) + 1e-5)·max|v|. Denormal operands are flushed to 0 (`vdpbf16ps`). For head_dim 64,
+//!   scale 1/8 and |q|, |k| ≤ 1 this is ~3e-2 · max|v| in the worst case; measured 2e-3 · max|v|.
 
 #[cfg(target_arch = "x86_64")]
 mod bf16;
