@@ -393,3 +393,89 @@ fn bad_lengths_are_errors() {
         assert!(matches!(r, Err(KernelError::Invalid { .. })), "{r:?}");
     }
 }
+
+/// Packing stacked parts (awkward row splits, bf16, f32 and mixed) holds exactly the rows of the
+/// concatenated weight, and multiplies bit for bit like it, at every level.
+#[test]
+fn pack_parts_matches_concatenation() {
+    let (k, n) = (37usize, 150usize);
+    let c = make(5, k, n, 21);
+    let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
+    for kern in Kernels::all_available() {
+        for splits in [
+            &[150usize][..],
+            &[1, 149],
+            &[17, 64, 69],
+            &[64, 0, 86],
+            &[3, 5, 7, 135],
+        ] {
+            for dtypes in 0..3 {
+                // 0: all bf16, 1: all f32, 2: alternating (packed as f32)
+                let mut parts = Vec::new();
+                let mut r = 0;
+                for (pi, &rows) in splits.iter().enumerate() {
+                    let range = r * k..(r + rows) * k;
+                    let bf = dtypes == 0 || (dtypes == 2 && pi % 2 == 0);
+                    parts.push(if bf {
+                        Weight::Bf16(&c.w_bf16[range])
+                    } else {
+                        Weight::F32(&wf[range])
+                    });
+                    r += rows;
+                }
+                let label = format!("{} splits {splits:?} dtypes {dtypes}", kern.isa());
+                let all_bf16 = parts.iter().all(|w| matches!(w, Weight::Bf16(_)));
+                let p = kern.pack_weight_parts(&parts, n, k).unwrap();
+                let whole = if all_bf16 {
+                    kern.pack_weight(Weight::Bf16(&c.w_bf16), n, k).unwrap()
+                } else {
+                    kern.pack_weight(Weight::F32(&wf), n, k).unwrap()
+                };
+                assert_eq!(p.is_bf16(), all_bf16, "{label}");
+                assert_eq!(p.bytes(), whole.bytes(), "{label}");
+                let mut row = vec![0f32; k];
+                for r in 0..n {
+                    p.row_f32(r, &mut row).unwrap();
+                    assert_eq!(row[..], wf[r * k..(r + 1) * k], "{label} row {r}");
+                }
+                let (mut y1, mut y2) = (vec![0f32; 5 * n], vec![1f32; 5 * n]);
+                kern.matmul(&c.x, 5, &p, None, &mut y1, MatmulPath::Exact)
+                    .unwrap();
+                kern.matmul(&c.x, 5, &whole, None, &mut y2, MatmulPath::Exact)
+                    .unwrap();
+                assert!(
+                    y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{label}"
+                );
+            }
+        }
+    }
+}
+
+/// The incremental packer rejects parts that do not fit and an unfinished weight; `row_f32` checks its
+/// arguments.
+#[test]
+fn packer_errors() {
+    let k = Kernels::detect().unwrap();
+    let w = vec![0u16; 6 * 4];
+    let mut p = k.weight_packer(6, 4, true).unwrap();
+    assert!(matches!(
+        p.push(Weight::Bf16(&w[..7]), 2),
+        Err(KernelError::Len { .. })
+    ));
+    assert!(p.push(Weight::F32(&[0.0; 8]), 2).is_err(), "f32 into bf16");
+    p.push(Weight::Bf16(&w[..8]), 2).unwrap();
+    assert!(p.push(Weight::Bf16(&w[..20]), 5).is_err(), "past n");
+    let e = p.finish().unwrap_err().to_string();
+    assert!(e.contains("pack_weight") && e.contains("2 rows"), "{e}");
+    assert!(k
+        .pack_weight_parts(&[Weight::Bf16(&w[..8]), Weight::Bf16(&w[..8])], 6, 4)
+        .is_err());
+    let p = k.pack_weight(Weight::Bf16(&w), 6, 4).unwrap();
+    assert!(p.row_f32(6, &mut [0.0; 4]).is_err());
+    assert!(p.row_f32(0, &mut [0.0; 3]).is_err());
+    // A weight of 2 MiB or more gets its own huge-page-advised mapping on Linux.
+    let big = k.pack_weight(Weight::Bf16(&vec![0u16; 1024 * 1024]), 1024, 1024);
+    assert_eq!(big.unwrap().huge_pages_advised(), cfg!(target_os = "linux"));
+    assert!(!p.huge_pages_advised());
+}

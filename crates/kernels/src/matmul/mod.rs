@@ -12,6 +12,9 @@
 //!   widened into the even-k and odd-k vectors by a shift and a mask. f32 groups store, for each k, G values.
 //!   A register-blocked microkernel (MR rows of x × G columns) written once over [`kernel::MmSimd`] runs on
 //!   it for any m, so a model may keep only the packed copy (decode then runs the same kernel with MR = m).
+//!   Weights stacked from several tensors (q|k|v) are packed part by part ([`Kernels::pack_weight_parts`],
+//!   [`WeightPacker`]) with no concatenated copy; the storage is 64-byte aligned and, from 2 MiB, its own
+//!   huge-page-advised mapping (see `buf.rs`).
 //!
 //! Paths ([`MatmulPath`]):
 //! - `Exact`: f32 arithmetic on widened weights. Error ≤ 2(k+2)·2⁻²⁴·Σ|x·w| per output (+ bias rounding).
@@ -21,6 +24,7 @@
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
+pub(crate) mod buf;
 pub(crate) mod kernel;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -29,6 +33,7 @@ pub(crate) mod x86;
 use crate::isa::Isa;
 use crate::ops::check_len;
 use crate::{KernelError, Kernels};
+use buf::AlignedBuf;
 
 /// A weight matrix (n, k), row-major (`nn.Linear` layout).
 #[derive(Clone, Copy, Debug)]
@@ -59,9 +64,9 @@ pub enum MatmulPath {
 #[derive(Clone, Debug)]
 pub(crate) enum PackedData {
     /// groups × (k+1)/2 pairs × G rows × 2
-    Bf16(Vec<u16>),
+    Bf16(AlignedBuf<u16>),
     /// groups × k × G
-    F32(Vec<f32>),
+    F32(AlignedBuf<f32>),
 }
 
 /// A weight repacked once (at load) into the panel layout of one ISA's microkernel; see the module docs.
@@ -99,14 +104,170 @@ impl PackedWeight {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+    /// Whether transparent huge pages may back the storage (see the storage notes in `buf.rs`).
+    pub fn huge_pages_advised(&self) -> bool {
+        match &self.data {
+            PackedData::Bf16(v) => v.huge_pages_advised(),
+            PackedData::F32(v) => v.huge_pages_advised(),
+        }
+    }
     fn groups(&self) -> usize {
         self.n.div_ceil(self.group)
+    }
+
+    /// Row `r` of W (k values) widened to f32 into `out`: the exact values that were packed (bf16 widened),
+    /// gathered from the panels. Lets an embedding table tied to this weight be read from the packed copy.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        const OP: &str = "packed row_f32";
+        check_len(OP, "out (k)", self.k, out.len())?;
+        if r >= self.n {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!("row {r} of a weight with n = {} rows", self.n),
+            });
+        }
+        let (g, k) = (self.group, self.k);
+        let (j, rr) = (r / g, r % g);
+        match &self.data {
+            PackedData::Bf16(w) => {
+                let wg = &w[j * k.div_ceil(2) * g * 2..];
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = scalar::bf16_to_f32(wg[((kk / 2) * g + rr) * 2 + kk % 2]);
+                }
+            }
+            PackedData::F32(w) => {
+                let wg = &w[j * k * g..];
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = wg[kk * g + rr];
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Packs a weight whose rows arrive in parts, each written straight into the packed storage (no
+/// concatenated copy of the sources; a part converted to f32 by the caller can be dropped once pushed).
+pub struct WeightPacker {
+    kern: Kernels,
+    /// rows received so far
+    rows: usize,
+    w: PackedWeight,
+}
+
+impl WeightPacker {
+    /// Appends `rows` rows of W: `part` is (rows, k), row-major. Threaded over rows.
+    pub fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
+        const OP: &str = "pack_weight";
+        let (n, k, g) = (self.w.n, self.w.k, self.w.group);
+        check_len(OP, "part (rows*k)", mul(OP, rows, k)?, part.len())?;
+        if rows > n - self.rows {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "a part of {rows} rows after {} rows is more than the weight's n = {n}",
+                    self.rows
+                ),
+            });
+        }
+        let r0 = self.rows;
+        let kp = k.div_ceil(2);
+        // Rows go in runs of up to 16 consecutive rows of one group (16 rows' pairs fill a cache line):
+        // each line of the panel is written whole, from 16 source rows read in step.
+        let run = |i: usize, i1: usize| {
+            let slot = (r0 + i) % g;
+            (g - slot).min(16 - slot % 16).min(i1 - i)
+        };
+        match (&mut self.w.data, part) {
+            (PackedData::Bf16(out), Weight::Bf16(src)) => {
+                // group j: for p in 0..kp, for r in 0..G: [w[jG+r][2p], w[jG+r][2p+1]] (0 outside)
+                let gsize = kp * g * 2;
+                let out = YPtrU16(out.as_mut_ptr());
+                self.kern.run_ranges(rows, rows * k, &|i0, i1| {
+                    let mut i = i0;
+                    while i < i1 {
+                        let (j, slot, c) = ((r0 + i) / g, (r0 + i) % g, run(i, i1));
+                        let s = src[i * k..(i + c) * k].as_ptr();
+                        // Safety: rows i..i+c are slots slot..slot+c of group j, written by this task only;
+                        // the reads are inside the rows just sliced.
+                        unsafe {
+                            let dst = out.get().add(j * gsize + slot * 2);
+                            for p in 0..k / 2 {
+                                let d = dst.add(p * g * 2);
+                                for r in 0..c {
+                                    *d.add(r * 2) = *s.add(r * k + 2 * p);
+                                    *d.add(r * 2 + 1) = *s.add(r * k + 2 * p + 1);
+                                }
+                            }
+                            // odd k: the last pair holds one value (the other stays 0)
+                            if k % 2 == 1 {
+                                let d = dst.add((k / 2) * g * 2);
+                                for r in 0..c {
+                                    *d.add(r * 2) = *s.add(r * k + k - 1);
+                                }
+                            }
+                        }
+                        i += c;
+                    }
+                });
+            }
+            (PackedData::F32(out), part) => {
+                // group j: for kk in 0..k, for r in 0..G: w[jG+r][kk] (0 outside)
+                let gsize = k * g;
+                let out = YPtr(out.as_mut_ptr());
+                self.kern.run_ranges(rows, rows * k, &|i0, i1| {
+                    let mut i = i0;
+                    while i < i1 {
+                        let (j, slot, c) = ((r0 + i) / g, (r0 + i) % g, run(i, i1));
+                        // Safety: as above.
+                        let dst = unsafe { out.get().add(j * gsize + slot) };
+                        for kk in 0..k {
+                            for r in 0..c {
+                                let v = match part {
+                                    Weight::Bf16(src) => scalar::bf16_to_f32(src[(i + r) * k + kk]),
+                                    Weight::F32(src) => src[(i + r) * k + kk],
+                                };
+                                unsafe { *dst.add(kk * g + r) = v };
+                            }
+                        }
+                        i += c;
+                    }
+                });
+            }
+            (PackedData::Bf16(_), Weight::F32(_)) => {
+                return Err(KernelError::Invalid {
+                    op: OP,
+                    msg: "an f32 part for a weight packed as bf16".into(),
+                })
+            }
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// The packed weight, once all n rows have been pushed.
+    pub fn finish(self) -> Result<PackedWeight, KernelError> {
+        if self.rows != self.w.n {
+            return Err(KernelError::Invalid {
+                op: "pack_weight",
+                msg: format!("{} rows pushed of n = {}", self.rows, self.w.n),
+            });
+        }
+        Ok(self.w)
     }
 }
 
 /// A raw output pointer shared by the tasks of one matmul; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 pub(crate) struct YPtr(pub *mut f32);
+// Safety: as `Args`: the tasks sharing one write disjoint elements.
+unsafe impl Sync for YPtr {}
+unsafe impl Send for YPtr {}
+impl YPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// The operands of one matmul, as seen by the range functions of a [`MmTable`].
 #[derive(Clone, Copy)]
@@ -198,55 +359,63 @@ impl Kernels {
 
     /// Repacks `w` (n, k) into the layout of this level's microkernel (threaded). Do this once at load.
     pub fn pack_weight(&self, w: Weight, n: usize, k: usize) -> Result<PackedWeight, KernelError> {
-        check_len("pack_weight", "w (n*k)", mul("pack_weight", n, k)?, w.len())?;
-        let t = self.mm();
-        let g = t.group;
+        self.pack_weight_parts(&[w], n, k)
+    }
+
+    /// Packs the parts of a weight stacked along the output rows (part i: (n_i, k), Σ n_i = n; e.g. q, k
+    /// and v projections) straight into one packed weight, without a concatenated copy of the sources.
+    /// The result is bf16 if every part is bf16, else f32.
+    pub fn pack_weight_parts(
+        &self,
+        parts: &[Weight],
+        n: usize,
+        k: usize,
+    ) -> Result<PackedWeight, KernelError> {
+        const OP: &str = "pack_weight";
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        check_len(OP, "Σ parts (n*k)", mul(OP, n, k)?, total)?;
+        let bf16 = parts.iter().all(|p| matches!(p, Weight::Bf16(_)));
+        let mut pk = self.weight_packer(n, k, bf16)?;
+        for p in parts {
+            let rows = p.len().checked_div(k).unwrap_or(0);
+            pk.push(*p, rows)?;
+        }
+        if k == 0 {
+            pk.rows = n;
+        }
+        pk.finish()
+    }
+
+    /// A packer that receives the rows of an (n, k) weight part by part (see [`WeightPacker`]), stored as
+    /// bf16 (`bf16`; every part must then be bf16) or f32.
+    pub fn weight_packer(
+        &self,
+        n: usize,
+        k: usize,
+        bf16: bool,
+    ) -> Result<WeightPacker, KernelError> {
+        const OP: &str = "pack_weight";
+        mul(OP, n, k)?;
+        let g = self.mm().group;
         let groups = n.div_ceil(g);
-        let kp = k.div_ceil(2);
-        let data = match w {
-            Weight::Bf16(w) => {
-                // group j: for p in 0..kp, for r in 0..G: [w[jG+r][2p], w[jG+r][2p+1]] (0 outside)
-                let gsize = kp * g * 2;
-                let mut out = vec![0u16; groups * gsize];
-                let out_ptr = YPtrU16(out.as_mut_ptr());
-                self.run_ranges(groups, n * k, &|j0, j1| {
-                    for j in j0..j1 {
-                        // Safety: group j's slice is written by this task only.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out_ptr.get().add(j * gsize), gsize)
-                        };
-                        for r in 0..g.min(n - j * g) {
-                            let row = &w[(j * g + r) * k..(j * g + r + 1) * k];
-                            for (kk, &v) in row.iter().enumerate() {
-                                dst[((kk / 2) * g + r) * 2 + kk % 2] = v;
-                            }
-                        }
-                    }
-                });
-                PackedData::Bf16(out)
-            }
-            Weight::F32(w) => {
-                // group j: for kk in 0..k, for r in 0..G: w[jG+r][kk] (0 outside)
-                let gsize = k * g;
-                let mut out = vec![0f32; groups * gsize];
-                for j in 0..groups {
-                    let dst = &mut out[j * gsize..(j + 1) * gsize];
-                    for r in 0..g.min(n - j * g) {
-                        let row = &w[(j * g + r) * k..(j * g + r + 1) * k];
-                        for (kk, &v) in row.iter().enumerate() {
-                            dst[kk * g + r] = v;
-                        }
-                    }
-                }
-                PackedData::F32(out)
-            }
+        let data = if bf16 {
+            // groups × (k+1)/2 pairs × G rows × 2
+            let len = mul(OP, mul(OP, groups, k.div_ceil(2))?, g * 2)?;
+            PackedData::Bf16(AlignedBuf::zeroed(OP, len)?)
+        } else {
+            // groups × k × G
+            PackedData::F32(AlignedBuf::zeroed(OP, mul(OP, mul(OP, groups, k)?, g)?)?)
         };
-        Ok(PackedWeight {
-            n,
-            k,
-            isa: self.isa(),
-            group: g,
-            data,
+        Ok(WeightPacker {
+            kern: *self,
+            rows: 0,
+            w: PackedWeight {
+                n,
+                k,
+                isa: self.isa(),
+                group: g,
+                data,
+            },
         })
     }
 
