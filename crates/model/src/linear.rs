@@ -40,34 +40,16 @@ impl Linear {
 }
 
 /// Packs tensors stacked along the output dimension: `ts[i]` is (n_i, kk) (trailing dims flattened into kk),
-/// n = Σ n_i. A single bf16 tensor is packed straight from its mapping; each source's mapped pages are
-/// released once packed.
+/// n = Σ n_i. Each source is packed straight into the packed storage (bf16 from its mapping; other dtypes
+/// widened to f32 one tensor at a time), then its mapped pages are released: no concatenated or widened
+/// copy of the whole weight is ever held.
 pub(crate) fn pack(
     k: &Kernels,
     ts: &[&TensorRef],
     n: usize,
     kk: usize,
 ) -> Result<PackedWeight, ModelError> {
-    let packed = if ts.iter().all(|t| t.dtype == Dtype::BF16) {
-        let mut parts: Vec<_> = ts.iter().map(|t| t.bf16_bits().expect("bf16")).collect();
-        let bits = if parts.len() == 1 {
-            parts.pop().expect("one part")
-        } else {
-            parts.concat().into()
-        };
-        k.pack_weight(Weight::Bf16(&bits), n, kk)
-    } else {
-        let f = ts
-            .iter()
-            .map(|t| t.to_f32())
-            .collect::<Result<Vec<_>, _>>()?
-            .concat();
-        k.pack_weight(Weight::F32(&f), n, kk)
-    };
-    for t in ts {
-        t.release();
-    }
-    packed.map_err(|source| ModelError::Kernel {
+    let err = |source| ModelError::Kernel {
         context: format!(
             "packing {}",
             ts.iter()
@@ -76,7 +58,23 @@ pub(crate) fn pack(
                 .join(" + ")
         ),
         source,
-    })
+    };
+    let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
+    let mut packer = k.weight_packer(n, kk, bf16).map_err(err)?;
+    for t in ts {
+        let rows = t.numel().checked_div(kk).unwrap_or(0);
+        let pushed = match t.bf16_bits() {
+            Some(bits) => packer.push(Weight::Bf16(&bits), rows),
+            None => packer.push(Weight::F32(&t.to_f32()?), rows),
+        };
+        t.release();
+        pushed.map_err(err)?;
+    }
+    if kk == 0 {
+        // no data: the rows only set n
+        return k.pack_weight(Weight::F32(&[]), n, 0).map_err(err);
+    }
+    packer.finish().map_err(err)
 }
 
 /// A position in the checkpoint's module tree (`model.visual.blocks.3`), like candle's VarBuilder.

@@ -96,7 +96,8 @@ impl Model {
             });
         };
         let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
-        let language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
+        let mut language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
+        language_model.embed_from_lm_head = config.tie_word_embeddings;
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,
@@ -242,8 +243,15 @@ impl Model {
             )));
         }
         let vision = vision.map(|v| (v, self.config.image_token_id));
-        self.language_model
-            .forward(&self.ctx, ids, positions, vision, cache, tracer)?;
+        self.language_model.forward(
+            &self.ctx,
+            &self.lm_head.weight,
+            ids,
+            positions,
+            vision,
+            cache,
+            tracer,
+        )?;
         cache.advance(l);
         Ok(())
     }

@@ -183,7 +183,11 @@ impl Model {
             scope: "language_model.embed_tokens".into(),
             op: "row lookup".into(),
             kernel: "widen rows to f32".into(),
-            layout: format!("mmapped {dt} {:?}, rows read on demand", e.shape),
+            layout: if t.embed_from_lm_head {
+                format!("tied: rows gathered from the packed lm_head {:?}", e.shape)
+            } else {
+                format!("mmapped {dt} {:?}, rows read on demand", e.shape)
+            },
             bytes: 0,
             count: 1,
         });

@@ -13,7 +13,8 @@ use crate::norm::RmsNorm;
 use crate::trace::Tracer;
 use crate::vision::VisionOutput;
 use crate::weights::TensorRef;
-use crate::ModelError;
+use crate::{KernelCtx, ModelError};
+use qwen3vl_kernels::matmul::PackedWeight;
 
 pub use attention::TextAttention;
 pub use decoder_layer::DecoderLayer;
@@ -22,8 +23,11 @@ pub use rotary::TextRotary;
 
 pub struct TextModel {
     pub cfg: TextConfig,
-    /// (V, H), read row by row from the mapping
+    /// (V, H), read row by row from the mapping (unless `embed_from_lm_head`)
     pub embed_tokens: TensorRef,
+    /// The embeddings are tied to the lm head: rows are read from its packed copy (identical values), so no
+    /// page of the mapped table becomes resident (each mapped row read faults in its neighbours too).
+    pub embed_from_lm_head: bool,
     pub layers: Vec<DecoderLayer>,
     /// (H)
     pub norm: RmsNorm,
@@ -55,6 +59,7 @@ impl TextModel {
             embed_tokens: vb
                 .pp("embed_tokens")
                 .tensor("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+            embed_from_lm_head: false,
             layers,
             norm: vb.rms_norm("norm", cfg.hidden_size, cfg.rms_norm_eps)?,
             rotary_emb: TextRotary::new(cfg),
@@ -62,11 +67,12 @@ impl TextModel {
     }
 
     /// Runs ids (l) through the decoder, appending to `cache`; leaves the final-normed hidden states
-    /// (l, H) in `cache.x`.
+    /// (l, H) in `cache.x`. `lm_head`: (V, H), the embedding rows when `embed_from_lm_head`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         c: &Ctx,
+        lm_head: &PackedWeight,
         ids: &[u32],
         positions: &[Vec<i64>; 3],
         vision: Option<(&VisionOutput, u32)>,
@@ -87,8 +93,12 @@ impl TextModel {
                     cfg.vocab_size
                 )));
             }
-            self.embed_tokens
-                .row_f32(id as usize, &mut cache.x[i * hs..(i + 1) * hs]);
+            let row = &mut cache.x[i * hs..(i + 1) * hs];
+            if self.embed_from_lm_head {
+                lm_head.row_f32(id as usize, row).ctx("embed_tokens")?;
+            } else {
+                self.embed_tokens.row_f32(id as usize, row);
+            }
         }
         // 2. x = x.masked_scatter(ids == image_token_id, image_embeds); the same rows get DeepStack later.
         let mut visual_rows: Vec<usize> = Vec::new();
