@@ -40,9 +40,10 @@
 //! - `Fast` (bf16 kernel): rounding scale·q and k to bf16 (RNE, 8 significant bits: relative error
 //!   ≤ 2⁻⁸ each) moves each score by at most Δ = (2⁻⁷ + 2⁻¹⁶)·|scale|·max_{i,j} Σ_d |q_id·k_jd|, hence each
 //!   softmax weight by a factor within e^(±2Δ); rounding v and P adds 2⁻⁸ each (l sums the unrounded f32
-//!   P, as torch's bf16 SDPA does). So |out − f64| ≤ (e^(2Δ) − 1 + 2⁻⁷ + 2⁻¹⁶)·max|v| + the f32
-//!   arithmetic (1e-5·max|v| on the tests' shapes), and against an f64 evaluation on the rounded operands
-//!   only P's rounding remains: ≤ (2⁻⁸(1 + 2⁻⁸) + 1e-5)·max|v|. Denormal operands are flushed to 0
+//!   P, as torch's bf16 SDPA does); its e^x (relative error ≤ 1e-5) adds 2e-5. So |out − f64| ≤
+//!   (e^(2Δ) − 1 + 2⁻⁷ + 2⁻¹⁶ + 2e-5)·max|v| + the f32 arithmetic (1e-5·max|v| on the tests' shapes), and
+//!   against an f64 evaluation on the rounded operands only P's rounding and e^x remain:
+//!   ≤ (2⁻⁸(1 + 2⁻⁸) + 3e-5)·max|v|. Denormal operands are flushed to 0
 //!   (`vdpbf16ps`). For head_dim 64, scale 1/8 and uniform q, k in [-1, 1) the first bound is ~6e-2 ·
 //!   max|v|; measured ≤ 2.3e-3 · max|v| (≤ 0.25 of the second bound) on the tests' sizes.
 
