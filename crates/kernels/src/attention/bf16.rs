@@ -313,12 +313,102 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
         j0 += w;
     }
 
-    // 4. out rows (or partials): Ot[:, r]
-    for r in 0..mq {
-        for (d, o) in orow.iter_mut().enumerate() {
-            *o = ot[d * ld + r];
+    // 4. out rows: Ot[:, r] / l[r], 16 × 16 blocks transposed in registers; partials row by row
+    if t.slot.is_none() {
+        emit_rows(job, t, ot, l, ld, mq, orow);
+    } else {
+        for r in 0..mq {
+            for (d, o) in orow.iter_mut().enumerate() {
+                *o = ot[d * ld + r];
+            }
+            job.emit(t, r, m[r], l[r], orow);
         }
-        job.emit(t, r, m[r], l[r], orow);
+    }
+}
+
+/// out[i_r, h_r, :] = Ot[:, r] / l[r] for the task's rows r < mq (a final task: `t.slot` is None): for each
+/// vector of 16 rows, blocks of 16 head dims are scaled by 1/l (one row per lane), transposed in registers
+/// and stored as 16 row pieces; the head_dim tail goes through [`Job::emit`]'s scalar path per row.
+/// Safety: AVX-512 F; ot (hd, ld), l (ld) of this task; `orow` has hd elements.
+#[inline(always)]
+unsafe fn emit_rows(
+    job: &Job,
+    t: &Task,
+    ot: &[f32],
+    l: &[f32],
+    ld: usize,
+    mq: usize,
+    orow: &mut [f32],
+) {
+    let p = &job.p;
+    let (hd, group) = (p.head_dim, job.group);
+    let body = hd - hd % LANES;
+    assert!(ot.len() >= hd * ld && l.len() >= ld && orow.len() >= hd);
+    let mut c = 0;
+    while c < mq {
+        let rows = LANES.min(mq - c);
+        if body > 0 {
+            let inv = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_loadu_ps(l.as_ptr().add(c)));
+            // destination of row c + x: out[i, h, :]
+            let dst: [*mut f32; LANES] = std::array::from_fn(|x| {
+                let r = c + x.min(rows - 1);
+                let (i, h) = (t.i0 + r / group, t.g * group + r % group);
+                job.out.0.add((i * p.n_q_heads + h) * hd)
+            });
+            let mut d0 = 0;
+            while d0 < body {
+                let mut v: [__m512; LANES] = std::array::from_fn(|y| {
+                    _mm512_mul_ps(inv, _mm512_loadu_ps(ot.as_ptr().add((d0 + y) * ld + c)))
+                });
+                transpose16(&mut v);
+                for x in 0..rows {
+                    _mm512_storeu_ps(dst[x].add(d0), v[x]);
+                }
+                d0 += LANES;
+            }
+        }
+        // head_dim tail
+        if body < hd {
+            for r in c..c + rows {
+                let (i, h) = (t.i0 + r / group, t.g * group + r % group);
+                let dst = job.out.0.add((i * p.n_q_heads + h) * hd);
+                for d in body..hd {
+                    *dst.add(d) = ot[d * ld + r] / l[r];
+                }
+            }
+        }
+        c += LANES;
+    }
+}
+
+/// Transposes the 16 × 16 matrix whose rows are `v` (v[i] lane j = element (i, j)) in place: unpack pairs
+/// of rows, 4 × 4 blocks within 128-bit lanes, then the 128-bit lanes across.
+#[inline(always)]
+unsafe fn transpose16(v: &mut [__m512; LANES]) {
+    // t[2i] lane k: (r2i[4k], r2i+1[4k], r2i[4k+1], r2i+1[4k+1]); t[2i+1]: columns 4k+2, 4k+3
+    let mut t = [_mm512_setzero_ps(); LANES];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    // u[4i + c] lane k: column 4k + c of rows 4i..4i+4
+    let mut u = [_mm512_setzero_ps(); LANES];
+    for i in 0..4 {
+        u[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_shuffle_ps::<0xee>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_shuffle_ps::<0xee>(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // column 4k + c = (u[c] lane k, u[4 + c] lane k, u[8 + c] lane k, u[12 + c] lane k)
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0xee>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+        let v3 = _mm512_shuffle_f32x4::<0xee>(u[8 + c], u[12 + c]);
+        v[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+        v[4 + c] = _mm512_shuffle_f32x4::<0xdd>(v0, v2);
+        v[8 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+        v[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v1, v3);
     }
 }
 
@@ -537,6 +627,27 @@ mod tests {
     use super::*;
 
     /// [`exp_neg`] against f64 on a dense sweep of [−87, 0] (relative), below (0 or tiny) and −∞, NaN.
+    #[test]
+    fn transpose16_transposes() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        // Safety: AVX-512 F checked above.
+        unsafe {
+            let mut v: [__m512; LANES] = std::array::from_fn(|i| {
+                let row: [f32; 16] = std::array::from_fn(|j| (i * 16 + j) as f32);
+                _mm512_loadu_ps(row.as_ptr())
+            });
+            transpose16(&mut v);
+            for (j, vj) in v.iter().enumerate() {
+                let mut out = [0.0f32; 16];
+                _mm512_storeu_ps(out.as_mut_ptr(), *vj);
+                let want: [f32; 16] = std::array::from_fn(|i| (i * 16 + j) as f32);
+                assert_eq!(out, want, "row {j}");
+            }
+        }
+    }
+
     #[test]
     fn exp_neg_accuracy() {
         if !is_x86_feature_detected!("avx512f") {
