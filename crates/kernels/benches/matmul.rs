@@ -120,5 +120,52 @@ fn bench_gemm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_pool, bench_gemv, bench_gemm);
+/// The 2B text MLP's gate|up (k = 2048 -> I = 6144, bf16) at the best level, decode (m = 1) and prefill
+/// (m = 512): one matmul with silu(gate)·up in its epilogue vs the [gate; up] matmul into (m, 2I) followed
+/// by the `swiglu` op. Throughput is multiply-adds.
+fn bench_mlp_swiglu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mlp_gate_up_swiglu_k2048_i6144_bf16");
+    let (k, i) = (2048, 6144);
+    let w: Vec<u16> = data(2 * i * k, 2)
+        .iter()
+        .map(|v| (v.to_bits() >> 16) as u16)
+        .collect();
+    let kern = Kernels::detect().unwrap();
+    let fused = kern
+        .pack_swiglu(Weight::Bf16(&w[..i * k]), Weight::Bf16(&w[i * k..]), i, k)
+        .unwrap();
+    let plain = kern.pack_weight(Weight::Bf16(&w), 2 * i, k).unwrap();
+    for m in [1usize, 512] {
+        let x = data(m * k, 1);
+        let mut gu = vec![0f32; m * 2 * i];
+        let mut act = vec![0f32; m * i];
+        g.throughput(Throughput::Elements((m * 2 * i * k) as u64));
+        if m > 1 {
+            g.sample_size(10);
+        }
+        for path in [MatmulPath::Exact, MatmulPath::Fast] {
+            let id = format!("m{m}/{}/{path:?}", kern.isa());
+            g.bench_function(BenchmarkId::new("fused", &id), |b| {
+                b.iter(|| kern.matmul(&x, m, &fused, None, &mut act, path).unwrap())
+            });
+            g.bench_function(BenchmarkId::new("unfused", &id), |b| {
+                b.iter(|| {
+                    kern.matmul(&x, m, &plain, None, &mut gu, path).unwrap();
+                    for (r, a) in gu.chunks_exact(2 * i).zip(act.chunks_exact_mut(i)) {
+                        kern.swiglu(&r[..i], &r[i..], a).unwrap();
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_pool,
+    bench_gemv,
+    bench_gemm,
+    bench_mlp_swiglu
+);
 criterion_main!(benches);

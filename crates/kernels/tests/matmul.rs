@@ -479,3 +479,115 @@ fn packer_errors() {
     assert_eq!(big.unwrap().huge_pages_advised(), cfg!(target_os = "linux"));
     assert!(!p.huge_pages_advised());
 }
+
+/// act = silu(x·gateᵀ)·(x·upᵀ) from the SwiGLU epilogue equals, bit for bit, the unfused [gate; up]
+/// matmul followed by the `swiglu` op, at every level, both paths, bf16 and f32, 1 and 2 threads, on
+/// I not a multiple of G/2, odd k and every remainder of the register tiles; special values included.
+#[test]
+fn swiglu_epilogue_matches_unfused() {
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    let mut runs = 0;
+    for (i_out, k, seed) in [
+        (1usize, 1usize, 1u64),
+        (7, 37, 2),
+        (31, 64, 3),
+        (33, 37, 4),
+        (100, 5, 5),
+        (200, 64, 6),
+    ] {
+        let ms = [1usize, 2, 15, 17, 33];
+        let mmax = 33;
+        let mut c = make(mmax, k, 2 * i_out, seed);
+        // special values in a few rows of x: NaN, ±inf, huge (sums overflow), tiny
+        c.x[2 * k] = f32::NAN;
+        c.x[3 * k] = f32::INFINITY;
+        c.x[4 * k] = f32::NEG_INFINITY;
+        for v in &mut c.x[5 * k..6 * k] {
+            *v *= 1e37;
+        }
+        for v in &mut c.x[6 * k..7 * k] {
+            *v *= 1e-38;
+        }
+        let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
+        let half = i_out * k;
+        for base in Kernels::all_available() {
+            for threads in [1usize, 2] {
+                let kern = base.with_threads(threads);
+                for bf in [true, false] {
+                    let (gate, up, both) = if bf {
+                        (
+                            Weight::Bf16(&c.w_bf16[..half]),
+                            Weight::Bf16(&c.w_bf16[half..]),
+                            Weight::Bf16(&c.w_bf16[..]),
+                        )
+                    } else {
+                        (
+                            Weight::F32(&wf[..half]),
+                            Weight::F32(&wf[half..]),
+                            Weight::F32(&wf[..]),
+                        )
+                    };
+                    let fused = kern.pack_swiglu(gate, up, i_out, k).unwrap();
+                    assert!(fused.is_swiglu());
+                    assert_eq!((fused.n(), fused.k(), fused.is_bf16()), (i_out, k, bf));
+                    let plain = kern.pack_weight(both, 2 * i_out, k).unwrap();
+                    for path in [MatmulPath::Exact, MatmulPath::Fast] {
+                        for &m in &ms {
+                            let x = &c.x[..m * k];
+                            let mut gu = vec![0f32; m * 2 * i_out];
+                            kern.matmul(x, m, &plain, None, &mut gu, path).unwrap();
+                            let mut want = vec![0f32; m * i_out];
+                            for (g, o) in gu.chunks(2 * i_out).zip(want.chunks_mut(i_out)) {
+                                kern.swiglu(&g[..i_out], &g[i_out..], o).unwrap();
+                            }
+                            let mut got = vec![-7f32; m * i_out];
+                            kern.matmul(x, m, &fused, None, &mut got, path).unwrap();
+                            let bad: Vec<_> = (0..m * i_out)
+                                .filter(|&t| !same(got[t], want[t]))
+                                .map(|t| (t / i_out, t % i_out, got[t], want[t]))
+                                .take(4)
+                                .collect();
+                            assert!(
+                                bad.is_empty(),
+                                "{} threads={threads} {} {path:?} m={m} k={k} I={i_out}: first (row, col, got, want): {bad:?}",
+                                kern.isa(),
+                                if bf { "bf16" } else { "f32" }
+                            );
+                            runs += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs >= 6 * 5 * 2 * 2 * 2);
+}
+
+/// A SwiGLU pair: mismatched lengths, a bias, and rows read back are errors.
+#[test]
+fn swiglu_pair_errors() {
+    let k = Kernels::detect().unwrap();
+    let w = [0u16; 6 * 4];
+    assert!(matches!(
+        k.pack_swiglu(Weight::Bf16(&w[..12]), Weight::Bf16(&w[..11]), 3, 4),
+        Err(KernelError::Len { .. })
+    ));
+    let p = k
+        .pack_swiglu(Weight::Bf16(&w[..12]), Weight::Bf16(&w[12..]), 3, 4)
+        .unwrap();
+    let x = [0f32; 2 * 4];
+    let mut y = [0f32; 2 * 3];
+    assert!(k
+        .matmul(&x, 2, &p, Some(&[0.0; 3]), &mut y, MatmulPath::Exact)
+        .is_err());
+    assert!(matches!(
+        k.matmul(&x, 2, &p, None, &mut [0f32; 2 * 6], MatmulPath::Exact),
+        Err(KernelError::Len { .. })
+    ));
+    k.matmul(&x, 2, &p, None, &mut y, MatmulPath::Exact)
+        .unwrap();
+    assert!(p.row_f32(0, &mut [0.0; 4]).is_err());
+    let mut pk = k.swiglu_packer(3, 4, true).unwrap();
+    pk.push(Weight::Bf16(&w[..12]), 3).unwrap();
+    assert!(pk.finish().is_err(), "up rows missing");
+}

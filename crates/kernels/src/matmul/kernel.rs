@@ -5,7 +5,7 @@
 #![allow(clippy::needless_range_loop)] // register tiles read best as acc[m][v]
 
 use super::Args;
-use crate::simd::Simd;
+use crate::simd::{math, Simd};
 
 /// Primitives the matmul kernels need beyond [`Simd`].
 pub trait MmSimd: Simd {
@@ -196,23 +196,39 @@ pub unsafe fn packed_bf16<S: MmSimd, const MR: usize, const NV: usize>(
     g0: usize,
     g1: usize,
 ) {
+    // the epilogue is a compile-time choice: the plain kernel carries none of the SwiGLU code
+    if a.swiglu {
+        packed_bf16_e::<S, MR, NV, true>(s, a, w, g0, g1)
+    } else {
+        packed_bf16_e::<S, MR, NV, false>(s, a, w, g0, g1)
+    }
+}
+
+#[inline(always)]
+unsafe fn packed_bf16_e<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
+    s: S,
+    a: &Args,
+    w: &[u16],
+    g0: usize,
+    g1: usize,
+) {
     let g = NV * S::LANES;
     let gsize = a.k.div_ceil(2) * g * 2;
     for j in g0..g1 {
         let wg = w.as_ptr().add(j * gsize);
-        let cols = g.min(a.n - j * g);
+        let (c0, cols) = a.group_cols(j, g);
         let mut i = 0;
         while i + MR <= a.m {
-            tile_bf16::<S, MR, NV>(s, a, wg, i, j * g, cols);
+            tile_bf16::<S, MR, NV, E>(s, a, wg, i, c0, cols);
             i += MR;
         }
         match a.m - i {
             0 => {}
-            1 => tile_bf16::<S, 1, NV>(s, a, wg, i, j * g, cols),
-            2 => tile_bf16::<S, 2, NV>(s, a, wg, i, j * g, cols),
-            3 => tile_bf16::<S, 3, NV>(s, a, wg, i, j * g, cols),
-            4 => tile_bf16::<S, 4, NV>(s, a, wg, i, j * g, cols),
-            5 => tile_bf16::<S, 5, NV>(s, a, wg, i, j * g, cols),
+            1 => tile_bf16::<S, 1, NV, E>(s, a, wg, i, c0, cols),
+            2 => tile_bf16::<S, 2, NV, E>(s, a, wg, i, c0, cols),
+            3 => tile_bf16::<S, 3, NV, E>(s, a, wg, i, c0, cols),
+            4 => tile_bf16::<S, 4, NV, E>(s, a, wg, i, c0, cols),
+            5 => tile_bf16::<S, 5, NV, E>(s, a, wg, i, c0, cols),
             _ => unreachable!("MR <= 6"),
         }
     }
@@ -220,7 +236,7 @@ pub unsafe fn packed_bf16<S: MmSimd, const MR: usize, const NV: usize>(
 
 /// One MR × G tile: y[i0.., c0..c0+cols] = x[i0..i0+MR] · group + bias.
 #[inline(always)]
-unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize>(
+unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
     s: S,
     a: &Args,
     wg: *const u16,
@@ -267,7 +283,7 @@ unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize>(
             }
         }
     }
-    store_tile::<S, MR, NV>(s, a, &acc, i0, c0, cols);
+    store_tile::<S, MR, NV, E>(s, a, &acc, i0, c0, cols);
 }
 
 /// Packed f32 W: output column groups g0..g1 for all rows of x.
@@ -279,30 +295,45 @@ pub unsafe fn packed_f32<S: MmSimd, const MR: usize, const NV: usize>(
     g0: usize,
     g1: usize,
 ) {
+    if a.swiglu {
+        packed_f32_e::<S, MR, NV, true>(s, a, w, g0, g1)
+    } else {
+        packed_f32_e::<S, MR, NV, false>(s, a, w, g0, g1)
+    }
+}
+
+#[inline(always)]
+unsafe fn packed_f32_e<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
+    s: S,
+    a: &Args,
+    w: &[f32],
+    g0: usize,
+    g1: usize,
+) {
     let g = NV * S::LANES;
     let gsize = a.k * g;
     for j in g0..g1 {
         let wg = w.as_ptr().add(j * gsize);
-        let cols = g.min(a.n - j * g);
+        let (c0, cols) = a.group_cols(j, g);
         let mut i = 0;
         while i + MR <= a.m {
-            tile_f32::<S, MR, NV>(s, a, wg, i, j * g, cols);
+            tile_f32::<S, MR, NV, E>(s, a, wg, i, c0, cols);
             i += MR;
         }
         match a.m - i {
             0 => {}
-            1 => tile_f32::<S, 1, NV>(s, a, wg, i, j * g, cols),
-            2 => tile_f32::<S, 2, NV>(s, a, wg, i, j * g, cols),
-            3 => tile_f32::<S, 3, NV>(s, a, wg, i, j * g, cols),
-            4 => tile_f32::<S, 4, NV>(s, a, wg, i, j * g, cols),
-            5 => tile_f32::<S, 5, NV>(s, a, wg, i, j * g, cols),
+            1 => tile_f32::<S, 1, NV, E>(s, a, wg, i, c0, cols),
+            2 => tile_f32::<S, 2, NV, E>(s, a, wg, i, c0, cols),
+            3 => tile_f32::<S, 3, NV, E>(s, a, wg, i, c0, cols),
+            4 => tile_f32::<S, 4, NV, E>(s, a, wg, i, c0, cols),
+            5 => tile_f32::<S, 5, NV, E>(s, a, wg, i, c0, cols),
             _ => unreachable!("MR <= 6"),
         }
     }
 }
 
 #[inline(always)]
-unsafe fn tile_f32<S: MmSimd, const MR: usize, const NV: usize>(
+unsafe fn tile_f32<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
     s: S,
     a: &Args,
     wg: *const f32,
@@ -328,13 +359,14 @@ unsafe fn tile_f32<S: MmSimd, const MR: usize, const NV: usize>(
             }
         }
     }
-    store_tile::<S, MR, NV>(s, a, &acc, i0, c0, cols);
+    store_tile::<S, MR, NV, E>(s, a, &acc, i0, c0, cols);
 }
 
 /// y[i0+m][c0 + c] = acc[m][c] + bias[c0 + c] for m < MR, c < cols (cols ≤ G; a partial group goes
-/// through a buffer).
+/// through a buffer). With the SwiGLU epilogue (E, for a SwiGLU pair):
+/// y[i0+m][c0 + c] = silu(acc[m][c])·acc[m][G/2 + c], c < cols ≤ G/2.
 #[inline(always)]
-pub unsafe fn store_tile<S: MmSimd, const MR: usize, const NV: usize>(
+pub unsafe fn store_tile<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
     s: S,
     a: &Args,
     acc: &[[S::V; NV]; MR],
@@ -344,6 +376,31 @@ pub unsafe fn store_tile<S: MmSimd, const MR: usize, const NV: usize>(
 ) {
     let l = S::LANES;
     let g = NV * l;
+    if E {
+        // gate in the first NV/2 vectors, up in the last NV/2 (NV is even at every level)
+        let h = NV / 2;
+        for (m, accm) in acc.iter().enumerate() {
+            let yrow = a.y.0.add((i0 + m) * a.n + c0);
+            let mut out = [s.zero(); NV];
+            for v in 0..h {
+                // the `swiglu` op's arithmetic: silu(g)·u = (g·σ(g))·u
+                let gt = accm[v];
+                out[v] = s.mul(s.mul(gt, math::sigmoid(s, gt)), accm[h + v]);
+            }
+            if cols == h * l {
+                for v in 0..h {
+                    s.storep(yrow.add(v * l), out[v]);
+                }
+            } else {
+                let mut tmp = [0f32; 64];
+                for v in 0..h {
+                    s.storep(tmp.as_mut_ptr().add(v * l), out[v]);
+                }
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), yrow, cols);
+            }
+        }
+        return;
+    }
     for (m, accm) in acc.iter().enumerate() {
         let yrow = a.y.0.add((i0 + m) * a.n + c0);
         if cols == g {

@@ -15,6 +15,10 @@
 //!   Weights stacked from several tensors (q|k|v) are packed part by part ([`Kernels::pack_weight_parts`],
 //!   [`WeightPacker`]) with no concatenated copy; the storage is 64-byte aligned and, from 2 MiB, its own
 //!   huge-page-advised mapping (see `buf.rs`).
+//! - **SwiGLU pair** ([`Kernels::pack_swiglu`], [`Kernels::swiglu_packer`]): gate (I, k) and up (I, k) in
+//!   one packed weight, group j holding gate rows jG/2.. in its first G/2 slots and the matching up rows in
+//!   the last G/2; the microkernel's epilogue writes silu(gate)·up (m, I) from its registers (the `swiglu`
+//!   op's arithmetic at each level: bit for bit the unfused matmul + `swiglu`).
 //!
 //! Paths ([`MatmulPath`]):
 //! - `Exact`: f32 arithmetic on widened weights. Error ≤ 2(k+2)·2⁻²⁴·Σ|x·w| per output (+ bias rounding).
@@ -77,11 +81,14 @@ pub struct PackedWeight {
     isa: Isa,
     /// G: output rows per group.
     group: usize,
+    /// gate and up rows interleaved per half-group, silu(gate)·up in the epilogue (see
+    /// [`Kernels::pack_swiglu`]); `n` is then the number of outputs I.
+    swiglu: bool,
     pub(crate) data: PackedData,
 }
 
 impl PackedWeight {
-    /// Output features (rows of W).
+    /// Output features (rows of W; for a SwiGLU pair, I: the outputs of silu(gate)·up).
     pub fn n(&self) -> usize {
         self.n
     }
@@ -111,8 +118,20 @@ impl PackedWeight {
             PackedData::F32(v) => v.huge_pages_advised(),
         }
     }
+    /// Whether this is a gate/up pair with silu(gate)·up in the epilogue ([`Kernels::pack_swiglu`]).
+    pub fn is_swiglu(&self) -> bool {
+        self.swiglu
+    }
     fn groups(&self) -> usize {
-        self.n.div_ceil(self.group)
+        self.n.div_ceil(self.cols_per_group())
+    }
+    /// Outputs per group: G, or G/2 for a SwiGLU pair.
+    fn cols_per_group(&self) -> usize {
+        if self.swiglu {
+            self.group / 2
+        } else {
+            self.group
+        }
     }
 
     /// Row `r` of W (k values) widened to f32 into `out`: the exact values that were packed (bf16 widened),
@@ -120,6 +139,13 @@ impl PackedWeight {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
         const OP: &str = "packed row_f32";
         check_len(OP, "out (k)", self.k, out.len())?;
+        if self.swiglu {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: "rows of a gate/up pair packed for the SwiGLU epilogue are not plain rows"
+                    .into(),
+            });
+        }
         if r >= self.n {
             return Err(KernelError::Invalid {
                 op: OP,
@@ -159,24 +185,31 @@ impl WeightPacker {
     /// Appends `rows` rows of W: `part` is (rows, k), row-major. Threaded over rows.
     pub fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
         const OP: &str = "pack_weight";
-        let (n, k, g) = (self.w.n, self.w.k, self.w.group);
+        let (k, g) = (self.w.k, self.w.group);
+        let n = self.total_rows();
         check_len(OP, "part (rows*k)", mul(OP, rows, k)?, part.len())?;
         if rows > n - self.rows {
             return Err(KernelError::Invalid {
                 op: OP,
                 msg: format!(
-                    "a part of {rows} rows after {} rows is more than the weight's n = {n}",
+                    "a part of {rows} rows after {} rows is more than the weight's {n} rows",
                     self.rows
                 ),
             });
         }
         let r0 = self.rows;
         let kp = k.div_ceil(2);
+        let place = Place {
+            g,
+            n: self.w.n,
+            swiglu: self.w.swiglu,
+        };
         // Rows go in runs of up to 16 consecutive rows of one group (16 rows' pairs fill a cache line):
         // each line of the panel is written whole, from 16 source rows read in step.
+        // (group, slot of row i, rows from i on in consecutive slots of that group)
         let run = |i: usize, i1: usize| {
-            let slot = (r0 + i) % g;
-            (g - slot).min(16 - slot % 16).min(i1 - i)
+            let (j, slot, left) = place.of(r0 + i);
+            (j, slot, left.min(16 - slot % 16).min(i1 - i))
         };
         match (&mut self.w.data, part) {
             (PackedData::Bf16(out), Weight::Bf16(src)) => {
@@ -186,7 +219,7 @@ impl WeightPacker {
                 self.kern.run_ranges(rows, rows * k, &|i0, i1| {
                     let mut i = i0;
                     while i < i1 {
-                        let (j, slot, c) = ((r0 + i) / g, (r0 + i) % g, run(i, i1));
+                        let (j, slot, c) = run(i, i1);
                         let s = src[i * k..(i + c) * k].as_ptr();
                         // Safety: rows i..i+c are slots slot..slot+c of group j, written by this task only;
                         // the reads are inside the rows just sliced.
@@ -218,7 +251,7 @@ impl WeightPacker {
                 self.kern.run_ranges(rows, rows * k, &|i0, i1| {
                     let mut i = i0;
                     while i < i1 {
-                        let (j, slot, c) = ((r0 + i) / g, (r0 + i) % g, run(i, i1));
+                        let (j, slot, c) = run(i, i1);
                         // Safety: as above.
                         let dst = unsafe { out.get().add(j * gsize + slot) };
                         for kk in 0..k {
@@ -245,15 +278,48 @@ impl WeightPacker {
         Ok(())
     }
 
-    /// The packed weight, once all n rows have been pushed.
+    /// The packed weight, once all rows have been pushed.
     pub fn finish(self) -> Result<PackedWeight, KernelError> {
-        if self.rows != self.w.n {
+        if self.rows != self.total_rows() {
             return Err(KernelError::Invalid {
                 op: "pack_weight",
-                msg: format!("{} rows pushed of n = {}", self.rows, self.w.n),
+                msg: format!("{} rows pushed of {}", self.rows, self.total_rows()),
             });
         }
         Ok(self.w)
+    }
+
+    /// Rows the packer takes: n, or 2·I (gate then up) for a SwiGLU pair.
+    fn total_rows(&self) -> usize {
+        if self.w.swiglu {
+            2 * self.w.n
+        } else {
+            self.w.n
+        }
+    }
+}
+
+/// Where the packer puts pushed row t.
+#[derive(Clone, Copy)]
+struct Place {
+    g: usize,
+    /// outputs (n, or I of a SwiGLU pair)
+    n: usize,
+    swiglu: bool,
+}
+
+impl Place {
+    /// (group, slot in the group, slots from there on that take consecutive rows). A SwiGLU pair puts gate
+    /// row t in group t/(G/2), slot t%(G/2), and up row t in the same group, slot G/2 + t%(G/2).
+    #[inline]
+    fn of(self, t: usize) -> (usize, usize, usize) {
+        if self.swiglu {
+            let h = self.g / 2;
+            let (u, off) = if t < self.n { (t, 0) } else { (t - self.n, h) };
+            (u / h, off + u % h, h - u % h)
+        } else {
+            (t / self.g, t % self.g, self.g - t % self.g)
+        }
     }
 }
 
@@ -286,6 +352,17 @@ pub(crate) struct Args<'a> {
     pub bias: Option<&'a [f32]>,
     /// (m, n), row stride n.
     pub y: YPtr,
+    /// W is a SwiGLU pair (n = I outputs, G/2 per group): y = silu(gate)·up, no bias.
+    pub swiglu: bool,
+}
+
+impl Args<'_> {
+    /// First output column and number of columns of packed group j of G rows.
+    #[inline(always)]
+    pub fn group_cols(&self, j: usize, g: usize) -> (usize, usize) {
+        let c = if self.swiglu { g / 2 } else { g };
+        (j * c, c.min(self.n - j * c))
+    }
 }
 
 // Safety: tasks write disjoint parts of `y` (rows ranges of W or column groups); the rest is shared reads.
@@ -394,10 +471,54 @@ impl Kernels {
         k: usize,
         bf16: bool,
     ) -> Result<WeightPacker, KernelError> {
+        self.packer(n, k, bf16, false)
+    }
+
+    /// A packer for the pair gate (I, k), up (I, k) of a SwiGLU MLP: push the I gate rows, then the I up
+    /// rows (in parts if wished). [`Kernels::matmul`] on the result writes act (m, I) = silu(x·gateᵀ) ⊙
+    /// (x·upᵀ) straight from the microkernel's registers: one pass over x and the weights, no (m, 2I)
+    /// intermediate. silu is the [`Kernels::swiglu`] op's own arithmetic at each level (same bits).
+    pub fn swiglu_packer(
+        &self,
+        i: usize,
+        k: usize,
+        bf16: bool,
+    ) -> Result<WeightPacker, KernelError> {
+        self.packer(i, k, bf16, true)
+    }
+
+    /// [`Kernels::swiglu_packer`] for whole gate and up weights (I, k) each.
+    pub fn pack_swiglu(
+        &self,
+        gate: Weight,
+        up: Weight,
+        i: usize,
+        k: usize,
+    ) -> Result<PackedWeight, KernelError> {
+        let n = mul("pack_swiglu", i, k)?;
+        check_len("pack_swiglu", "gate (i*k)", n, gate.len())?;
+        check_len("pack_swiglu", "up (i*k)", n, up.len())?;
+        let bf16 = matches!((gate, up), (Weight::Bf16(_), Weight::Bf16(_)));
+        let mut p = self.swiglu_packer(i, k, bf16)?;
+        p.push(gate, i)?;
+        p.push(up, i)?;
+        if k == 0 {
+            p.rows = 2 * i;
+        }
+        p.finish()
+    }
+
+    fn packer(
+        &self,
+        n: usize,
+        k: usize,
+        bf16: bool,
+        swiglu: bool,
+    ) -> Result<WeightPacker, KernelError> {
         const OP: &str = "pack_weight";
-        mul(OP, n, k)?;
+        mul(OP, mul(OP, n, 2)?, k)?;
         let g = self.mm().group;
-        let groups = n.div_ceil(g);
+        let groups = n.div_ceil(if swiglu { g / 2 } else { g });
         let data = if bf16 {
             // groups × (k+1)/2 pairs × G rows × 2
             let len = mul(OP, mul(OP, groups, k.div_ceil(2))?, g * 2)?;
@@ -414,6 +535,7 @@ impl Kernels {
                 k,
                 isa: self.isa(),
                 group: g,
+                swiglu,
                 data,
             },
         })
@@ -443,6 +565,12 @@ impl Kernels {
                 ),
             });
         }
+        if w.swiglu && bias.is_some() {
+            return Err(KernelError::Invalid {
+                op: "matmul",
+                msg: "a bias with a SwiGLU pair (silu(gate)·up has no bias)".into(),
+            });
+        }
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -457,8 +585,9 @@ impl Kernels {
             k,
             bias,
             y: YPtr(y.as_mut_ptr()),
+            swiglu: w.swiglu,
         };
-        let macs = m * n * k;
+        let macs = m * n * k * if w.swiglu { 2 } else { 1 };
         match (&w.data, path, t.packed_bf16_dot) {
             (PackedData::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
                 xb_buf = round_x_bf16(self, t, x, m, k);
@@ -511,6 +640,7 @@ impl Kernels {
             k,
             bias,
             y: YPtr(y.as_mut_ptr()),
+            swiglu: false,
         };
         let macs = m * n * k;
         let (xb_buf, xp_buf);

@@ -2,6 +2,7 @@
 //! Sums run over k in order, in f32, one rounding per multiply and per add.
 
 use super::Args;
+use crate::scalar::act::silu1;
 
 /// Output rows per packed group at the scalar level.
 pub const GROUP: usize = 16;
@@ -58,19 +59,22 @@ pub unsafe fn gemv_f32(a: &Args, w: &[f32], r0: usize, r1: usize) {
 }
 
 /// Output columns of groups g0..g1 (GROUP rows of W each) for all m; w packed bf16:
-/// group j, pair p, row r: [w[jG+r][2p], w[jG+r][2p+1]]. Safety: as [`gemv_bf16`], w packed for GROUP.
+/// group j, pair p, row r: [w[jG+r][2p], w[jG+r][2p+1]]. A SwiGLU pair (`a.swiglu`) holds gate rows in
+/// slots 0..G/2 and the matching up rows in G/2..G; output c = silu(gate)·up.
+/// Safety: as [`gemv_bf16`], w packed for GROUP.
 pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
     let kp = a.k.div_ceil(2);
     for j in g0..g1 {
         let wg = &w[j * kp * GROUP * 2..];
         for i in 0..a.m {
-            for r in 0..GROUP.min(a.n - j * GROUP) {
-                let mut acc = 0f32;
+            let mut acc = [0f32; GROUP];
+            for (r, acc) in acc.iter_mut().enumerate() {
                 for kk in 0..a.k {
-                    acc += a.x[i * a.k + kk] * bf16_to_f32(wg[((kk / 2) * GROUP + r) * 2 + kk % 2]);
+                    *acc +=
+                        a.x[i * a.k + kk] * bf16_to_f32(wg[((kk / 2) * GROUP + r) * 2 + kk % 2]);
                 }
-                write(a, i, j * GROUP + r, acc);
             }
+            write_group(a, i, j, &acc);
         }
     }
 }
@@ -80,13 +84,25 @@ pub unsafe fn packed_f32(a: &Args, w: &[f32], g0: usize, g1: usize) {
     for j in g0..g1 {
         let wg = &w[j * a.k * GROUP..];
         for i in 0..a.m {
-            for r in 0..GROUP.min(a.n - j * GROUP) {
-                let mut acc = 0f32;
+            let mut acc = [0f32; GROUP];
+            for (r, acc) in acc.iter_mut().enumerate() {
                 for kk in 0..a.k {
-                    acc += a.x[i * a.k + kk] * wg[kk * GROUP + r];
+                    *acc += a.x[i * a.k + kk] * wg[kk * GROUP + r];
                 }
-                write(a, i, j * GROUP + r, acc);
             }
+            write_group(a, i, j, &acc);
+        }
+    }
+}
+
+/// Row i of y from the sums of group j's GROUP rows: plain (+ bias), or silu(gate)·up for a SwiGLU pair.
+unsafe fn write_group(a: &Args, i: usize, j: usize, acc: &[f32; GROUP]) {
+    let (c0, cols) = a.group_cols(j, GROUP);
+    for c in 0..cols {
+        if a.swiglu {
+            *a.y.0.add(i * a.n + c0 + c) = silu1(acc[c]) * acc[GROUP / 2 + c];
+        } else {
+            write(a, i, c0 + c, acc[c]);
         }
     }
 }

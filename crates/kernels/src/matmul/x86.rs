@@ -180,30 +180,40 @@ pub mod bf16dot {
     /// `w` packed for G = 64.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
     pub unsafe fn packed_bf16_dot(a: &Args, w: &[u16], g0: usize, g1: usize) {
+        // the epilogue is a compile-time choice: the plain kernel carries none of the SwiGLU code
+        if a.swiglu {
+            groups::<true>(a, w, g0, g1)
+        } else {
+            groups::<false>(a, w, g0, g1)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn groups<const E: bool>(a: &Args, w: &[u16], g0: usize, g1: usize) {
         let kp = a.k.div_ceil(2);
         let gsize = kp * G * 2;
         for j in g0..g1 {
             let wg = w.as_ptr().add(j * gsize);
-            let cols = G.min(a.n - j * G);
+            let (c0, cols) = a.group_cols(j, G);
             let mut i = 0;
             while i + MR <= a.m {
-                tile::<MR>(a, wg, kp, i, j * G, cols);
+                tile::<MR, E>(a, wg, kp, i, c0, cols);
                 i += MR;
             }
             match a.m - i {
                 0 => {}
-                1 => tile::<1>(a, wg, kp, i, j * G, cols),
-                2 => tile::<2>(a, wg, kp, i, j * G, cols),
-                3 => tile::<3>(a, wg, kp, i, j * G, cols),
-                4 => tile::<4>(a, wg, kp, i, j * G, cols),
-                5 => tile::<5>(a, wg, kp, i, j * G, cols),
+                1 => tile::<1, E>(a, wg, kp, i, c0, cols),
+                2 => tile::<2, E>(a, wg, kp, i, c0, cols),
+                3 => tile::<3, E>(a, wg, kp, i, c0, cols),
+                4 => tile::<4, E>(a, wg, kp, i, c0, cols),
+                5 => tile::<5, E>(a, wg, kp, i, c0, cols),
                 _ => unreachable!("MR = 6"),
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn tile<const R: usize>(
+    unsafe fn tile<const R: usize, const E: bool>(
         a: &Args,
         wg: *const u16,
         kp: usize,
@@ -229,7 +239,7 @@ pub mod bf16dot {
             }
         }
         let s = Avx512::new_unchecked();
-        kernel::store_tile::<Avx512, R, NV>(s, a, &acc, i0, c0, cols);
+        kernel::store_tile::<Avx512, R, NV, E>(s, a, &acc, i0, c0, cols);
     }
 
     /// GEMV on row-major bf16 W: rows r0..r1, for all rows of x (`a.xb`, bf16, stride 2⌈k/2⌉). A row of W
