@@ -8,7 +8,8 @@ use qwen3vl_kernels::Kernels;
 use crate::norm::{LayerNorm, RmsNorm};
 use crate::weights::{Dtype, TensorRef, Weights};
 use crate::{KernelCtx, ModelError};
-use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight};
+use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight, WeightPacker};
+use qwen3vl_kernels::KernelError;
 
 /// The kernels and the matmul path every module of one model uses.
 #[derive(Clone, Copy)]
@@ -49,6 +50,21 @@ pub(crate) fn pack(
     n: usize,
     kk: usize,
 ) -> Result<PackedWeight, ModelError> {
+    if kk == 0 {
+        // no data: the rows only set n
+        return k
+            .pack_weight(Weight::F32(&[]), n, 0)
+            .ctx("packing a weight with 0 input features");
+    }
+    let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
+    pack_into(k.weight_packer(n, kk, bf16), ts)
+}
+
+/// Pushes the rows of `ts` (each (n_i, kk)) into `packer`, one tensor at a time, releasing each source.
+fn pack_into(
+    packer: Result<WeightPacker, KernelError>,
+    ts: &[&TensorRef],
+) -> Result<PackedWeight, ModelError> {
     let err = |source| ModelError::Kernel {
         context: format!(
             "packing {}",
@@ -59,20 +75,16 @@ pub(crate) fn pack(
         ),
         source,
     };
-    let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-    let mut packer = k.weight_packer(n, kk, bf16).map_err(err)?;
+    let mut packer = packer.map_err(err)?;
     for t in ts {
-        let rows = t.numel().checked_div(kk).unwrap_or(0);
+        // (n_i, trailing dims...): n_i rows of kk
+        let rows = t.shape.first().copied().unwrap_or(1);
         let pushed = match t.bf16_bits() {
             Some(bits) => packer.push(Weight::Bf16(&bits), rows),
             None => packer.push(Weight::F32(&t.to_f32()?), rows),
         };
         t.release();
         pushed.map_err(err)?;
-    }
-    if kk == 0 {
-        // no data: the rows only set n
-        return k.pack_weight(Weight::F32(&[]), n, 0).map_err(err);
     }
     packer.finish().map_err(err)
 }
@@ -182,6 +194,38 @@ impl<'a> Vb<'a> {
             weight,
             bias: None,
             out_features: out,
+            in_features: inp,
+        })
+    }
+
+    /// `{gate}.weight` and `{up}.weight`, each (i, inp), packed as one SwiGLU pair: its matmul writes
+    /// silu(x·gateᵀ)·(x·upᵀ) (m, i) from the microkernel (see `Kernels::swiglu_packer`).
+    pub fn linear_swiglu(
+        &self,
+        gate: &str,
+        up: &str,
+        i: usize,
+        inp: usize,
+    ) -> Result<Linear, ModelError> {
+        let ts = [gate, up]
+            .iter()
+            .map(|name| self.pp(name).tensor("weight", &[i, inp]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
+        let weight = if inp == 0 {
+            self.k
+                .pack_swiglu(Weight::F32(&[]), Weight::F32(&[]), i, 0)
+                .ctx("packing a SwiGLU pair with 0 input features")?
+        } else {
+            pack_into(
+                self.k.swiglu_packer(i, inp, bf16),
+                &ts.iter().collect::<Vec<_>>(),
+            )?
+        };
+        Ok(Linear {
+            weight,
+            bias: None,
+            out_features: i,
             in_features: inp,
         })
     }

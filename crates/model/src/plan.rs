@@ -94,13 +94,23 @@ impl Model {
             PlanOp {
                 scope: scope.into(),
                 op: format!("{name} ({} <- {})", l.out_features, l.in_features),
-                kernel: format!("matmul {path}, {} threads", k.threads()),
+                kernel: if w.is_swiglu() {
+                    format!("matmul {path} + SwiGLU epilogue, {} threads", k.threads())
+                } else {
+                    format!("matmul {path}, {} threads", k.threads())
+                },
                 layout: format!(
                     "packed {dt} panels for {:?} ({}x{}){}",
                     w.isa(),
-                    w.n(),
+                    if w.is_swiglu() { 2 * w.n() } else { w.n() },
                     w.k(),
-                    if l.bias.is_some() { " + f32 bias" } else { "" }
+                    if w.is_swiglu() {
+                        ", gate|up rows interleaved per half-group"
+                    } else if l.bias.is_some() {
+                        " + f32 bias"
+                    } else {
+                        ""
+                    }
                 ),
                 bytes: (w.bytes() + l.bias.as_ref().map_or(0, |b| b.len() * 4)) as u64,
                 count,
@@ -213,8 +223,12 @@ impl Model {
             ));
             ops.push(lin(s, "self_attn.o_proj", &a.o_proj, n));
             ops.push(vec_op(s, "post_attention_layernorm", "rms_norm", h, n));
-            ops.push(lin(s, "mlp.gate|up_proj", &m.gate_up_proj, n));
-            ops.push(vec_op(s, "silu(gate)*up", "swiglu", 0, n));
+            ops.push(lin(
+                s,
+                "mlp.gate|up_proj -> silu(gate)*up",
+                &m.gate_up_proj,
+                n,
+            ));
             ops.push(lin(s, "mlp.down_proj", &m.down_proj, n));
         }
         ops.push(vec_op(

@@ -19,15 +19,14 @@ pub struct DecoderLayer {
 /// Per-call buffers of the text decoder (kept in the KvCache so decode steps do not allocate).
 #[derive(Default)]
 pub(crate) struct TextScratch {
-    pub h: Vec<f32>,       // (l, H)
-    pub o: Vec<f32>,       // (l, H)
-    pub qkv: Vec<f32>,     // (l, (nq + 2·nkv)·hd)
-    pub q: Vec<f32>,       // (l, nq·hd)
-    pub attn: Vec<f32>,    // (l, nq·hd)
-    pub gate_up: Vec<f32>, // (l, 2·I)
-    pub act: Vec<f32>,     // (l, I)
-    pub cos: Vec<f32>,     // (l, hd/2)
-    pub sin: Vec<f32>,     // (l, hd/2)
+    pub h: Vec<f32>,    // (l, H)
+    pub o: Vec<f32>,    // (l, H)
+    pub qkv: Vec<f32>,  // (l, (nq + 2·nkv)·hd)
+    pub q: Vec<f32>,    // (l, nq·hd)
+    pub attn: Vec<f32>, // (l, nq·hd)
+    pub act: Vec<f32>,  // (l, I)
+    pub cos: Vec<f32>,  // (l, hd/2)
+    pub sin: Vec<f32>,  // (l, hd/2)
 }
 
 impl TextScratch {
@@ -44,7 +43,6 @@ impl TextScratch {
         self.qkv.resize(l * (q + kv), 0.0);
         self.q.resize(l * q, 0.0);
         self.attn.resize(l * q, 0.0);
-        self.gate_up.resize(l * 2 * i, 0.0);
         self.act.resize(l * i, 0.0);
         self.cos.resize(l * half, 0.0);
         self.sin.resize(l * half, 0.0);
@@ -94,8 +92,7 @@ impl DecoderLayer {
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         // 2. x = x + mlp(post_attention_layernorm(x))
         self.post_attention_layernorm.forward(&c.k, x, &mut s.h)?;
-        self.mlp
-            .forward(c, &s.h, l, &mut s.gate_up, &mut s.act, &mut s.o)?;
+        self.mlp.forward(c, &s.h, l, &mut s.act, &mut s.o)?;
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         Ok(())
     }
