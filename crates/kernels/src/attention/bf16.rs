@@ -27,6 +27,11 @@
 //! Key tiles start at even keys (the plan keeps chunk starts even), so Vb pairs and tile pairs coincide.
 //! The row max of a tile is taken in registers as St is stored (again after the mask, when a chunk has
 //! masked keys); P uses [`exp_neg`], a cheaper e^x whose error (≤ 1e-5) is small beside P's rounding.
+//! The out rows leave Ot through 16 × 16 register transposes.
+//!
+//! Measured on the vision shape (1200 × 1200, 16 heads, hd 64; one Zen 4 core, CPU time): 176 GFLOP/s,
+//! 76% of the `vdpbf16ps` peak (the exact lanes kernel: 87, 76% of the f32 FMA peak). Of the time,
+//! Q·Kᵀ and P·V ~40% each (~91% of peak inside), the softmax ~14%, packing and out rows the rest.
 
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
