@@ -699,6 +699,64 @@ fn fast_sweep_hd33() {
     fast_sweep(33, 700);
 }
 
+/// Head dims below a vector (scalar tails only, a pad dim for odd ones).
+#[test]
+fn fast_small_head_dims() {
+    for (n, hd) in [1usize, 2, 7, 15, 16].into_iter().enumerate() {
+        for (q_len, kv_len, causal) in [(40, 40, true), (33, 70, false)] {
+            check_fast(
+                Case {
+                    hd,
+                    q_len,
+                    kv_len,
+                    causal,
+                    nkv: 2,
+                    group: 1 + n % 3,
+                    layout: LAYOUTS[n % 4],
+                    values: Values::Uniform,
+                },
+                800 + 10 * n as u64 + q_len as u64,
+            );
+        }
+    }
+}
+
+/// Few query tiles against long keys: the keys split into chunks across threads (chunk starts rounded to
+/// even keys for the bf16 pairs) and the partial results merged.
+#[test]
+fn fast_split_keys() {
+    for (q_len, kv_len, group) in [(16, 1023, 1), (5, 777, 4), (20, 1500, 2)] {
+        for causal in [true, false] {
+            let c = Case {
+                hd: 64,
+                q_len,
+                kv_len,
+                causal,
+                nkv: 1,
+                group,
+                layout: Layout::HeadMajorCache,
+                values: Values::Uniform,
+            };
+            check_fast(c, 900 + kv_len as u64 + causal as u64);
+            // 3 and 5 threads: more chunks
+            let x = build(&c, 950 + q_len as u64);
+            let want = naive_f64(&x);
+            let mut fast = FastRefs {
+                x: &x,
+                want: &want,
+                rounded: None,
+                bounds: None,
+            };
+            let best = Kernels::all_available().pop().unwrap();
+            for threads in [3, 5] {
+                let k = best.with_threads(threads);
+                let exact = run(&k, &x);
+                fast.check(&format!("{} ({threads} threads)", k.isa()), &c, &k, &exact);
+            }
+        }
+    }
+}
+
 /// Which calls take the bf16 kernel: prefill-shaped `Fast` calls on AVX512_BF16 only.
 #[test]
 fn fast_dispatch() {
