@@ -454,6 +454,10 @@ fn bf16_kernel(k: &Kernels, p: &AttnParams, plan: &Plan, group: usize) -> Option
     None
 }
 
+/// The packed K/V buffer is kept for the next call up to this many words (64 MiB).
+#[cfg(target_arch = "x86_64")]
+const PACKED_KEEP_WORDS: usize = 16 << 20;
+
 /// Keys per packing task of the bf16 path (even).
 #[cfg(target_arch = "x86_64")]
 const PACK_KEYS: usize = 512;
@@ -508,7 +512,11 @@ fn run_tasks(k: &Kernels, f: TaskFn, job: Job) {
                 vb: &buf[kw..kw + vw],
                 ..job
             };
-            run_plan(k, f, job, pl, true)
+            run_plan(k, f, job, pl, true);
+            // keep a vision segment's or a usual prefill's buffer (a few MiB); free a long context's
+            if buf.len() > PACKED_KEEP_WORDS {
+                *buf = Vec::new();
+            }
         }),
         _ => run_plan(k, f, job, pl, false),
     }
