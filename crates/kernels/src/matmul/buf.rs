@@ -182,3 +182,47 @@ impl<T: Zeroable> std::fmt::Debug for AlignedBuf<T> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small and large buffers: 64-byte aligned, zeroed, writable to the end; clones are equal copies.
+    #[test]
+    fn aligned_zeroed_writable() {
+        for len in [
+            0usize,
+            1,
+            3,
+            31,
+            1000,
+            (2 << 20) / 2 - 1,
+            (2 << 20) / 2,
+            (3 << 20) + 5,
+        ] {
+            let mut b = AlignedBuf::<u16>::zeroed("test", len).unwrap();
+            assert_eq!(b.len(), len);
+            assert_eq!(b.as_ptr() as usize % ALIGN, 0, "len {len}");
+            assert!(b.iter().all(|&v| v == 0), "len {len}");
+            if let Some(last) = b.last_mut() {
+                *last = 7;
+            }
+            let c = b.clone();
+            assert_eq!(c[..], b[..]);
+            #[cfg(target_os = "linux")]
+            assert_eq!(b.huge_pages_advised(), len * 2 >= HUGE, "len {len}");
+        }
+        // a mapped buffer starts at a huge-page boundary
+        #[cfg(target_os = "linux")]
+        {
+            let f = AlignedBuf::<f32>::zeroed("test", 1 << 20).unwrap();
+            assert_eq!(f.as_ptr() as usize % HUGE, 0);
+        }
+    }
+
+    #[test]
+    fn oversize_is_an_error() {
+        let e = AlignedBuf::<f32>::zeroed("pack_weight", usize::MAX / 2).unwrap_err();
+        assert!(e.to_string().contains("pack_weight"), "{e}");
+    }
+}
