@@ -8,6 +8,7 @@
 //! `vdpbf16ps`) on registers, enough of them to cover the instruction's latency.
 
 use crate::isa::Isa;
+use crate::matmul::buf::AlignedBuf;
 use crate::Kernels;
 use std::time::Instant;
 
@@ -40,6 +41,9 @@ pub fn measure(k: &Kernels) -> Roofline {
 /// Best read bandwidth (GB/s) of `reps` passes over each of two buffers of `bytes`, split over the pool's
 /// threads in contiguous ranges.
 ///
+/// The buffers are allocated like packed weights (64-byte aligned, transparent huge pages advised), so
+/// decode and this probe read the same kind of memory.
+///
 /// The best pass is the figure: on a shared VM a pass can be slowed by a neighbour for a few milliseconds,
 /// never sped up, and two separately allocated buffers sample two placements in physical memory (one
 /// buffer alone read 27–54 GB/s from run to run on the development VM, 56–63 GB/s with this method).
@@ -50,7 +54,13 @@ pub fn read_bandwidth(k: &Kernels, bytes: usize, reps: usize) -> f64 {
     let mut best = 0f64;
     let sink = std::sync::Mutex::new(0f32);
     for _buffer in 0..2 {
-        let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        // Stored like the packed weights decode streams (see `matmul::buf`: huge-page-advised on Linux).
+        let Ok(mut buf) = AlignedBuf::<f32>::zeroed("read_bandwidth", n) else {
+            break;
+        };
+        buf.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i % 7) as f32);
         // The first pass warms the TLB and the pool; it is not counted.
         for pass in 0..reps.max(1) + 1 {
             let t0 = Instant::now();
