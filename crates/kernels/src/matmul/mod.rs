@@ -23,7 +23,7 @@
 //! Paths ([`MatmulPath`]):
 //! - `Exact`: f32 arithmetic on widened weights. Error ≤ 2(k+2)·2⁻²⁴·Σ|x·w| per output (+ bias rounding).
 //! - `Fast`: on CPUs with AVX512_BF16 and bf16 packed weights, x is rounded to bf16 (RNE, relative error
-//!   ≤ 2⁻⁹) and products are accumulated by `vdpbf16ps` in f32: error ≤ (2⁻⁹ + 2(k+2)·2⁻²⁴)·Σ|x·w|
+//!   ≤ 2⁻⁸: 8 significant bits) and products are accumulated by `vdpbf16ps` in f32: error ≤ (2⁻⁸ + 2(k+2)·2⁻²⁴)·Σ|x·w|
 //!   (+ denormals flushed). Elsewhere `Fast` runs the exact path.
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
