@@ -103,6 +103,21 @@ impl PackedWeight {
             PackedData::F32(v) => v.len() * 4,
         }
     }
+    /// The stored panels as raw bytes (e.g. for a bandwidth probe over the memory decode streams).
+    pub fn as_bytes(&self) -> &[u8] {
+        // Safety: u16 and f32 have no padding and every byte pattern is a valid u8; the length is the
+        // buffer's size in bytes.
+        unsafe {
+            match &self.data {
+                PackedData::Bf16(v) => {
+                    std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 2)
+                }
+                PackedData::F32(v) => {
+                    std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4)
+                }
+            }
+        }
+    }
     /// Whether the weight is stored as bf16.
     pub fn is_bf16(&self) -> bool {
         matches!(self.data, PackedData::Bf16(_))
@@ -425,6 +440,8 @@ fn table(isa: Isa, bf16_dot: bool) -> &'static MmTable {
 
 /// Below this many multiply-adds a matmul runs on the calling thread only.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
+/// The smallest range of a threaded op, in multiply-adds (see [`chunks`]).
+const MIN_CHUNK_MACS: usize = 1 << 15;
 /// Up to this many rows of x, `matmul_unpacked` streams the weight (each row of W read from memory once,
 /// then from L1 for the other rows of x) instead of packing it.
 const GEMV_MAX_M: usize = 8;
@@ -664,11 +681,11 @@ impl Kernels {
         Ok(())
     }
 
-    /// Splits `0..units` into contiguous ranges, run on the pool.
+    /// Splits `0..units` into contiguous ranges (see [`chunks`]), run on the pool.
     fn run_ranges(&self, units: usize, macs: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        let tasks = tasks_for(units, self.threads(), macs);
-        self.parallel_for(tasks, &|t| {
-            let (a, b) = split(units, tasks, t);
+        let bounds = chunks(units, self.threads(), macs);
+        self.parallel_for(bounds.len() - 1, &|t| {
+            let (a, b) = (bounds[t], bounds[t + 1]);
             if a < b {
                 f(a, b)
             }
@@ -686,18 +703,27 @@ impl YPtrU16 {
     }
 }
 
-/// Tasks for `units` of work: one per thread when threads each get a contiguous range; a few more (up to 4
-/// per thread) so that a thread slowed by a neighbour does not hold everyone up; 1 when the op is small.
-fn tasks_for(units: usize, threads: usize, macs: usize) -> usize {
-    if threads <= 1 || macs < PARALLEL_MIN_MACS {
-        return 1.min(units);
+/// Boundaries of the contiguous ranges `units` of work are split into (tasks claim them in order):
+/// `[0, b1, ..., units]`. One range when there is one thread or the op is small. Otherwise guided
+/// self-scheduling: each range takes 1/(2·threads) of what is left, down to ranges of about 32K
+/// multiply-adds, so the threads start on large contiguous streams and end on small ones — a thread
+/// slowed by a neighbour hands its share over, and the last range anyone waits for is short (a decode
+/// GEMV streaming at the memory limit loses the whole tail of a large equal range to one idle thread).
+fn chunks(units: usize, threads: usize, macs: usize) -> Vec<usize> {
+    if threads <= 1 || macs < PARALLEL_MIN_MACS || units <= 1 {
+        return vec![0, units];
     }
-    units.min(threads * 4)
-}
-
-/// Range `t` of `tasks` near-equal contiguous ranges of `0..units`.
-fn split(units: usize, tasks: usize, t: usize) -> (usize, usize) {
-    (units * t / tasks, units * (t + 1) / tasks)
+    let min = (units as u128 * MIN_CHUNK_MACS as u128)
+        .div_ceil(macs.max(1) as u128)
+        .max(1) as usize;
+    let mut bounds = vec![0];
+    let mut start = 0;
+    while start < units {
+        let left = units - start;
+        start += left.div_ceil(2 * threads).max(min).min(left);
+        bounds.push(start);
+    }
+    bounds
 }
 
 fn mul(op: &'static str, a: usize, b: usize) -> Result<usize, KernelError> {
@@ -762,4 +788,36 @@ fn deinterleave_x(x: &[f32], m: usize, k: usize, lanes: usize) -> Vec<f32> {
         }
     }
     xp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cover_the_units_guided() {
+        // Small op or one thread: one range.
+        assert_eq!(chunks(64, 2, 1000), vec![0, 64]);
+        assert_eq!(chunks(64, 1, 1 << 30), vec![0, 64]);
+        assert_eq!(chunks(0, 2, 1 << 30), vec![0, 0]);
+        // q|k|v of a 2B decode step: 64 groups of 64 rows × 2048. Each range takes a quarter of what is
+        // left (2 threads), down to one group.
+        let b = chunks(64, 2, 4096 * 2048);
+        assert_eq!(
+            b,
+            vec![0, 16, 28, 37, 44, 49, 53, 56, 58, 60, 61, 62, 63, 64]
+        );
+        // Ranges never go below ~32K multiply-adds (but the last): 1000 units of 100 MACs -> 328 units.
+        let b = chunks(1000, 2, 100_000);
+        assert_eq!(b, vec![0, 328, 656, 984, 1000]);
+        // Any case: strictly increasing from 0 to units, non-increasing range sizes.
+        for (units, threads, macs) in [(2374, 2, 311_164_928), (7, 3, 1 << 20), (96, 4, 1 << 34)] {
+            let b = chunks(units, threads, macs);
+            assert_eq!((b[0], *b.last().unwrap()), (0, units));
+            let sizes: Vec<usize> = b.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(sizes.iter().all(|&s| s > 0), "{sizes:?}");
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            assert_eq!(sizes[0], units.div_ceil(2 * threads));
+        }
+    }
 }
