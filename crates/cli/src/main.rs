@@ -834,7 +834,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
     if let (Some(bw), Some(pk)) = (r.read_gbps, r.peak_gflops) {
         writeln!(
             out,
-            "roofline: read {bw:.1} GB/s, compute peak {pk:.0} GFLOP/s"
+            "roofline: read {bw:.1} GB/s (probed during decode), compute peak {pk:.0} GFLOP/s"
         )?;
     }
     Ok(())

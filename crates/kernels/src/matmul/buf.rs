@@ -14,6 +14,7 @@ use crate::KernelError;
 pub(crate) trait Zeroable: Copy {}
 impl Zeroable for u16 {}
 impl Zeroable for f32 {}
+impl Zeroable for u32 {}
 
 /// Alignment of every buffer (a cache line; full 512-bit vectors never straddle two lines).
 const ALIGN: usize = 64;
