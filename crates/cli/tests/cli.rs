@@ -752,7 +752,10 @@ fn plan_lists_ops_kernels_and_layouts() {
         "self_attn.q|k|v_proj",
         "mlp.gate|up_proj",
         "packed bf16 panels",
-        "attention (causal; split-KV in decode)",
+        "attention, flash causal: prefill ",
+        "decode f32, split-KV",
+        "rms_norm_rope_half",
+        "SwiGLU epilogue",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }

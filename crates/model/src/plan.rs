@@ -6,6 +6,8 @@ use std::fmt;
 use crate::linear::Linear;
 use crate::model::Model;
 use crate::weights::Dtype;
+use qwen3vl_kernels::attention::AttnParams;
+use qwen3vl_kernels::matmul::MatmulPath;
 
 /// One op of the forward pass (repeated `count` times: once per layer/block that has it).
 #[derive(Clone, Debug)]
@@ -53,15 +55,23 @@ impl fmt::Display for Plan {
             "isa {}, {} threads, precision {}",
             self.isa, self.threads, self.precision
         )?;
+        // Column widths fit the longest entry of each column.
+        let w = |h: &str, col: &dyn Fn(&PlanOp) -> usize| {
+            self.ops.iter().map(col).chain([h.len()]).max().unwrap_or(0)
+        };
+        let ws = w("scope", &|o| o.scope.chars().count());
+        let wo = w("op", &|o| o.op.chars().count());
+        let wk = w("kernel", &|o| o.kernel.chars().count());
+        let wl = w("weight layout", &|o| o.layout.chars().count());
         writeln!(
             f,
-            "{:<32} {:<46} {:>5} {:<40} {:<52} {:>12}",
+            "{:<ws$}  {:<wo$}  {:>5}  {:<wk$}  {:<wl$}  {:>12}",
             "scope", "op", "count", "kernel", "weight layout", "memory"
         )?;
         for o in &self.ops {
             writeln!(
                 f,
-                "{:<32} {:<46} {:>5} {:<40} {:<52} {:>12}",
+                "{:<ws$}  {:<wo$}  {:>5}  {:<wk$}  {:<wl$}  {:>12}",
                 o.scope,
                 o.op,
                 o.count,
@@ -86,6 +96,15 @@ impl Model {
         let path = match self.precision() {
             crate::model::Precision::F32 => "Exact",
             crate::model::Precision::Fast => "Fast",
+        };
+        let mm_path = match self.precision() {
+            crate::model::Precision::F32 => MatmulPath::Exact,
+            crate::model::Precision::Fast => MatmulPath::Fast,
+        };
+        // What a prefill-shaped attention call runs on this CPU (the kernels decide; see attention_precision).
+        let attn_arith = |p: &AttnParams| match k.attention_precision(p) {
+            MatmulPath::Fast => "bf16 vdpbf16ps + f32 softmax",
+            MatmulPath::Exact => "f32",
         };
         let mut ops = Vec::new();
         let lin = |scope: &str, name: &str, l: &Linear, count: usize| {
@@ -146,10 +165,21 @@ impl Model {
             ops.push(vec_op(s, "norm1", "layer_norm", ln, n));
             ops.push(lin(s, "attn.qkv", &b.attn.qkv, n));
             ops.push(vec_op(s, "rope q,k (2-D)", "rope_half", 0, n));
+            let p = AttnParams {
+                n_q_heads: b.attn.num_heads,
+                n_kv_heads: b.attn.num_heads,
+                head_dim: b.attn.head_dim,
+                q_len: 1024,
+                kv_len: 1024,
+                scale: 1.0,
+                causal: false,
+                path: mm_path,
+            };
+            let kernel = format!("attention, flash non-causal, {}", attn_arith(&p));
             ops.push(vec_op(
                 s,
                 "attention (per image, on the fused qkv)",
-                "attention (flash, non-causal)",
+                &kernel,
                 0,
                 n,
             ));
@@ -212,15 +242,29 @@ impl Model {
                 &a.qkv_proj,
                 n,
             ));
-            ops.push(vec_op(s, "q_norm, k_norm", "rms_norm", a.head_dim * 2, n));
-            ops.push(vec_op(s, "M-RoPE q,k", "rope_half", 0, n));
             ops.push(vec_op(
                 s,
-                format!("attention GQA {}/{} heads", a.num_heads, a.num_kv_heads).as_str(),
-                "attention (causal; split-KV in decode)",
-                0,
+                "q_norm, k_norm + M-RoPE q,k (k -> KV cache)",
+                "rms_norm_rope_half (one pass per head)",
+                a.head_dim * 2,
                 n,
             ));
+            let p = AttnParams {
+                n_q_heads: a.num_heads,
+                n_kv_heads: a.num_kv_heads,
+                head_dim: a.head_dim,
+                q_len: 512,
+                kv_len: 512,
+                scale: 1.0,
+                causal: true,
+                path: mm_path,
+            };
+            let kernel = format!(
+                "attention, flash causal: prefill {}; decode f32, split-KV",
+                attn_arith(&p)
+            );
+            let name = format!("attention GQA {}/{} heads", a.num_heads, a.num_kv_heads);
+            ops.push(vec_op(s, &name, &kernel, 0, n));
             ops.push(lin(s, "self_attn.o_proj", &a.o_proj, n));
             ops.push(vec_op(s, "post_attention_layernorm", "rms_norm", h, n));
             ops.push(lin(
