@@ -431,6 +431,11 @@ fn check_threads(c: Case, seed: u64, thread_counts: &[usize]) {
 
 /// The `Fast` path only (no scalar run: for large shapes), at the best level on 1 and 2 threads.
 fn check_fast(c: Case, seed: u64) {
+    check_fast_on(c, seed, &[1, 2]);
+}
+
+/// [`check_fast`] on the given thread counts.
+fn check_fast_on(c: Case, seed: u64, thread_counts: &[usize]) {
     let x = build(&c, seed);
     let want = naive_f64(&x);
     let mut fast = FastRefs {
@@ -440,7 +445,7 @@ fn check_fast(c: Case, seed: u64) {
         bounds: None,
     };
     let best = Kernels::all_available().pop().unwrap();
-    for threads in [1, 2] {
+    for &threads in thread_counts {
         let k = best.with_threads(threads);
         let exact = run(&k, &x);
         fast.check(&format!("{} ({threads} threads)", k.isa()), &c, &k, &exact);
@@ -739,20 +744,7 @@ fn fast_split_keys() {
             };
             check_fast(c, 900 + kv_len as u64 + causal as u64);
             // 3 and 5 threads: more chunks
-            let x = build(&c, 950 + q_len as u64);
-            let want = naive_f64(&x);
-            let mut fast = FastRefs {
-                x: &x,
-                want: &want,
-                rounded: None,
-                bounds: None,
-            };
-            let best = Kernels::all_available().pop().unwrap();
-            for threads in [3, 5] {
-                let k = best.with_threads(threads);
-                let exact = run(&k, &x);
-                fast.check(&format!("{} ({threads} threads)", k.isa()), &c, &k, &exact);
-            }
+            check_fast_on(c, 950 + q_len as u64, &[3, 5]);
         }
     }
 }

@@ -269,14 +269,7 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
         let w = KEY_TILE.min(kend - j0);
         let mut c = 0;
         while c < ld {
-            // chunk width in vectors: N, else 2, else 1
-            let nv = if ld - c >= N * LANES {
-                N
-            } else if ld - c >= 2 * LANES {
-                2
-            } else {
-                1
-            };
+            let nv = super::flash::chunk_vectors(ld - c, N, LANES);
             let width = nv * LANES;
             // rows grow with r: the chunk's last real row sees the most keys
             let last = (c + width).min(mq) - 1;

@@ -47,6 +47,20 @@ fn prefetch_row(x: &[f32], i: usize, n: usize) {
     let _ = (x, i, n);
 }
 
+/// Vectors in the next register chunk of a task's rows when `left` rows remain: `n` when that many fill,
+/// else 2 (when n > 2), else 1 — the chunk widths the lane-major kernels (`lanes.rs`, `bf16.rs`) are
+/// instantiated for.
+#[inline(always)]
+pub(crate) fn chunk_vectors(left: usize, n: usize, lanes: usize) -> usize {
+    if left >= n * lanes {
+        n
+    } else if n > 2 && left >= 2 * lanes {
+        2
+    } else {
+        1
+    }
+}
+
 /// Runs one task with the rows in rows (any number of rows; meant for a few). NV: vectors per register
 /// tile row of the P·V product.
 #[inline(always)]

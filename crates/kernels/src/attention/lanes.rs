@@ -105,14 +105,7 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
         let vt = &job.v[vbase + j0 * vrs..];
         let mut c = 0;
         while c < ld {
-            // chunk width in vectors: N, else 2 (when N > 2), else 1
-            let nv = if ld - c >= N * lanes {
-                N
-            } else if N > 2 && ld - c >= 2 * lanes {
-                2
-            } else {
-                1
-            };
+            let nv = super::flash::chunk_vectors(ld - c, N, lanes);
             let width = nv * lanes;
             // rows grow with r: the chunk's last real row sees the most keys
             let last = (c + width).min(mq) - 1;
