@@ -36,6 +36,7 @@
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
 
+use super::flash::{ChunkStep, Chunks};
 use super::{Job, Task};
 use crate::matmul::scalar::f32_to_bf16;
 use std::arch::x86_64::*;
@@ -256,53 +257,34 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
         }
     }
 
-    // Keys of the tile at j0 (w keys) that row r may see.
-    let visible =
-        |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
     // this head's packed K rows (kv_len, hdp) and V pairs (kvp/2, hd)
     let kh = job.kb.as_ptr().add(t.g * p.kv_len * hp);
     let vh = job.vb.as_ptr().add(t.g * kvp / 2 * hd);
-
-    let kend = t.ke.min(job.limit(t.i1 - 1));
-    let mut j0 = t.ks;
-    while j0 < kend {
-        let w = KEY_TILE.min(kend - j0);
-        let mut c = 0;
-        while c < ld {
-            let nv = super::flash::chunk_vectors(ld - c, N, LANES);
-            let width = nv * LANES;
-            // rows grow with r: the chunk's last real row sees the most keys
-            let last = (c + width).min(mq) - 1;
-            let wc = visible(last, j0, w);
-            if wc > 0 {
-                let cc = Chunk {
-                    hp,
-                    hd,
-                    ld,
-                    c,
-                    wc,
-                    // key j of the tile: K row j0 + j (hp words), V pair j0/2 + jp (hd words)
-                    kt: kh.add(j0 * hp),
-                    vt: vh.add(j0 / 2 * hd),
-                };
-                let vis = |r| visible(r, j0, w);
-                let b = Bufs {
-                    qt,
-                    stt: stt.as_mut_ptr(),
-                    pb,
-                    ot: ot.as_mut_ptr(),
-                    m: m.as_mut_ptr(),
-                    l: l.as_mut_ptr(),
-                };
-                match nv {
-                    1 => cc.step::<1>(&b, vis, mq),
-                    2 => cc.step::<2>(&b, vis, mq),
-                    _ => cc.step::<N>(&b, vis, mq),
-                }
-            }
-            c += width;
+    for ChunkStep { j0, w, c, nv, wc } in Chunks::new(job, t, KEY_TILE, mq, ld, N, LANES) {
+        let cc = Chunk {
+            hp,
+            hd,
+            ld,
+            c,
+            wc,
+            // key j of the tile: K row j0 + j (hp words), V pair j0/2 + jp (hd words)
+            kt: kh.add(j0 * hp),
+            vt: vh.add(j0 / 2 * hd),
+        };
+        let vis = |r| job.visible(t, r, j0, w);
+        let b = Bufs {
+            qt,
+            stt: stt.as_mut_ptr(),
+            pb,
+            ot: ot.as_mut_ptr(),
+            m: m.as_mut_ptr(),
+            l: l.as_mut_ptr(),
+        };
+        match nv {
+            1 => cc.step::<1>(&b, vis, mq),
+            2 => cc.step::<2>(&b, vis, mq),
+            _ => cc.step::<N>(&b, vis, mq),
         }
-        j0 += w;
     }
 
     // 4. out rows: Ot[:, r] / l[r], 16 × 16 blocks transposed in registers; partials row by row

@@ -47,17 +47,98 @@ fn prefetch_row(x: &[f32], i: usize, n: usize) {
     let _ = (x, i, n);
 }
 
-/// Vectors in the next register chunk of a task's rows when `left` rows remain: `n` when that many fill,
-/// else 2 (when n > 2), else 1 — the chunk widths the lane-major kernels (`lanes.rs`, `bf16.rs`) are
-/// instantiated for.
-#[inline(always)]
-pub(crate) fn chunk_vectors(left: usize, n: usize, lanes: usize) -> usize {
-    if left >= n * lanes {
-        n
-    } else if n > 2 && left >= 2 * lanes {
-        2
-    } else {
-        1
+/// The work of a lane-major task (`lanes.rs`, `bf16.rs`: its `mq` rows in the lanes of vectors, `ld`
+/// rounded up to whole vectors): key tiles of `tile` keys from the task's first key to its last row's
+/// limit, and in each tile the register chunks of rows — `n` vectors when that many rows are left, else 2
+/// (when n > 2), else 1 (the widths the kernels are instantiated for). Yields a [`ChunkStep`] for each
+/// chunk whose last real row (which sees the most keys: rows grow with r) sees any key of the tile.
+/// An iterator rather than a closure-taking walker: the kernels' loop bodies stay in their
+/// `#[target_feature]` functions (closures do not inherit target features).
+pub(crate) struct Chunks<'a> {
+    job: &'a Job<'a>,
+    t: &'a Task,
+    tile: usize,
+    mq: usize,
+    ld: usize,
+    n: usize,
+    lanes: usize,
+    kend: usize,
+    j0: usize,
+    c: usize,
+}
+
+/// One chunk of [`Chunks`]: rows `c..c + nv·lanes` against the tile `[j0, j0 + w)`, `wc` keys of which
+/// its last row sees.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChunkStep {
+    pub j0: usize,
+    pub w: usize,
+    pub c: usize,
+    pub nv: usize,
+    pub wc: usize,
+}
+
+impl<'a> Chunks<'a> {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job: &'a Job<'a>,
+        t: &'a Task,
+        tile: usize,
+        mq: usize,
+        ld: usize,
+        n: usize,
+        lanes: usize,
+    ) -> Chunks<'a> {
+        let kend = t.ke.min(job.limit(t.i1 - 1));
+        Chunks {
+            job,
+            t,
+            tile,
+            mq,
+            ld,
+            n,
+            lanes,
+            kend,
+            j0: t.ks,
+            c: 0,
+        }
+    }
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = ChunkStep;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<ChunkStep> {
+        while self.j0 < self.kend {
+            let w = self.tile.min(self.kend - self.j0);
+            while self.c < self.ld {
+                let (c, left) = (self.c, self.ld - self.c);
+                let nv = if left >= self.n * self.lanes {
+                    self.n
+                } else if self.n > 2 && left >= 2 * self.lanes {
+                    2
+                } else {
+                    1
+                };
+                self.c += nv * self.lanes;
+                let last = (c + nv * self.lanes).min(self.mq) - 1;
+                let wc = self.job.visible(self.t, last, self.j0, w);
+                if wc > 0 {
+                    return Some(ChunkStep {
+                        j0: self.j0,
+                        w,
+                        c,
+                        nv,
+                        wc,
+                    });
+                }
+            }
+            self.j0 += w;
+            self.c = 0;
+        }
+        None
     }
 }
 

@@ -20,7 +20,7 @@
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
 
-use super::flash::KEY_TILE;
+use super::flash::{ChunkStep, Chunks, KEY_TILE};
 use super::{Job, Task};
 use crate::simd::math::exp;
 use crate::simd::Simd;
@@ -88,47 +88,26 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
         }
     }
 
-    // Keys of the tile at j0 (w keys) that row r may see.
-    let visible =
-        |r: usize, j0: usize, w: usize| job.limit(t.i0 + r / group).saturating_sub(j0).min(w);
-    let kbase = t.g * job.kl.head_stride;
-    let vbase = t.g * job.vl.head_stride;
-
-    let kend = t.ke.min(job.limit(t.i1 - 1));
-    let mut j0 = t.ks;
-    while j0 < kend {
-        let w = KEY_TILE.min(kend - j0);
-        // K and V rows of the tile: (w, hd) at row strides krs, vrs
-        let krs = job.kl.row_stride;
-        let vrs = job.vl.row_stride;
+    let (kbase, vbase) = (t.g * job.kl.head_stride, t.g * job.vl.head_stride);
+    // K and V rows of a tile: (w, hd) at row strides krs, vrs
+    let (krs, vrs) = (job.kl.row_stride, job.vl.row_stride);
+    for ChunkStep { j0, w, c, nv, wc } in Chunks::new(job, t, KEY_TILE, mq, ld, N, lanes) {
         let kt = &job.k[kbase + j0 * krs..];
         let vt = &job.v[vbase + j0 * vrs..];
-        let mut c = 0;
-        while c < ld {
-            let nv = super::flash::chunk_vectors(ld - c, N, lanes);
-            let width = nv * lanes;
-            // rows grow with r: the chunk's last real row sees the most keys
-            let last = (c + width).min(mq) - 1;
-            let wc = visible(last, j0, w);
-            if wc > 0 {
-                let cc = Chunk {
-                    hd,
-                    ld,
-                    c,
-                    wc,
-                    krs,
-                    vrs,
-                };
-                let vis = |r| visible(r, j0, w);
-                match nv {
-                    1 => cc.step::<S, 1, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
-                    2 => cc.step::<S, 2, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
-                    _ => cc.step::<S, N, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
-                }
-            }
-            c += width;
+        let cc = Chunk {
+            hd,
+            ld,
+            c,
+            wc,
+            krs,
+            vrs,
+        };
+        let vis = |r| job.visible(t, r, j0, w);
+        match nv {
+            1 => cc.step::<S, 1, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
+            2 => cc.step::<S, 2, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
+            _ => cc.step::<S, N, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),
         }
-        j0 += w;
     }
 
     // 4. out rows (or partials): Ot[:, r]

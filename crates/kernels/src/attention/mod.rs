@@ -325,6 +325,13 @@ impl Job<'_> {
         }
     }
 
+    /// Keys of the tile `[j0, j0 + w)` that row r of a lane-major task t may see (its rows are (query
+    /// row, q head of the group) with the query row i0 + r / group).
+    #[inline(always)]
+    pub fn visible(&self, t: &Task, r: usize, j0: usize, w: usize) -> usize {
+        self.limit(t.i0 + r / self.group).saturating_sub(j0).min(w)
+    }
+
     /// Writes row r of task t: to out (o / l) or to the task's partial slot ([m, l, o]).
     /// `o` holds head_dim values; l > 0 for a final row (every row attends at least key 0).
     #[inline(always)]
