@@ -63,20 +63,33 @@ pub fn roofline(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Seconds of one read of the memory a benchmark streams.
+type ReadSeconds<'a> = dyn Fn(&Kernels) -> f64 + 'a;
+
 /// Smallest time of `f` over at least 5 runs and ~`secs` seconds (after one warm-up run): on a shared
-/// machine the best run is the one least disturbed by the neighbours.
-fn best_time(secs: f64, mut f: impl FnMut()) -> f64 {
+/// machine the best run is the one least disturbed by the neighbours. With `probe` (the bytes `f`
+/// streams, and the seconds of one read of them), its runs alternate with probes and the best probe
+/// bandwidth of the same time window is returned too, so a memory-bound kernel's share of the limit
+/// compares like with like on a machine whose free bandwidth changes within seconds.
+fn best_time(
+    k: &Kernels,
+    secs: f64,
+    probe: Option<(f64, &ReadSeconds<'_>)>,
+    mut f: impl FnMut(),
+) -> (f64, Option<f64>) {
     f();
     let start = Instant::now();
-    let mut best = f64::INFINITY;
-    let mut runs = 0;
+    let (mut best, mut best_probe, mut runs) = (f64::INFINITY, f64::INFINITY, 0);
     while runs < 5 || start.elapsed().as_secs_f64() < secs {
+        if let Some((_, read)) = probe {
+            best_probe = best_probe.min(read(k));
+        }
         let t0 = Instant::now();
         f();
         best = best.min(t0.elapsed().as_secs_f64());
         runs += 1;
     }
-    best
+    (best, probe.map(|(bytes, _)| bytes / best_probe / 1e9))
 }
 
 struct Shape {
@@ -223,12 +236,13 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
             packed,
             time,
             bytes,
+            read_gbps,
         } = *row;
         let gbps = bytes / time / 1e9;
         let gflops = 2.0 * (m * n * kk) as f64 / time / 1e9;
         let uses_dot = path == MatmulPath::Fast && dtype == "bf16" && r.bf16_gflops.is_some();
         let pct = if kind == "gemv" {
-            100.0 * gbps / r.read_gbps
+            100.0 * gbps / read_gbps.unwrap_or(r.read_gbps)
         } else if uses_dot {
             100.0 * gflops / r.bf16_gflops.unwrap_or(f64::NAN)
         } else {
@@ -259,6 +273,7 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
         results.push(json!({
             "kind": kind, "m": m, "k": kk, "n": n, "dtype": dtype, "path": path_name,
             "packed": packed, "time_us": time * 1e6, "gbps": gbps, "gflops": gflops, "pct_of_limit": pct,
+            "read_gbps": read_gbps,
         }));
     }
     if json {
@@ -293,6 +308,8 @@ struct Row {
     time: f64,
     /// Bytes a call reads and writes (weights, x, bias, y).
     bytes: f64,
+    /// GEMV: best read bandwidth of its weight copies, probed between its timed runs (GB/s).
+    read_gbps: Option<f64>,
 }
 
 /// Times every configuration of one shape.
@@ -322,39 +339,52 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
         for &(dtype, path, packed) in configs {
             let elem = if dtype == "bf16" { 2 } else { 4 };
             let wbytes = n * kk * elem;
-            let copies = if s.kind == "gemv" {
+            let gemv = s.kind == "gemv";
+            let copies = if gemv {
                 GEMV_FOOTPRINT.div_ceil(wbytes).max(1)
             } else {
                 1
             };
-            let time = if packed {
+            // GEMV: timed runs alternate with reads of the same weight copies (the limit of that window).
+            let total = (wbytes * copies) as f64;
+            let (time, read_gbps) = if packed {
                 let p = match dtype {
                     "bf16" => k.pack_weight(Weight::Bf16(&w16), n, kk)?,
                     _ => k.pack_weight(Weight::F32(&w32), n, kk)?,
                 };
                 let ps: Vec<PackedWeight> = (0..copies).map(|_| p.clone()).collect();
-                best_time(secs, || {
+                let read = |k: &Kernels| {
+                    ps.iter()
+                        .map(|p| roofline::read_seconds(k, p.as_bytes()))
+                        .sum()
+                };
+                best_time(k, secs, gemv.then_some((total, &read as _)), || {
                     for p in &ps {
                         k.matmul(&x, m, p, Some(&bias), &mut y, path).unwrap();
                     }
-                }) / copies as f64
+                })
             } else if dtype == "bf16" {
                 let ws: Vec<Vec<u16>> = (0..copies).map(|_| w16.clone()).collect();
-                best_time(secs, || {
+                let read = |k: &Kernels| ws.iter().map(|w| roofline::read_seconds(k, w)).sum();
+                best_time(k, secs, gemv.then_some((total, &read as _)), || {
                     for w in &ws {
-                        k.matmul_unpacked(&x, m, Weight::Bf16(w), n, kk, Some(&bias), &mut y, path)
+                        let w = Weight::Bf16(w);
+                        k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
                             .unwrap();
                     }
-                }) / copies as f64
+                })
             } else {
                 let ws: Vec<Vec<f32>> = (0..copies).map(|_| w32.clone()).collect();
-                best_time(secs, || {
+                let read = |k: &Kernels| ws.iter().map(|w| roofline::read_seconds(k, w)).sum();
+                best_time(k, secs, gemv.then_some((total, &read as _)), || {
                     for w in &ws {
-                        k.matmul_unpacked(&x, m, Weight::F32(w), n, kk, Some(&bias), &mut y, path)
+                        let w = Weight::F32(w);
+                        k.matmul_unpacked(&x, m, w, n, kk, Some(&bias), &mut y, path)
                             .unwrap();
                     }
-                }) / copies as f64
+                })
             };
+            let time = time / copies as f64;
             let bytes = (wbytes + (m * kk + m * n + n) * 4) as f64;
             rows.push(Row {
                 kind: s.kind,
@@ -366,6 +396,7 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
                 packed,
                 time,
                 bytes,
+                read_gbps,
             });
         }
     }

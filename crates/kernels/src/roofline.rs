@@ -57,36 +57,55 @@ pub fn read_bandwidth(k: &Kernels, bytes: usize, reps: usize) -> f64 {
             break;
         };
         buf.iter_mut().enumerate().for_each(|(i, v)| *v = i as u32);
-        // Safety: u32 has no padding; the length is the buffer's size in bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n * 4) };
-        best = best.max(read_bandwidth_of(k, bytes, reps));
+        best = best.max(read_bandwidth_of(k, &buf[..], reps));
     }
     best
 }
 
-/// Best read bandwidth (GB/s) of `reps` passes over `data` (after one uncounted pass that warms the TLB
-/// and the pool), split over the pool's threads in contiguous ranges. Pass memory a workload streams
-/// (e.g. a packed weight larger than the caches) to measure the limit of that very memory, without
-/// allocating.
-pub fn read_bandwidth_of(k: &Kernels, data: &[u8], reps: usize) -> f64 {
-    let threads = k.threads();
-    let isa = k.isa();
+/// Element types a probe may read as raw bytes (no padding, every bit pattern valid).
+pub trait Plain: Copy + sealed::Sealed {}
+impl Plain for u8 {}
+impl Plain for u16 {}
+impl Plain for u32 {}
+impl Plain for f32 {}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+    impl Sealed for u32 {}
+    impl Sealed for f32 {}
+}
+
+fn as_bytes<T: Plain>(data: &[T]) -> &[u8] {
+    // Safety: `Plain` types have no padding bytes; the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
+}
+
+/// Seconds of one read of every byte of `data`, split over the pool's threads in contiguous ranges (no
+/// warm-up: the caller interleaves it with the work it compares against).
+pub fn read_seconds<T: Plain>(k: &Kernels, data: &[T]) -> f64 {
+    let (threads, isa, data) = (k.threads(), k.isa(), as_bytes(data));
     let n = data.len();
     let sink = AtomicU64::new(0);
-    let mut best = 0f64;
-    for pass in 0..reps.max(1) + 1 {
-        let t0 = Instant::now();
-        k.parallel_for(threads, &|t| {
-            let (a, b) = (n * t / threads, n * (t + 1) / threads);
-            sink.fetch_xor(xor_fold(isa, &data[a..b]), Ordering::Relaxed);
-        });
-        let dt = t0.elapsed().as_secs_f64();
-        if pass > 0 {
-            best = best.max(n as f64 / dt / 1e9);
-        }
-    }
+    let t0 = Instant::now();
+    k.parallel_for(threads, &|t| {
+        let (a, b) = (n * t / threads, n * (t + 1) / threads);
+        sink.fetch_xor(xor_fold(isa, &data[a..b]), Ordering::Relaxed);
+    });
+    let dt = t0.elapsed().as_secs_f64();
     std::hint::black_box(sink.load(Ordering::Relaxed));
-    best
+    dt
+}
+
+/// Best read bandwidth (GB/s) of `reps` passes over `data` (after one uncounted pass that warms the TLB
+/// and the pool). Pass memory a workload streams (e.g. a packed weight larger than the caches) to measure
+/// the limit of that very memory, without allocating.
+pub fn read_bandwidth_of<T: Plain>(k: &Kernels, data: &[T], reps: usize) -> f64 {
+    let bytes = std::mem::size_of_val(data) as f64;
+    read_seconds(k, data);
+    (0..reps.max(1))
+        .map(|_| bytes / read_seconds(k, data) / 1e9)
+        .fold(0.0, f64::max)
 }
 
 /// f32 FMA peak (GFLOP/s) on all threads of `k`, at its ISA's vector width.
