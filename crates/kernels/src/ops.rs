@@ -152,16 +152,17 @@ macro_rules! unary_api {
         /// x, out: (n)
         pub fn $name(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
             check_len(stringify!($name), "out", x.len(), out.len())?;
+            let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.$name);
             // Safety: `self.vec` belongs to a level this CPU supports; both slices hold x.len() elements.
-            unsafe { (self.vec.$name)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+            self.par(x.len(), 1, &|s, e| unsafe { f(xp.at(s), op.at(s), e - s) });
             Ok(())
         }
         $(#[$doc])*
         /// In place. x: (n)
         pub fn $assign(&self, x: &mut [f32]) {
-            let p = x.as_mut_ptr();
+            let (p, f) = (Sp(x.as_mut_ptr()), self.vec.$name);
             // Safety: as above; the kernel reads element i before writing it.
-            unsafe { (self.vec.$name)(p, p, x.len()) };
+            self.par(x.len(), 1, &|s, e| unsafe { f(p.at(s), p.at(s), e - s) });
         }
     )*};
 }
@@ -181,29 +182,85 @@ macro_rules! grad_api {
     )*};
 }
 
+/// A raw pointer handed to the tasks of one threaded op; each task reads and writes its own range only.
+#[derive(Clone, Copy)]
+struct Sp<T>(*mut T);
+// Safety: tasks of one op touch disjoint ranges of the outputs (see `Kernels::par`); inputs are shared reads.
+unsafe impl<T> Sync for Sp<T> {}
+unsafe impl<T> Send for Sp<T> {}
+impl<T> Sp<T> {
+    fn c(p: *const T) -> Sp<T> {
+        Sp(p as *mut T)
+    }
+    /// The pointer `i` elements on. Safety: in bounds of the slice it came from.
+    unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+/// Below this many elements an op runs on the calling thread (a fork/join costs a few µs; 64K floats
+/// take ~10–20 µs on one core).
+const PAR_MIN_ELEMS: usize = 1 << 16;
+/// Elementwise ranges start at multiples of this many elements (whole cache lines per task).
+const PAR_ALIGN: usize = 64;
+
 /// `causal` as the kernels take it: usize::MAX for none.
 fn causal_arg(causal: Option<usize>) -> usize {
     causal.unwrap_or(usize::MAX)
 }
 
 impl Kernels {
+    /// Runs `f(a, b)` over contiguous ranges `[a, b)` of `0..units` (elements, or rows of `per_unit`
+    /// elements for a row-wise op) on the pool when the op covers at least [`PAR_MIN_ELEMS`] elements and
+    /// there are several threads, else `f(0, units)` here. Every element (or row) is computed exactly as
+    /// in one call, so the result does not depend on the thread count.
+    fn par(&self, units: usize, per_unit: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        let threads = self.threads();
+        let align = if per_unit == 1 { PAR_ALIGN } else { 1 };
+        if threads <= 1 || units.saturating_mul(per_unit) < PAR_MIN_ELEMS || units < 2 * align {
+            f(0, units);
+            return;
+        }
+        let blocks = units.div_ceil(align);
+        self.parallel_for(threads, &|t| {
+            let (a, b) = (
+                blocks * t / threads * align,
+                (blocks * (t + 1) / threads * align).min(units),
+            );
+            if a < b {
+                f(a, b)
+            }
+        });
+    }
+
     // -- elementwise ------------------------------------------------------------------------------------
 
     /// out = a + b. a, b, out: (n)
     pub fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("add", "b", a.len(), b.len())?;
         check_len("add", "out", a.len(), out.len())?;
-        // Safety: `self.vec` belongs to a level this CPU supports (see `Kernels::new`); lengths checked.
-        unsafe { (self.vec.add)(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len()) };
+        let (ap, bp, op, f) = (
+            Sp::c(a.as_ptr()),
+            Sp::c(b.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.add,
+        );
+        // Safety: `self.vec` belongs to a level this CPU supports (see `Kernels::new`); lengths checked;
+        // each range [s, e) is in bounds of all three slices.
+        self.par(a.len(), 1, &|s, e| unsafe {
+            f(ap.at(s), bp.at(s), op.at(s), e - s)
+        });
         Ok(())
     }
 
     /// acc += b. acc, b: (n)
     pub fn add_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
         check_len("add_assign", "b", acc.len(), b.len())?;
-        let p = acc.as_mut_ptr();
+        let (p, bp, f) = (Sp(acc.as_mut_ptr()), Sp::c(b.as_ptr()), self.vec.add);
         // Safety: supported level; lengths checked; the kernel reads element i before writing it.
-        unsafe { (self.vec.add)(p, b.as_ptr(), p, b.len()) };
+        self.par(b.len(), 1, &|s, e| unsafe {
+            f(p.at(s), bp.at(s), p.at(s), e - s)
+        });
         Ok(())
     }
 
@@ -211,33 +268,46 @@ impl Kernels {
     pub fn mul(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("mul", "b", a.len(), b.len())?;
         check_len("mul", "out", a.len(), out.len())?;
+        let (ap, bp, op, f) = (
+            Sp::c(a.as_ptr()),
+            Sp::c(b.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.mul,
+        );
         // Safety: supported level; lengths checked.
-        unsafe { (self.vec.mul)(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len()) };
+        self.par(a.len(), 1, &|s, e| unsafe {
+            f(ap.at(s), bp.at(s), op.at(s), e - s)
+        });
         Ok(())
     }
 
     /// acc *= b. acc, b: (n)
     pub fn mul_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
         check_len("mul_assign", "b", acc.len(), b.len())?;
-        let p = acc.as_mut_ptr();
+        let (p, bp, f) = (Sp(acc.as_mut_ptr()), Sp::c(b.as_ptr()), self.vec.mul);
         // Safety: supported level; lengths checked; in place is allowed.
-        unsafe { (self.vec.mul)(p, b.as_ptr(), p, b.len()) };
+        self.par(b.len(), 1, &|s, e| unsafe {
+            f(p.at(s), bp.at(s), p.at(s), e - s)
+        });
         Ok(())
     }
 
     /// out = x * s. x, out: (n)
     pub fn scale(&self, x: &[f32], s: f32, out: &mut [f32]) -> Result<(), KernelError> {
         check_len("scale", "out", x.len(), out.len())?;
+        let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.scale);
         // Safety: supported level; lengths checked.
-        unsafe { (self.vec.scale)(x.as_ptr(), s, out.as_mut_ptr(), x.len()) };
+        self.par(x.len(), 1, &|a, e| unsafe {
+            f(xp.at(a), s, op.at(a), e - a)
+        });
         Ok(())
     }
 
     /// x *= s. x: (n)
     pub fn scale_assign(&self, x: &mut [f32], s: f32) {
-        let p = x.as_mut_ptr();
+        let (p, f) = (Sp(x.as_mut_ptr()), self.vec.scale);
         // Safety: supported level; in place is allowed.
-        unsafe { (self.vec.scale)(p, s, p, x.len()) };
+        self.par(x.len(), 1, &|a, e| unsafe { f(p.at(a), s, p.at(a), e - a) });
     }
 
     /// Σ a·b. a, b: (n)
@@ -262,16 +332,26 @@ impl Kernels {
     /// out = bf16(x) as raw bits, round to nearest even, NaN stays NaN. x, out: (n)
     pub fn f32_to_bf16(&self, x: &[f32], out: &mut [u16]) -> Result<(), KernelError> {
         check_len("f32_to_bf16", "out", x.len(), out.len())?;
+        let (xp, op, f) = (
+            Sp::c(x.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.f32_to_bf16,
+        );
         // Safety: supported level; lengths checked.
-        unsafe { (self.vec.f32_to_bf16)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+        self.par(x.len(), 1, &|s, e| unsafe { f(xp.at(s), op.at(s), e - s) });
         Ok(())
     }
 
     /// out = f32(x) for raw bf16 bits (exact). x, out: (n)
     pub fn bf16_to_f32(&self, x: &[u16], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("bf16_to_f32", "out", x.len(), out.len())?;
+        let (xp, op, f) = (
+            Sp::c(x.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.bf16_to_f32,
+        );
         // Safety: supported level; lengths checked.
-        unsafe { (self.vec.bf16_to_f32)(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+        self.par(x.len(), 1, &|s, e| unsafe { f(xp.at(s), op.at(s), e - s) });
         Ok(())
     }
 
@@ -299,16 +379,26 @@ impl Kernels {
         check_len("swiglu", "up", gate.len(), up.len())?;
         check_len("swiglu", "out", gate.len(), out.len())?;
         // Safety: supported level; lengths checked.
-        unsafe { (self.vec.swiglu)(gate.as_ptr(), up.as_ptr(), out.as_mut_ptr(), gate.len()) };
+        let (gp, up, op, f) = (
+            Sp::c(gate.as_ptr()),
+            Sp::c(up.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.swiglu,
+        );
+        self.par(gate.len(), 1, &|s, e| unsafe {
+            f(gp.at(s), up.at(s), op.at(s), e - s)
+        });
         Ok(())
     }
 
     /// gate = silu(gate)·up. gate, up: (n)
     pub fn swiglu_assign(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
         check_len("swiglu_assign", "up", gate.len(), up.len())?;
-        let p = gate.as_mut_ptr();
+        let (p, upp, f) = (Sp(gate.as_mut_ptr()), Sp::c(up.as_ptr()), self.vec.swiglu);
         // Safety: supported level; lengths checked; in place is allowed.
-        unsafe { (self.vec.swiglu)(p, up.as_ptr(), p, up.len()) };
+        self.par(up.len(), 1, &|s, e| unsafe {
+            f(p.at(s), upp.at(s), p.at(s), e - s)
+        });
         Ok(())
     }
 
@@ -324,19 +414,33 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let rows = rows_of("rms_norm", x.len(), w.len())?;
         check_len("rms_norm", "out", x.len(), out.len())?;
-        // Safety: supported level; x and out hold rows·n elements, w holds n.
-        unsafe {
-            (self.vec.rms_norm)(x.as_ptr(), w.as_ptr(), eps, out.as_mut_ptr(), rows, w.len())
-        };
+        let (n, xp, wp, op, f) = (
+            w.len(),
+            Sp::c(x.as_ptr()),
+            Sp::c(w.as_ptr()),
+            Sp(out.as_mut_ptr()),
+            self.vec.rms_norm,
+        );
+        // Safety: supported level; x and out hold rows·n elements, w holds n; rows [a, b) in bounds.
+        self.par(rows, n, &|a, b| unsafe {
+            f(xp.at(a * n), wp.at(0), eps, op.at(a * n), b - a, n)
+        });
         Ok(())
     }
 
     /// x = rms_norm(x) in place. x: (rows, n); w: (n)
     pub fn rms_norm_assign(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<(), KernelError> {
         let rows = rows_of("rms_norm_assign", x.len(), w.len())?;
-        let p = x.as_mut_ptr();
+        let (n, p, wp, f) = (
+            w.len(),
+            Sp(x.as_mut_ptr()),
+            Sp::c(w.as_ptr()),
+            self.vec.rms_norm,
+        );
         // Safety: as above; a row's statistics are read before any of it is written.
-        unsafe { (self.vec.rms_norm)(p, w.as_ptr(), eps, p, rows, w.len()) };
+        self.par(rows, n, &|a, b| unsafe {
+            f(p.at(a * n), wp.at(0), eps, p.at(a * n), b - a, n)
+        });
         Ok(())
     }
 
@@ -352,9 +456,25 @@ impl Kernels {
         let rows = rows_of("layer_norm", x.len(), w.len())?;
         check_len("layer_norm", "b", w.len(), b.len())?;
         check_len("layer_norm", "out", x.len(), out.len())?;
-        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        // Safety: supported level; lengths checked.
-        unsafe { (self.vec.layer_norm)(xp, w.as_ptr(), b.as_ptr(), eps, op, rows, w.len()) };
+        let (n, f) = (w.len(), self.vec.layer_norm);
+        let (xp, wp, bp, op) = (
+            Sp::c(x.as_ptr()),
+            Sp::c(w.as_ptr()),
+            Sp::c(b.as_ptr()),
+            Sp(out.as_mut_ptr()),
+        );
+        // Safety: supported level; lengths checked; rows [r0, r1) in bounds.
+        self.par(rows, n, &|r0, r1| unsafe {
+            f(
+                xp.at(r0 * n),
+                wp.at(0),
+                bp.at(0),
+                eps,
+                op.at(r0 * n),
+                r1 - r0,
+                n,
+            )
+        });
         Ok(())
     }
 
@@ -368,9 +488,20 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let rows = rows_of("layer_norm_assign", x.len(), w.len())?;
         check_len("layer_norm_assign", "b", w.len(), b.len())?;
-        let p = x.as_mut_ptr();
+        let (n, f) = (w.len(), self.vec.layer_norm);
+        let (p, wp, bp) = (Sp(x.as_mut_ptr()), Sp::c(w.as_ptr()), Sp::c(b.as_ptr()));
         // Safety: as above; in place is allowed.
-        unsafe { (self.vec.layer_norm)(p, w.as_ptr(), b.as_ptr(), eps, p, rows, w.len()) };
+        self.par(rows, n, &|r0, r1| unsafe {
+            f(
+                p.at(r0 * n),
+                wp.at(0),
+                bp.at(0),
+                eps,
+                p.at(r0 * n),
+                r1 - r0,
+                n,
+            )
+        });
         Ok(())
     }
 
@@ -390,8 +521,11 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let rows = rows_of("normalize", x.len(), n)?;
         check_len("normalize", "out", x.len(), out.len())?;
-        // Safety: supported level; lengths checked.
-        unsafe { (self.vec.normalize)(x.as_ptr(), eps, out.as_mut_ptr(), rows, n) };
+        let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.normalize);
+        // Safety: supported level; lengths checked; rows [a, b) in bounds.
+        self.par(rows, n, &|a, b| unsafe {
+            f(xp.at(a * n), eps, op.at(a * n), b - a, n)
+        });
         Ok(())
     }
 
@@ -403,9 +537,11 @@ impl Kernels {
         eps: f32,
     ) -> Result<(), KernelError> {
         let rows = rows_of("normalize_rows_assign", x.len(), n)?;
-        let p = x.as_mut_ptr();
+        let (p, f) = (Sp(x.as_mut_ptr()), self.vec.normalize);
         // Safety: supported level; lengths checked; in place is allowed.
-        unsafe { (self.vec.normalize)(p, eps, p, rows, n) };
+        self.par(rows, n, &|a, b| unsafe {
+            f(p.at(a * n), eps, p.at(a * n), b - a, n)
+        });
         Ok(())
     }
 
@@ -467,9 +603,24 @@ impl Kernels {
         let rows = rows_of("rope_half", x.len(), per_row)?;
         check_len("rope_half", "cos", rows * head_dim / 2, cos.len())?;
         check_len("rope_half", "sin", rows * head_dim / 2, sin.len())?;
-        let p = x.as_mut_ptr();
-        // Safety: supported level; lengths checked.
-        unsafe { (self.vec.rope_half)(p, rows, heads, head_dim, cos.as_ptr(), sin.as_ptr()) };
+        let (p, cp, sp, f) = (
+            Sp(x.as_mut_ptr()),
+            Sp::c(cos.as_ptr()),
+            Sp::c(sin.as_ptr()),
+            self.vec.rope_half,
+        );
+        let h = head_dim / 2;
+        // Safety: supported level; lengths checked; rows [a, b) of x and of cos/sin in bounds.
+        self.par(rows, per_row, &|a, b| unsafe {
+            f(
+                p.at(a * per_row),
+                b - a,
+                heads,
+                head_dim,
+                cp.at(a * h),
+                sp.at(a * h),
+            )
+        });
         Ok(())
     }
 

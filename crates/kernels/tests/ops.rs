@@ -621,3 +621,78 @@ fn forcing_levels() {
         }
     }
 }
+
+/// Elementwise and row-wise ops split large inputs over the pool; every element (or row) is computed as
+/// in one call, so 2 and 3 threads give bit for bit the 1-thread result, at every level, on sizes around
+/// the threading threshold (64K elements) and odd splits.
+#[test]
+fn threaded_ops_equal_one_thread() {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for k0 in levels() {
+        let lv = k0.isa().name();
+        let one = k0.with_threads(1);
+        for kt in [k0.with_threads(2), k0.with_threads(3)] {
+            // (rows, n): 65536 + 37 elements as one row; rows of 1024 around the threshold; odd rows.
+            for (rows, n) in [
+                (1usize, 65_573usize),
+                (63, 1024),
+                (64, 1024),
+                (129, 1030),
+                (3, 40_000),
+            ] {
+                let len = rows * n;
+                let mut g = Rng::new(len as u64);
+                let a = g.vec(len, -4.0, 4.0);
+                let b = g.vec(len, -4.0, 4.0);
+                let w = g.vec(n, 0.5, 1.5);
+                let bias = g.vec(n, -0.5, 0.5);
+                let run = |k: &Kernels| {
+                    let mut outs: Vec<Vec<u32>> = Vec::new();
+                    let mut o = vec![0.0f32; len];
+                    k.add(&a, &b, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    let mut acc = a.clone();
+                    k.add_assign(&mut acc, &b).unwrap();
+                    k.mul_assign(&mut acc, &b).unwrap();
+                    k.scale_assign(&mut acc, 0.37);
+                    outs.push(bits(&acc));
+                    k.gelu_tanh(&a, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    let mut x = a.clone();
+                    k.gelu_erf_assign(&mut x);
+                    k.silu_assign(&mut x);
+                    outs.push(bits(&x));
+                    k.swiglu(&a, &b, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    k.rms_norm(&a, &w, 1e-6, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    k.layer_norm(&a, &w, &bias, 1e-6, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    let mut x = a.clone();
+                    k.layer_norm_assign(&mut x, &w, &bias, 1e-6).unwrap();
+                    k.normalize_rows_assign(&mut x, n, 1e-12).unwrap();
+                    outs.push(bits(&x));
+                    if n % 2 == 0 {
+                        let mut x = a.clone();
+                        let cs = &b[..rows * n / 2];
+                        k.rope_half(&mut x, 1, n, cs, cs).unwrap();
+                        outs.push(bits(&x));
+                    }
+                    let mut h = vec![0u16; len];
+                    k.f32_to_bf16(&a, &mut h).unwrap();
+                    k.bf16_to_f32(&h, &mut o).unwrap();
+                    outs.push(bits(&o));
+                    outs
+                };
+                let (want, got) = (run(&one), run(&kt));
+                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        w == g,
+                        "[{lv}] {} threads, ({rows}, {n}): op #{i} differs",
+                        kt.threads()
+                    );
+                }
+            }
+        }
+    }
+}
