@@ -130,21 +130,24 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     )?;
     let prefill_s = t0.elapsed().as_secs_f64();
 
-    // 3. Greedy decode, EOS ignored. With the roofline, read bandwidth is probed before each of 8 segments
-    //    of the decode, over the lm head's packed weight (memory decode itself streams; nothing is
-    //    allocated): on a shared machine the bandwidth left to us changes by 2x within seconds, so decode
-    //    is compared with the limit measured in the same time windows (weighted by each segment's time).
+    // 3. Greedy decode, EOS ignored. With the roofline, read bandwidth is probed at the boundaries of 8
+    //    segments of the decode, over the lm head's packed weight (memory decode itself streams; nothing
+    //    is allocated): on a shared machine the bandwidth left to us changes by 2x within seconds, so each
+    //    segment is compared with the mean of the probes just before and just after it, and the limit is
+    //    the time-weighted mean over the segments.
     let probe_mem = model.lm_head.weight.as_bytes();
+    let probe = || {
+        opts.roofline
+            .then(|| roofline::read_bandwidth_of(&k, probe_mem, 2))
+    };
     let seg_len = if opts.roofline {
         opts.gen_tokens.div_ceil(8)
     } else {
         opts.gen_tokens
     };
     let (mut decode_s, mut bw_seconds, mut done) = (0.0, 0.0, 0);
+    let mut bw_before = probe();
     while done < opts.gen_tokens {
-        let bw = opts
-            .roofline
-            .then(|| roofline::read_bandwidth_of(&k, probe_mem, 2));
         let seg = seg_len.min(opts.gen_tokens - done);
         let t0 = Instant::now();
         for _ in 0..seg {
@@ -159,8 +162,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
             )?;
         }
         let dt = t0.elapsed().as_secs_f64();
+        let bw_after = probe();
         decode_s += dt;
-        bw_seconds += dt * bw.unwrap_or(0.0);
+        bw_seconds += dt * (bw_before.unwrap_or(0.0) + bw_after.unwrap_or(0.0)) / 2.0;
+        bw_before = bw_after;
         done += seg;
     }
     let read_gbps = (bw_seconds > 0.0).then(|| bw_seconds / decode_s.max(1e-12));
