@@ -624,6 +624,68 @@ impl Kernels {
         Ok(())
     }
 
+    /// [`Kernels::rope_half`] on `rows` rows that start every `row_stride` elements of x (e.g. the q and k
+    /// heads at the start of each row of a fused qkv buffer); elements between rows are left alone.
+    /// cos, sin: (rows, head_dim/2). Threaded over rows when there are many.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_half_rows(
+        &self,
+        x: &mut [f32],
+        row_stride: usize,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), KernelError> {
+        const OP: &str = "rope_half_rows";
+        let invalid = |msg: String| KernelError::Invalid { op: OP, msg };
+        if !head_dim.is_multiple_of(2) {
+            return Err(invalid(format!("head_dim {head_dim} is odd")));
+        }
+        let per_row = heads
+            .checked_mul(head_dim)
+            .ok_or_else(|| invalid(format!("heads {heads} × head_dim {head_dim} overflows")))?;
+        if rows == 0 || per_row == 0 {
+            return Ok(());
+        }
+        let end = (rows - 1)
+            .checked_mul(row_stride)
+            .and_then(|e| e.checked_add(per_row));
+        if row_stride < per_row || end.is_none_or(|e| e > x.len()) {
+            return Err(invalid(format!(
+                "{rows} rows of {heads}×{head_dim} at stride {row_stride} do not fit in {} elements",
+                x.len()
+            )));
+        }
+        let h = head_dim / 2;
+        check_len(OP, "cos", rows * h, cos.len())?;
+        check_len(OP, "sin", rows * h, sin.len())?;
+        let (p, cp, sp, f) = (
+            Sp(x.as_mut_ptr()),
+            Sp::c(cos.as_ptr()),
+            Sp::c(sin.as_ptr()),
+            self.vec.rope_half,
+        );
+        // Safety: supported level; every row r < rows lies in x (checked above), its cos/sin row too;
+        // rows are disjoint (row_stride >= per_row) and each is written by one task.
+        self.par(rows, per_row, &|a, b| {
+            for r in a..b {
+                unsafe {
+                    f(
+                        p.at(r * row_stride),
+                        1,
+                        heads,
+                        head_dim,
+                        cp.at(r * h),
+                        sp.at(r * h),
+                    )
+                };
+            }
+        });
+        Ok(())
+    }
+
     /// Per-head RMSNorm then rotate-half RoPE, read from one strided buffer and written to another in one
     /// pass: `out[r, h, :] = rope_half(rms_norm(x[r, h, :], w, eps), cos[r], sin[r])`.
     ///

@@ -696,3 +696,71 @@ fn threaded_ops_equal_one_thread() {
         }
     }
 }
+
+/// rope_half_rows is rope_half applied to each strided row (bit for bit, any thread count), leaves the
+/// elements between rows alone, and refuses shapes that do not fit.
+#[test]
+fn rope_half_rows_is_rope_half_per_row() {
+    for k0 in levels() {
+        let lv = k0.isa().name();
+        for k in [k0.with_threads(1), k0.with_threads(2)] {
+            // (rows, heads, hd, stride): vision-like q|k heads of a fused qkv row; small; threaded.
+            for (rows, heads, hd, stride) in [
+                (1usize, 1usize, 2usize, 2usize),
+                (5, 3, 30, 97),
+                (600, 8, 64, 1536),
+            ] {
+                let mut g = Rng::new((rows * heads * hd) as u64);
+                let x = g.vec(rows * stride, -3.0, 3.0);
+                let ang = g.vec(rows * hd / 2, -3.2, 3.2);
+                let cos: Vec<f32> = ang.iter().map(|a| a.cos()).collect();
+                let sin: Vec<f32> = ang.iter().map(|a| a.sin()).collect();
+                let mut got = x.clone();
+                k.rope_half_rows(&mut got, stride, rows, heads, hd, &cos, &sin)
+                    .unwrap();
+                let mut want = x.clone();
+                for r in 0..rows {
+                    let h = hd / 2;
+                    let row = &mut want[r * stride..r * stride + heads * hd];
+                    k.rope_half(
+                        row,
+                        heads,
+                        hd,
+                        &cos[r * h..(r + 1) * h],
+                        &sin[r * h..(r + 1) * h],
+                    )
+                    .unwrap();
+                }
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "[{lv}] {} threads rows={rows} heads={heads} hd={hd} stride={stride}",
+                    k.threads()
+                );
+                assert_ne!(got, x, "[{lv}] rows were rotated");
+            }
+        }
+        let mut x = vec![0.0f32; 100];
+        let cs = vec![1.0f32; 8];
+        let e = k0
+            .rope_half_rows(&mut x, 31, 4, 2, 4, &cs, &cs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_half_rows") && e.contains("4 rows"), "{e}");
+        assert!(
+            k0.rope_half_rows(&mut x, 6, 4, 2, 4, &cs, &cs).is_err(),
+            "stride < row"
+        );
+        assert!(
+            k0.rope_half_rows(&mut x, 8, 4, 2, 3, &cs, &cs).is_err(),
+            "odd head_dim"
+        );
+        assert!(
+            k0.rope_half_rows(&mut x, 8, 4, 2, 4, &cs[..7], &cs)
+                .is_err(),
+            "short cos"
+        );
+        assert!(k0.rope_half_rows(&mut x, 8, 4, 2, 4, &cs, &cs).is_ok());
+    }
+}

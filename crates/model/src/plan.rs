@@ -164,7 +164,13 @@ impl Model {
             let ln = b.norm1.weight.len() * 2;
             ops.push(vec_op(s, "norm1", "layer_norm", ln, n));
             ops.push(lin(s, "attn.qkv", &b.attn.qkv, n));
-            ops.push(vec_op(s, "rope q,k (2-D)", "rope_half", 0, n));
+            ops.push(vec_op(
+                s,
+                "rope q,k (2-D, on the fused qkv rows)",
+                "rope_half_rows",
+                0,
+                n,
+            ));
             let p = AttnParams {
                 n_q_heads: b.attn.num_heads,
                 n_kv_heads: b.attn.num_heads,

@@ -95,17 +95,8 @@ impl VisionBlock {
         self.attn.qkv.forward(c, &s.h, n, &mut s.qkv)?;
         // 3. q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)      (fp32, rotate_half pairs)
         //    q and k of one row are adjacent: rotate them together as 2·heads heads of that row.
-        let half = hv / 2;
-        for (r, row) in s.qkv.chunks_exact_mut(3 * d).enumerate() {
-            k.rope_half(
-                &mut row[..2 * d],
-                2 * heads,
-                hv,
-                &inp.cos[r * half..(r + 1) * half],
-                &inp.sin[r * half..(r + 1) * half],
-            )
+        k.rope_half_rows(&mut s.qkv, 3 * d, n, 2 * heads, hv, inp.cos, inp.sin)
             .ctx("vision rope q, k")?;
-        }
         // 4. attn = softmax(q·kᵀ / sqrt(hv))·v within each segment (no mask, no attention across images)
         let layout = AttnLayout {
             row_stride: 3 * d,
