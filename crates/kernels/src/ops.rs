@@ -588,40 +588,21 @@ impl Kernels {
         cos: &[f32],
         sin: &[f32],
     ) -> Result<(), KernelError> {
-        if !head_dim.is_multiple_of(2) {
-            return Err(KernelError::Invalid {
-                op: "rope_half",
-                msg: format!("head_dim {head_dim} is odd"),
-            });
-        }
-        let per_row = heads
-            .checked_mul(head_dim)
-            .ok_or_else(|| KernelError::Invalid {
-                op: "rope_half",
-                msg: format!("heads {heads} × head_dim {head_dim} overflows"),
-            })?;
-        let rows = rows_of("rope_half", x.len(), per_row)?;
-        check_len("rope_half", "cos", rows * head_dim / 2, cos.len())?;
-        check_len("rope_half", "sin", rows * head_dim / 2, sin.len())?;
-        let (p, cp, sp, f) = (
-            Sp(x.as_mut_ptr()),
-            Sp::c(cos.as_ptr()),
-            Sp::c(sin.as_ptr()),
-            self.vec.rope_half,
-        );
-        let h = head_dim / 2;
-        // Safety: supported level; lengths checked; rows [a, b) of x and of cos/sin in bounds.
-        self.par(rows, per_row, &|a, b| unsafe {
-            f(
-                p.at(a * per_row),
-                b - a,
-                heads,
-                head_dim,
-                cp.at(a * h),
-                sp.at(a * h),
-            )
-        });
-        Ok(())
+        // rows of a contiguous x (a bad heads·head_dim is reported by rope_rows)
+        let rows = match heads.checked_mul(head_dim) {
+            Some(per_row) if per_row > 0 => rows_of("rope_half", x.len(), per_row)?,
+            _ => 0,
+        };
+        self.rope_rows(
+            "rope_half",
+            x,
+            heads.saturating_mul(head_dim),
+            rows,
+            heads,
+            head_dim,
+            cos,
+            sin,
+        )
     }
 
     /// [`Kernels::rope_half`] on `rows` rows that start every `row_stride` elements of x (e.g. the q and k
@@ -638,14 +619,41 @@ impl Kernels {
         cos: &[f32],
         sin: &[f32],
     ) -> Result<(), KernelError> {
-        const OP: &str = "rope_half_rows";
-        let invalid = |msg: String| KernelError::Invalid { op: OP, msg };
+        self.rope_rows(
+            "rope_half_rows",
+            x,
+            row_stride,
+            rows,
+            heads,
+            head_dim,
+            cos,
+            sin,
+        )
+    }
+
+    /// The checks and the threaded run of both RoPE entry points.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_rows(
+        &self,
+        op: &'static str,
+        x: &mut [f32],
+        row_stride: usize,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), KernelError> {
+        let invalid = |msg: String| KernelError::Invalid { op, msg };
         if !head_dim.is_multiple_of(2) {
             return Err(invalid(format!("head_dim {head_dim} is odd")));
         }
         let per_row = heads
             .checked_mul(head_dim)
             .ok_or_else(|| invalid(format!("heads {heads} × head_dim {head_dim} overflows")))?;
+        let h = head_dim / 2;
+        check_len(op, "cos", rows * h, cos.len())?;
+        check_len(op, "sin", rows * h, sin.len())?;
         if rows == 0 || per_row == 0 {
             return Ok(());
         }
@@ -658,9 +666,6 @@ impl Kernels {
                 x.len()
             )));
         }
-        let h = head_dim / 2;
-        check_len(OP, "cos", rows * h, cos.len())?;
-        check_len(OP, "sin", rows * h, sin.len())?;
         let (p, cp, sp, f) = (
             Sp(x.as_mut_ptr()),
             Sp::c(cos.as_ptr()),
@@ -668,10 +673,20 @@ impl Kernels {
             self.vec.rope_half,
         );
         // Safety: supported level; every row r < rows lies in x (checked above), its cos/sin row too;
-        // rows are disjoint (row_stride >= per_row) and each is written by one task.
-        self.par(rows, per_row, &|a, b| {
-            for r in a..b {
-                unsafe {
+        // rows are disjoint (row_stride >= per_row) and each is written by one task. Contiguous rows go
+        // to the kernel together.
+        self.par(rows, per_row, &|a, b| unsafe {
+            if row_stride == per_row {
+                f(
+                    p.at(a * per_row),
+                    b - a,
+                    heads,
+                    head_dim,
+                    cp.at(a * h),
+                    sp.at(a * h),
+                );
+            } else {
+                for r in a..b {
                     f(
                         p.at(r * row_stride),
                         1,
@@ -679,8 +694,8 @@ impl Kernels {
                         head_dim,
                         cp.at(r * h),
                         sp.at(r * h),
-                    )
-                };
+                    );
+                }
             }
         });
         Ok(())
