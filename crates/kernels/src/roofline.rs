@@ -76,7 +76,8 @@ mod sealed {
     impl Sealed for f32 {}
 }
 
-fn as_bytes<T: Plain>(data: &[T]) -> &[u8] {
+/// The bytes of plain data.
+pub(crate) fn as_bytes<T: Plain>(data: &[T]) -> &[u8] {
     // Safety: `Plain` types have no padding bytes; the length is the slice's size in bytes.
     unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
 }

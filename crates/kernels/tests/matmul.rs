@@ -591,3 +591,28 @@ fn swiglu_pair_errors() {
     pk.push(Weight::Bf16(&w[..12]), 3).unwrap();
     assert!(pk.finish().is_err(), "up rows missing");
 }
+
+/// k = 0 (no input features): packers take the row counts as given, and the matmul writes the bias (or
+/// silu(0)·0 = 0 for a SwiGLU pair).
+#[test]
+fn zero_input_features() {
+    for kern in Kernels::all_available() {
+        let p = kern
+            .pack_swiglu(Weight::Bf16(&[]), Weight::Bf16(&[]), 3, 0)
+            .unwrap();
+        assert_eq!((p.n(), p.k()), (3, 0));
+        let mut y = [7f32; 2 * 3];
+        kern.matmul(&[], 2, &p, None, &mut y, MatmulPath::Exact)
+            .unwrap();
+        assert_eq!(y, [0.0; 6], "{}", kern.isa());
+        let mut pk = kern.weight_packer(5, 0, false).unwrap();
+        pk.push(Weight::F32(&[]), 2).unwrap();
+        pk.push(Weight::F32(&[]), 3).unwrap();
+        let p = pk.finish().unwrap();
+        let mut y = [7f32; 5];
+        let bias = [1.0, 2.0, 3.0, 4.0, 5.0];
+        kern.matmul(&[], 1, &p, Some(&bias), &mut y, MatmulPath::Fast)
+            .unwrap();
+        assert_eq!(y, bias, "{}", kern.isa());
+    }
+}

@@ -50,12 +50,6 @@ pub(crate) fn pack(
     n: usize,
     kk: usize,
 ) -> Result<PackedWeight, ModelError> {
-    if kk == 0 {
-        // no data: the rows only set n
-        return k
-            .pack_weight(Weight::F32(&[]), n, 0)
-            .ctx("packing a weight with 0 input features");
-    }
     let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
     pack_into(k.weight_packer(n, kk, bf16), ts)
 }
@@ -212,16 +206,10 @@ impl<'a> Vb<'a> {
             .map(|name| self.pp(name).tensor("weight", &[i, inp]))
             .collect::<Result<Vec<_>, _>>()?;
         let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-        let weight = if inp == 0 {
-            self.k
-                .pack_swiglu(Weight::F32(&[]), Weight::F32(&[]), i, 0)
-                .ctx("packing a SwiGLU pair with 0 input features")?
-        } else {
-            pack_into(
-                self.k.swiglu_packer(i, inp, bf16),
-                &ts.iter().collect::<Vec<_>>(),
-            )?
-        };
+        let weight = pack_into(
+            self.k.swiglu_packer(i, inp, bf16),
+            &ts.iter().collect::<Vec<_>>(),
+        )?;
         Ok(Linear {
             weight,
             bias: None,

@@ -130,6 +130,11 @@ impl Model {
         self.checkpoint_bytes
     }
 
+    /// The matmul arithmetic of this model's precision.
+    pub fn matmul_path(&self) -> MatmulPath {
+        self.ctx.path
+    }
+
     pub fn kernels(&self) -> Kernels {
         self.ctx.k
     }

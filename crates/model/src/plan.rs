@@ -93,14 +93,8 @@ impl Model {
     /// The kernel, weight layout and memory of each op of the loaded model.
     pub fn plan(&self) -> Plan {
         let k = self.kernels();
-        let path = match self.precision() {
-            crate::model::Precision::F32 => "Exact",
-            crate::model::Precision::Fast => "Fast",
-        };
-        let mm_path = match self.precision() {
-            crate::model::Precision::F32 => MatmulPath::Exact,
-            crate::model::Precision::Fast => MatmulPath::Fast,
-        };
+        let mm_path = self.matmul_path();
+        let path = format!("{mm_path:?}");
         // What a prefill-shaped attention call runs on this CPU (the kernels decide; see attention_precision).
         let attn_arith = |p: &AttnParams| match k.attention_precision(p) {
             MatmulPath::Fast => "bf16 vdpbf16ps + f32 softmax",

@@ -105,17 +105,9 @@ impl PackedWeight {
     }
     /// The stored panels as raw bytes (e.g. for a bandwidth probe over the memory decode streams).
     pub fn as_bytes(&self) -> &[u8] {
-        // Safety: u16 and f32 have no padding and every byte pattern is a valid u8; the length is the
-        // buffer's size in bytes.
-        unsafe {
-            match &self.data {
-                PackedData::Bf16(v) => {
-                    std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 2)
-                }
-                PackedData::F32(v) => {
-                    std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4)
-                }
-            }
+        match &self.data {
+            PackedData::Bf16(v) => crate::roofline::as_bytes(v),
+            PackedData::F32(v) => crate::roofline::as_bytes(v),
         }
     }
     /// Whether the weight is stored as bf16.
@@ -519,9 +511,6 @@ impl Kernels {
         let mut p = self.swiglu_packer(i, k, bf16)?;
         p.push(gate, i)?;
         p.push(up, i)?;
-        if k == 0 {
-            p.rows = 2 * i;
-        }
         p.finish()
     }
 
