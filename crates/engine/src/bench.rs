@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use qwen3vl_kernels::roofline::{self, Roofline};
+use qwen3vl_kernels::roofline;
 use qwen3vl_model::{KvCache, Logits, Precision};
 
 use crate::sampling::argmax;
@@ -53,7 +53,7 @@ pub struct BenchReport {
     /// KV-cache bytes read per decoded token (mean over the decode).
     pub kv_bytes_per_token: u64,
     pub decode_gbps: f64,
-    /// Peak resident set size (VmHWM) after decode, before the roofline's buffers, MiB.
+    /// Peak resident set size (VmHWM) after decode, MiB.
     pub peak_rss_mib: f64,
     /// Tensor bytes of the checkpoint, MiB.
     pub checkpoint_mib: f64,
@@ -169,7 +169,7 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         done += seg;
     }
     let read_gbps = (bw_seconds > 0.0).then(|| bw_seconds / decode_s.max(1e-12));
-    // Peak memory of the work itself, before the roofline allocates its probe buffers.
+    // Peak memory of the work itself.
     let peak_rss_mib = peak_rss_mib().unwrap_or(0.0);
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let (checkpoint_mib, kv_cache_mib) =
@@ -201,10 +201,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         0.0
     };
 
-    let roof: Option<Roofline> = opts.roofline.then(|| roofline::measure(&k));
-    let peak = roof.map(|r| match (model.precision(), r.bf16_gflops) {
-        (Precision::Fast, Some(bf)) => bf,
-        _ => r.fma_gflops,
+    // The compute peak of the arithmetic the model runs (bandwidth was probed during decode).
+    let peak = opts.roofline.then(|| match model.precision() {
+        Precision::Fast => roofline::bf16_dot_peak(&k).unwrap_or_else(|| roofline::fma_peak(&k)),
+        Precision::F32 => roofline::fma_peak(&k),
     });
     let pct = |x: f64, lim: Option<f64>| lim.filter(|l| *l > 0.0).map(|l| 100.0 * x / l);
     Ok(BenchReport {
