@@ -2,7 +2,7 @@
 //! 127.0.0.1 (port chosen by the OS, one thread per connection) serving
 //! - `GET /api/models/{owner}/{name}/revision/{rev}`: `{"id", "sha", "siblings": [{"rfilename",
 //!   "size", "blobId", "lfs": {"sha256", "size"}}]}` (`*.safetensors` are LFS files);
-//! - `GET /{owner}/{name}/resolve/{rev}/{file}`: plain files with `ETag`; LFS files by a 302 redirect
+//! - `GET|HEAD /{owner}/{name}/resolve/{rev}/{file}`: plain files with `ETag`; LFS files by a 302 redirect
 //!   to `/cdn/{sha256}` (as the Hub sends them to its CDN); both honour `Range: bytes=N-`.
 //!
 //! Faults for the tests: a token requirement (401 without it), a connection dropped after N bytes of a
@@ -22,10 +22,12 @@ use sha2::{Digest, Sha256};
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Request {
+    pub method: String,
     /// The path and query.
     pub path: String,
     pub range: Option<String>,
     pub authorization: Option<String>,
+    pub host: Option<String>,
 }
 
 struct Repo {
@@ -214,6 +216,7 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("GET").to_string();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut headers = HashMap::new();
     loop {
@@ -226,9 +229,11 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
         }
     }
     let req = Request {
+        method,
         path: path.clone(),
         range: headers.get("range").cloned(),
         authorization: headers.get("authorization").cloned(),
+        host: headers.get("host").cloned(),
     };
     lock(&s.log).push(req.clone());
     let r = route(s, &req);
@@ -307,11 +312,22 @@ fn route(s: &Shared, req: &Request) -> Reply {
         return r;
     };
     if is_lfs(&name) {
+        // Another host, as the Hub's CDN is: `localhost` for `127.0.0.1` (a client must not send the
+        // token there, and `huggingface_hub` takes the metadata from this redirect only then).
+        let host = req
+            .host
+            .as_deref()
+            .unwrap_or("127.0.0.1")
+            .replace("127.0.0.1", "localhost");
         let mut r = reply(302, "");
-        r.headers
-            .push(("Location".into(), format!("/cdn/{}", sha256(bytes))));
+        r.headers.push((
+            "Location".into(),
+            format!("http://{host}/cdn/{}", sha256(bytes)),
+        ));
         r.headers
             .push(("X-Linked-Etag".into(), format!("\"{}\"", sha256(bytes))));
+        r.headers
+            .push(("X-Linked-Size".into(), bytes.len().to_string()));
         r.headers
             .push(("X-Repo-Commit".into(), repo.commit.clone()));
         return r;
@@ -352,10 +368,15 @@ fn file_reply(name: &str, bytes: &[u8], range: Option<&str>) -> Reply {
 fn write_reply(
     s: &Shared,
     mut conn: TcpStream,
-    _req: &Request,
+    req: &Request,
     mut r: Reply,
 ) -> std::io::Result<()> {
-    let mut send = r.body.len();
+    // HEAD: the headers a GET would have, no body.
+    let mut send = if req.method == "HEAD" {
+        0
+    } else {
+        r.body.len()
+    };
     if let Some(file) = &r.file {
         let now = s.active.fetch_add(1, Ordering::SeqCst) + 1;
         s.max_active.fetch_max(now, Ordering::SeqCst);

@@ -245,6 +245,11 @@ fn http_errors_say_what_to_do() {
         .iter()
         .filter(|r| !r.path.starts_with("/cdn/"))
         .any(|r| r.authorization.as_deref() == Some("Bearer hf_secret")));
+    // The CDN (another host) never sees the token.
+    assert!(model_requests(&hub)
+        .iter()
+        .all(|r| r.authorization.is_none()));
+    assert!(!model_requests(&hub).is_empty());
 
     let e = pull(&HubId::parse("tiny-org/nope").unwrap(), &o, None)
         .unwrap_err()
