@@ -61,8 +61,8 @@ pub(crate) enum Cmd {
     /// One forward pass over one user turn, written as safetensors (input ids, last-position logits,
     /// per-position top-5) for comparison with transformers or another build.
     Logits {
-        /// Checkpoint directory.
-        #[arg(long, value_name = "DIR")]
+        /// Checkpoint directory, or a Hugging Face Hub id owner/name[@revision].
+        #[arg(long, value_name = "DIR|ID")]
         model: PathBuf,
         /// An image file (repeatable; placed before the text).
         #[arg(long = "image", value_name = "FILE")]
@@ -107,13 +107,21 @@ pub(crate) enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Download a model from the Hugging Face Hub into the cache (only the files the engine reads,
+    /// verified) and print its directory; `--model` does this on first use.
+    Pull(crate::hub::PullArgs),
+    /// The models in the Hugging Face cache, with sizes and revisions.
+    List(crate::hub::ListArgs),
+    /// Remove a model (every revision) from the Hugging Face cache.
+    Rm(crate::hub::RmArgs),
 }
 
 /// Which checkpoint and how to run it.
 #[derive(Args)]
 pub(crate) struct ModelArgs {
-    /// Checkpoint directory (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...).
-    #[arg(long, value_name = "DIR")]
+    /// Checkpoint directory (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...), or a
+    /// Hugging Face Hub id owner/name[@revision], downloaded into the Hugging Face cache on first use.
+    #[arg(long, value_name = "DIR|ID")]
     pub(crate) model: PathBuf,
     /// Worker threads (default: all cores).
     #[arg(long, default_value_t = 0)]
@@ -182,8 +190,9 @@ pub(crate) struct SamplingArgs {
 pub(crate) struct BenchArgs {
     #[command(subcommand)]
     pub(crate) cmd: Option<BenchCmd>,
-    /// Checkpoint directory (required unless a `bench` subcommand is given).
-    #[arg(long, value_name = "DIR")]
+    /// Checkpoint directory or Hub id owner/name[@revision] (required unless a `bench` subcommand is
+    /// given).
+    #[arg(long, value_name = "DIR|ID")]
     pub(crate) model: Option<PathBuf>,
     /// Synthetic prompt length for the prefill measurement.
     #[arg(long, default_value_t = 512)]

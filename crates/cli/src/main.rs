@@ -4,6 +4,7 @@
 mod args;
 mod bench_kernels;
 mod chat;
+mod hub;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -114,13 +115,16 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             out,
         } => qwen3vl_engine::logits::run_logits(&qwen3vl_engine::logits::LogitsOptions {
-            model_dir: model,
+            model_dir: hub::resolve(&model)?,
             images,
             system,
             prompt,
             precision: precision.into(),
             out,
         }),
+        Cmd::Pull(a) => hub::cmd_pull(&a),
+        Cmd::List(a) => hub::cmd_list(&a),
+        Cmd::Rm(a) => hub::cmd_rm(&a),
         Cmd::InitRandom {
             preset,
             out,
@@ -214,6 +218,7 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
 }
 
 fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    let dir = hub::resolve(&args.model)?;
     let bar = progress_bar("loading weights");
     let progress = |done: u64, total: u64| {
         if let Some(b) = &bar {
@@ -222,7 +227,7 @@ fn load_engine(args: &ModelArgs) -> Result<Engine> {
         }
     };
     let engine = Engine::load(
-        &args.model,
+        &dir,
         &EngineOptions {
             threads: args.threads,
             precision: match args.precision {

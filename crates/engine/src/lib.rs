@@ -12,6 +12,11 @@ pub mod sampling;
 pub mod session;
 pub mod stream;
 
+/// Models by Hugging Face Hub id (download, cache, verification); `resolve_model` turns a `--model`
+/// argument (a directory or `owner/name[@revision]`) into a checkpoint directory.
+pub use qwen3vl_hub as hub;
+pub use qwen3vl_hub::resolve_model;
+
 pub use generate::FinishReason;
 pub use generation_config::GenerationConfig;
 pub use sampling::{Sampler, SamplingParams};

@@ -104,7 +104,9 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 pub enum HubError {
     #[error("{id:?} is not a Hugging Face Hub id ({why}); a Hub id is owner/name[@revision]")]
     BadId { id: String, why: String },
-    #[error("--model {arg:?}: no such directory, and not a Hugging Face Hub id ({why})")]
+    #[error(
+        "--model {arg}: {arg} does not exist, and it is not a Hugging Face Hub id either ({why})"
+    )]
     NotDirOrId { arg: String, why: String },
     #[error("{id}: the Hub ({endpoint}) answered 401 Unauthorized{}", if *token_set { ": HF_TOKEN was refused (expired, or without access to this model)" } else { ": the model is private or gated, or does not exist; set HF_TOKEN to a token with access (https://huggingface.co/settings/tokens)" })]
     Unauthorized {
@@ -179,7 +181,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '
     }
 }
 
-/// A `--model` argument to a checkpoint directory: an existing directory as is; else a Hub id
+/// A `--model` argument to a checkpoint directory: an existing path as is; else a Hub id
 /// (`owner/name[@revision]`) through the cache, downloading what is missing unless `HF_HUB_OFFLINE`
 /// is set. A complete snapshot in the cache is used without asking the Hub (`qwen3vl pull` asks).
 pub fn resolve_model(arg: &Path, progress: Option<Progress>) -> Result<PathBuf, HubError> {
@@ -192,7 +194,8 @@ pub fn resolve_model_with(
     opts: &HubOptions,
     progress: Option<Progress>,
 ) -> Result<PathBuf, HubError> {
-    if arg.is_dir() {
+    if arg.exists() {
+        // A directory; or a file, which the loader reports as not a directory.
         return Ok(arg.to_path_buf());
     }
     let text = arg.to_string_lossy();

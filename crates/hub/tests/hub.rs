@@ -123,7 +123,10 @@ fn a_local_directory_is_used_as_is() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no such directory, and not a Hugging Face Hub id"),
+        e.contains(
+            "--model no/such/dir: no/such/dir does not exist, and it is not a Hugging Face Hub id \
+             either (expected owner/name[@revision])"
+        ),
         "{e}"
     );
 }
