@@ -34,6 +34,8 @@ struct Repo {
     commit: String,
     files: BTreeMap<String, Vec<u8>>,
     token: Option<String>,
+    /// A gated model whose licence the token's account has not accepted: 403.
+    gated: bool,
 }
 
 #[derive(Default)]
@@ -129,6 +131,7 @@ impl FakeHub {
                 commit: commit.to_string(),
                 files: files.into_iter().collect(),
                 token: None,
+                gated: false,
             },
         );
     }
@@ -151,6 +154,14 @@ impl FakeHub {
     pub fn require_token(&self, repo: &str, token: &str) {
         if let Some(r) = lock(&self.shared.repos).get_mut(repo) {
             r.token = Some(token.to_string());
+        }
+    }
+
+    /// Answer 403 (`X-Error-Code: GatedRepo`) for `repo`, as the Hub does for a gated model whose
+    /// licence was not accepted.
+    pub fn gate(&self, repo: &str) {
+        if let Some(r) = lock(&self.shared.repos).get_mut(repo) {
+            r.gated = true;
         }
     }
 
@@ -272,6 +283,11 @@ fn route(s: &Shared, req: &Request) -> Reply {
         if req.authorization.as_deref() != Some(&format!("Bearer {t}")) {
             return reply(401, "Invalid credentials in Authorization header");
         }
+    }
+    if repo.gated {
+        let mut r = reply(403, "Access to model is restricted");
+        r.headers.push(("X-Error-Code".into(), "GatedRepo".into()));
+        return r;
     }
     let rev = rest[3].replace("%2F", "/");
     if rev != "main" && rev != repo.commit {
@@ -403,6 +419,7 @@ fn write_reply(
         206 => "Partial Content",
         302 => "Found",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         416 => "Range Not Satisfiable",
         _ => "Status",

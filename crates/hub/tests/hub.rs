@@ -254,6 +254,18 @@ fn http_errors_say_what_to_do() {
         .all(|r| r.authorization.is_none()));
     assert!(!model_requests(&hub).is_empty());
 
+    hub.gate(REPO);
+    let e = pull(&hid, &o, None).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "tiny-org/tiny-tied: the Hub ({}) answered 403 Forbidden: a gated model needs its \
+             licence accepted on {}/tiny-org/tiny-tied by the account of HF_TOKEN",
+            hub.url(),
+            hub.url()
+        )),
+        "{e}"
+    );
+
     let e = pull(&HubId::parse("tiny-org/nope").unwrap(), &o, None)
         .unwrap_err()
         .to_string();
