@@ -125,7 +125,7 @@ fn a_local_directory_is_used_as_is() {
     assert!(
         e.contains(
             "--model no/such/dir: no/such/dir does not exist, and it is not a Hugging Face Hub id \
-             either (expected owner/name[@revision])"
+             either (name \"such/dir\": may only contain letters, digits, '-', '_' and '.')"
         ),
         "{e}"
     );
@@ -254,18 +254,6 @@ fn http_errors_say_what_to_do() {
         .all(|r| r.authorization.is_none()));
     assert!(!model_requests(&hub).is_empty());
 
-    hub.gate(REPO);
-    let e = pull(&hid, &o, None).unwrap_err().to_string();
-    assert!(
-        e.contains(&format!(
-            "tiny-org/tiny-tied: the Hub ({}) answered 403 Forbidden: a gated model needs its \
-             licence accepted on {}/tiny-org/tiny-tied by the account of HF_TOKEN",
-            hub.url(),
-            hub.url()
-        )),
-        "{e}"
-    );
-
     let e = pull(&HubId::parse("tiny-org/nope").unwrap(), &o, None)
         .unwrap_err()
         .to_string();
@@ -278,6 +266,18 @@ fn http_errors_say_what_to_do() {
         .to_string();
     assert!(
         e.contains("tiny-org/tiny-tied@v9: revision \"v9\" not found"),
+        "{e}"
+    );
+
+    hub.gate(REPO);
+    let e = pull(&hid, &o, None).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "tiny-org/tiny-tied: the Hub ({}) answered 403 Forbidden: a gated model needs its \
+             licence accepted on {}/tiny-org/tiny-tied by the account of HF_TOKEN",
+            hub.url(),
+            hub.url()
+        )),
         "{e}"
     );
 
