@@ -121,6 +121,7 @@ pub fn pull(
             wanted.push(f);
         }
     }
+    check_space(opts, id, &wanted)?;
     outcomes.extend(ensure_all(&state, &wanted)?);
     cache::write_ref(&opts.cache, id, &commit)?;
     let dir = cache::snapshot_dir(&opts.cache, id, &commit);
@@ -219,6 +220,51 @@ fn ensure_all(state: &State, files: &[&RemoteFile]) -> Result<Vec<(String, Outco
     Ok(results.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Refuse before downloading when the cache's file system cannot hold what is missing.
+fn check_space(opts: &HubOptions, id: &HubId, files: &[&RemoteFile]) -> Result<(), HubError> {
+    let mut need = 0u64;
+    for f in files {
+        let blob = cache::blob_path(&opts.cache, id, &f.etag);
+        if blob.is_file() {
+            continue;
+        }
+        let part = PathBuf::from(format!("{}.incomplete", blob.display()));
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        need = need.saturating_add(f.size.saturating_sub(have));
+    }
+    let dir = cache::repo_dir(&opts.cache, id);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    match free_bytes(&dir) {
+        Some(free) if free < need => Err(HubError::NoSpace {
+            id: id.to_string(),
+            dir,
+            need,
+            free,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes available to us on the file system holding `dir` (None where unknown).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// One file into the cache and linked into the snapshot.
 fn ensure_file(state: &State, f: &RemoteFile) -> Result<Outcome, HubError> {
     let cache = &state.opts.cache;
@@ -237,7 +283,9 @@ fn ensure_file(state: &State, f: &RemoteFile) -> Result<Outcome, HubError> {
         outcome = Outcome::Corrupt;
     }
     let part = PathBuf::from(format!("{}.incomplete", blob.display()));
-    for attempt in 0..2 {
+    // A copy that fails verification is deleted and fetched once more from byte 0.
+    let mut second = false;
+    loop {
         match download(state, f, &part)? {
             Ok(()) => {
                 std::fs::rename(&part, &blob).map_err(io_err(&blob))?;
@@ -247,7 +295,7 @@ fn ensure_file(state: &State, f: &RemoteFile) -> Result<Outcome, HubError> {
             Err((algo, expected, got)) => {
                 std::fs::remove_file(&part).map_err(io_err(&part))?;
                 state.rewind(f.size);
-                if attempt == 1 {
+                if second {
                     return Err(HubError::Checksum {
                         file: format!("{} ({})", f.name, state.id),
                         algo,
@@ -255,10 +303,10 @@ fn ensure_file(state: &State, f: &RemoteFile) -> Result<Outcome, HubError> {
                         got,
                     });
                 }
+                second = true;
             }
         }
     }
-    unreachable!("the loop returns on its second attempt")
 }
 
 type Mismatch = (&'static str, String, String);

@@ -36,6 +36,8 @@ struct Repo {
     token: Option<String>,
     /// A gated model whose licence the token's account has not accepted: 403.
     gated: bool,
+    /// Sizes the API states instead of the true ones.
+    listed_size: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl FakeHub {
                 files: files.into_iter().collect(),
                 token: None,
                 gated: false,
+                listed_size: HashMap::new(),
             },
         );
     }
@@ -154,6 +157,13 @@ impl FakeHub {
     pub fn require_token(&self, repo: &str, token: &str) {
         if let Some(r) = lock(&self.shared.repos).get_mut(repo) {
             r.token = Some(token.to_string());
+        }
+    }
+
+    /// The API lists `file` with this size (the files served stay as they are).
+    pub fn list_size(&self, repo: &str, file: &str, size: u64) {
+        if let Some(r) = lock(&self.shared.repos).get_mut(repo) {
+            r.listed_size.insert(file.to_string(), size);
         }
     }
 
@@ -301,12 +311,17 @@ fn route(s: &Shared, req: &Request) -> Reply {
             .files
             .iter()
             .map(|(name, bytes)| {
+                let size = repo
+                    .listed_size
+                    .get(name)
+                    .copied()
+                    .unwrap_or(bytes.len() as u64);
                 let mut v = serde_json::json!({
-                    "rfilename": name, "size": bytes.len(), "blobId": git_blob_sha1(bytes),
+                    "rfilename": name, "size": size, "blobId": git_blob_sha1(bytes),
                 });
                 if is_lfs(name) {
                     v["lfs"] = serde_json::json!({
-                        "sha256": sha256(bytes), "size": bytes.len(), "pointerSize": 134,
+                        "sha256": sha256(bytes), "size": size, "pointerSize": 134,
                     });
                 }
                 v

@@ -159,6 +159,13 @@ pub enum HubError {
         cache: PathBuf,
         missing: Vec<String>,
     },
+    #[error("{id}: not enough disk space in {dir}: the download needs {} MB more, {} MB are free (HF_HUB_CACHE or HF_HOME put the cache elsewhere)", need.div_ceil(1_000_000), free / 1_000_000)]
+    NoSpace {
+        id: String,
+        dir: PathBuf,
+        need: u64,
+        free: u64,
+    },
     #[error("{id} is not in the cache {cache}")]
     NotCached { id: String, cache: PathBuf },
     #[error("{id} (commit {commit}) is not a checkpoint this engine can load: {why}")]

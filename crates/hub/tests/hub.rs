@@ -397,6 +397,31 @@ fn shards_named_by_the_index_download_concurrently() {
 }
 
 #[test]
+fn a_download_larger_than_the_free_disk_is_refused_before_it_starts() {
+    let hub = hub_with_tiny();
+    hub.list_size(REPO, MODEL, 1 << 60);
+    let cache = temp_cache("space");
+    let e = pull(
+        &HubId::parse(REPO).unwrap(),
+        &opts(&cache, &hub.url()),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tiny-org/tiny-tied: not enough disk space in"),
+        "{e}"
+    );
+    // 2^60 bytes listed for the weights + 11.4 MB of other files, in MB rounded up.
+    assert!(
+        e.contains("the download needs 1152921504619 MB more"),
+        "{e}"
+    );
+    assert!(!hub.requests().iter().any(|r| r.path.contains("resolve")));
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+#[test]
 fn list_and_remove() {
     let hub = hub_with_tiny();
     let cache = temp_cache("list");
