@@ -29,6 +29,13 @@ fn qwen3vl(args: &[&str], endpoint: &str, cache: &Path, offline: bool) -> Output
         .env_remove("HF_HOME")
         .env_remove("HUGGINGFACE_HUB_CACHE")
         .env_remove("TRANSFORMERS_OFFLINE")
+        // The fake Hub is on 127.0.0.1: no proxy in between.
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
         .env("HF_TOKEN_PATH", cache.join("no-token"))
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HUB_CACHE", cache);

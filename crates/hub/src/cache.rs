@@ -147,7 +147,7 @@ pub(crate) fn write_ref(cache: &Path, id: &HubId, commit: &str) -> Result<(), Hu
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     std::fs::write(&tmp, commit).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))
 }
