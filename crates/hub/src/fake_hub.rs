@@ -30,9 +30,16 @@ pub struct Request {
     pub host: Option<String>,
 }
 
+/// A file and its hashes (computed once: a test may serve hundreds of MB).
+struct Entry {
+    bytes: Vec<u8>,
+    sha256: String,
+    git_sha1: String,
+}
+
 struct Repo {
     commit: String,
-    files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, Entry>,
     token: Option<String>,
     /// A gated model whose licence the token's account has not accepted: 403.
     gated: bool,
@@ -131,7 +138,17 @@ impl FakeHub {
             repo.to_string(),
             Repo {
                 commit: commit.to_string(),
-                files: files.into_iter().collect(),
+                files: files
+                    .into_iter()
+                    .map(|(name, bytes)| {
+                        let e = Entry {
+                            sha256: sha256(&bytes),
+                            git_sha1: git_blob_sha1(&bytes),
+                            bytes,
+                        };
+                        (name, e)
+                    })
+                    .collect(),
                 token: None,
                 gated: false,
                 listed_size: HashMap::new(),
@@ -267,8 +284,9 @@ fn route(s: &Shared, req: &Request) -> Reply {
     let repos = lock(&s.repos);
     if parts.len() == 2 && parts[0] == "cdn" {
         for r in repos.values() {
-            for (name, bytes) in &r.files {
-                if is_lfs(name) && sha256(bytes) == parts[1] {
+            for (name, e) in &r.files {
+                if is_lfs(name) && e.sha256 == parts[1] {
+                    let bytes = &e.bytes;
                     return file_reply(name, bytes, req.range.as_deref());
                 }
             }
@@ -310,18 +328,18 @@ fn route(s: &Shared, req: &Request) -> Reply {
         let siblings: Vec<serde_json::Value> = repo
             .files
             .iter()
-            .map(|(name, bytes)| {
+            .map(|(name, e)| {
                 let size = repo
                     .listed_size
                     .get(name)
                     .copied()
-                    .unwrap_or(bytes.len() as u64);
+                    .unwrap_or(e.bytes.len() as u64);
                 let mut v = serde_json::json!({
-                    "rfilename": name, "size": size, "blobId": git_blob_sha1(bytes),
+                    "rfilename": name, "size": size, "blobId": e.git_sha1,
                 });
                 if is_lfs(name) {
                     v["lfs"] = serde_json::json!({
-                        "sha256": sha256(bytes), "size": size, "pointerSize": 134,
+                        "sha256": e.sha256, "size": size, "pointerSize": 134,
                     });
                 }
                 v
@@ -336,7 +354,7 @@ fn route(s: &Shared, req: &Request) -> Reply {
         };
     }
     let name = rest[4..].join("/");
-    let Some(bytes) = repo.files.get(&name) else {
+    let Some(entry) = repo.files.get(&name) else {
         let mut r = reply(404, "Entry not found");
         r.headers
             .push(("X-Error-Code".into(), "EntryNotFound".into()));
@@ -353,19 +371,19 @@ fn route(s: &Shared, req: &Request) -> Reply {
         let mut r = reply(302, "");
         r.headers.push((
             "Location".into(),
-            format!("http://{host}/cdn/{}", sha256(bytes)),
+            format!("http://{host}/cdn/{}", entry.sha256),
         ));
         r.headers
-            .push(("X-Linked-Etag".into(), format!("\"{}\"", sha256(bytes))));
+            .push(("X-Linked-Etag".into(), format!("\"{}\"", entry.sha256)));
         r.headers
-            .push(("X-Linked-Size".into(), bytes.len().to_string()));
+            .push(("X-Linked-Size".into(), entry.bytes.len().to_string()));
         r.headers
             .push(("X-Repo-Commit".into(), repo.commit.clone()));
         return r;
     }
-    let mut r = file_reply(&name, bytes, req.range.as_deref());
+    let mut r = file_reply(&name, &entry.bytes, req.range.as_deref());
     r.headers
-        .push(("ETag".into(), format!("\"{}\"", git_blob_sha1(bytes))));
+        .push(("ETag".into(), format!("\"{}\"", entry.git_sha1)));
     r.headers
         .push(("X-Repo-Commit".into(), repo.commit.clone()));
     r
