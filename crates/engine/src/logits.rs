@@ -85,6 +85,7 @@ pub fn compute_logits(opts: &LogitsOptions, kernels: Kernels) -> anyhow::Result<
         &LoadOptions {
             precision: opts.precision,
             progress: None,
+            ..Default::default()
         },
     )
     .with_context(|| format!("loading the model of {}", dir.display()))?;

@@ -134,6 +134,7 @@ impl Engine {
             &LoadOptions {
                 precision: opts.precision,
                 progress: opts.progress,
+                ..Default::default()
             },
         )?;
         let tok = processor.tokenizer();

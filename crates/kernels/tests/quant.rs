@@ -1,5 +1,5 @@
-//! Quantized (int8) matmul: every level on the host against the scalar twin and an f64 reference, and the
-//! q8 quantizer against f64 (round-trip error within the format's bound).
+//! Quantized matmul (q8 weights, int16 activations): every level on the host against the scalar twin and an
+//! f64 reference, and the quantizers against f64 (round-trip error within the format's bound).
 //!
 //! Bounds, per output y[i][c] = Σ_b dw·dx·s_b (s_b the exact integer dot product of block b):
 //! - against the f64 value of that sum: |y − ref| ≤ (nb + 16) · 2^-24 · Σ_b dw·dx·Σ|q_w·q_x| (+ bias):
@@ -47,13 +47,39 @@ fn q8_quantizer_round_trip_within_half_a_step() {
                         Some(&v) => {
                             let err = (v as f64 - qi as f64 * db).abs();
                             assert!(
-                                err <= db / 2.0 * (1.0 + 2f64.powi(-20)),
+                                err <= db * (0.5 + 127.0 * 2f64.powi(-22)),
                                 "k {k} scale {scale}: x {v} -> {qi}·{db}, error {err} > d/2"
                             );
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn a16_quantizer_round_trip_within_half_a_step() {
+    let mut rng = Rng::new(9);
+    for k in [1, 17, 32, 33, 1023] {
+        for scale in [1e-30f32, 1.0, 1e30] {
+            let x: Vec<f32> = rng.vec(k, -1.0, 1.0).iter().map(|v| v * scale).collect();
+            let nb = k.div_ceil(B);
+            let (mut q, mut d) = (vec![7i16; nb * B], vec![0f32; nb]);
+            scalar::quantize_row_a16(&x, &mut q, &mut d);
+            for (i, &v) in x.iter().enumerate() {
+                let db = d[i / B] as f64;
+                let amax = x[i / B * B..((i / B + 1) * B).min(k)]
+                    .iter()
+                    .fold(0f64, |m, v| m.max(v.abs() as f64));
+                assert!((db - amax / 32767.0).abs() <= amax / 32767.0 * 2f64.powi(-23));
+                assert!((-32767..=32767).contains(&q[i]));
+                let err = (v as f64 - q[i] as f64 * db).abs();
+                // half a step, plus the rounding of x·(1/d) (relative 2^-23 of up to 32767 steps)
+                let tol = db * (0.5 + 32767.0 * 2f64.powi(-22));
+                assert!(err <= tol, "k {k}: {v} -> {}·{db}", q[i]);
+            }
+            assert!(q[k..].iter().all(|&v| v == 0), "k {k}: padding not zero");
         }
     }
 }
@@ -90,7 +116,7 @@ fn reference(
     m: usize,
 ) -> Ref {
     let (n, k, nb) = (w.n(), w.k(), w.blocks());
-    let (xq, xd) = kern.quantize_rows_q8(x, m, k);
+    let (xq, xd) = kern.quantize_rows_a16(x, m, k);
     let wq: Vec<i8> = w.qs_bytes().iter().map(|&b| b as i8).collect();
     let wd = w.scales();
     let mut r = Ref {
@@ -207,9 +233,9 @@ fn q8_matmul_every_level_against_scalar_and_f64() {
 }
 
 #[test]
-fn q8_matmul_extreme_bytes_do_not_saturate() {
-    // every weight byte -128 (a file may hold it) against activations at ±127: the i16 pair sums of
-    // pmaddubsw reach 2·128·127 = 32512, just inside i16
+fn q8_matmul_extreme_values_do_not_overflow() {
+    // every weight byte -128 (a file may hold it) against activations at ±32767 (the i32 block sums reach
+    // 32·128·32767 < 2^31)
     let (n, k, m): (usize, usize, usize) = (5, 70, 3);
     let nb = k.div_ceil(B);
     let mut qs = vec![0x80u8; n * nb * B];
@@ -226,7 +252,7 @@ fn q8_matmul_extreme_bytes_do_not_saturate() {
         let mut y = vec![0f32; m * n];
         kern.matmul_quant(&x, m, &w, None, &mut y).unwrap();
         for i in 0..m {
-            // q_x = ±127 with d_x = 1/127: y = Σ -128 · x
+            // q_x = ±32767 with d_x = 1/32767: y = Σ -128 · x
             let want: f64 = (0..k).map(|t| -128.0 * x[i * k + t] as f64).sum();
             for c in 0..n {
                 let got = y[i * n + c] as f64;

@@ -7,13 +7,14 @@ use qwen3vl_kernels::Kernels;
 
 use crate::config::Config;
 use crate::kv_cache::KvCache;
-use crate::linear::{pack, Ctx, Linear, Vb};
+use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;
 use crate::weights::Weights;
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
+use qwen3vl_kernels::quant::QuantFormat;
 use qwen3vl_processor::ImageInput;
 
 pub use crate::vision::VisionOutput;
@@ -31,6 +32,11 @@ pub enum Precision {
 #[derive(Clone, Copy, Default)]
 pub struct LoadOptions<'a> {
     pub precision: Precision,
+    /// Quantize the text decoder's linear weights at load (the lm head and tied embeddings to q8 for any
+    /// format: they weigh most on accuracy). None: packed bf16/f32.
+    pub quant: Option<QuantFormat>,
+    /// Quantize the vision tower's linear weights at load (None: packed, the default).
+    pub vision_quant: Option<QuantFormat>,
     /// Called as tensors are loaded with (bytes done, bytes total).
     pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
@@ -82,21 +88,33 @@ impl Model {
             // (Not counted for progress here: the text model counts embed_tokens when it takes it.)
             let embed = weights.float("model.language_model.embed_tokens.weight", &[v, h])?;
             Linear {
-                weight: pack(&kernels, &[&embed], v, h)?,
+                weight: match opts.quant {
+                    Some(_) => {
+                        LinearWeight::Quant(quantize(&kernels, QuantFormat::Q8, &[&embed], v, h)?)
+                    }
+                    None => pack(&kernels, &[&embed], v, h)?,
+                },
                 bias: None,
                 out_features: v,
                 in_features: h,
             }
         } else if weights.contains("lm_head.weight") {
-            root.linear("lm_head", v, h, false)?
+            root.with_quant(opts.quant.map(|_| QuantFormat::Q8))
+                .linear("lm_head", v, h, false)?
         } else {
             return Err(ModelError::MissingTensor {
                 key: "lm_head.weight".into(),
                 msg: "absent, and config.json says tie_word_embeddings = false".into(),
             });
         };
-        let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
-        let mut language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
+        let visual = VisionModel::load(
+            &vb.pp("visual").with_quant(opts.vision_quant),
+            &config.vision,
+        )?;
+        let mut language_model = TextModel::load(
+            &vb.pp("language_model").with_quant(opts.quant),
+            &config.text,
+        )?;
         language_model.embed_from_lm_head = config.tie_word_embeddings;
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,

@@ -1,22 +1,22 @@
-//! The int8 matmul written once over [`SimdI8`]; `x86.rs` instantiates it per level inside
+//! The quantized matmul written once over [`SimdInt`]; `x86.rs` instantiates it per level inside
 //! `#[target_feature]` functions.
 //!
 //! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. Per block of 32 along k
-//! the RN weight blocks are loaded once (and their |w|), each x block once; every pair adds its exact
-//! integer dot product (as f32 lanes) times d_w · d_x into its accumulator; one horizontal sum per output
-//! at the end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4,
-//! RN = 2 (8 accumulators + 4 block registers fit the 16 ymm of AVX2). Rows of x are taken in chunks of
+//! the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its integer
+//! dot product (as f32 lanes) times d_w · d_x into its accumulator; one horizontal sum per output at the
+//! end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4, RN = 2
+//! (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of AVX2). Rows of x are taken in chunks of
 //! `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while the weight rows stream past it.
 #![allow(clippy::missing_safety_doc)] // the contract is `q8_range`'s
 
 use super::QArgs;
-use crate::simd::int8::{SimdI8, BLOCK};
+use crate::simd::int::{SimdInt, BLOCK};
 
 /// Rows of x per L2-resident chunk.
 const MC: usize = 64;
 
 #[inline(always)]
-unsafe fn tile<S: SimdI8, const RM: usize, const RN: usize>(s: S, a: &QArgs, i: usize, c: usize) {
+unsafe fn tile<S: SimdInt, const RM: usize, const RN: usize>(s: S, a: &QArgs, i: usize, c: usize) {
     let (nb, kp) = (a.nb, a.nb * BLOCK);
     let mut acc = [[s.zero(); RN]; RM];
     let wq = a.wq.add(c * kp);
@@ -24,15 +24,13 @@ unsafe fn tile<S: SimdI8, const RM: usize, const RN: usize>(s: S, a: &QArgs, i: 
     let xq = a.xq.add(i * kp);
     let xd = a.xd.add(i * nb);
     for b in 0..nb {
-        let w: [S::B; RN] = std::array::from_fn(|r| unsafe { s.ld_b(wq.add(r * kp + b * BLOCK)) });
-        let wa: [S::B; RN] = std::array::from_fn(|r| s.abs_b(w[r]));
+        let w: [S::W; RN] = std::array::from_fn(|r| unsafe { s.ld_w(wq.add(r * kp + b * BLOCK)) });
         let dw: [f32; RN] = std::array::from_fn(|r| unsafe { *wd.add(r * nb + b) });
         for (ii, acc) in acc.iter_mut().enumerate() {
-            let x = s.ld_b(xq.add(ii * kp + b * BLOCK));
+            let x = s.ld_x(xq.add(ii * kp + b * BLOCK));
             let dx = *xd.add(ii * nb + b);
             for r in 0..RN {
-                let p = s.dot_b(wa[r], w[r], x);
-                acc[r] = s.mul_add(p, s.splat(dw[r] * dx), acc[r]);
+                acc[r] = s.mul_add(s.dot(w[r], x), s.splat(dw[r] * dx), acc[r]);
             }
         }
     }
@@ -49,7 +47,7 @@ unsafe fn tile<S: SimdI8, const RM: usize, const RN: usize>(s: S, a: &QArgs, i: 
 
 /// Rows i..i+RM (RM ≤ 4) of x against weight rows c..c+RN.
 #[inline(always)]
-unsafe fn tile_rows<S: SimdI8, const RN: usize>(s: S, a: &QArgs, rm: usize, i: usize, c: usize) {
+unsafe fn tile_rows<S: SimdInt, const RN: usize>(s: S, a: &QArgs, rm: usize, i: usize, c: usize) {
     match rm {
         1 => tile::<S, 1, RN>(s, a, i, c),
         2 => tile::<S, 2, RN>(s, a, i, c),
@@ -60,7 +58,7 @@ unsafe fn tile_rows<S: SimdI8, const RN: usize>(s: S, a: &QArgs, rm: usize, i: u
 
 /// y (m, c0..c1) for every row of x; the contract of `scalar::q8_range`.
 #[inline(always)]
-pub unsafe fn q8_range<S: SimdI8>(s: S, a: &QArgs, c0: usize, c1: usize) {
+pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
     let rn_max = if a.m <= 3 { 4 } else { 2 };
     for i0 in (0..a.m).step_by(MC) {
         let i1 = (i0 + MC).min(a.m);

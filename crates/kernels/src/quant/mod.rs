@@ -5,8 +5,8 @@
 //! even: |w - q·d| ≤ d/2). 9 bits per weight (ggml's Q8_0 stores an f16 scale: 8.5). Layout: `qs` (n, nb·32)
 //! bytes row-major, `d` (n, nb) f32, nb = ⌈k/32⌉.
 //!
-//! The matmul quantizes each row of x once per call the same way (activations get a scale per block too,
-//! in [-127, 127]: W8A8 with dynamic per-block activation scales) and computes
+//! The matmul quantizes each row of x once per call, per block of 32 too, to int16 (d_x = max|x| / 32767:
+//! W8A16 with dynamic per-block activation scales; why not int8 is in `simd/int.rs`) and computes
 //! `y[i][c] = Σ_b d_w[c][b] · d_x[i][b] · Σ_{block b} q_w · q_x` with exact integer block sums. Decode (GEMV)
 //! and prefill (GEMM) run the same register-tiled kernel (`kernel.rs`), threaded over output columns.
 //! Error against the float product of the *unquantized* x and W: ≤ Σ_b (d_w/2 · Σ|x| + d_x/2 · Σ|w| +
@@ -25,7 +25,7 @@ use crate::isa::Isa;
 use crate::matmul::buf::AlignedBuf;
 use crate::matmul::Weight;
 use crate::ops::check_len;
-use crate::simd::int8::BLOCK;
+use crate::simd::int::BLOCK;
 use crate::{KernelError, Kernels};
 
 /// A quantization format of weights.
@@ -103,7 +103,7 @@ fn table(isa: Isa) -> &'static QTable {
 /// call share it and write disjoint columns of `y`.
 pub(crate) struct QArgs {
     /// (m, nb·32) quantized x
-    pub xq: *const i8,
+    pub xq: *const i16,
     /// (m, nb)
     pub xd: *const f32,
     pub m: usize,
@@ -371,10 +371,11 @@ impl Kernels {
         p.finish()
     }
 
-    /// x (m, k) quantized per row and block of 32: (values (m, nb·32), scales (m, nb)). Threaded over rows.
-    pub fn quantize_rows_q8(&self, x: &[f32], m: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
-        let (rb, nb) = (QuantFormat::Q8.row_bytes(k), QuantFormat::Q8.row_scales(k));
-        let mut q = vec![0i8; m * rb];
+    /// x (m, k) quantized to int16 per row and block of 32 (see `scalar::quantize_row_a16`): (values
+    /// (m, nb·32), scales (m, nb)). Threaded over rows.
+    pub fn quantize_rows_a16(&self, x: &[f32], m: usize, k: usize) -> (Vec<i16>, Vec<f32>) {
+        let (rb, nb) = (k.div_ceil(BLOCK) * BLOCK, k.div_ceil(BLOCK));
+        let mut q = vec![0i16; m * rb];
         let mut d = vec![0f32; m * nb];
         let (qp, dp) = (SendPtr(q.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
         let per = (1usize << 16).div_ceil(k.max(1)).max(1);
@@ -387,7 +388,7 @@ impl Kernels {
                         std::slice::from_raw_parts_mut(dp.get().add(r * nb), nb),
                     )
                 };
-                scalar::quantize_row_q8(&x[r * k..(r + 1) * k], qr, dr);
+                scalar::quantize_row_a16(&x[r * k..(r + 1) * k], qr, dr);
             }
         });
         (q, d)
@@ -417,7 +418,7 @@ impl Kernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (xq, xd) = self.quantize_rows_q8(x, m, k);
+        let (xq, xd) = self.quantize_rows_a16(x, m, k);
         let a = QArgs {
             xq: xq.as_ptr(),
             xd: xd.as_ptr(),

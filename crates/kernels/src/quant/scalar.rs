@@ -1,14 +1,33 @@
-//! Scalar twins of the int8 kernels: plain loops, the reference every SIMD level is tested against.
+//! Scalar twins of the quantized kernels: plain loops, the reference every SIMD level is tested against.
 
 use super::QArgs;
-use crate::simd::int8::BLOCK;
+use crate::simd::int::BLOCK;
 
 /// The q8 quantizer of one row: x (k) -> q (nb·32), d (nb), nb = ⌈k/32⌉. Per block of 32 (the last one
 /// zero-padded): d = max|x| / 127, q = round_ties_even(x / d) in [-127, 127] (computed as x · (1/d), as
 /// ggml's Q8_0), and d = 0, q = 0 for an all-zero block. A NaN or ±inf in a block makes its d NaN or inf
 /// (never a finite scale hiding it), so the matmul's output is NaN as the float one would be.
-/// Round trip: |x - q·d| ≤ d/2 · (1 + 2^-22) for finite blocks (tested against f64).
+/// Round trip: |x - q·d| ≤ d · (1/2 + 127 · 2^-22) for finite blocks (half a step, plus the rounding of
+/// x · (1/d); tested against f64).
 pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    quantize_row(x, q, d, 127.0, |v| v as i8)
+}
+
+/// The activation quantizer of one row: as [`quantize_row_q8`] with int16 values, d = max|x| / 32767;
+/// |x - q·d| ≤ d · (1/2 + 32767 · 2^-22).
+pub fn quantize_row_a16(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    quantize_row(x, q, d, 32767.0, |v| v as i16)
+}
+
+/// Per block: d = amax / qmax, q = cast(round_ties_even(x · (1/d))) (`cast` saturates, NaN -> 0).
+#[inline]
+fn quantize_row<T: Copy + Default>(
+    x: &[f32],
+    q: &mut [T],
+    d: &mut [f32],
+    qmax: f32,
+    cast: impl Fn(f32) -> T,
+) {
     let nb = x.len().div_ceil(BLOCK);
     debug_assert!(q.len() == nb * BLOCK && d.len() == nb);
     for b in 0..nb {
@@ -22,20 +41,22 @@ pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
                 amax = a;
             }
         }
-        let db = amax / 127.0;
+        let db = amax / qmax;
         let id = if db != 0.0 { 1.0 / db } else { 0.0 };
         for (i, o) in qs.iter_mut().enumerate() {
-            // `as i8` saturates (and maps NaN to 0); |x·id| ≤ 127 up to rounding, so nothing clips.
-            *o = xs.get(i).map_or(0, |&v| (v * id).round_ties_even() as i8);
+            // |x·id| ≤ qmax up to rounding, so the saturating cast clips nothing.
+            *o = xs
+                .get(i)
+                .map_or(T::default(), |&v| cast((v * id).round_ties_even()));
         }
         d[b] = db;
     }
 }
 
-/// Σ over the block of w·a (exact, i32).
+/// Σ over the block of w·x (exact, i32: at most 32 · 128 · 32767 < 2^31).
 #[inline]
-pub(crate) fn dot_block(w: &[i8], a: &[i8]) -> i32 {
-    w.iter().zip(a).map(|(&w, &a)| w as i32 * a as i32).sum()
+pub(crate) fn dot_block(w: &[i8], x: &[i16]) -> i32 {
+    w.iter().zip(x).map(|(&w, &x)| w as i32 * x as i32).sum()
 }
 
 /// y[i][c] = Σ_b (dw[c][b] · dx[i][b]) · Σ_block qw·qx (+ bias[c]) for every row i of x and the output

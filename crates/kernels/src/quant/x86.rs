@@ -1,56 +1,67 @@
-//! The int8 lanes ([`SimdI8`]) of the x86 levels and the `#[target_feature]` entry points of the quantized
-//! matmul. AVX-512 CPUs run the AVX2 instantiation (the same generic source; a 512-bit and a VNNI
-//! `vpdpbusd` instantiation are not written yet — this code has only been run on AVX2 machines).
+//! The integer lanes ([`SimdInt`]) of the x86 levels and the `#[target_feature]` entry points of the
+//! quantized matmul. AVX-512 CPUs run the AVX2 instantiation (the same generic source; a 512-bit and a
+//! VNNI `vpdpwssd` instantiation are not written yet — this code has only been run on AVX2 machines).
 
 use std::arch::x86_64::*;
 
 use super::{kernel, QArgs, QTable};
-use crate::simd::int8::SimdI8;
+use crate::simd::int::SimdInt;
 use crate::x86::avx2::Avx2;
 use crate::x86::sse41::Sse41;
 
-impl SimdI8 for Sse41 {
-    /// Two xmm halves.
-    type B = [__m128i; 2];
+impl SimdInt for Sse41 {
+    /// 4 × 8 i16.
+    type W = [__m128i; 4];
+    type X = [__m128i; 4];
     #[inline(always)]
-    unsafe fn ld_b(self, p: *const i8) -> [__m128i; 2] {
+    unsafe fn ld_w(self, p: *const i8) -> [__m128i; 4] {
+        let lo = _mm_loadu_si128(p as *const __m128i);
+        let hi = _mm_loadu_si128(p.add(16) as *const __m128i);
         [
-            _mm_loadu_si128(p as *const __m128i),
-            _mm_loadu_si128(p.add(16) as *const __m128i),
+            _mm_cvtepi8_epi16(lo),
+            _mm_cvtepi8_epi16(_mm_srli_si128::<8>(lo)),
+            _mm_cvtepi8_epi16(hi),
+            _mm_cvtepi8_epi16(_mm_srli_si128::<8>(hi)),
         ]
     }
     #[inline(always)]
-    fn abs_b(self, b: [__m128i; 2]) -> [__m128i; 2] {
-        unsafe { [_mm_abs_epi8(b[0]), _mm_abs_epi8(b[1])] }
+    unsafe fn ld_x(self, p: *const i16) -> [__m128i; 4] {
+        std::array::from_fn(|i| unsafe { _mm_loadu_si128(p.add(8 * i) as *const __m128i) })
     }
     #[inline(always)]
-    fn dot_b(self, wa: [__m128i; 2], w: [__m128i; 2], a: [__m128i; 2]) -> __m128 {
+    fn dot(self, w: [__m128i; 4], x: [__m128i; 4]) -> __m128 {
         unsafe {
-            let ones = _mm_set1_epi16(1);
-            let h = |i: usize| {
-                // |w| · (a · sign(w)): u8 × s8 pairs into i16 (≤ 32512, no saturation), then pairs into i32
-                _mm_madd_epi16(_mm_maddubs_epi16(wa[i], _mm_sign_epi8(a[i], w[i])), ones)
-            };
-            _mm_cvtepi32_ps(_mm_add_epi32(h(0), h(1)))
+            // i16 × i16 pairs into i32 (no overflow: |w| ≤ 128), then the four partial vectors
+            let a = _mm_add_epi32(_mm_madd_epi16(w[0], x[0]), _mm_madd_epi16(w[1], x[1]));
+            let b = _mm_add_epi32(_mm_madd_epi16(w[2], x[2]), _mm_madd_epi16(w[3], x[3]));
+            _mm_cvtepi32_ps(_mm_add_epi32(a, b))
         }
     }
 }
 
-impl SimdI8 for Avx2 {
-    type B = __m256i;
+impl SimdInt for Avx2 {
+    /// 2 × 16 i16.
+    type W = [__m256i; 2];
+    type X = [__m256i; 2];
     #[inline(always)]
-    unsafe fn ld_b(self, p: *const i8) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+    unsafe fn ld_w(self, p: *const i8) -> [__m256i; 2] {
+        [
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
+        ]
     }
     #[inline(always)]
-    fn abs_b(self, b: __m256i) -> __m256i {
-        unsafe { _mm256_abs_epi8(b) }
+    unsafe fn ld_x(self, p: *const i16) -> [__m256i; 2] {
+        [
+            _mm256_loadu_si256(p as *const __m256i),
+            _mm256_loadu_si256(p.add(16) as *const __m256i),
+        ]
     }
     #[inline(always)]
-    fn dot_b(self, wa: __m256i, w: __m256i, a: __m256i) -> __m256 {
+    fn dot(self, w: [__m256i; 2], x: [__m256i; 2]) -> __m256 {
         unsafe {
-            let p16 = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, w));
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+            let s = _mm256_add_epi32(_mm256_madd_epi16(w[0], x[0]), _mm256_madd_epi16(w[1], x[1]));
+            _mm256_cvtepi32_ps(s)
         }
     }
 }
