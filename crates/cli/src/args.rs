@@ -75,6 +75,8 @@ pub(crate) enum Cmd {
         prompt: String,
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        #[command(flatten)]
+        quant: crate::quant::QuantArgs,
         /// The .safetensors file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -125,6 +127,8 @@ pub(crate) struct ModelArgs {
     /// Context length of the session in tokens (default: the model's, for chat 32768).
     #[arg(long)]
     pub(crate) context: Option<usize>,
+    #[command(flatten)]
+    pub(crate) quant: crate::quant::QuantArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,6 +203,8 @@ pub(crate) struct BenchArgs {
     pub(crate) threads: usize,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
     pub(crate) precision: PrecisionArg,
+    #[command(flatten)]
+    pub(crate) quant: crate::quant::QuantArgs,
     /// Skip measuring the roofline (the percentages are then omitted).
     #[arg(long)]
     pub(crate) no_roofline: bool,

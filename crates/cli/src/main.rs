@@ -4,6 +4,7 @@
 mod args;
 mod bench_kernels;
 mod chat;
+mod quant;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -112,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             system,
             prompt,
             precision,
+            quant,
             out,
         } => qwen3vl_engine::logits::run_logits(&qwen3vl_engine::logits::LogitsOptions {
             model_dir: model,
@@ -119,6 +121,8 @@ fn run(cli: Cli) -> Result<()> {
             system,
             prompt,
             precision: precision.into(),
+            quant: quant.quant,
+            vision_quant: quant.vision_quant,
             out,
         }),
         Cmd::InitRandom {
@@ -230,6 +234,8 @@ fn load_engine(args: &ModelArgs) -> Result<Engine> {
                 PrecisionArg::F32 => Precision::F32,
             },
             progress: Some(&progress),
+            quant: args.quant.quant,
+            vision_quant: args.quant.vision_quant,
         },
     )?;
     if let Some(b) = bar {
@@ -436,6 +442,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
         threads: b.threads,
         precision: b.precision,
         context: None,
+        quant: b.quant,
     })?;
     let r = qwen3vl_engine::bench::run(
         &engine,
