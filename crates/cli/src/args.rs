@@ -90,6 +90,25 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Write a quantized copy of a checkpoint (quantized weights as U8 + F32 scales, the format named in
+    /// the safetensors header metadata; config and tokenizer copied) that loads without quantizing again.
+    Quantize {
+        /// Checkpoint directory to read.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Format of the text decoder's linear weights (`q8`); the lm head is q8.
+        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        quant: qwen3vl_model::QuantFormat,
+        /// Also quantize the vision tower's linear weights (`q8`).
+        #[arg(long = "vision-quant", value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        vision_quant: Option<qwen3vl_model::QuantFormat>,
+        /// Output directory (created; must be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
     /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
     InitRandom {

@@ -125,6 +125,13 @@ fn run(cli: Cli) -> Result<()> {
             vision_quant: quant.vision_quant,
             out,
         }),
+        Cmd::Quantize {
+            model,
+            quant,
+            vision_quant,
+            out,
+            threads,
+        } => quant::cmd_quantize(&model, quant, vision_quant, &out, threads),
         Cmd::InitRandom {
             preset,
             out,

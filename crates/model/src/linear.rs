@@ -273,6 +273,55 @@ impl<'a> Vb<'a> {
         Ok(t)
     }
 
+    /// The weights `keys[i]` ((rows_i, inp) each) if the checkpoint stores them quantized, stacked into one;
+    /// None if it stores them as floats. A mix is an error naming the first float one.
+    pub fn stored_quant(
+        &self,
+        keys: &[(String, usize)],
+        inp: usize,
+    ) -> Result<Option<QuantWeight>, ModelError> {
+        let quantized: Vec<bool> = keys.iter().map(|(k, _)| self.w.is_quantized(k)).collect();
+        if !quantized.iter().any(|&q| q) {
+            return Ok(None);
+        }
+        if let Some(i) = quantized.iter().position(|&q| !q) {
+            return Err(ModelError::Dtype {
+                key: keys[i].0.clone(),
+                msg: format!(
+                    "stored as floats while {} is quantized (parts of one fused weight must match)",
+                    keys[quantized.iter().position(|&q| q).unwrap_or(0)].0
+                ),
+            });
+        }
+        let n: usize = keys.iter().map(|k| k.1).sum();
+        let mut packer = None;
+        for (key, rows) in keys {
+            let (format, t, d) = self.w.quantized(key, *rows, inp)?;
+            let p = match &mut packer {
+                Some(p) => p,
+                None => packer.insert(self.k.quant_packer(format, n, inp).ctx(key)?),
+            };
+            p.push_quantized(t.bytes(), &d, *rows).ctx(key)?;
+            self.tick(&t);
+            t.release();
+        }
+        let w = packer
+            .expect("at least one part")
+            .finish()
+            .ctx("quantized weight")?;
+        Ok(Some(w))
+    }
+
+    /// An embedding table: the float tensor, or (a quantized checkpoint) the raw quantized one, whose rows
+    /// are then read from the tied lm head (the model checks that they are tied).
+    pub fn embedding(&self, name: &str, shape: &[usize]) -> Result<TensorRef, ModelError> {
+        let key = self.key(name);
+        if self.w.is_quantized(&key) {
+            return self.w.raw(&key);
+        }
+        self.tensor(name, shape)
+    }
+
     pub fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tensor(name, &[n])?;
         let v = t.to_f32()?;
@@ -289,8 +338,10 @@ impl<'a> Vb<'a> {
         bias: bool,
     ) -> Result<Linear, ModelError> {
         let m = self.pp(name);
-        let t = m.tensor("weight", &[out, inp])?;
-        let weight = self.weight(&[&t], out, inp)?;
+        let weight = match self.stored_quant(&[(m.key("weight"), out)], inp)? {
+            Some(q) => LinearWeight::Quant(q),
+            None => self.weight(&[&m.tensor("weight", &[out, inp])?], out, inp)?,
+        };
         let bias = if bias {
             Some(m.vec("bias", out)?)
         } else {
@@ -307,11 +358,23 @@ impl<'a> Vb<'a> {
     /// Several `{name}.weight` (out_i, in) without bias stacked along the output rows into one packed
     /// weight (Σ out_i, in): one matmul instead of several (fewer fork/joins, longer row streams in decode).
     pub fn linear_cat(&self, parts: &[(&str, usize)], inp: usize) -> Result<Linear, ModelError> {
+        let out: usize = parts.iter().map(|p| p.1).sum();
+        let keys: Vec<(String, usize)> = parts
+            .iter()
+            .map(|&(name, rows)| (self.pp(name).key("weight"), rows))
+            .collect();
+        if let Some(q) = self.stored_quant(&keys, inp)? {
+            return Ok(Linear {
+                weight: LinearWeight::Quant(q),
+                bias: None,
+                out_features: out,
+                in_features: inp,
+            });
+        }
         let ts = parts
             .iter()
             .map(|&(name, out)| self.pp(name).tensor("weight", &[out, inp]))
             .collect::<Result<Vec<_>, _>>()?;
-        let out: usize = parts.iter().map(|p| p.1).sum();
         let weight = self.weight(&ts.iter().collect::<Vec<_>>(), out, inp)?;
         Ok(Linear {
             weight,
@@ -330,6 +393,18 @@ impl<'a> Vb<'a> {
         i: usize,
         inp: usize,
     ) -> Result<Linear, ModelError> {
+        let keys: Vec<(String, usize)> = [gate, up]
+            .iter()
+            .map(|name| (self.pp(name).key("weight"), i))
+            .collect();
+        if let Some(q) = self.stored_quant(&keys, inp)? {
+            return Ok(Linear {
+                weight: LinearWeight::QuantSwiGlu(q),
+                bias: None,
+                out_features: i,
+                in_features: inp,
+            });
+        }
         let ts = [gate, up]
             .iter()
             .map(|name| self.pp(name).tensor("weight", &[i, inp]))

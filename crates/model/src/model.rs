@@ -11,7 +11,7 @@ use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;
-use crate::weights::Weights;
+use crate::weights::{Dtype, Weights};
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
 use qwen3vl_kernels::quant::QuantFormat;
@@ -86,13 +86,19 @@ impl Model {
         let lm_head = if config.tie_word_embeddings {
             // Tied: lm_head = embed_tokens (lm_head.weight, if present, is ignored as transformers does).
             // (Not counted for progress here: the text model counts embed_tokens when it takes it.)
-            let embed = weights.float("model.language_model.embed_tokens.weight", &[v, h])?;
+            let key = "model.language_model.embed_tokens.weight";
+            let stored = root.stored_quant(&[(key.to_string(), v)], h)?;
             Linear {
-                weight: match opts.quant {
-                    Some(_) => {
-                        LinearWeight::Quant(quantize(&kernels, QuantFormat::Q8, &[&embed], v, h)?)
-                    }
-                    None => pack(&kernels, &[&embed], v, h)?,
+                weight: match (stored, opts.quant) {
+                    (Some(q), _) => LinearWeight::Quant(q),
+                    (None, Some(_)) => LinearWeight::Quant(quantize(
+                        &kernels,
+                        QuantFormat::Q8,
+                        &[&weights.float(key, &[v, h])?],
+                        v,
+                        h,
+                    )?),
+                    (None, None) => pack(&kernels, &[&weights.float(key, &[v, h])?], v, h)?,
                 },
                 bias: None,
                 out_features: v,
@@ -116,6 +122,14 @@ impl Model {
             &config.text,
         )?;
         language_model.embed_from_lm_head = config.tie_word_embeddings;
+        if !config.tie_word_embeddings && language_model.embed_tokens.dtype == Dtype::U8 {
+            return Err(ModelError::Dtype {
+                key: language_model.embed_tokens.key.clone(),
+                msg: "quantized, but embeddings are only read quantized through a tied lm head \
+                      (tie_word_embeddings = false): store them as floats"
+                    .into(),
+            });
+        }
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,

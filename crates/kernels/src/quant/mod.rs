@@ -199,28 +199,13 @@ impl QuantWeight {
         qs: &[u8],
         d: &[f32],
     ) -> Result<QuantWeight, KernelError> {
-        const OP: &str = "quantized weight";
-        let mut w = QuantWeight::zeroed(format, n, k)?;
-        check_len(OP, "values (n * row bytes)", w.qs.len() * 4, qs.len())?;
-        check_len(OP, "scales (n * blocks)", w.d.len(), d.len())?;
-        if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
-            let nb = format.row_scales(k);
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!(
-                    "scale of row {} block {} is {} (scales must be finite and >= 0)",
-                    i / nb.max(1),
-                    i % nb.max(1),
-                    d[i]
-                ),
-            });
-        }
-        // Safety: u32 storage viewed as bytes, exclusively borrowed.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(w.qs.as_mut_ptr() as *mut u8, w.qs.len() * 4) };
-        dst.copy_from_slice(qs);
-        w.d.copy_from_slice(d);
-        Ok(w)
+        let mut p = QuantPacker {
+            kern: Kernels::new(Isa::Scalar).expect("scalar is always available"),
+            rows: 0,
+            w: QuantWeight::zeroed(format, n, k)?,
+        };
+        p.push_quantized(qs, d, n)?;
+        p.finish()
     }
 
     /// Row `r` dequantized (k values): q·d.
@@ -296,6 +281,58 @@ impl QuantPacker {
                 scalar::quantize_row_q8(&row, q, dd);
             }
         });
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Appends `rows` rows already quantized in this format (a quantized checkpoint): values `qs`
+    /// (rows, row bytes) and scales `d` (rows, blocks), which must be finite and ≥ 0. Copied as they are.
+    pub fn push_quantized(&mut self, qs: &[u8], d: &[f32], rows: usize) -> Result<(), KernelError> {
+        const OP: &str = "quantized weight";
+        let (rb, nb, r0) = (
+            self.w.format.row_bytes(self.w.k),
+            self.w.blocks(),
+            self.rows,
+        );
+        check_len(
+            OP,
+            "values (rows * row bytes)",
+            rows.saturating_mul(rb),
+            qs.len(),
+        )?;
+        check_len(
+            OP,
+            "scales (rows * blocks)",
+            rows.saturating_mul(nb),
+            d.len(),
+        )?;
+        if r0 + rows > self.w.n {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "{} rows pushed into a weight of {} rows",
+                    r0 + rows,
+                    self.w.n
+                ),
+            });
+        }
+        if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "scale of row {} block {} is {} (scales must be finite and >= 0)",
+                    i / nb.max(1),
+                    i % nb.max(1),
+                    d[i]
+                ),
+            });
+        }
+        // Safety: u32 storage viewed as bytes, exclusively borrowed.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.w.qs.as_mut_ptr() as *mut u8, self.w.qs.len() * 4)
+        };
+        dst[r0 * rb..(r0 + rows) * rb].copy_from_slice(qs);
+        self.w.d[r0 * nb..(r0 + rows) * nb].copy_from_slice(d);
         self.rows += rows;
         Ok(())
     }

@@ -57,7 +57,7 @@ impl TextModel {
             cfg: cfg.clone(),
             embed_tokens: vb
                 .pp("embed_tokens")
-                .tensor("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+                .embedding("weight", &[cfg.vocab_size, cfg.hidden_size])?,
             embed_from_lm_head: false,
             layers,
             norm: vb.rms_norm("norm", cfg.hidden_size, cfg.rms_norm_eps)?,
