@@ -75,6 +75,8 @@ pub(crate) enum Cmd {
         prompt: String,
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        #[command(flatten)]
+        quant: crate::quant::QuantArgs,
         /// The .safetensors file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -87,6 +89,25 @@ pub(crate) enum Cmd {
     Plan {
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// Write a quantized copy of a checkpoint (quantized weights as U8 + F32 scales, the format named in
+    /// the safetensors header metadata; config and tokenizer copied) that loads without quantizing again.
+    Quantize {
+        /// Checkpoint directory to read.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Format of the text decoder's linear weights (`q8`); the lm head is q8.
+        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        quant: qwen3vl_model::QuantFormat,
+        /// Also quantize the vision tower's linear weights (`q8`).
+        #[arg(long = "vision-quant", value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        vision_quant: Option<qwen3vl_model::QuantFormat>,
+        /// Output directory (created; must be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
     /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
@@ -133,6 +154,8 @@ pub(crate) struct ModelArgs {
     /// Context length of the session in tokens (default: the model's, for chat 32768).
     #[arg(long)]
     pub(crate) context: Option<usize>,
+    #[command(flatten)]
+    pub(crate) quant: crate::quant::QuantArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,6 +231,8 @@ pub(crate) struct BenchArgs {
     pub(crate) threads: usize,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
     pub(crate) precision: PrecisionArg,
+    #[command(flatten)]
+    pub(crate) quant: crate::quant::QuantArgs,
     /// Skip measuring the roofline (the percentages are then omitted).
     #[arg(long)]
     pub(crate) no_roofline: bool,

@@ -5,6 +5,7 @@ mod args;
 mod bench_kernels;
 mod chat;
 mod hub;
+mod quant;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -113,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             system,
             prompt,
             precision,
+            quant,
             out,
         } => qwen3vl_engine::logits::run_logits(&qwen3vl_engine::logits::LogitsOptions {
             model_dir: hub::resolve(&model)?,
@@ -120,11 +122,20 @@ fn run(cli: Cli) -> Result<()> {
             system,
             prompt,
             precision: precision.into(),
+            quant: quant.quant,
+            vision_quant: quant.vision_quant,
             out,
         }),
         Cmd::Pull(a) => hub::cmd_pull(&a),
         Cmd::List(a) => hub::cmd_list(&a),
         Cmd::Rm(a) => hub::cmd_rm(&a),
+        Cmd::Quantize {
+            model,
+            quant,
+            vision_quant,
+            out,
+            threads,
+        } => quant::cmd_quantize(&hub::resolve(&model)?, quant, vision_quant, &out, threads),
         Cmd::InitRandom {
             preset,
             out,
@@ -235,6 +246,8 @@ fn load_engine(args: &ModelArgs) -> Result<Engine> {
                 PrecisionArg::F32 => Precision::F32,
             },
             progress: Some(&progress),
+            quant: args.quant.quant,
+            vision_quant: args.quant.vision_quant,
         },
     )?;
     if let Some(b) = bar {
@@ -441,6 +454,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
         threads: b.threads,
         precision: b.precision,
         context: None,
+        quant: b.quant,
     })?;
     let r = qwen3vl_engine::bench::run(
         &engine,

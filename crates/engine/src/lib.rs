@@ -8,6 +8,7 @@ pub mod generate;
 pub mod generation_config;
 pub mod init_random;
 pub mod logits;
+pub mod quantize;
 pub mod sampling;
 pub mod session;
 pub mod stream;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::weights::{write_safetensors, OutTensor};
-use qwen3vl_model::{KvCache, LoadOptions, Model, Precision};
+use qwen3vl_model::{KvCache, LoadOptions, Model, Precision, QuantFormat};
 use qwen3vl_processor::{Content, ImageInput, Message, Processor};
 
 /// Inputs of [`run_logits`].
@@ -28,6 +28,10 @@ pub struct LogitsOptions {
     pub system: Option<String>,
     pub prompt: String,
     pub precision: Precision,
+    /// Quantize the text decoder's linears at load (see `LoadOptions::quant`).
+    pub quant: Option<QuantFormat>,
+    /// Quantize the vision tower's linears at load.
+    pub vision_quant: Option<QuantFormat>,
     /// The .safetensors file to write.
     pub out: PathBuf,
 }
@@ -85,6 +89,8 @@ pub fn compute_logits(opts: &LogitsOptions, kernels: Kernels) -> anyhow::Result<
         &LoadOptions {
             precision: opts.precision,
             progress: None,
+            quant: opts.quant,
+            vision_quant: opts.vision_quant,
         },
     )
     .with_context(|| format!("loading the model of {}", dir.display()))?;
@@ -216,6 +222,8 @@ mod tests {
                 system: None,
                 prompt: c["prompt"].as_str().unwrap().to_string(),
                 precision: Precision::F32,
+                quant: None,
+                vision_quant: None,
                 out: out.clone(),
             };
             run_logits(&opts).unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision};
+use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision, QuantFormat};
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError};
 
 use crate::generate::{run_loop, FinishReason, LoopError, StopConfig};
@@ -81,6 +81,10 @@ pub struct EngineOptions<'a> {
     pub precision: Precision,
     /// (bytes done, bytes total) while weights load.
     pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// Quantize the text decoder's linears at load (see `LoadOptions::quant`).
+    pub quant: Option<QuantFormat>,
+    /// Quantize the vision tower's linears at load.
+    pub vision_quant: Option<QuantFormat>,
 }
 
 /// A loaded checkpoint: model, processor, decoding defaults, detokenizer table.
@@ -134,6 +138,8 @@ impl Engine {
             &LoadOptions {
                 precision: opts.precision,
                 progress: opts.progress,
+                quant: opts.quant,
+                vision_quant: opts.vision_quant,
             },
         )?;
         let tok = processor.tokenizer();

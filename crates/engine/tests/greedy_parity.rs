@@ -22,6 +22,7 @@ fn load(dir: &Path) -> Engine {
             threads: 0,
             precision: Precision::F32,
             progress: None,
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))

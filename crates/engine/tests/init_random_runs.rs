@@ -16,6 +16,7 @@ fn tiny_random_checkpoint_runs_with_varied_logits() {
         &LoadOptions {
             precision: Precision::F32,
             progress: None,
+            ..Default::default()
         },
     )
     .unwrap();

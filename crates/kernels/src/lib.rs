@@ -17,6 +17,7 @@ pub mod isa;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+pub mod quant;
 pub mod resample;
 pub mod roofline;
 pub mod scalar;

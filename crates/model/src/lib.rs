@@ -28,8 +28,10 @@ pub mod weights;
 
 pub use config::{Config, TextConfig, VisionConfig};
 pub use kv_cache::KvCache;
+pub use linear::{Linear, LinearWeight};
 pub use model::{top_k, LoadOptions, Logits, Model, Precision, TopK, VisionOutput};
 pub use plan::{Plan, PlanOp};
+pub use qwen3vl_kernels::quant::QuantFormat;
 pub use qwen3vl_processor::ImageInput;
 pub use trace::{Trace, TraceMap};
 

@@ -9,6 +9,7 @@ use crate::norm::{LayerNorm, RmsNorm};
 use crate::weights::{Dtype, TensorRef, Weights};
 use crate::{KernelCtx, ModelError};
 use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight, WeightPacker};
+use qwen3vl_kernels::quant::{QuantFormat, QuantPacker, QuantWeight};
 use qwen3vl_kernels::KernelError;
 
 /// The kernels and the matmul path every module of one model uses.
@@ -18,12 +19,57 @@ pub(crate) struct Ctx {
     pub path: MatmulPath,
 }
 
-/// y = x·Wᵀ + b with W (out_features, in_features) packed once at load.
+/// y = x·Wᵀ + b with W (out_features, in_features) packed or quantized once at load.
 pub struct Linear {
-    pub weight: PackedWeight,
+    pub weight: LinearWeight,
     pub bias: Option<Vec<f32>>,
     pub out_features: usize,
     pub in_features: usize,
+}
+
+/// How a Linear's weight is held.
+pub enum LinearWeight {
+    /// bf16 or f32 panels of the level's microkernel (a SwiGLU pair when `is_swiglu`).
+    Packed(PackedWeight),
+    /// Quantized (out, in) rows, run on the int8 kernels (`--quant`).
+    Quant(QuantWeight),
+    /// A quantized SwiGLU pair: gate (I, in) rows then up (I, in) rows; y = silu(x·gateᵀ)·(x·upᵀ).
+    QuantSwiGlu(QuantWeight),
+}
+
+impl LinearWeight {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LinearWeight::Packed(w) => w.bytes(),
+            LinearWeight::Quant(w) | LinearWeight::QuantSwiGlu(w) => w.bytes(),
+        }
+    }
+
+    /// The bytes of the weight's values (packed panels, or quantized values without their scales): what
+    /// a matmul streams (the bench probes read bandwidth over it).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            LinearWeight::Packed(w) => w.as_bytes(),
+            LinearWeight::Quant(w) | LinearWeight::QuantSwiGlu(w) => w.qs_bytes(),
+        }
+    }
+
+    /// Row `r` of W (in values) as f32: the values the matmul uses (bf16 widened, or dequantized).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        match self {
+            LinearWeight::Packed(w) => w.row_f32(r, out),
+            LinearWeight::Quant(w) | LinearWeight::QuantSwiGlu(w) => w.row_f32(r, out),
+        }
+    }
+
+    /// The quantization format, if quantized.
+    pub fn quant_format(&self) -> Option<QuantFormat> {
+        match self {
+            LinearWeight::Packed(_) => None,
+            LinearWeight::Quant(w) | LinearWeight::QuantSwiGlu(w) => Some(w.format()),
+        }
+    }
 }
 
 impl Linear {
@@ -35,8 +81,28 @@ impl Linear {
         m: usize,
         y: &mut [f32],
     ) -> Result<(), ModelError> {
-        c.k.matmul(x, m, &self.weight, self.bias.as_deref(), y, c.path)
-            .ctx("matmul")
+        match &self.weight {
+            LinearWeight::Packed(w) => {
+                c.k.matmul(x, m, w, self.bias.as_deref(), y, c.path)
+                    .ctx("matmul")
+            }
+            LinearWeight::Quant(w) => {
+                c.k.matmul_quant(x, m, w, self.bias.as_deref(), y)
+                    .ctx("quantized matmul")
+            }
+            LinearWeight::QuantSwiGlu(w) => {
+                // gate|up (m, 2I) in one matmul, then y = silu(gate)·up row by row       (m, I)
+                let i = self.out_features;
+                let mut gu = vec![0f32; m * 2 * i];
+                c.k.matmul_quant(x, m, w, None, &mut gu)
+                    .ctx("quantized matmul (gate|up)")?;
+                for (r, yr) in y[..m * i].chunks_exact_mut(i).enumerate() {
+                    let (g, u) = gu[r * 2 * i..(r + 1) * 2 * i].split_at(i);
+                    c.k.swiglu(g, u, yr).ctx("swiglu")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -49,16 +115,54 @@ pub(crate) fn pack(
     ts: &[&TensorRef],
     n: usize,
     kk: usize,
-) -> Result<PackedWeight, ModelError> {
+) -> Result<LinearWeight, ModelError> {
     let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-    pack_into(k.weight_packer(n, kk, bf16), ts)
+    pack_into(k.weight_packer(n, kk, bf16), ts).map(LinearWeight::Packed)
+}
+
+/// Quantizes tensors stacked along the output dimension (as [`pack`]) into `format`, one source at a time.
+pub(crate) fn quantize(
+    k: &Kernels,
+    format: QuantFormat,
+    ts: &[&TensorRef],
+    n: usize,
+    kk: usize,
+) -> Result<QuantWeight, ModelError> {
+    pack_into(k.quant_packer(format, n, kk), ts)
+}
+
+/// A packer of either kind: rows pushed part by part, then finished.
+trait RowSink: Sized {
+    type Out;
+    fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError>;
+    fn finish(self) -> Result<Self::Out, KernelError>;
+}
+
+impl RowSink for WeightPacker {
+    type Out = PackedWeight;
+    fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
+        WeightPacker::push(self, part, rows)
+    }
+    fn finish(self) -> Result<PackedWeight, KernelError> {
+        WeightPacker::finish(self)
+    }
+}
+
+impl RowSink for QuantPacker {
+    type Out = QuantWeight;
+    fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
+        QuantPacker::push(self, part, rows)
+    }
+    fn finish(self) -> Result<QuantWeight, KernelError> {
+        QuantPacker::finish(self)
+    }
 }
 
 /// Pushes the rows of `ts` (each (n_i, kk)) into `packer`, one tensor at a time, releasing each source.
-fn pack_into(
-    packer: Result<WeightPacker, KernelError>,
+fn pack_into<P: RowSink>(
+    packer: Result<P, KernelError>,
     ts: &[&TensorRef],
-) -> Result<PackedWeight, ModelError> {
+) -> Result<P::Out, ModelError> {
     let err = |source| ModelError::Kernel {
         context: format!(
             "packing {}",
@@ -87,6 +191,8 @@ fn pack_into(
 pub(crate) struct Vb<'a> {
     pub w: &'a Weights,
     pub k: Kernels,
+    /// Linear weights under this module are quantized to this format at load (None: packed bf16/f32).
+    pub quant: Option<QuantFormat>,
     prefix: String,
     progress: Option<&'a dyn Fn(u64, u64)>,
     done: &'a Cell<u64>,
@@ -103,6 +209,7 @@ impl<'a> Vb<'a> {
         Vb {
             w,
             k,
+            quant: None,
             prefix: String::new(),
             progress,
             done,
@@ -115,10 +222,32 @@ impl<'a> Vb<'a> {
         Vb {
             w: self.w,
             k: self.k,
+            quant: self.quant,
             prefix: self.key(name),
             progress: self.progress,
             done: self.done,
             total: self.total,
+        }
+    }
+
+    /// This module with its linear weights quantized to `quant` (None: packed).
+    pub fn with_quant(&self, quant: Option<QuantFormat>) -> Vb<'a> {
+        Vb {
+            w: self.w,
+            k: self.k,
+            quant,
+            prefix: self.prefix.clone(),
+            progress: self.progress,
+            done: self.done,
+            total: self.total,
+        }
+    }
+
+    /// The weight (n, kk) stacked from `ts`: quantized if this module asks for it, else packed.
+    fn weight(&self, ts: &[&TensorRef], n: usize, kk: usize) -> Result<LinearWeight, ModelError> {
+        match self.quant {
+            Some(f) => quantize(&self.k, f, ts, n, kk).map(LinearWeight::Quant),
+            None => pack(&self.k, ts, n, kk),
         }
     }
 
@@ -144,6 +273,55 @@ impl<'a> Vb<'a> {
         Ok(t)
     }
 
+    /// The weights `keys[i]` ((rows_i, inp) each) if the checkpoint stores them quantized, stacked into one;
+    /// None if it stores them as floats. A mix is an error naming the first float one.
+    pub fn stored_quant(
+        &self,
+        keys: &[(String, usize)],
+        inp: usize,
+    ) -> Result<Option<QuantWeight>, ModelError> {
+        let quantized: Vec<bool> = keys.iter().map(|(k, _)| self.w.is_quantized(k)).collect();
+        if !quantized.iter().any(|&q| q) {
+            return Ok(None);
+        }
+        if let Some(i) = quantized.iter().position(|&q| !q) {
+            return Err(ModelError::Dtype {
+                key: keys[i].0.clone(),
+                msg: format!(
+                    "stored as floats while {} is quantized (parts of one fused weight must match)",
+                    keys[quantized.iter().position(|&q| q).unwrap_or(0)].0
+                ),
+            });
+        }
+        let n: usize = keys.iter().map(|k| k.1).sum();
+        let mut packer = None;
+        for (key, rows) in keys {
+            let (format, t, d) = self.w.quantized(key, *rows, inp)?;
+            let p = match &mut packer {
+                Some(p) => p,
+                None => packer.insert(self.k.quant_packer(format, n, inp).ctx(key)?),
+            };
+            p.push_quantized(t.bytes(), &d, *rows).ctx(key)?;
+            self.tick(&t);
+            t.release();
+        }
+        let w = packer
+            .expect("at least one part")
+            .finish()
+            .ctx("quantized weight")?;
+        Ok(Some(w))
+    }
+
+    /// An embedding table: the float tensor, or (a quantized checkpoint) the raw quantized one, whose rows
+    /// are then read from the tied lm head (the model checks that they are tied).
+    pub fn embedding(&self, name: &str, shape: &[usize]) -> Result<TensorRef, ModelError> {
+        let key = self.key(name);
+        if self.w.is_quantized(&key) {
+            return self.w.raw(&key);
+        }
+        self.tensor(name, shape)
+    }
+
     pub fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tensor(name, &[n])?;
         let v = t.to_f32()?;
@@ -160,8 +338,10 @@ impl<'a> Vb<'a> {
         bias: bool,
     ) -> Result<Linear, ModelError> {
         let m = self.pp(name);
-        let t = m.tensor("weight", &[out, inp])?;
-        let weight = pack(&self.k, &[&t], out, inp)?;
+        let weight = match self.stored_quant(&[(m.key("weight"), out)], inp)? {
+            Some(q) => LinearWeight::Quant(q),
+            None => self.weight(&[&m.tensor("weight", &[out, inp])?], out, inp)?,
+        };
         let bias = if bias {
             Some(m.vec("bias", out)?)
         } else {
@@ -178,12 +358,24 @@ impl<'a> Vb<'a> {
     /// Several `{name}.weight` (out_i, in) without bias stacked along the output rows into one packed
     /// weight (Σ out_i, in): one matmul instead of several (fewer fork/joins, longer row streams in decode).
     pub fn linear_cat(&self, parts: &[(&str, usize)], inp: usize) -> Result<Linear, ModelError> {
+        let out: usize = parts.iter().map(|p| p.1).sum();
+        let keys: Vec<(String, usize)> = parts
+            .iter()
+            .map(|&(name, rows)| (self.pp(name).key("weight"), rows))
+            .collect();
+        if let Some(q) = self.stored_quant(&keys, inp)? {
+            return Ok(Linear {
+                weight: LinearWeight::Quant(q),
+                bias: None,
+                out_features: out,
+                in_features: inp,
+            });
+        }
         let ts = parts
             .iter()
             .map(|&(name, out)| self.pp(name).tensor("weight", &[out, inp]))
             .collect::<Result<Vec<_>, _>>()?;
-        let out: usize = parts.iter().map(|p| p.1).sum();
-        let weight = pack(&self.k, &ts.iter().collect::<Vec<_>>(), out, inp)?;
+        let weight = self.weight(&ts.iter().collect::<Vec<_>>(), out, inp)?;
         Ok(Linear {
             weight,
             bias: None,
@@ -201,15 +393,30 @@ impl<'a> Vb<'a> {
         i: usize,
         inp: usize,
     ) -> Result<Linear, ModelError> {
+        let keys: Vec<(String, usize)> = [gate, up]
+            .iter()
+            .map(|name| (self.pp(name).key("weight"), i))
+            .collect();
+        if let Some(q) = self.stored_quant(&keys, inp)? {
+            return Ok(Linear {
+                weight: LinearWeight::QuantSwiGlu(q),
+                bias: None,
+                out_features: i,
+                in_features: inp,
+            });
+        }
         let ts = [gate, up]
             .iter()
             .map(|name| self.pp(name).tensor("weight", &[i, inp]))
             .collect::<Result<Vec<_>, _>>()?;
-        let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-        let weight = pack_into(
-            self.k.swiglu_packer(i, inp, bf16),
-            &ts.iter().collect::<Vec<_>>(),
-        )?;
+        let ts = ts.iter().collect::<Vec<_>>();
+        let weight = match self.quant {
+            Some(f) => LinearWeight::QuantSwiGlu(quantize(&self.k, f, &ts, 2 * i, inp)?),
+            None => {
+                let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
+                LinearWeight::Packed(pack_into(self.k.swiglu_packer(i, inp, bf16), &ts)?)
+            }
+        };
         Ok(Linear {
             weight,
             bias: None,

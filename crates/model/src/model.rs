@@ -7,13 +7,14 @@ use qwen3vl_kernels::Kernels;
 
 use crate::config::Config;
 use crate::kv_cache::KvCache;
-use crate::linear::{pack, Ctx, Linear, Vb};
+use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;
-use crate::weights::Weights;
+use crate::weights::{Dtype, Weights};
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
+use qwen3vl_kernels::quant::QuantFormat;
 use qwen3vl_processor::ImageInput;
 
 pub use crate::vision::VisionOutput;
@@ -31,6 +32,11 @@ pub enum Precision {
 #[derive(Clone, Copy, Default)]
 pub struct LoadOptions<'a> {
     pub precision: Precision,
+    /// Quantize the text decoder's linear weights at load (the lm head and tied embeddings to q8 for any
+    /// format: they weigh most on accuracy). None: packed bf16/f32.
+    pub quant: Option<QuantFormat>,
+    /// Quantize the vision tower's linear weights at load (None: packed, the default).
+    pub vision_quant: Option<QuantFormat>,
     /// Called as tensors are loaded with (bytes done, bytes total).
     pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
@@ -80,24 +86,50 @@ impl Model {
         let lm_head = if config.tie_word_embeddings {
             // Tied: lm_head = embed_tokens (lm_head.weight, if present, is ignored as transformers does).
             // (Not counted for progress here: the text model counts embed_tokens when it takes it.)
-            let embed = weights.float("model.language_model.embed_tokens.weight", &[v, h])?;
+            let key = "model.language_model.embed_tokens.weight";
+            let stored = root.stored_quant(&[(key.to_string(), v)], h)?;
             Linear {
-                weight: pack(&kernels, &[&embed], v, h)?,
+                weight: match (stored, opts.quant) {
+                    (Some(q), _) => LinearWeight::Quant(q),
+                    (None, Some(_)) => LinearWeight::Quant(quantize(
+                        &kernels,
+                        QuantFormat::Q8,
+                        &[&weights.float(key, &[v, h])?],
+                        v,
+                        h,
+                    )?),
+                    (None, None) => pack(&kernels, &[&weights.float(key, &[v, h])?], v, h)?,
+                },
                 bias: None,
                 out_features: v,
                 in_features: h,
             }
         } else if weights.contains("lm_head.weight") {
-            root.linear("lm_head", v, h, false)?
+            root.with_quant(opts.quant.map(|_| QuantFormat::Q8))
+                .linear("lm_head", v, h, false)?
         } else {
             return Err(ModelError::MissingTensor {
                 key: "lm_head.weight".into(),
                 msg: "absent, and config.json says tie_word_embeddings = false".into(),
             });
         };
-        let visual = VisionModel::load(&vb.pp("visual"), &config.vision)?;
-        let mut language_model = TextModel::load(&vb.pp("language_model"), &config.text)?;
+        let visual = VisionModel::load(
+            &vb.pp("visual").with_quant(opts.vision_quant),
+            &config.vision,
+        )?;
+        let mut language_model = TextModel::load(
+            &vb.pp("language_model").with_quant(opts.quant),
+            &config.text,
+        )?;
         language_model.embed_from_lm_head = config.tie_word_embeddings;
+        if !config.tie_word_embeddings && language_model.embed_tokens.dtype == Dtype::U8 {
+            return Err(ModelError::Dtype {
+                key: language_model.embed_tokens.key.clone(),
+                msg: "quantized, but embeddings are only read quantized through a tied lm head \
+                      (tie_word_embeddings = false): store them as floats"
+                    .into(),
+            });
+        }
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,

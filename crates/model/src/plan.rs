@@ -3,10 +3,11 @@
 
 use std::fmt;
 
-use crate::linear::Linear;
+use crate::linear::{Linear, LinearWeight};
 use crate::model::Model;
 use crate::weights::Dtype;
 use qwen3vl_kernels::attention::AttnParams;
+use qwen3vl_kernels::isa::Isa;
 use qwen3vl_kernels::matmul::MatmulPath;
 
 /// One op of the forward pass (repeated `count` times: once per layer/block that has it).
@@ -102,30 +103,62 @@ impl Model {
         };
         let mut ops = Vec::new();
         let lin = |scope: &str, name: &str, l: &Linear, count: usize| {
-            let w = &l.weight;
-            let dt = if w.is_bf16() { "bf16" } else { "f32" };
+            let bias_bytes = l.bias.as_ref().map_or(0, |b| b.len() * 4) as u64;
+            let bias = if l.bias.is_some() { " + f32 bias" } else { "" };
+            let op = format!("{name} ({} <- {})", l.out_features, l.in_features);
+            let (kernel, layout) = match &l.weight {
+                LinearWeight::Packed(w) => {
+                    let dt = if w.is_bf16() { "bf16" } else { "f32" };
+                    (
+                        if w.is_swiglu() {
+                            format!("matmul {path} + SwiGLU epilogue, {} threads", k.threads())
+                        } else {
+                            format!("matmul {path}, {} threads", k.threads())
+                        },
+                        format!(
+                            "packed {dt} panels for {:?} ({}x{}){}",
+                            w.isa(),
+                            if w.is_swiglu() { 2 * w.n() } else { w.n() },
+                            w.k(),
+                            if w.is_swiglu() {
+                                ", gate|up rows interleaved per half-group"
+                            } else {
+                                bias
+                            }
+                        ),
+                    )
+                }
+                LinearWeight::Quant(w) | LinearWeight::QuantSwiGlu(w) => {
+                    let swiglu = matches!(l.weight, LinearWeight::QuantSwiGlu(_));
+                    (
+                        format!(
+                            "int matmul {:?} (q8 weights x int16 activations, quantized per block of {}){}, {} threads",
+                            k.isa().min(Isa::Avx2),
+                            w.format().block(),
+                            if swiglu { " + swiglu" } else { "" },
+                            k.threads()
+                        ),
+                        format!(
+                            "{} rows ({}x{}, k padded to {}), f32 scale per block{}",
+                            w.format(),
+                            w.n(),
+                            w.k(),
+                            w.blocks() * w.format().block(),
+                            if swiglu {
+                                ", gate rows then up rows"
+                            } else {
+                                bias
+                            }
+                        ),
+                    )
+                }
+            };
             PlanOp {
                 scope: scope.into(),
-                op: format!("{name} ({} <- {})", l.out_features, l.in_features),
-                kernel: if w.is_swiglu() {
-                    format!("matmul {path} + SwiGLU epilogue, {} threads", k.threads())
-                } else {
-                    format!("matmul {path}, {} threads", k.threads())
-                },
-                layout: format!(
-                    "packed {dt} panels for {:?} ({}x{}){}",
-                    w.isa(),
-                    if w.is_swiglu() { 2 * w.n() } else { w.n() },
-                    w.k(),
-                    if w.is_swiglu() {
-                        ", gate|up rows interleaved per half-group"
-                    } else if l.bias.is_some() {
-                        " + f32 bias"
-                    } else {
-                        ""
-                    }
-                ),
-                bytes: (w.bytes() + l.bias.as_ref().map_or(0, |b| b.len() * 4)) as u64,
+                op,
+                kernel,
+                layout,
+                bytes: l.weight.bytes() as u64 + bias_bytes,
                 count,
             }
         };

@@ -15,6 +15,7 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use crate::ModelError;
+use qwen3vl_kernels::quant::QuantFormat;
 
 /// safetensors refuses headers above this size; so do we, before reading them.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -85,6 +86,8 @@ pub struct SafetensorsFile {
     path: PathBuf,
     mmap: Arc<Mmap>,
     tensors: HashMap<String, Entry>,
+    /// `__metadata__` of the header (string values; others are skipped)
+    metadata: HashMap<String, String>,
 }
 
 fn st_err(path: &Path, tensor: Option<&str>, msg: impl Into<String>) -> ModelError {
@@ -123,10 +126,12 @@ impl SafetensorsFile {
             msg: format!("mmap: {e}"),
         })?;
         let tensors = validate(path, &mmap)?;
+        let metadata = read_metadata(&mmap);
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             mmap: Arc::new(mmap),
             tensors,
+            metadata,
         })
     }
 
@@ -137,6 +142,21 @@ impl SafetensorsFile {
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
+}
+
+/// The string entries of the header's `__metadata__` (the header was validated by `validate`).
+fn read_metadata(buf: &[u8]) -> HashMap<String, String> {
+    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&buf[8..8 + n]).unwrap_or(Value::Null);
+    header
+        .get("__metadata__")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Parses the header of `buf` (a whole safetensors file) and checks every rule; returns the tensors.
@@ -511,6 +531,120 @@ impl Weights {
         })
     }
 
+    /// Every tensor key of the checkpoint.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The value of `name` in the `__metadata__` of the file holding tensor `key`.
+    pub fn metadata_of(&self, key: &str, name: &str) -> Option<&str> {
+        let fi = *self.index.get(key)?;
+        self.files[fi].metadata.get(name).map(String::as_str)
+    }
+
+    /// The tensor `key` whatever its dtype and shape (checked by the caller).
+    pub fn raw(&self, key: &str) -> Result<TensorRef, ModelError> {
+        let fi = *self
+            .index
+            .get(key)
+            .ok_or_else(|| ModelError::MissingTensor {
+                key: key.to_string(),
+                msg: "not in the checkpoint".into(),
+            })?;
+        let f = &self.files[fi];
+        let e = &f.tensors[key];
+        Ok(TensorRef {
+            key: key.to_string(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            mmap: f.mmap.clone(),
+            start: e.start,
+            end: e.end,
+        })
+    }
+
+    /// The file (its name in the checkpoint directory) that holds tensor `key`.
+    pub fn file_of(&self, key: &str) -> Option<&Path> {
+        self.index.get(key).map(|&fi| self.files[fi].path())
+    }
+
+    /// The metadata entry naming the quantization format of tensor `key` in a quantized checkpoint.
+    pub fn quant_meta_key(key: &str) -> String {
+        format!("quant:{key}")
+    }
+
+    /// Whether `key` is stored quantized (U8).
+    pub fn is_quantized(&self, key: &str) -> bool {
+        self.index
+            .get(key)
+            .is_some_and(|&fi| self.files[fi].tensors[key].dtype == Dtype::U8)
+    }
+
+    /// Tensor `key` of an (n, k) weight stored quantized: U8 values (n, row bytes) with the format named by
+    /// the header metadata `quant:{key}`, and F32 scales `{key}_scale` (n, blocks). Errors name the tensor.
+    pub fn quantized(
+        &self,
+        key: &str,
+        n: usize,
+        k: usize,
+    ) -> Result<(QuantFormat, TensorRef, Vec<f32>), ModelError> {
+        let t = self.raw(key)?;
+        let meta = Weights::quant_meta_key(key);
+        let name = self
+            .metadata_of(key, &meta)
+            .ok_or_else(|| ModelError::Dtype {
+                key: key.to_string(),
+                msg: format!(
+                    "U8 without a quantization format (no {meta:?} in the header metadata)"
+                ),
+            })?;
+        let format = QuantFormat::parse(name).ok_or_else(|| ModelError::Dtype {
+            key: key.to_string(),
+            msg: format!(
+                "quantization format {name:?} is not known (expected one of: {})",
+                QuantFormat::ALL.map(|f| f.name()).join(", ")
+            ),
+        })?;
+        let expected = [n, format.row_bytes(k)];
+        if t.shape != expected {
+            return Err(ModelError::Shape {
+                key: key.to_string(),
+                expected: expected.to_vec(),
+                got: t.shape.clone(),
+            });
+        }
+        let skey = format!("{key}_scale");
+        let st = self.raw(&skey)?;
+        let sexp = [n, format.row_scales(k)];
+        if st.shape != sexp {
+            return Err(ModelError::Shape {
+                key: skey,
+                expected: sexp.to_vec(),
+                got: st.shape.clone(),
+            });
+        }
+        if st.dtype != Dtype::F32 {
+            return Err(ModelError::Dtype {
+                key: skey,
+                msg: format!("{:?}, expected F32 scales", st.dtype),
+            });
+        }
+        let d = st.to_f32()?;
+        if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            let nb = sexp[1].max(1);
+            return Err(ModelError::Dtype {
+                key: skey,
+                msg: format!(
+                    "scale of row {} block {} is {} (scales must be finite and >= 0)",
+                    i / nb,
+                    i % nb,
+                    d[i]
+                ),
+            });
+        }
+        Ok((format, t, d))
+    }
+
     /// A float tensor of `shape` widened to f32.
     pub fn f32(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         self.float(key, shape)?.to_f32()
@@ -578,7 +712,25 @@ impl<'a> OutTensor<'a> {
 /// Writes a safetensors file (tensors in the given order, header padded to 8 bytes). Checks that each
 /// tensor's bytes match its shape × dtype.
 pub fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<(), ModelError> {
+    write_safetensors_with_metadata(path, tensors, &[])
+}
+
+/// [`write_safetensors`] with string entries in the header's `__metadata__` (none: no `__metadata__`).
+/// The data is streamed to the file, not assembled in memory.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[OutTensor],
+    metadata: &[(String, String)],
+) -> Result<(), ModelError> {
+    use std::io::Write;
     let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(m));
+    }
     let mut off = 0usize;
     for t in tensors {
         let n: usize = t.shape.iter().product::<usize>() * t.dtype.size();
@@ -601,14 +753,15 @@ pub fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<(), Model
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + h.len() + off);
-    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    out.extend_from_slice(&h);
-    for t in tensors {
-        out.extend_from_slice(&t.data);
-    }
-    std::fs::write(path, out).map_err(|e| ModelError::Io {
+    let io = |e: std::io::Error| ModelError::Io {
         path: path.display().to_string(),
         msg: e.to_string(),
-    })
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&h).map_err(io)?;
+    for t in tensors {
+        out.write_all(&t.data).map_err(io)?;
+    }
+    out.flush().map_err(io)
 }

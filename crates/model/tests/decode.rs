@@ -13,6 +13,7 @@ fn check(geometry: &str, case: &str) {
         &LoadOptions {
             precision: Precision::F32,
             progress: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -173,6 +174,7 @@ fn greedy_decode_matches_transformers_generate() {
             &LoadOptions {
                 precision: Precision::F32,
                 progress: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -126,6 +126,7 @@ fn check_with(geometry: &str, precision: Precision, k: Kernels) {
         &LoadOptions {
             precision,
             progress: None,
+            ..Default::default()
         },
     )
     .expect("load");
@@ -221,6 +222,7 @@ fn forward_top_k_matches_reference_f32() {
             &LoadOptions {
                 precision: Precision::F32,
                 progress: None,
+                ..Default::default()
             },
         )
         .unwrap();

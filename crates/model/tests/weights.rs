@@ -196,6 +196,7 @@ fn load(dir: &Path) -> Result<Model, ModelError> {
         &LoadOptions {
             precision: Precision::F32,
             progress: None,
+            ..Default::default()
         },
     )
 }

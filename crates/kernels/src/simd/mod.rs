@@ -8,6 +8,7 @@
 //! aliasing `&`/`&mut`); they are `unsafe` because the caller vouches for the pointed-to memory.
 #![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
+pub mod int;
 pub mod kernels;
 pub mod math;
 

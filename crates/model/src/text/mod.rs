@@ -8,13 +8,12 @@ pub mod rotary;
 
 use crate::config::TextConfig;
 use crate::kv_cache::KvCache;
-use crate::linear::{Ctx, Vb};
+use crate::linear::{Ctx, LinearWeight, Vb};
 use crate::norm::RmsNorm;
 use crate::trace::Tracer;
 use crate::vision::VisionOutput;
 use crate::weights::TensorRef;
 use crate::{KernelCtx, ModelError};
-use qwen3vl_kernels::matmul::PackedWeight;
 
 pub use attention::TextAttention;
 pub use decoder_layer::DecoderLayer;
@@ -58,7 +57,7 @@ impl TextModel {
             cfg: cfg.clone(),
             embed_tokens: vb
                 .pp("embed_tokens")
-                .tensor("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+                .embedding("weight", &[cfg.vocab_size, cfg.hidden_size])?,
             embed_from_lm_head: false,
             layers,
             norm: vb.rms_norm("norm", cfg.hidden_size, cfg.rms_norm_eps)?,
@@ -72,7 +71,7 @@ impl TextModel {
     pub(crate) fn forward(
         &self,
         c: &Ctx,
-        lm_head: &PackedWeight,
+        lm_head: &LinearWeight,
         ids: &[u32],
         positions: &[Vec<i64>; 3],
         vision: Option<(&VisionOutput, u32)>,

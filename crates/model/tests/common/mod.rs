@@ -183,3 +183,8 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
+
+/// `--quant q8` (decoder weights in q8, lm head q8): cosine of the logits against transformers fp32.
+pub const Q8_MIN_COSINE: f64 = 0.9995;
+/// `--quant q8`: same top-1 token at this fraction of positions at least.
+pub const Q8_MIN_TOP1: f64 = 0.95;

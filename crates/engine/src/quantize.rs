@@ -1,0 +1,192 @@
+//! `qwen3vl quantize`: writes a quantized checkpoint that loads without quantizing again.
+//!
+//! Layout (safetensors, the Hub layout otherwise): each quantized weight `K` (n, k) is stored as `K`, U8
+//! (n, row bytes) — the two's-complement int8 values, rows zero-padded to whole blocks of 32 — and
+//! `K_scale`, F32 (n, blocks); the header's `__metadata__` names its format as `"quant:K": "q8"`. Every
+//! other tensor is copied as it is; config, tokenizer and the other files are copied; shards keep their
+//! names (and the index its structure). The weights quantized are exactly those `--quant` / `--vision-quant`
+//! quantize at load, with the same quantizer, so the loaded model computes the same logits bit for bit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use qwen3vl_kernels::matmul::Weight;
+use qwen3vl_kernels::Kernels;
+use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
+use qwen3vl_model::{Config, QuantFormat};
+
+/// Inputs of [`quantize_checkpoint`].
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    pub model_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// Format of the text decoder's linears (the lm head / tied embeddings are q8).
+    pub quant: QuantFormat,
+    /// Format of the vision tower's linears (None: kept as stored).
+    pub vision_quant: Option<QuantFormat>,
+}
+
+/// What was written.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeSummary {
+    pub tensors_quantized: usize,
+    pub tensors_copied: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The format tensor `key` is quantized to (the rules of the load-time `--quant`), or None.
+pub fn format_of(
+    key: &str,
+    tied: bool,
+    quant: QuantFormat,
+    vision_quant: Option<QuantFormat>,
+) -> Option<QuantFormat> {
+    const VISION_LINEARS: [&str; 4] = [
+        ".attn.qkv.weight",
+        ".attn.proj.weight",
+        ".linear_fc1.weight",
+        ".linear_fc2.weight",
+    ];
+    if key.starts_with("model.language_model.layers.") && key.ends_with("_proj.weight") {
+        Some(quant)
+    } else if (tied && key == "model.language_model.embed_tokens.weight")
+        || (!tied && key == "lm_head.weight")
+    {
+        Some(QuantFormat::Q8)
+    } else if key.starts_with("model.visual.") && VISION_LINEARS.iter().any(|s| key.ends_with(s)) {
+        vision_quant
+    } else {
+        None
+    }
+}
+
+/// Writes the quantized checkpoint of `opts.model_dir` into `opts.out_dir` (created; must be empty).
+pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<QuantizeSummary> {
+    let (src, dst) = (&opts.model_dir, &opts.out_dir);
+    let config = Config::from_file(&src.join("config.json"))?;
+    let weights = Weights::open_dir(src)?;
+    if dst.exists() {
+        let mut entries = std::fs::read_dir(dst).with_context(|| format!("{}", dst.display()))?;
+        if entries.next().is_some() {
+            bail!("{}: the output directory is not empty", dst.display());
+        }
+    }
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    if same_dir(src, dst) {
+        bail!("--out must differ from --model");
+    }
+
+    // keys grouped by the file that holds them, in a stable order
+    let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in weights.keys() {
+        let f = weights.file_of(key).expect("indexed key");
+        let name = f.file_name().expect("file").to_string_lossy().to_string();
+        files.entry(name).or_default().push(key.to_string());
+    }
+    let mut summary = QuantizeSummary::default();
+    let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
+    for (file, mut keys) in files {
+        keys.sort();
+        // quantized parts are owned here; copied tensors borrow the mapping
+        let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
+        let mut meta = Vec::new();
+        let mut copied = Vec::new();
+        for key in &keys {
+            let t = weights.raw(key)?;
+            summary.bytes_in += t.bytes().len() as u64;
+            let fmt = format_of(
+                key,
+                config.tie_word_embeddings,
+                opts.quant,
+                opts.vision_quant,
+            );
+            match (fmt, t.shape.as_slice()) {
+                (Some(f), &[n, kk]) => {
+                    let q = match t.bf16_bits() {
+                        Some(bits) => k.quantize_weight(f, Weight::Bf16(&bits), n, kk),
+                        None => k.quantize_weight(f, Weight::F32(&t.to_f32()?), n, kk),
+                    }
+                    .with_context(|| format!("quantizing {key}"))?;
+                    t.release();
+                    let scales: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
+                    owned.push((
+                        key.clone(),
+                        q.qs_bytes().to_vec(),
+                        vec![n, f.row_bytes(kk)],
+                        Dtype::U8,
+                    ));
+                    owned.push((
+                        format!("{key}_scale"),
+                        scales,
+                        vec![n, f.row_scales(kk)],
+                        Dtype::F32,
+                    ));
+                    meta.push((Weights::quant_meta_key(key), f.name().to_string()));
+                    summary.tensors_quantized += 1;
+                }
+                (Some(_), shape) => {
+                    bail!("tensor {key}: shape {shape:?} is not 2-D, cannot quantize")
+                }
+                (None, _) => {
+                    copied.push(t);
+                    summary.tensors_copied += 1;
+                }
+            }
+        }
+        let mut out: Vec<OutTensor> = owned
+            .iter()
+            .map(|(name, data, shape, dtype)| OutTensor {
+                name,
+                dtype: *dtype,
+                shape: shape.clone(),
+                data: data.as_slice().into(),
+            })
+            .collect();
+        out.extend(copied.iter().map(|t| OutTensor {
+            name: &t.key,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: t.bytes().into(),
+        }));
+        for t in &out {
+            weight_map.insert(t.name.to_string(), file.clone());
+            summary.bytes_out += t.data.len() as u64;
+        }
+        meta.push(("format".into(), "pt".into()));
+        write_safetensors_with_metadata(&dst.join(&file), &out, &meta)?;
+    }
+
+    // the other files: config, tokenizer, templates, ...; the index is rewritten
+    for e in std::fs::read_dir(src).with_context(|| format!("{}", src.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if !e.path().is_file() // (follows symlinks: the file's contents are copied)
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json"
+        {
+            continue;
+        }
+        std::fs::copy(e.path(), dst.join(&name))
+            .with_context(|| format!("copying {}", e.path().display()))?;
+    }
+    if src.join("model.safetensors.index.json").exists() {
+        let index = serde_json::json!({
+            "metadata": {"total_size": summary.bytes_out},
+            "weight_map": weight_map,
+        });
+        std::fs::write(
+            dst.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index)?,
+        )?;
+    }
+    Ok(summary)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

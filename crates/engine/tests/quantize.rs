@@ -1,0 +1,201 @@
+//! `quantize` writes a checkpoint that loads to the same logits, bit for bit, as quantizing at load; and a
+//! quantized file with wrong block counts, non-finite scales, an unknown format or a quantized tensor where
+//! floats are required is refused with an error naming the tensor.
+
+use std::path::{Path, PathBuf};
+
+use qwen3vl_engine::logits::{compute_logits, LogitsOptions};
+use qwen3vl_engine::quantize::{quantize_checkpoint, QuantizeOptions};
+use qwen3vl_kernels::Kernels;
+use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
+use qwen3vl_model::{LoadOptions, Model, Precision, QuantFormat};
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qwen3vl-quantize-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn quantized(geometry: &str) -> PathBuf {
+    let out = tmp(geometry);
+    let src = if geometry == "bad" {
+        "untied"
+    } else {
+        geometry
+    };
+    let s = quantize_checkpoint(
+        &QuantizeOptions {
+            model_dir: testdata().join(format!("model-tiny-{src}")),
+            out_dir: out.clone(),
+            quant: QuantFormat::Q8,
+            vision_quant: Some(QuantFormat::Q8),
+        },
+        &Kernels::detect().unwrap(),
+    )
+    .unwrap();
+    // (no size check: the tiny checkpoints' rows of 8 values are padded to blocks of 32)
+    assert!(s.tensors_quantized > 0 && s.tensors_copied > 0, "{s:?}");
+    let w = Weights::open_dir(&out).unwrap();
+    for key in [
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "model.language_model.layers.0.mlp.down_proj.weight",
+        "model.visual.blocks.0.attn.qkv.weight",
+    ] {
+        assert!(w.is_quantized(key), "{key} not quantized");
+        assert_eq!(
+            w.metadata_of(key, &Weights::quant_meta_key(key)),
+            Some("q8")
+        );
+    }
+    assert!(!w.is_quantized("model.language_model.norm.weight"));
+    out
+}
+
+fn logits(dir: &Path, quant: Option<QuantFormat>) -> Vec<f32> {
+    let img = testdata().join("model-reference/img_64x96.png");
+    compute_logits(
+        &LogitsOptions {
+            model_dir: dir.to_path_buf(),
+            images: vec![img],
+            system: None,
+            prompt: "What is in the picture?".into(),
+            precision: Precision::F32,
+            quant,
+            vision_quant: quant,
+            out: PathBuf::new(),
+        },
+        Kernels::detect().unwrap(),
+    )
+    .unwrap()
+    .last_logits
+}
+
+#[test]
+fn quantized_checkpoint_gives_the_logits_of_quantize_at_load() {
+    for geometry in ["tied", "untied"] {
+        let q = quantized(geometry);
+        let at_load = logits(
+            &testdata().join(format!("model-tiny-{geometry}")),
+            Some(QuantFormat::Q8),
+        );
+        let from_file = logits(&q, None);
+        assert_eq!(at_load.len(), from_file.len());
+        let same = at_load
+            .iter()
+            .zip(&from_file)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{geometry}: logits differ");
+        let _ = std::fs::remove_dir_all(&q);
+    }
+}
+
+/// Rewrites `dir/model.safetensors` with `edit` applied to its tensors and metadata, then loads it.
+fn load_edited(
+    dir: &Path,
+    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut Vec<(String, String)>),
+) -> String {
+    let path = dir.join("model.safetensors");
+    let (mut ts, mut meta) = {
+        let w = Weights::open_dir(dir).unwrap();
+        let mut keys: Vec<String> = w.keys().map(str::to_string).collect();
+        keys.sort();
+        let meta: Vec<(String, String)> = keys
+            .iter()
+            .filter_map(|k| {
+                let mk = Weights::quant_meta_key(k);
+                w.metadata_of(k, &mk).map(|v| (mk.clone(), v.to_string()))
+            })
+            .collect();
+        let ts: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let t = w.raw(k).unwrap();
+                (k.clone(), t.dtype, t.shape.clone(), t.bytes().to_vec())
+            })
+            .collect();
+        (ts, meta)
+    };
+    edit(&mut ts, &mut meta);
+    let out: Vec<OutTensor> = ts
+        .iter()
+        .map(|(n, d, s, b)| OutTensor {
+            name: n,
+            dtype: *d,
+            shape: s.clone(),
+            data: b.as_slice().into(),
+        })
+        .collect();
+    write_safetensors_with_metadata(&path, &out, &meta).unwrap();
+    match Model::load(dir, Kernels::detect().unwrap(), &LoadOptions::default()) {
+        Ok(_) => "loaded".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_quantized_files_are_refused_naming_the_tensor() {
+    let q = quantized("bad");
+    let original = std::fs::read(q.join("model.safetensors")).unwrap();
+    let restore = || std::fs::write(q.join("model.safetensors"), &original).unwrap();
+    let key = "model.language_model.layers.0.mlp.down_proj.weight";
+    let skey = format!("{key}_scale");
+
+    // wrong block count: one scale too many per row
+    let e = load_edited(&q, |ts, _| {
+        let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+        t.2[1] += 1;
+        t.3.extend(vec![0u8; t.2[0] * 4]);
+    });
+    assert!(e.contains(&skey) && e.contains("shape"), "{e}");
+    restore();
+
+    // NaN and inf scales
+    for bad in [f32::NAN, f32::INFINITY] {
+        let e = load_edited(&q, |ts, _| {
+            let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+            t.3[4..8].copy_from_slice(&bad.to_le_bytes());
+        });
+        assert!(e.contains(&skey) && e.contains("finite"), "{e}");
+        restore();
+    }
+
+    // a format we do not know
+    let e = load_edited(&q, |_, meta| {
+        let m = meta
+            .iter_mut()
+            .find(|m| m.0 == Weights::quant_meta_key(key))
+            .unwrap();
+        m.1 = "q5".into();
+    });
+    assert!(e.contains(key) && e.contains("\"q5\" is not known"), "{e}");
+    restore();
+
+    // no format at all
+    let e = load_edited(&q, |_, meta| {
+        meta.retain(|m| m.0 != Weights::quant_meta_key(key))
+    });
+    assert!(
+        e.contains(key) && e.contains("without a quantization format"),
+        "{e}"
+    );
+    restore();
+
+    // a quantized tensor where f32 is required (a norm weight)
+    let nkey = "model.language_model.norm.weight";
+    let e = load_edited(&q, |ts, meta| {
+        let t = ts.iter_mut().find(|t| t.0 == nkey).unwrap();
+        // same shape, U8 (its first bytes)
+        t.1 = Dtype::U8;
+        t.3.truncate(t.2[0]);
+        meta.push((Weights::quant_meta_key(nkey), "q8".into()));
+    });
+    assert!(e.contains(nkey) && e.contains("U8"), "{e}");
+    restore();
+
+    assert_eq!(load_edited(&q, |_, _| {}), "loaded");
+    let _ = std::fs::remove_dir_all(&q);
+}

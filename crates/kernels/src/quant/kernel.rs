@@ -1,0 +1,82 @@
+//! The quantized matmul written once over [`SimdInt`]; `x86.rs` instantiates it per level inside
+//! `#[target_feature]` functions.
+//!
+//! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. Per block of 32 along k
+//! the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its integer
+//! dot product (as f32 lanes) times d_w · d_x into its accumulator; one horizontal sum per output at the
+//! end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4, RN = 2
+//! (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of AVX2). Rows of x are taken in chunks of
+//! `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while the weight rows stream past it.
+#![allow(clippy::missing_safety_doc)] // the contract is `q8_range`'s
+
+use super::QArgs;
+use crate::simd::int::{SimdInt, BLOCK};
+
+/// Rows of x per L2-resident chunk.
+const MC: usize = 64;
+
+#[inline(always)]
+unsafe fn tile<S: SimdInt, const RM: usize, const RN: usize>(s: S, a: &QArgs, i: usize, c: usize) {
+    let (nb, kp) = (a.nb, a.nb * BLOCK);
+    let mut acc = [[s.zero(); RN]; RM];
+    let wq = a.wq.add(c * kp);
+    let wd = a.wd.add(c * nb);
+    let xq = a.xq.add(i * kp);
+    let xd = a.xd.add(i * nb);
+    for b in 0..nb {
+        let w: [S::W; RN] = std::array::from_fn(|r| unsafe { s.ld_w(wq.add(r * kp + b * BLOCK)) });
+        let dw: [f32; RN] = std::array::from_fn(|r| unsafe { *wd.add(r * nb + b) });
+        for (ii, acc) in acc.iter_mut().enumerate() {
+            let x = s.ld_x(xq.add(ii * kp + b * BLOCK));
+            let dx = *xd.add(ii * nb + b);
+            for r in 0..RN {
+                acc[r] = s.mul_add(s.dot(w[r], x), s.splat(dw[r] * dx), acc[r]);
+            }
+        }
+    }
+    for (ii, acc) in acc.iter().enumerate() {
+        for (r, &v) in acc.iter().enumerate() {
+            let mut y = s.reduce_sum(v);
+            if !a.bias.is_null() {
+                y += *a.bias.add(c + r);
+            }
+            *a.y.add((i + ii) * a.n + c + r) = y;
+        }
+    }
+}
+
+/// Rows i..i+RM (RM ≤ 4) of x against weight rows c..c+RN.
+#[inline(always)]
+unsafe fn tile_rows<S: SimdInt, const RN: usize>(s: S, a: &QArgs, rm: usize, i: usize, c: usize) {
+    match rm {
+        1 => tile::<S, 1, RN>(s, a, i, c),
+        2 => tile::<S, 2, RN>(s, a, i, c),
+        3 => tile::<S, 3, RN>(s, a, i, c),
+        _ => tile::<S, 4, RN>(s, a, i, c),
+    }
+}
+
+/// y (m, c0..c1) for every row of x; the contract of `scalar::q8_range`.
+#[inline(always)]
+pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
+    let rn_max = if a.m <= 3 { 4 } else { 2 };
+    for i0 in (0..a.m).step_by(MC) {
+        let i1 = (i0 + MC).min(a.m);
+        let mut c = c0;
+        while c < c1 {
+            let rn = (c1 - c).min(rn_max);
+            let mut i = i0;
+            while i < i1 {
+                let rm = (i1 - i).min(4);
+                match rn {
+                    4 => tile_rows::<S, 4>(s, a, rm, i, c),
+                    3 => tile_rows::<S, 3>(s, a, rm, i, c),
+                    2 => tile_rows::<S, 2>(s, a, rm, i, c),
+                    _ => tile_rows::<S, 1>(s, a, rm, i, c),
+                }
+                i += rm;
+            }
+            c += rn;
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Quantized matmul (q8 weights, int16 activations): every level on the host against the scalar twin and an
+//! f64 reference, and the quantizers against f64 (round-trip error within the format's bound).
+//!
+//! Bounds, per output y[i][c] = Σ_b dw·dx·s_b (s_b the exact integer dot product of block b):
+//! - against the f64 value of that sum: |y − ref| ≤ (nb + 16) · 2^-24 · Σ_b dw·dx·Σ|q_w·q_x| (+ bias):
+//!   the integer sums are exact at every level, only the f32 accumulation order differs;
+//! - against the f64 product of the unquantized x and W: the quantization error of both operands,
+//!   Σ_b (dw/2 · Σ|x| + dx/2 · Σ|w| + 32 · dw·dx/4), plus the above.
+
+mod common;
+
+use common::{levels, Rng};
+use qwen3vl_kernels::matmul::Weight;
+use qwen3vl_kernels::quant::{scalar, QuantFormat, QuantWeight};
+use qwen3vl_kernels::{KernelError, Kernels};
+
+const B: usize = 32;
+
+fn bf16(x: f32) -> u16 {
+    // round to nearest even (finite inputs only here)
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+#[test]
+fn q8_quantizer_round_trip_within_half_a_step() {
+    let mut rng = Rng::new(7);
+    for k in [1, 2, 15, 17, 31, 32, 33, 64, 100, 1023] {
+        for scale in [1e-30f32, 1e-6, 1.0, 3e4, 1e30] {
+            let x: Vec<f32> = rng.vec(k, -1.0, 1.0).iter().map(|v| v * scale).collect();
+            let nb = k.div_ceil(B);
+            let (mut q, mut d) = (vec![99i8; nb * B], vec![0f32; nb]);
+            scalar::quantize_row_q8(&x, &mut q, &mut d);
+            for b in 0..nb {
+                let xs = &x[b * B..((b + 1) * B).min(k)];
+                let amax = xs.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+                let db = d[b] as f64;
+                assert!(
+                    (db - amax / 127.0).abs() <= amax / 127.0 * 2f64.powi(-23),
+                    "k {k} block {b}: d {db} for amax {amax}"
+                );
+                for i in 0..B {
+                    let qi = q[b * B + i];
+                    assert!((-127..=127).contains(&qi), "k {k}: q {qi} out of range");
+                    match xs.get(i) {
+                        None => assert_eq!(qi, 0, "k {k}: padding of block {b} not zero"),
+                        Some(&v) => {
+                            let err = (v as f64 - qi as f64 * db).abs();
+                            assert!(
+                                err <= db * (0.5 + 127.0 * 2f64.powi(-22)),
+                                "k {k} scale {scale}: x {v} -> {qi}·{db}, error {err} > d/2"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a16_quantizer_round_trip_within_half_a_step() {
+    let mut rng = Rng::new(9);
+    for k in [1, 17, 32, 33, 1023] {
+        for scale in [1e-30f32, 1.0, 1e30] {
+            let x: Vec<f32> = rng.vec(k, -1.0, 1.0).iter().map(|v| v * scale).collect();
+            let nb = k.div_ceil(B);
+            let (mut q, mut d) = (vec![7i16; nb * B], vec![0f32; nb]);
+            scalar::quantize_row_a16(&x, &mut q, &mut d);
+            for (i, &v) in x.iter().enumerate() {
+                let db = d[i / B] as f64;
+                let amax = x[i / B * B..((i / B + 1) * B).min(k)]
+                    .iter()
+                    .fold(0f64, |m, v| m.max(v.abs() as f64));
+                assert!((db - amax / 32767.0).abs() <= amax / 32767.0 * 2f64.powi(-23));
+                assert!((-32767..=32767).contains(&q[i]));
+                let err = (v as f64 - q[i] as f64 * db).abs();
+                // half a step, plus the rounding of x·(1/d) (relative 2^-23 of up to 32767 steps)
+                let tol = db * (0.5 + 32767.0 * 2f64.powi(-22));
+                assert!(err <= tol, "k {k}: {v} -> {}·{db}", q[i]);
+            }
+            assert!(q[k..].iter().all(|&v| v == 0), "k {k}: padding not zero");
+        }
+    }
+}
+
+#[test]
+fn q8_quantizer_special_blocks() {
+    // all-zero block: d = 0, q = 0; a NaN or inf makes the block's scale non-finite (never hidden)
+    let mut x = vec![0f32; 96];
+    x[40] = f32::NAN;
+    x[70] = f32::INFINITY;
+    let (mut q, mut d) = (vec![1i8; 96], vec![1f32; 3]);
+    scalar::quantize_row_q8(&x, &mut q, &mut d);
+    assert_eq!(d[0], 0.0);
+    assert!(q[..32].iter().all(|&v| v == 0));
+    assert!(d[1].is_nan(), "{}", d[1]);
+    assert!(d[2].is_infinite(), "{}", d[2]);
+}
+
+/// y (f32) from the level, the f64 sum of the quantized values, Σ|terms|, and the unquantized f64 product
+/// with its quantization bound.
+struct Ref {
+    exact_q: Vec<f64>,
+    mag_q: Vec<f64>,
+    float: Vec<f64>,
+    qbound: Vec<f64>,
+}
+
+fn reference(
+    kern: &Kernels,
+    x: &[f32],
+    wf: &[f32],
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> Ref {
+    let (n, k, nb) = (w.n(), w.k(), w.blocks());
+    let (xq, xd) = kern.quantize_rows_a16(x, m, k);
+    let wq: Vec<i8> = w.qs_bytes().iter().map(|&b| b as i8).collect();
+    let wd = w.scales();
+    let mut r = Ref {
+        exact_q: vec![0.0; m * n],
+        mag_q: vec![0.0; m * n],
+        float: vec![0.0; m * n],
+        qbound: vec![0.0; m * n],
+    };
+    for i in 0..m {
+        for c in 0..n {
+            let (mut e, mut mag, mut f, mut qb) = (0f64, 0f64, 0f64, 0f64);
+            for b in 0..nb {
+                let p = |t: usize| {
+                    wq[c * nb * B + b * B + t] as i64 * xq[i * nb * B + b * B + t] as i64
+                };
+                let s: i64 = (0..B).map(p).sum();
+                let sabs: i64 = (0..B).map(|t| p(t).abs()).sum();
+                let (dw, dx) = (wd[c * nb + b] as f64, xd[i * nb + b] as f64);
+                e += dw * dx * s as f64;
+                mag += (dw * dx * sabs as f64).abs();
+                let (mut sx, mut sw) = (0f64, 0f64);
+                for t in b * B..((b + 1) * B).min(k) {
+                    f += x[i * k + t] as f64 * wf[c * k + t] as f64;
+                    sx += (x[i * k + t] as f64).abs();
+                    sw += (wf[c * k + t] as f64).abs();
+                }
+                qb += dw / 2.0 * sx + dx / 2.0 * sw + 8.0 * dw * dx;
+            }
+            let bv = bias.map_or(0.0, |b| b[c] as f64);
+            r.exact_q[i * n + c] = e + bv;
+            r.mag_q[i * n + c] = mag + bv.abs();
+            r.float[i * n + c] = f + bv;
+            r.qbound[i * n + c] = qb;
+        }
+    }
+    r
+}
+
+fn check_level(kern: &Kernels, what: &str, y: &[f32], r: &Ref, nb: usize) {
+    let acc = (nb + 16) as f64 * 2f64.powi(-24);
+    for (j, &v) in y.iter().enumerate() {
+        let tol = acc * r.mag_q[j] + 1e-30;
+        let err = (v as f64 - r.exact_q[j]).abs();
+        assert!(
+            err <= tol,
+            "{what} at {:?}: y[{j}] = {v}, f64 of the quantized values {} (error {err:e} > {tol:e})",
+            kern.isa(),
+            r.exact_q[j]
+        );
+        let tol_f = r.qbound[j] + tol + 1e-6 * r.mag_q[j];
+        let err_f = (v as f64 - r.float[j]).abs();
+        assert!(
+            err_f <= tol_f,
+            "{what} at {:?}: y[{j}] = {v}, f64 of the float operands {} (error {err_f:e} > bound {tol_f:e})",
+            kern.isa(),
+            r.float[j]
+        );
+    }
+}
+
+#[test]
+fn q8_matmul_every_level_against_scalar_and_f64() {
+    let mut rng = Rng::new(11);
+    let scalar_k = common::scalar();
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 65, 31),
+        (1, 5, 33),
+        (3, 65, 100),
+        (17, 65, 1023),
+        (17, 1, 64),
+        (4, 9, 32),
+        (2, 130, 2048),
+        (65, 7, 47),
+    ] {
+        let x = rng.vec(m * k, -2.0, 2.0);
+        let wf: Vec<f32> = rng.vec(n * k, -0.1, 0.1);
+        let wb: Vec<u16> = wf.iter().map(|&v| bf16(v)).collect();
+        let wbf: Vec<f32> = wb
+            .iter()
+            .map(|&b| f32::from_bits((b as u32) << 16))
+            .collect();
+        let bias = rng.vec(n, -1.0, 1.0);
+        for (wname, weight, wvals) in [
+            ("f32", Weight::F32(&wf), &wf),
+            ("bf16", Weight::Bf16(&wb), &wbf),
+        ] {
+            let w = scalar_k
+                .quantize_weight(QuantFormat::Q8, weight, n, k)
+                .unwrap();
+            for b in [None, Some(&bias[..])] {
+                let r = reference(&scalar_k, &x, wvals, &w, b, m);
+                let mut ys = vec![0f32; m * n];
+                scalar_k.matmul_quant(&x, m, &w, b, &mut ys).unwrap();
+                for kern in levels() {
+                    for threads in [1, 2] {
+                        let kk = kern.with_threads(threads);
+                        // the weight quantized at this level is the same bytes (one quantizer)
+                        let wl = kk.quantize_weight(QuantFormat::Q8, weight, n, k).unwrap();
+                        assert_eq!(wl.qs_bytes(), w.qs_bytes());
+                        assert_eq!(wl.scales(), w.scales());
+                        let mut y = vec![f32::NAN; m * n];
+                        kk.matmul_quant(&x, m, &wl, b, &mut y).unwrap();
+                        let what = format!(
+                            "m {m} n {n} k {k} w {wname} bias {} threads {threads}",
+                            b.is_some()
+                        );
+                        check_level(&kk, &what, &y, &r, w.blocks());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_matmul_extreme_values_do_not_overflow() {
+    // every weight byte -128 (a file may hold it) against activations at ±32767 (the i32 block sums reach
+    // 32·128·32767 < 2^31)
+    let (n, k, m): (usize, usize, usize) = (5, 70, 3);
+    let nb = k.div_ceil(B);
+    let mut qs = vec![0x80u8; n * nb * B];
+    for r in 0..n {
+        for t in k..nb * B {
+            qs[r * nb * B + t] = 0;
+        }
+    }
+    let w = QuantWeight::from_parts(QuantFormat::Q8, n, k, &qs, &vec![1.0; n * nb]).unwrap();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    for kern in levels() {
+        let mut y = vec![0f32; m * n];
+        kern.matmul_quant(&x, m, &w, None, &mut y).unwrap();
+        for i in 0..m {
+            // q_x = ±32767 with d_x = 1/32767: y = Σ -128 · x
+            let want: f64 = (0..k).map(|t| -128.0 * x[i * k + t] as f64).sum();
+            for c in 0..n {
+                let got = y[i * n + c] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{:?}: row {i} col {c}: {got} vs {want}",
+                    kern.isa()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_row_f32_dequantizes_and_checks() {
+    let k = common::scalar();
+    let wf: Vec<f32> = (0..3 * 40).map(|i| (i as f32 - 60.0) / 64.0).collect();
+    let w = k
+        .quantize_weight(QuantFormat::Q8, Weight::F32(&wf), 3, 40)
+        .unwrap();
+    let mut row = vec![0f32; 40];
+    w.row_f32(2, &mut row).unwrap();
+    for (t, &v) in row.iter().enumerate() {
+        let d = w.scales()[2 * 2 + t / 32];
+        assert!(
+            (v - wf[80 + t]).abs() <= d / 2.0 * 1.0001,
+            "{t}: {v} vs {}",
+            wf[80 + t]
+        );
+    }
+    assert!(w.row_f32(3, &mut row).is_err());
+    assert!(w.row_f32(0, &mut row[..39]).is_err());
+}
+
+#[test]
+fn q8_bad_arguments_are_errors() {
+    let k = common::scalar();
+    let wf = vec![0.5f32; 4 * 10];
+    let w = k
+        .quantize_weight(QuantFormat::Q8, Weight::F32(&wf), 4, 10)
+        .unwrap();
+    let mut y = vec![0f32; 8];
+    let e = k.matmul_quant(&[0.0; 19], 2, &w, None, &mut y).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::Len {
+                what: "x (m*k)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = k
+        .matmul_quant(&[0.0; 20], 2, &w, None, &mut y[..7])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::Len {
+                what: "y (m*n)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = k
+        .matmul_quant(&[0.0; 20], 2, &w, Some(&[0.0; 3]), &mut y)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::Len {
+                what: "bias (n)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // pushing more rows than the weight has, or finishing short
+    let mut p = k.quant_packer(QuantFormat::Q8, 2, 10).unwrap();
+    assert!(p.push(Weight::F32(&wf[..30]), 3).is_err());
+    p.push(Weight::F32(&wf[..10]), 1).unwrap();
+    assert!(p.finish().is_err());
+    // stored parts: wrong sizes, NaN / inf / negative scales
+    let qs = vec![0u8; 4 * 32];
+    assert!(QuantWeight::from_parts(QuantFormat::Q8, 4, 10, &qs[..100], &[1.0; 4]).is_err());
+    assert!(QuantWeight::from_parts(QuantFormat::Q8, 4, 10, &qs, &[1.0; 5]).is_err());
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        let e = QuantWeight::from_parts(QuantFormat::Q8, 4, 10, &qs, &[1.0, 1.0, bad, 1.0])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("row 2 block 0"), "{e}");
+    }
+    assert!(QuantFormat::parse("q8") == Some(QuantFormat::Q8));
+    assert!(QuantFormat::parse("q5").is_none());
+}

@@ -1,0 +1,107 @@
+//! `--quant q8` at load (decoder linears and lm head in q8, int8 kernels) against transformers fp32 on the
+//! tiny checkpoints: cosine of the sampled logits and top-1 agreement per position (tolerances in common).
+
+mod common;
+
+use common::*;
+use qwen3vl_kernels::Kernels;
+use qwen3vl_model::{KvCache, LinearWeight, LoadOptions, Logits, Model, Precision, QuantFormat};
+
+const CASES: [&str; 3] = ["text", "image1", "image2"];
+
+fn load(geometry: &str, quant: Option<QuantFormat>, vision: Option<QuantFormat>) -> Model {
+    Model::load(
+        &model_dir(geometry),
+        Kernels::detect().expect("kernels"),
+        &LoadOptions {
+            precision: Precision::F32,
+            quant,
+            vision_quant: vision,
+            ..Default::default()
+        },
+    )
+    .expect("load")
+}
+
+/// (cosine of the sampled logits, top-1 hits, positions) of one case.
+fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
+    let name = format!("{geometry}_{case}");
+    let r = Reference::load(&name);
+    let ims = images(&name, &r);
+    let ids = r.input_ids();
+    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
+    let mut cache = KvCache::new(model, ids.len());
+    let logits = model
+        .forward(&ids, &r.positions(), vis.as_ref(), &mut cache, Logits::All)
+        .expect("forward");
+    let (v, l) = (model.vocab_size(), ids.len());
+    let cols: Vec<usize> = r
+        .get("logits.sample_cols")
+        .i64
+        .iter()
+        .map(|&c| c as usize)
+        .collect();
+    let ours: Vec<f32> = (0..l)
+        .flat_map(|i| cols.iter().map(move |&c| (i, c)))
+        .map(|(i, c)| logits[i * v + c])
+        .collect();
+    let cos = cosine(&ours, &r.get("logits.sample").f32);
+    let top5 = &r.get("logits.top5_idx").i64;
+    let hits = (0..l)
+        .filter(|&i| argmax(&logits[i * v..(i + 1) * v]) as i64 == top5[i * 5])
+        .count();
+    (cos, hits, l)
+}
+
+#[test]
+fn q8_logits_parity_with_transformers_fp32() {
+    for geometry in ["tied", "untied"] {
+        let model = load(geometry, Some(QuantFormat::Q8), None);
+        // every decoder linear and the lm head are quantized; the vision tower is not
+        let t = &model.language_model;
+        for l in &t.layers {
+            for lin in [
+                &l.self_attn.qkv_proj,
+                &l.self_attn.o_proj,
+                &l.mlp.gate_up_proj,
+                &l.mlp.down_proj,
+            ] {
+                assert_eq!(lin.weight.quant_format(), Some(QuantFormat::Q8));
+            }
+        }
+        assert_eq!(model.lm_head.weight.quant_format(), Some(QuantFormat::Q8));
+        assert!(matches!(
+            model.visual.blocks[0].attn.qkv.weight,
+            LinearWeight::Packed(_)
+        ));
+        let (mut hits, mut total) = (0, 0);
+        for case in CASES {
+            let (cos, h, n) = run(&model, geometry, case);
+            println!("{geometry}_{case}: q8 logits cosine {cos:.6}, top-1 {h}/{n}");
+            assert!(
+                cos >= Q8_MIN_COSINE,
+                "{geometry}_{case}: q8 logits cosine {cos} < {Q8_MIN_COSINE}"
+            );
+            hits += h;
+            total += n;
+        }
+        let frac = hits as f64 / total as f64;
+        assert!(
+            frac >= Q8_MIN_TOP1,
+            "{geometry}: q8 top-1 agreement {hits}/{total} < {Q8_MIN_TOP1}"
+        );
+    }
+}
+
+#[test]
+fn vision_quant_q8_quantizes_only_the_vision_tower() {
+    let model = load("untied", None, Some(QuantFormat::Q8));
+    assert_eq!(
+        model.visual.blocks[0].mlp.linear_fc1.weight.quant_format(),
+        Some(QuantFormat::Q8)
+    );
+    assert!(model.lm_head.weight.quant_format().is_none());
+    let (cos, h, n) = run(&model, "untied", "image1");
+    println!("untied_image1 with --vision-quant q8: cosine {cos:.6}, top-1 {h}/{n}");
+    assert!(cos >= Q8_MIN_COSINE, "cosine {cos}");
+}
