@@ -93,7 +93,7 @@ pub(crate) enum Cmd {
     /// Write a quantized copy of a checkpoint (quantized weights as U8 + F32 scales, the format named in
     /// the safetensors header metadata; config and tokenizer copied) that loads without quantizing again.
     Quantize {
-        /// Checkpoint directory to read.
+        /// Checkpoint directory to read, or a Hugging Face Hub id owner/name[@revision].
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
         /// Format of the text decoder's linear weights (`q8`); the lm head is q8.
