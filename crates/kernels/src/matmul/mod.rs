@@ -28,6 +28,7 @@
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
+pub(crate) mod blocked;
 pub(crate) mod buf;
 pub(crate) mod kernel;
 pub(crate) mod scalar;
