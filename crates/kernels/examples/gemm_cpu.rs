@@ -102,7 +102,12 @@ fn main() {
             .iter()
             .map(|v| (v.to_bits() >> 16) as u16)
             .collect();
+        let t0 = cpu_seconds();
         let p = k1.pack_weight(Weight::Bf16(&w), n, k).unwrap();
+        let pack_s = cpu_seconds() - t0;
+        let t0 = cpu_seconds();
+        drop(k1.pack_weight(Weight::Bf16(&w), n, k).unwrap());
+        let repack_s = cpu_seconds() - t0;
         let mut y = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         let budget = if m == 1 { 0.3 } else { 1.5 };
@@ -111,8 +116,10 @@ fn main() {
                 .unwrap()
         });
         println!(
-            "{m:5} {k:5} {n:6}  {g:7.1} GFLOP/cpu-s  {:5.1}% of peak",
-            100.0 * g / peak
+            "{m:5} {k:5} {n:6}  {g:7.1} GFLOP/cpu-s  {:5.1}% of peak   pack {:.1} ms, again {:.1} ms (cpu)",
+            100.0 * g / peak,
+            pack_s * 1e3,
+            repack_s * 1e3
         );
     }
 }
