@@ -28,6 +28,7 @@
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
+pub(crate) mod blocked;
 pub(crate) mod buf;
 pub(crate) mod kernel;
 pub(crate) mod scalar;
@@ -232,11 +233,13 @@ impl WeightPacker {
                         // the reads are inside the rows just sliced.
                         unsafe {
                             let dst = out.get().add(j * gsize + slot * 2);
+                            // a pair moves as one 32-bit word (same bytes); the destination index is
+                            // even, so the word is aligned
                             for p in 0..k / 2 {
-                                let d = dst.add(p * g * 2);
+                                let d = dst.add(p * g * 2) as *mut u32;
                                 for r in 0..c {
-                                    *d.add(r * 2) = *s.add(r * k + 2 * p);
-                                    *d.add(r * 2 + 1) = *s.add(r * k + 2 * p + 1);
+                                    *d.add(r) =
+                                        (s.add(r * k + 2 * p) as *const u32).read_unaligned();
                                 }
                             }
                             // odd k: the last pair holds one value (the other stays 0)

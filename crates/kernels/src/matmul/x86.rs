@@ -1,6 +1,7 @@
 //! x86-64 matmul levels: [`MmSimd`] for the SSE4.1, AVX2 and AVX-512 tokens, the `#[target_feature]` entry
 //! points instantiating the generic kernels, and the AVX512_BF16 (`vdpbf16ps`) microkernel.
 
+use super::blocked;
 use super::kernel::{self, MmSimd};
 use super::{Args, MmTable};
 use crate::x86::avx2::Avx2;
@@ -77,9 +78,11 @@ impl MmSimd for Avx512 {
     }
 }
 
-/// Entry points of one level: the `#[target_feature]` boundary. MR × NV·LANES is the register tile.
+/// Entry points of one level: the `#[target_feature]` boundary. MR × NV·LANES is the register tile of the
+/// direct kernel; `gemm = blocked` runs the cache-blocked kernel (6 × NV·LANES, `blocked.rs`) from
+/// `blocked::MIN_M` rows of x, `gemm = direct` the direct kernel for every m.
 macro_rules! level {
-    ($modname:ident, $tok:ty, $feat:literal, mr = $mr:literal, nv = $nv:literal) => {
+    ($modname:ident, $tok:ty, $feat:literal, mr = $mr:literal, nv = $nv:literal, gemm = $gemm:ident) => {
         pub mod $modname {
             use super::*;
             pub const GROUP: usize = $nv * <$tok as crate::simd::Simd>::LANES;
@@ -96,24 +99,35 @@ macro_rules! level {
             }
             #[target_feature(enable = $feat)]
             pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
-                kernel::packed_bf16::<$tok, $mr, $nv>(<$tok>::new_unchecked(), a, w, g0, g1)
+                level!(@$gemm, $tok, $mr, $nv, u16, packed_bf16, a, w, g0, g1)
             }
             #[target_feature(enable = $feat)]
             pub unsafe fn packed_f32(a: &Args, w: &[f32], g0: usize, g1: usize) {
-                kernel::packed_f32::<$tok, $mr, $nv>(<$tok>::new_unchecked(), a, w, g0, g1)
+                level!(@$gemm, $tok, $mr, $nv, f32, packed_f32, a, w, g0, g1)
             }
+        }
+    };
+    (@direct, $tok:ty, $mr:literal, $nv:literal, $t:ty, $direct:ident, $a:ident, $w:ident, $g0:ident, $g1:ident) => {
+        kernel::$direct::<$tok, $mr, $nv>(<$tok>::new_unchecked(), $a, $w, $g0, $g1)
+    };
+    (@blocked, $tok:ty, $mr:literal, $nv:literal, $t:ty, $direct:ident, $a:ident, $w:ident, $g0:ident, $g1:ident) => {
+        if $a.m >= blocked::MIN_M {
+            blocked::packed::<$tok, $t, 6, $nv>(<$tok>::new_unchecked(), $a, $w, $g0, $g1)
+        } else {
+            kernel::$direct::<$tok, $mr, $nv>(<$tok>::new_unchecked(), $a, $w, $g0, $g1)
         }
     };
 }
 
-level!(sse41, Sse41, "sse4.1", mr = 4, nv = 2);
-level!(avx2, Avx2, "avx2,fma", mr = 4, nv = 2);
+level!(sse41, Sse41, "sse4.1", mr = 4, nv = 2, gemm = blocked);
+level!(avx2, Avx2, "avx2,fma", mr = 4, nv = 2, gemm = blocked);
 level!(
     avx512,
     Avx512,
     "avx512f,avx512bw,avx512vl,avx2,fma",
     mr = 4,
-    nv = 4
+    nv = 4,
+    gemm = direct
 );
 
 pub static SSE41: MmTable = MmTable {
