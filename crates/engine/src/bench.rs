@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use qwen3vl_kernels::roofline;
-use qwen3vl_model::{KvCache, Logits, Precision};
+use qwen3vl_model::{KvCache, Logits, Positions, PositionsRef, Precision, RunState, VisionInput};
 
 use crate::sampling::argmax;
 use crate::session::{Engine, EngineError};
@@ -100,6 +100,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         vision_flops = vision_flops_for(cfg, patches);
         // Warm-up on the same image is not done: the first call is what a user waits for.
         let t0 = Instant::now();
+        let input = VisionInput {
+            pixel_values: input.pixel_values,
+            grid_thw: input.grid_thw,
+        };
         let v = model.encode_images(std::slice::from_ref(&input))?;
         vision_s = t0.elapsed().as_secs_f64();
         image_tokens = v.n_tokens(t.hidden_size);
@@ -118,16 +122,19 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     let ids: Vec<u32> = (0..n)
         .map(|i| 1000 + ((i as u64 * 7919) % 90_000) as u32)
         .collect();
-    let pos: Vec<i64> = (0..n as i64).collect();
-    let mut cache = KvCache::new(model, total);
+    let pos = Positions::text(0, n);
+    let mut cache = KvCache::new(t, total);
+    let mut state = RunState::new();
     let t0 = Instant::now();
-    let mut logits = model.forward(
+    let mut id = argmax(model.forward(
         &ids,
-        &[pos.clone(), pos.clone(), pos],
+        pos.as_ref(),
         None,
         &mut cache,
+        &mut state,
         Logits::Last,
-    )?;
+    )?)
+    .unwrap_or(0);
     let prefill_s = t0.elapsed().as_secs_f64();
 
     // 3. Greedy decode, EOS ignored. With the roofline, read bandwidth is probed at the boundaries of 8
@@ -151,15 +158,16 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         let seg = seg_len.min(opts.gen_tokens - done);
         let t0 = Instant::now();
         for _ in 0..seg {
-            let id = argmax(&logits).unwrap_or(0);
             let p = cache.len() as i64;
-            logits = model.forward(
+            let logits = model.forward(
                 &[id],
-                &[vec![p], vec![p], vec![p]],
+                PositionsRef::single(&p),
                 None,
                 &mut cache,
+                &mut state,
                 Logits::Last,
             )?;
+            id = argmax(logits).unwrap_or(0);
         }
         let dt = t0.elapsed().as_secs_f64();
         let bw_after = probe();

@@ -8,12 +8,16 @@ pub mod generate;
 pub mod generation_config;
 pub mod init_random;
 pub mod logits;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
 pub mod session;
 pub mod stream;
 
 pub use generate::FinishReason;
 pub use generation_config::GenerationConfig;
+pub use request::{History, Prepared};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{Event, Request, RequestHandle, Scheduler, SchedulerOptions};
 pub use session::{Engine, EngineError, EngineOptions, GenerateParams, Generation, Session};
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};
