@@ -111,14 +111,28 @@ impl Engine {
                 } else {
                     format!(" (after {} tokens of conversation)", history.len)
                 },
-                used + n,
+                match used.checked_add(n) {
+                    Some(t) => t.to_string(),
+                    None => "more than usize::MAX".to_string(),
+                },
                 capacity
             ))
         };
         let max_tokens = match max_tokens {
             Some(n) if n > room => return Err(too_long(n)),
             Some(n) => n,
-            None if room == 0 => return Err(too_long(1)),
+            None if room == 0 => {
+                return Err(EngineError::Input(format!(
+                    "the prompt has {} tokens{}: it does not fit in the context of {capacity} tokens with room \
+                     for an answer",
+                    tokens.len(),
+                    if history.len == 0 {
+                        String::new()
+                    } else {
+                        format!(" (after {} tokens of conversation)", history.len)
+                    },
+                )))
+            }
             None => room,
         };
         Ok(Prepared {
