@@ -483,9 +483,12 @@ impl<'e> Worker<'e> {
                     self.kept[i].last_used = self.clock;
                 }
             }
-            match self.start(job, keys, cache, done) {
-                Ok(r) => self.running.push(r),
-                Err((job, e)) => {
+            match Sampler::new(job.params.sampling.clone()) {
+                Ok(sampler) => {
+                    let r = self.start(job, keys, cache, done, sampler);
+                    self.running.push(r);
+                }
+                Err(e) => {
                     let _ = job.events.send(Event::Error(e.to_string()));
                 }
             }
@@ -498,12 +501,9 @@ impl<'e> Worker<'e> {
         keys: Vec<u64>,
         cache: KvCache,
         done: usize,
-    ) -> Result<Running, (Job, EngineError)> {
+        mut sampler: Sampler,
+    ) -> Running {
         let engine = self.engine;
-        let mut sampler = match Sampler::new(job.params.sampling.clone()) {
-            Ok(s) => s,
-            Err(e) => return Err((job, e.into())),
-        };
         sampler.add_prompt_tokens(&job.prepared.tokens);
         let gen = Generator::new(
             sampler,
@@ -520,7 +520,7 @@ impl<'e> Worker<'e> {
             cached_tokens: done,
             ..Default::default()
         };
-        Ok(Running {
+        Running {
             job,
             keys,
             cache,
@@ -532,7 +532,7 @@ impl<'e> Worker<'e> {
             next_pos: 0,
             stats,
             first_token: None,
-        })
+        }
     }
 
     /// One forward pass: a token of every decoding sequence and one prefill chunk.
