@@ -45,16 +45,21 @@ pub struct SchedulerOptions {
     pub prefill_chunk: usize,
     /// Keep finished sequences' KV for reuse by requests sharing their prefix.
     pub prefix_cache: bool,
+    /// Bytes of vision-tower outputs kept by image content hash (0 = none): an image seen again (after
+    /// other text, so the prefix cache does not cover it) is not encoded again.
+    pub vision_cache_bytes: usize,
 }
 
 impl SchedulerOptions {
-    /// `kv_tokens` of budget, 16 sequences, chunks of 256 tokens, prefix cache on.
+    /// `kv_tokens` of budget, 16 sequences, chunks of 256 tokens, prefix cache on, 256 MiB of vision
+    /// features cached.
     pub fn new(kv_tokens: usize) -> SchedulerOptions {
         SchedulerOptions {
             kv_tokens,
             max_batch: 16,
             prefill_chunk: 256,
             prefix_cache: true,
+            vision_cache_bytes: 256 << 20,
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct SeqStats {
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: usize,
     pub image_tokens: usize,
+    /// Images whose features came from the vision cache (not encoded).
+    pub cached_images: usize,
     /// Submit to first token, seconds (waiting, vision, prefill).
     pub ttft_seconds: f64,
     /// Tokens generated (including a final EOS id).
@@ -314,6 +321,70 @@ fn content_hash(v: &VisionInput) -> u64 {
     h
 }
 
+/// Bytes of a vision output.
+fn vision_bytes(v: &VisionOutput) -> usize {
+    4 * (v.embeds.len() + v.deepstack.iter().map(Vec::len).sum::<usize>())
+}
+
+/// The features of `images` (in order), each image taken from `cache` by content hash or encoded alone
+/// and added to it (least recently used dropped beyond `cap` bytes). Images are independent in the vision
+/// tower (attention within each image), so encoding them one at a time gives the same features. Returns
+/// the concatenated features and how many images came from the cache.
+fn encode_cached(
+    model: &qwen3vl_model::Model,
+    images: &[VisionInput],
+    cache: &mut Vec<(u64, Arc<VisionOutput>)>,
+    cap: usize,
+) -> Result<(VisionOutput, usize), EngineError> {
+    if cap == 0 {
+        return Ok((model.encode_images(images)?, 0));
+    }
+    let mut parts = Vec::with_capacity(images.len());
+    let mut hits = 0;
+    for im in images {
+        let h = content_hash(im);
+        let part = match cache.iter().position(|(k, _)| *k == h) {
+            Some(i) => {
+                hits += 1;
+                let e = cache.remove(i);
+                cache.push(e.clone());
+                e.1
+            }
+            None => {
+                let v = Arc::new(model.encode_images(std::slice::from_ref(im))?);
+                if vision_bytes(&v) <= cap {
+                    cache.push((h, v.clone()));
+                    while cache.iter().map(|(_, v)| vision_bytes(v)).sum::<usize>() > cap {
+                        cache.remove(0);
+                    }
+                }
+                v
+            }
+        };
+        parts.push(part);
+    }
+    if parts.len() == 1 {
+        return Ok(((*parts[0]).clone(), hits));
+    }
+    let mut out = VisionOutput {
+        embeds: parts
+            .iter()
+            .flat_map(|p| p.embeds.iter().copied())
+            .collect(),
+        deepstack: Vec::new(),
+    };
+    let levels = parts.first().map_or(0, |p| p.deepstack.len());
+    for l in 0..levels {
+        out.deepstack.push(
+            parts
+                .iter()
+                .flat_map(|p| p.deepstack[l].iter().copied())
+                .collect(),
+        );
+    }
+    Ok((out, hits))
+}
+
 /// A sequence in the batch.
 struct Running {
     job: Job,
@@ -343,6 +414,8 @@ struct Worker<'e> {
     waiting: VecDeque<Job>,
     running: Vec<Running>,
     kept: Vec<Kept>,
+    /// (content hash, features) of recently encoded images, most recent last
+    vision_cache: Vec<(u64, Arc<VisionOutput>)>,
     state: RunState,
     clock: u64,
 }
@@ -355,6 +428,7 @@ impl<'e> Worker<'e> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             kept: Vec::new(),
+            vision_cache: Vec::new(),
             state: RunState::new(),
             clock: 0,
         }
@@ -550,9 +624,11 @@ impl<'e> Worker<'e> {
             let r = &mut self.running[i];
             let rest_has_images = r.job.prepared.tokens[r.done..].contains(&img);
             if r.vision.is_none() && rest_has_images {
-                match model.encode_images(&r.job.prepared.vision) {
-                    Ok(v) => {
+                let (vision_cache, cap) = (&mut self.vision_cache, self.opts.vision_cache_bytes);
+                match encode_cached(model, &r.job.prepared.vision, vision_cache, cap) {
+                    Ok((v, cached)) => {
                         r.stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
+                        r.stats.cached_images = cached;
                         r.vision = Some(v);
                     }
                     Err(e) => {

@@ -180,3 +180,38 @@ fn kv_budget_is_shared_and_overruns_are_refused() {
     h.cancel();
     assert!(h.wait().is_err());
 }
+
+/// An image seen again after different text (so no shared prefix covers it) comes from the vision cache,
+/// and the answer is the one of a run without any cache.
+#[test]
+fn vision_cache_reuses_an_image_after_other_text() {
+    let e = engine();
+    let img = image(&e, "img_64x96.png");
+    let ask = |system: &str| Request {
+        messages: vec![
+            Message::text("system", system),
+            user(2, "What is in these?"),
+        ],
+        images: vec![img.clone(), image(&e, "img_96x64.png")],
+        params: greedy(4),
+    };
+    let s = Scheduler::start(e.clone(), SchedulerOptions::new(4096)).unwrap();
+    let a = s.submit(ask("You are terse.")).unwrap().wait().unwrap();
+    assert_eq!(a.stats.cached_images, 0);
+    let b = s.submit(ask("You are verbose.")).unwrap().wait().unwrap();
+    assert_eq!(b.stats.cached_images, 2, "{:?}", b.stats);
+    let mut off = SchedulerOptions::new(4096);
+    off.prefix_cache = false;
+    off.vision_cache_bytes = 0;
+    let cold = Scheduler::start(e.clone(), off).unwrap();
+    let c = cold
+        .submit(ask("You are verbose."))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(c.stats.cached_images, 0);
+    assert_eq!(
+        b.tokens, c.tokens,
+        "cached and encoded features give different answers"
+    );
+}
