@@ -181,6 +181,14 @@ fn kv_budget_is_shared_and_overruns_are_refused() {
     assert!(h.wait().is_err());
 }
 
+#[test]
+fn handles_are_shared_across_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<Scheduler>();
+    fn send<T: Send>() {}
+    send::<qwen3vl_engine::RequestHandle>();
+}
+
 /// An image seen again after different text (so no shared prefix covers it) comes from the vision cache,
 /// and the answer is the one of a run without any cache.
 #[test]

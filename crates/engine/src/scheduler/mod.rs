@@ -157,6 +157,13 @@ impl RequestHandle {
     }
 }
 
+impl Drop for RequestHandle {
+    fn drop(&mut self) {
+        // A caller that goes away frees the sequence's slot at the next step, text or not.
+        self.cancel();
+    }
+}
+
 /// A thread-safe handle on the worker running the model (clone it freely; the worker stops when the last
 /// clone is dropped).
 #[derive(Clone)]
