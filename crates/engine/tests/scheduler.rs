@@ -160,6 +160,12 @@ fn kv_budget_is_shared_and_overruns_are_refused() {
         .len();
     // Room for one request at a time: the second waits for the first, both finish.
     let budget = prompt + 12;
+    let t = &e.model.config().text;
+    let per_token = (2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4) as u64;
+    assert_eq!(
+        SchedulerOptions::kv_tokens_for_bytes(&e, budget as u64 * per_token + per_token - 1),
+        budget
+    );
     let s = Scheduler::start(e.clone(), SchedulerOptions::new(budget)).unwrap();
     let h1 = s.submit(reqs[0].clone()).unwrap();
     let h2 = s.submit(reqs[0].clone()).unwrap();

@@ -50,6 +50,13 @@ pub struct SchedulerOptions {
 }
 
 impl SchedulerOptions {
+    /// The budget in tokens that `bytes` of KV memory hold for `engine`'s model (f32 K and V, every
+    /// layer): what a `--kv-memory` option turns into `kv_tokens`.
+    pub fn kv_tokens_for_bytes(engine: &Engine, bytes: u64) -> usize {
+        let per_token = qwen3vl_model::KvCache::bytes_for(&engine.model.config().text, 1).max(1);
+        usize::try_from(bytes / per_token).unwrap_or(usize::MAX)
+    }
+
     /// `kv_tokens` of budget, 16 sequences, chunks of 256 tokens, prefix cache on, 256 MiB of vision
     /// features cached.
     pub fn new(kv_tokens: usize) -> SchedulerOptions {
