@@ -239,6 +239,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Decode N sequences at once (one batched forward per step) and compare with one alone:
+    /// aggregate tok/s and per-token latency (instead of the single-sequence figures).
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency: Option<usize>,
 }
 
 #[derive(Subcommand)]

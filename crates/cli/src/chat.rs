@@ -84,33 +84,8 @@ pub(crate) fn cmd_chat(
         }
         messages.push(user_message(pending_images.len(), text));
         let pixels: Vec<_> = pending_images.iter().map(|(_, p)| p.clone()).collect();
-        // Default budget: what is left of the context after this turn's tokens.
-        let max_tokens = match sampling.max_tokens {
-            Some(n) => n,
-            None => {
-                let turn = match session.turn_len(&messages, &pixels) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        continue;
-                    }
-                };
-                let room = session.max_len().saturating_sub(session.len() + turn);
-                if room == 0 {
-                    eprintln!(
-                        "error: this message does not fit in what is left of the context ({} of {} tokens used; use /reset to start over)",
-                        session.len(),
-                        session.max_len()
-                    );
-                    continue;
-                }
-                engine
-                    .generation_config
-                    .max_new_tokens
-                    .unwrap_or(2048)
-                    .min(room)
-            }
-        };
+        // max_tokens unset: what is left of the context after this turn's tokens.
+        let max_tokens = sampling.max_tokens;
         let params = generate_params(&engine.generation_config, sampling, max_tokens);
         let mut sink = stdout_sink();
         match session.generate(&messages, &pixels, &params, &mut sink) {

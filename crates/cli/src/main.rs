@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qwen3vl_engine::session::{Engine, EngineError, EngineOptions, GenerateParams, TurnStats};
 use qwen3vl_engine::GenerationConfig;
+use qwen3vl_engine::History;
 use qwen3vl_model::Precision;
 use qwen3vl_processor::{Content, Message};
 
@@ -257,7 +258,11 @@ fn load_engine(args: &ModelArgs) -> Result<Engine> {
 }
 
 /// The request's settings: command-line values over generation_config.json.
-fn generate_params(g: &GenerationConfig, a: &SamplingArgs, max_tokens: usize) -> GenerateParams {
+fn generate_params(
+    g: &GenerationConfig,
+    a: &SamplingArgs,
+    max_tokens: Option<usize>,
+) -> GenerateParams {
     let mut p = g.sampling_params(a.seed);
     if let Some(t) = a.temperature {
         p.temperature = t;
@@ -334,33 +339,28 @@ fn cmd_generate(
         messages.push(Message::text("system", s));
     }
     messages.push(user_message(images.len(), prompt));
-    // Size the KV cache for this request: prompt + answer, within the context.
+    // One request path: the prompt is prepared once, the KV cache sized to prompt + answer.
     let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
-    use qwen3vl_engine::session::{check_prompt_bytes, prompt_byte_limit};
-    check_prompt_bytes(&messages, prompt_byte_limit(context))?;
-    let prompt_len = engine
-        .processor
-        .encode(&messages, &pixels, true)?
-        .input_ids
-        .len();
-    let max_tokens = match sampling.max_tokens {
-        Some(n) => n,
-        None => {
-            let room = context.saturating_sub(prompt_len);
-            if room == 0 {
-                bail!("the prompt has {prompt_len} tokens, which fills the context of {context} tokens");
-            }
-            engine
-                .generation_config
-                .max_new_tokens
-                .unwrap_or(2048)
-                .min(room)
-        }
-    };
-    let params = generate_params(&engine.generation_config, sampling, max_tokens);
-    let mut session = engine.session(context.min(prompt_len.saturating_add(max_tokens)));
+    let mut prepared = engine.prepare(
+        &messages,
+        pixels,
+        History::default(),
+        sampling.max_tokens,
+        context,
+    )?;
+    if sampling.max_tokens.is_none() {
+        // Unset: what fits, at most the checkpoint's max_new_tokens (2048 if it sets none).
+        let cap = engine.generation_config.max_new_tokens.unwrap_or(2048);
+        prepared.max_tokens = prepared.max_tokens.min(cap);
+    }
+    let params = generate_params(
+        &engine.generation_config,
+        sampling,
+        Some(prepared.max_tokens),
+    );
+    let mut session = engine.session(prepared.kv_tokens());
     let mut sink = stdout_sink();
-    let g = session.generate(&messages, &pixels, &params, &mut sink)?;
+    let g = session.run(prepared, &params, &mut sink)?;
     println!();
     if print_ids {
         eprintln!("ids: {:?}", g.tokens);
@@ -456,6 +456,9 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
         context: None,
         quant: b.quant,
     })?;
+    if let Some(n) = b.concurrency {
+        return bench_concurrency(&engine, n, b);
+    }
     let r = qwen3vl_engine::bench::run(
         &engine,
         &qwen3vl_engine::bench::BenchOptions {
@@ -522,5 +525,31 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
             "roofline: read {bw:.1} GB/s (probed during decode), compute peak {pk:.0} GFLOP/s"
         )?;
     }
+    Ok(())
+}
+
+/// `bench --concurrency N`: one sequence alone, then N decoded together.
+fn bench_concurrency(engine: &Engine, n: usize, b: &BenchArgs) -> Result<()> {
+    let r = qwen3vl_engine::bench::run_concurrent(engine, n, b.prompt_tokens, b.gen_tokens)?;
+    let mut out = std::io::stdout().lock();
+    if b.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} on {} threads, {} precision; {} tokens decoded per sequence after {} prompt tokens",
+        r.isa, r.threads, r.precision, r.gen_tokens, r.prompt_tokens
+    )?;
+    writeln!(
+        out,
+        "1 sequence    {:8.2} tok/s  {:7.1} ms per token",
+        r.single_tok_s, r.single_ms_per_token
+    )?;
+    writeln!(
+        out,
+        "{:<2} sequences  {:8.2} tok/s  {:7.1} ms per token each  ({:.2}x the aggregate, {:.2}x the latency)",
+        r.concurrency, r.aggregate_tok_s, r.batch_ms_per_token, r.speedup, r.latency_ratio
+    )?;
     Ok(())
 }

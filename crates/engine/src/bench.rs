@@ -15,7 +15,9 @@
 use std::time::Instant;
 
 use qwen3vl_kernels::roofline;
-use qwen3vl_model::{KvCache, Logits, Precision};
+use qwen3vl_model::{
+    KvCache, Logits, Positions, PositionsRef, Precision, RunState, Seq, VisionInput,
+};
 
 use crate::sampling::argmax;
 use crate::session::{Engine, EngineError};
@@ -100,6 +102,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         vision_flops = vision_flops_for(cfg, patches);
         // Warm-up on the same image is not done: the first call is what a user waits for.
         let t0 = Instant::now();
+        let input = VisionInput {
+            pixel_values: input.pixel_values,
+            grid_thw: input.grid_thw,
+        };
         let v = model.encode_images(std::slice::from_ref(&input))?;
         vision_s = t0.elapsed().as_secs_f64();
         image_tokens = v.n_tokens(t.hidden_size);
@@ -118,16 +124,19 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     let ids: Vec<u32> = (0..n)
         .map(|i| 1000 + ((i as u64 * 7919) % 90_000) as u32)
         .collect();
-    let pos: Vec<i64> = (0..n as i64).collect();
-    let mut cache = KvCache::new(model, total);
+    let pos = Positions::text(0, n);
+    let mut cache = KvCache::new(t, total);
+    let mut state = RunState::new();
     let t0 = Instant::now();
-    let mut logits = model.forward(
+    let mut id = argmax(model.forward(
         &ids,
-        &[pos.clone(), pos.clone(), pos],
+        pos.as_ref(),
         None,
         &mut cache,
+        &mut state,
         Logits::Last,
-    )?;
+    )?)
+    .unwrap_or(0);
     let prefill_s = t0.elapsed().as_secs_f64();
 
     // 3. Greedy decode, EOS ignored. With the roofline, read bandwidth is probed at the boundaries of 8
@@ -151,15 +160,16 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         let seg = seg_len.min(opts.gen_tokens - done);
         let t0 = Instant::now();
         for _ in 0..seg {
-            let id = argmax(&logits).unwrap_or(0);
             let p = cache.len() as i64;
-            logits = model.forward(
+            let logits = model.forward(
                 &[id],
-                &[vec![p], vec![p], vec![p]],
+                PositionsRef::single(&p),
                 None,
                 &mut cache,
+                &mut state,
                 Logits::Last,
             )?;
+            id = argmax(logits).unwrap_or(0);
         }
         let dt = t0.elapsed().as_secs_f64();
         let bw_after = probe();
@@ -240,6 +250,130 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
         },
         decode_tok_s_limit: read_gbps
             .map(|bw| bw * 1e9 / (weight_bytes_per_token + kv_bytes_per_token) as f64),
+    })
+}
+
+/// Figures of `qwen3vl bench --concurrency N`: decode of one sequence alone against N sequences decoded
+/// together (one batched forward per step), after the same synthetic prompts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConcurrencyReport {
+    pub isa: String,
+    pub threads: usize,
+    pub precision: String,
+    pub concurrency: usize,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// One sequence alone: tok/s and ms per token.
+    pub single_tok_s: f64,
+    pub single_ms_per_token: f64,
+    /// N sequences together: tokens of all sequences per second, and ms per step (each sequence's
+    /// per-token latency).
+    pub aggregate_tok_s: f64,
+    pub batch_ms_per_token: f64,
+    /// aggregate_tok_s / single_tok_s
+    pub speedup: f64,
+    /// batch_ms_per_token / single_ms_per_token
+    pub latency_ratio: f64,
+}
+
+/// Decodes `gen_tokens` greedy tokens of one sequence, then of `n` sequences at once, each after its own
+/// `prompt_tokens`-token synthetic prompt.
+pub fn run_concurrent(
+    engine: &Engine,
+    n: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<ConcurrencyReport, EngineError> {
+    let model = &engine.model;
+    let t = &model.config().text;
+    if n == 0 || prompt_tokens == 0 || gen_tokens == 0 {
+        return Err(EngineError::Input(
+            "--concurrency, --prompt-tokens and --gen-tokens must be at least 1".into(),
+        ));
+    }
+    let total = prompt_tokens + gen_tokens;
+    if total > engine.context_len() {
+        return Err(EngineError::Input(format!(
+            "--prompt-tokens {prompt_tokens} + --gen-tokens {gen_tokens} is over the context of {} tokens",
+            engine.context_len()
+        )));
+    }
+    let mut state = RunState::new();
+    // 1. Prefill 1 + n sequences (different prompts), one at a time.
+    let mut caches = Vec::with_capacity(n + 1);
+    let mut next = Vec::with_capacity(n + 1);
+    for s in 0..=n {
+        let ids: Vec<u32> = (0..prompt_tokens)
+            .map(|i| 1000 + ((i as u64 * 7919 + s as u64 * 104_729) % 90_000) as u32)
+            .collect();
+        let mut cache = KvCache::new(t, total);
+        let l = model.forward(
+            &ids,
+            Positions::text(0, prompt_tokens).as_ref(),
+            None,
+            &mut cache,
+            &mut state,
+            Logits::Last,
+        )?;
+        next.push(argmax(l).unwrap_or(0));
+        caches.push(cache);
+    }
+    let (solo, batch) = caches.split_at_mut(1);
+    // 2. One sequence alone.
+    let t0 = Instant::now();
+    let mut id = next[0];
+    for _ in 0..gen_tokens {
+        let p = solo[0].len() as i64;
+        let l = model.forward(
+            &[id],
+            PositionsRef::single(&p),
+            None,
+            &mut solo[0],
+            &mut state,
+            Logits::Last,
+        )?;
+        id = argmax(l).unwrap_or(0);
+    }
+    let single_s = t0.elapsed().as_secs_f64();
+    // 3. n sequences, one batched forward per step.
+    let mut ids = next[1..].to_vec();
+    let mut pos = vec![0i64; n];
+    let v = model.vocab_size();
+    let t0 = Instant::now();
+    for _ in 0..gen_tokens {
+        for (p, c) in pos.iter_mut().zip(batch.iter()) {
+            *p = c.len() as i64;
+        }
+        let mut seqs: Vec<Seq> = ids
+            .iter()
+            .zip(&pos)
+            .zip(batch.iter_mut())
+            .map(|((id, p), c)| Seq::decode(id, p, c))
+            .collect();
+        let l = model.forward_batch(&mut seqs, &mut state)?;
+        for (id, row) in ids.iter_mut().zip(l.chunks_exact(v)) {
+            *id = argmax(row).unwrap_or(0);
+        }
+    }
+    let batch_s = t0.elapsed().as_secs_f64();
+    let k = model.kernels();
+    let g = gen_tokens as f64;
+    let single_tok_s = g / single_s.max(1e-12);
+    let aggregate_tok_s = g * n as f64 / batch_s.max(1e-12);
+    let (single_ms, batch_ms) = (1e3 * single_s / g, 1e3 * batch_s / g);
+    Ok(ConcurrencyReport {
+        isa: k.isa().name().to_string(),
+        threads: k.threads(),
+        precision: format!("{:?}", model.precision()).to_lowercase(),
+        concurrency: n,
+        prompt_tokens,
+        gen_tokens,
+        single_tok_s,
+        single_ms_per_token: single_ms,
+        aggregate_tok_s,
+        batch_ms_per_token: batch_ms,
+        speedup: aggregate_tok_s / single_tok_s.max(1e-12),
+        latency_ratio: batch_ms / single_ms.max(1e-12),
     })
 }
 

@@ -1,6 +1,6 @@
-//! The decoding loop, independent of the model: sample, stop on an EOS id / a stop string / the token
-//! budget, stream whole-UTF-8 text pieces. The model step is a closure, so the loop is tested on scripted
-//! logits.
+//! Decoding, independent of the model: sample, stop on an EOS id / a stop string / the token budget, stream
+//! whole-UTF-8 text pieces. [`Generator`] is one sequence's state, pushed a row of logits at a time; the
+//! model step of [`run_loop`] is a closure, so decoding is tested on scripted logits.
 
 use crate::sampling::{Sampler, SamplingError};
 use crate::stream::{StopStrings, StreamDecoder};
@@ -54,65 +54,127 @@ pub enum LoopError<E> {
     Step(E),
 }
 
-/// Sample from `logits` (the prefill's last row), then repeatedly feed the sampled id to `step` (which runs
-/// the model and returns the next logits) until a stop condition. `on_text` receives each whole-UTF-8
-/// piece as soon as it is safe to show. The last sampled id is never fed to `step`.
-pub fn run_loop<E>(
-    logits: Vec<f32>,
-    sampler: &mut Sampler,
-    decoder: &mut StreamDecoder,
-    stop: &StopConfig,
-    mut step: impl FnMut(u32) -> Result<Vec<f32>, E>,
-    on_text: &mut dyn FnMut(&str) -> Result<(), E>,
-) -> Result<LoopOutput, LoopError<E>> {
-    let mut stops = StopStrings::new(&stop.stop_strings);
-    let mut out = LoopOutput {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish: FinishReason::Length,
-        steps: 0,
-    };
-    let mut emit = |s: &str, out: &mut LoopOutput| -> Result<(), LoopError<E>> {
-        if !s.is_empty() {
-            out.text.push_str(s);
-            on_text(s).map_err(LoopError::Step)?;
+/// The decoding state of one sequence, pushed one row of logits at a time: sample, stop on an EOS id / a stop
+/// string / the token budget, stream whole-UTF-8 text. The single-sequence loop ([`run_loop`]) and the
+/// scheduler's batched steps both drive it, so every path stops and streams the same way.
+pub struct Generator {
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stops: StopStrings,
+    max_tokens: usize,
+    eos_ids: Vec<u32>,
+    out: LoopOutput,
+}
+
+/// What [`Generator::push`] asks for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Run the model on this token and push its logits.
+    Feed(u32),
+    /// Generation ended ([`Generator::output`] has the reason).
+    Done,
+}
+
+impl Generator {
+    pub fn new(sampler: Sampler, decoder: StreamDecoder, stop: &StopConfig) -> Generator {
+        Generator {
+            sampler,
+            decoder,
+            stops: StopStrings::new(&stop.stop_strings),
+            max_tokens: stop.max_tokens,
+            eos_ids: stop.eos_ids.clone(),
+            out: LoopOutput {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish: FinishReason::Length,
+                steps: 0,
+            },
+        }
+    }
+
+    /// What was produced so far (all of it after [`Next::Done`]).
+    pub fn output(&self) -> &LoopOutput {
+        &self.out
+    }
+
+    pub fn into_output(self) -> LoopOutput {
+        self.out
+    }
+
+    /// Samples the next token from `logits` (V); `on_text` receives each whole-UTF-8 piece as soon as it is
+    /// safe to show. The last sampled id is never asked to be fed.
+    pub fn push<E>(
+        &mut self,
+        logits: &[f32],
+        on_text: &mut dyn FnMut(&str) -> Result<(), E>,
+    ) -> Result<Next, LoopError<E>> {
+        let id = self.sampler.sample(logits).map_err(LoopError::Sampling)?;
+        self.out.tokens.push(id);
+        if self.eos_ids.contains(&id) {
+            self.out.finish = FinishReason::Eos;
+            self.flush(on_text)?;
+            return Ok(Next::Done);
+        }
+        let piece = self.decoder.push(id);
+        let check = self.stops.push(&piece);
+        emit(&check.emit, &mut self.out, on_text)?;
+        if check.stopped {
+            self.out.finish = FinishReason::Stop;
+            self.decoder.reset();
+            return Ok(Next::Done);
+        }
+        if self.out.tokens.len() >= self.max_tokens {
+            self.out.finish = FinishReason::Length;
+            self.flush(on_text)?;
+            return Ok(Next::Done);
+        }
+        self.out.steps += 1;
+        Ok(Next::Feed(id))
+    }
+
+    /// Flush what the decoder and the stop matcher still hold.
+    fn flush<E>(
+        &mut self,
+        on_text: &mut dyn FnMut(&str) -> Result<(), E>,
+    ) -> Result<(), LoopError<E>> {
+        let tail = self.decoder.finish();
+        let check = self.stops.push(&tail);
+        emit(&check.emit, &mut self.out, on_text)?;
+        if check.stopped {
+            self.out.finish = FinishReason::Stop;
+        } else {
+            let rest = self.stops.finish();
+            emit(&rest, &mut self.out, on_text)?;
         }
         Ok(())
-    };
-    let mut logits = logits;
-    loop {
-        let id = sampler.sample(&logits).map_err(LoopError::Sampling)?;
-        out.tokens.push(id);
-        if stop.eos_ids.contains(&id) {
-            out.finish = FinishReason::Eos;
-            break;
-        }
-        let piece = decoder.push(id);
-        let check = stops.push(&piece);
-        emit(&check.emit, &mut out)?;
-        if check.stopped {
-            out.finish = FinishReason::Stop;
-            decoder.reset();
-            return Ok(out);
-        }
-        if out.tokens.len() >= stop.max_tokens {
-            out.finish = FinishReason::Length;
-            break;
-        }
-        logits = step(id).map_err(LoopError::Step)?;
-        out.steps += 1;
     }
-    // Flush what the decoder and the stop matcher still hold.
-    let tail = decoder.finish();
-    let check = stops.push(&tail);
-    emit(&check.emit, &mut out)?;
-    if check.stopped {
-        out.finish = FinishReason::Stop;
-    } else {
-        let rest = stops.finish();
-        emit(&rest, &mut out)?;
+}
+
+fn emit<E>(
+    s: &str,
+    out: &mut LoopOutput,
+    on_text: &mut dyn FnMut(&str) -> Result<(), E>,
+) -> Result<(), LoopError<E>> {
+    if !s.is_empty() {
+        out.text.push_str(s);
+        on_text(s).map_err(LoopError::Step)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Push `logits` (the prefill's last row) into `gen`, then repeatedly feed the sampled id to `step` (which
+/// runs the model and writes the next logits into its buffer) until a stop condition.
+pub fn run_loop<E>(
+    gen: &mut Generator,
+    logits: &[f32],
+    mut step: impl FnMut(u32, &mut Vec<f32>) -> Result<(), E>,
+    on_text: &mut dyn FnMut(&str) -> Result<(), E>,
+) -> Result<(), LoopError<E>> {
+    let mut buf = logits.to_vec();
+    while let Next::Feed(id) = gen.push(&buf, on_text)? {
+        step(id, &mut buf).map_err(LoopError::Step)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -138,20 +200,20 @@ mod tests {
     }
 
     fn run(script: &[u32], stop: StopConfig) -> (LoopOutput, Vec<String>, Vec<u32>) {
-        let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
-        let mut dec = StreamDecoder::new(table(), true);
+        let sampler = Sampler::new(SamplingParams::greedy()).unwrap();
+        let dec = StreamDecoder::new(table(), true);
+        let mut gen = Generator::new(sampler, dec, &stop);
         let mut fed = Vec::new();
         let mut pieces = Vec::new();
         let mut i = 0;
-        let out = run_loop::<()>(
-            one_hot(script[0]),
-            &mut sampler,
-            &mut dec,
-            &stop,
-            |id| {
+        run_loop::<()>(
+            &mut gen,
+            &one_hot(script[0]),
+            |id, buf| {
                 fed.push(id);
                 i += 1;
-                Ok(one_hot(script[i.min(script.len() - 1)]))
+                *buf = one_hot(script[i.min(script.len() - 1)]);
+                Ok(())
             },
             &mut |s| {
                 pieces.push(s.to_string());
@@ -160,7 +222,7 @@ mod tests {
         )
         .map_err(|_| ())
         .unwrap();
-        (out, pieces, fed)
+        (gen.into_output(), pieces, fed)
     }
 
     fn cfg(max_tokens: usize, stops: &[&str]) -> StopConfig {

@@ -9,7 +9,9 @@ pub mod generation_config;
 pub mod init_random;
 pub mod logits;
 pub mod quantize;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
 pub mod session;
 pub mod stream;
 
@@ -20,6 +22,8 @@ pub use qwen3vl_hub::resolve_model;
 
 pub use generate::FinishReason;
 pub use generation_config::GenerationConfig;
+pub use request::{History, Prepared};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{Event, Request, RequestHandle, Scheduler, SchedulerOptions};
 pub use session::{Engine, EngineError, EngineOptions, GenerateParams, Generation, Session};
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};

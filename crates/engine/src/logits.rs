@@ -13,10 +13,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use qwen3vl_kernels::Kernels;
 use qwen3vl_model::weights::{write_safetensors, OutTensor};
-use qwen3vl_model::{KvCache, LoadOptions, Model, Precision, QuantFormat};
-use qwen3vl_processor::{Content, ImageInput, Message, Processor};
+use qwen3vl_model::{KvCache, Precision, QuantFormat, RunState};
+use qwen3vl_processor::{Content, ImageInput, Message};
+
+use crate::request::History;
+use crate::session::{Engine, EngineOptions};
 
 /// Inputs of [`run_logits`].
 #[derive(Clone, Debug)]
@@ -51,24 +53,29 @@ pub struct LogitsOutput {
 
 /// Runs the forward pass of `opts` and writes the tensors to `opts.out`.
 pub fn run_logits(opts: &LogitsOptions) -> anyhow::Result<()> {
-    let kernels = Kernels::detect().context("selecting SIMD kernels")?;
-    let out = compute_logits(opts, kernels)?;
+    let out = compute_logits(opts)?;
     write_logits(opts, &out)
 }
 
 /// The forward pass of [`run_logits`] without writing anything.
-pub fn compute_logits(opts: &LogitsOptions, kernels: Kernels) -> anyhow::Result<LogitsOutput> {
+pub fn compute_logits(opts: &LogitsOptions) -> anyhow::Result<LogitsOutput> {
     let dir = &opts.model_dir;
-    // 1. Processor: images -> pixel rows, messages -> ids and M-RoPE positions.
-    let processor = Processor::from_dir(dir)
-        .with_context(|| format!("loading the processor of {}", dir.display()))?;
+    let engine = Engine::load(
+        dir,
+        &EngineOptions {
+            threads: 0,
+            precision: opts.precision,
+            progress: None,
+            quant: opts.quant,
+            vision_quant: opts.vision_quant,
+        },
+    )
+    .with_context(|| format!("loading {}", dir.display()))?;
+    // 1. The request path: images -> pixel rows, messages -> ids and M-RoPE positions.
     let images = opts
         .images
         .iter()
-        .map(|p| {
-            let img = processor.load_image_file(p)?;
-            processor.preprocess_image(&img)
-        })
+        .map(|p| engine.load_image(p))
         .collect::<Result<Vec<ImageInput>, _>>()
         .context("preprocessing the images")?;
     let mut messages = Vec::new();
@@ -78,45 +85,43 @@ pub fn compute_logits(opts: &LogitsOptions, kernels: Kernels) -> anyhow::Result<
     let mut content: Vec<Content> = images.iter().map(|_| Content::Image).collect();
     content.push(Content::Text(opts.prompt.clone()));
     messages.push(Message::new("user", content));
-    let prompt = processor
-        .encode(&messages, &images, true)
+    let context = engine.context_len();
+    let prepared = engine
+        .prepare(
+            &messages,
+            images.clone(),
+            History::default(),
+            Some(1),
+            context,
+        )
         .context("encoding the prompt")?;
 
     // 2. Model: vision tower, then one forward pass with per-position top-5 logits.
-    let model = Model::load(
-        dir,
-        kernels,
-        &LoadOptions {
-            precision: opts.precision,
-            progress: None,
-            quant: opts.quant,
-            vision_quant: opts.vision_quant,
-        },
-    )
-    .with_context(|| format!("loading the model of {}", dir.display()))?;
-    let vision = if images.is_empty() {
+    let model = &engine.model;
+    let vision = if prepared.vision.is_empty() {
         None
     } else {
         Some(
             model
-                .encode_images(&images)
+                .encode_images(&prepared.vision)
                 .context("running the vision tower")?,
         )
     };
-    let l = prompt.input_ids.len();
-    let mut cache = KvCache::new(&model, l);
+    let l = prepared.tokens.len();
+    let mut cache = KvCache::new(&model.config().text, l);
     let top = model
         .forward_top_k(
-            &prompt.input_ids,
-            &prompt.positions,
+            &prepared.tokens,
+            prepared.positions.as_ref(),
             vision.as_ref(),
             &mut cache,
+            &mut RunState::new(),
             5,
         )
         .context("running the forward pass")?;
     anyhow::ensure!(top.k == 5, "vocabulary smaller than 5");
     Ok(LogitsOutput {
-        input_ids: prompt.input_ids,
+        input_ids: prepared.tokens,
         last_logits: top.last,
         top5_idx: top.idx,
         top5_val: top.val,

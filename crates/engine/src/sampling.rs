@@ -167,6 +167,9 @@ pub struct Sampler {
     prompt_tokens: HashSet<u32>,
     /// Generated tokens and how often each occurred.
     generated: HashMap<u32, u32>,
+    /// (V) the scratch copy of the logits `sample` works on (reused: sampling allocates no vocab-sized
+    /// vector per token)
+    work: Vec<f32>,
 }
 
 impl Sampler {
@@ -177,6 +180,7 @@ impl Sampler {
             params,
             prompt_tokens: HashSet::new(),
             generated: HashMap::new(),
+            work: Vec::new(),
         })
     }
 
@@ -202,8 +206,12 @@ impl Sampler {
 
     /// Choose the next token from `logits` (vocab) and record it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
-        let mut l = logits.to_vec();
-        let id = self.choose(&mut l)?;
+        let mut l = std::mem::take(&mut self.work);
+        l.clear();
+        l.extend_from_slice(logits);
+        let id = self.choose(&mut l);
+        self.work = l;
+        let id = id?;
         self.accept(id);
         Ok(id)
     }

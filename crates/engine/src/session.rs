@@ -11,23 +11,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision, QuantFormat};
+use qwen3vl_model::{
+    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat,
+    RunState,
+};
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError};
 
-use crate::generate::{run_loop, FinishReason, LoopError, StopConfig};
+use crate::generate::{run_loop, FinishReason, Generator, LoopError, LoopOutput, StopConfig};
 use crate::generation_config::{GenerationConfig, GenerationConfigError};
+pub use crate::request::{check_prompt_bytes, prompt_byte_limit, MAX_PROMPT_BYTES};
+use crate::request::{History, Prepared};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
 use crate::stream::{StreamDecoder, TokenBytes};
-
-/// Largest prompt text accepted before tokenization (RELIABILITY 11): a bound on tokenizer time
-/// (about 3 s for 4 MiB on one loaded core).
-pub const MAX_PROMPT_BYTES: usize = 4 << 20;
-
-/// Bytes of prompt text worth tokenizing for a context of `context` tokens: 16 bytes per token (far above
-/// any real text's average), at most [`MAX_PROMPT_BYTES`].
-pub fn prompt_byte_limit(context: usize) -> usize {
-    MAX_PROMPT_BYTES.min(context.saturating_mul(16))
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -53,24 +48,6 @@ pub enum EngineError {
     /// The caller's output sink failed (e.g. a closed pipe).
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
-}
-
-/// Refuse prompt text over `limit` bytes before tokenizing it (RELIABILITY 11).
-pub fn check_prompt_bytes(messages: &[Message], limit: usize) -> Result<(), EngineError> {
-    let text_bytes: usize = messages
-        .iter()
-        .flat_map(|m| &m.content)
-        .map(|c| match c {
-            qwen3vl_processor::Content::Text(t) => t.len(),
-            _ => 0,
-        })
-        .sum();
-    if text_bytes > limit {
-        return Err(EngineError::Input(format!(
-            "the prompt text is {text_bytes} bytes, over the limit of {limit} bytes for this context"
-        )));
-    }
-    Ok(())
 }
 
 /// How to load a checkpoint.
@@ -168,12 +145,56 @@ impl Engine {
         self.model.config().text.max_position_embeddings
     }
 
+    /// One prompt answered in a fresh sequence sized to it: the prompt is prepared once (see
+    /// [`Engine::prepare`]) for a context of `context` tokens (clamped to the model's).
+    pub fn generate(
+        &self,
+        messages: &[Message],
+        images: Vec<ImageInput>,
+        params: &GenerateParams,
+        context: usize,
+        on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
+    ) -> Result<Generation, EngineError> {
+        let context = context.clamp(1, self.context_len().max(1));
+        let prepared = self.prepare(
+            messages,
+            images,
+            History::default(),
+            params.max_tokens,
+            context,
+        )?;
+        let mut session = self.session(prepared.kv_tokens());
+        session.run(prepared, params, on_text)
+    }
+
+    /// When a sequence decoded with `params` (and a budget of `max_tokens`) stops.
+    pub(crate) fn stop_config(&self, params: &GenerateParams, max_tokens: usize) -> StopConfig {
+        let mut eos_ids = self.generation_config.eos_token_ids.clone();
+        eos_ids.extend_from_slice(&params.extra_eos);
+        StopConfig {
+            eos_ids,
+            stop_strings: params.stop_strings.clone(),
+            max_tokens,
+        }
+    }
+
+    /// Tokens that close an answer in the cache before the next turn: `<|im_end|>\n`, after the last
+    /// sampled token unless that was an EOS (which is not in the cache).
+    pub(crate) fn closing_tokens(&self, out: &LoopOutput) -> Vec<u32> {
+        let last = *out.tokens.last().unwrap_or(&self.im_end);
+        match out.finish {
+            FinishReason::Eos => vec![self.im_end, self.newline],
+            FinishReason::Stop | FinishReason::Length => vec![last, self.im_end, self.newline],
+        }
+    }
+
     /// A conversation holding up to `max_len` tokens (clamped to the context length).
     pub fn session(&self, max_len: usize) -> Session<'_> {
         let max_len = max_len.clamp(1, self.context_len().max(1));
         Session {
             engine: self,
-            cache: KvCache::new(&self.model, max_len),
+            cache: KvCache::new(&self.model.config().text, max_len),
+            state: RunState::new(),
             tokens: Vec::new(),
             rope_delta: 0,
             close: Vec::new(),
@@ -185,8 +206,8 @@ impl Engine {
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
     pub sampling: SamplingParams,
-    /// At least 1.
-    pub max_tokens: usize,
+    /// Most tokens to generate (at least 1); None = as many as fit in the context.
+    pub max_tokens: Option<usize>,
     pub stop_strings: Vec<String>,
     /// Extra EOS ids (the checkpoint's are always used).
     pub extra_eos: Vec<u32>,
@@ -236,6 +257,8 @@ pub struct Generation {
 pub struct Session<'e> {
     engine: &'e Engine,
     cache: KvCache,
+    /// The decoder's activations and logits, reused by every step.
+    state: RunState,
     /// Token ids in the cache, in order.
     tokens: Vec<u32>,
     /// Accumulated M-RoPE delta of the cached sequence.
@@ -258,18 +281,6 @@ impl Session<'_> {
         self.cache.max_len()
     }
 
-    /// Tokens the next turn with `messages` and `images` would add to the cache before generating
-    /// (the tokens closing the previous answer plus the turn's prompt).
-    pub fn turn_len(
-        &self,
-        messages: &[Message],
-        images: &[ImageInput],
-    ) -> Result<usize, EngineError> {
-        check_prompt_bytes(messages, prompt_byte_limit(self.engine.context_len()))?;
-        let prompt = self.engine.processor.encode(messages, images, true)?;
-        Ok(self.close.len() + prompt.input_ids.len())
-    }
-
     /// Forget the conversation.
     pub fn reset(&mut self) {
         self.cache.clear();
@@ -288,43 +299,44 @@ impl Session<'_> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
     ) -> Result<Generation, EngineError> {
+        let history = History {
+            len: self.cache.len(),
+            rope_delta: self.rope_delta,
+            close: &self.close,
+        };
+        let prepared = self.engine.prepare(
+            messages,
+            images.to_vec(),
+            history,
+            params.max_tokens,
+            self.cache.max_len(),
+        )?;
+        self.run(prepared, params, on_text)
+    }
+
+    /// Run a prepared turn (see [`Engine::prepare`]; its history must be this session's).
+    pub fn run(
+        &mut self,
+        prepared: Prepared,
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
+    ) -> Result<Generation, EngineError> {
         let engine = self.engine;
         let model = &engine.model;
-        if params.max_tokens == 0 {
-            return Err(EngineError::Input(
-                "max_tokens must be at least 1".to_string(),
-            ));
-        }
-        check_prompt_bytes(messages, prompt_byte_limit(self.engine.context_len()))?;
-        let mut sampler = Sampler::new(params.sampling.clone())?;
-
-        // 1. Tokens and positions of this turn, continuing the cache.
-        let prompt = engine.processor.encode(messages, images, true)?;
-        let base = self.cache.len() as i64 + self.rope_delta;
-        let n_close = self.close.len();
-        let mut ids = self.close.clone();
-        ids.extend_from_slice(&prompt.input_ids);
-        let mut positions: [Vec<i64>; 3] = Default::default();
-        for (axis, p) in positions.iter_mut().enumerate() {
-            p.extend((0..n_close as i64).map(|i| base + i));
-            p.extend(
-                prompt.positions[axis]
-                    .iter()
-                    .map(|&x| x + base + n_close as i64),
-            );
-        }
-        let needed = self.cache.len() + ids.len() + params.max_tokens;
-        if needed > self.cache.max_len() {
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let Prepared {
+            tokens: ids,
+            positions,
+            vision: images,
+            rope_delta,
+            max_tokens,
+        } = prepared;
+        if self.cache.len() + ids.len() + max_tokens > self.cache.max_len() {
             return Err(EngineError::Input(format!(
-                "the prompt has {} tokens{}; with max_tokens {} that is {} tokens, over the context of {} tokens",
+                "{} tokens of conversation, {} of prompt and max_tokens {max_tokens} do not fit the context \
+                 of {} tokens",
+                self.cache.len(),
                 ids.len(),
-                if self.cache.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (after {} tokens of conversation)", self.cache.len())
-                },
-                params.max_tokens,
-                needed,
                 self.cache.max_len()
             )));
         }
@@ -333,58 +345,68 @@ impl Session<'_> {
             ..Default::default()
         };
 
-        // 2. Vision tower.
+        // 1. Vision tower.
         let vision = if images.is_empty() {
             None
         } else {
             let t = Instant::now();
-            let v = model.encode_images(images)?;
+            let v = model.encode_images(&images)?;
             stats.vision_seconds = t.elapsed().as_secs_f64();
             stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
             Some(v)
         };
 
-        // 3. Prefill.
+        // 2. Prefill.
         let t = Instant::now();
-        let logits = model.forward(
-            &ids,
-            &positions,
-            vision.as_ref(),
-            &mut self.cache,
-            Logits::Last,
-        )?;
+        let logits = model
+            .forward(
+                &ids,
+                positions.as_ref(),
+                vision.as_ref(),
+                &mut self.cache,
+                &mut self.state,
+                Logits::Last,
+            )?
+            .to_vec();
         stats.prefill_seconds = t.elapsed().as_secs_f64();
         self.tokens.extend_from_slice(&ids);
-        self.rope_delta += prompt.rope_delta;
+        self.rope_delta = rope_delta;
         self.close.clear();
 
-        // 4. Decode.
+        // 3. Decode.
+        let mut sampler = sampler;
         sampler.add_prompt_tokens(&self.tokens);
-        let mut eos_ids = engine.generation_config.eos_token_ids.clone();
-        eos_ids.extend_from_slice(&params.extra_eos);
-        let stop = StopConfig {
-            eos_ids,
-            stop_strings: params.stop_strings.clone(),
-            max_tokens: params.max_tokens,
-        };
-        let mut decoder = StreamDecoder::new(engine.token_bytes.clone(), true);
-        let cache = &mut self.cache;
-        let tokens = &mut self.tokens;
-        let rope_delta = self.rope_delta;
+        let mut gen = Generator::new(
+            sampler,
+            StreamDecoder::new(engine.token_bytes.clone(), true),
+            &engine.stop_config(params, max_tokens),
+        );
+        let Session {
+            cache,
+            state,
+            tokens,
+            ..
+        } = self;
         let mut decode_seconds = 0.0;
-        let out = run_loop(
-            logits,
-            &mut sampler,
-            &mut decoder,
-            &stop,
-            |id| {
+        run_loop(
+            &mut gen,
+            &logits,
+            |id, buf| {
                 let t = Instant::now();
                 let pos = cache.len() as i64 + rope_delta;
-                let p = [vec![pos], vec![pos], vec![pos]];
-                let l = model.forward(&[id], &p, None, cache, Logits::Last)?;
+                let l = model.forward(
+                    &[id],
+                    PositionsRef::single(&pos),
+                    None,
+                    cache,
+                    state,
+                    Logits::Last,
+                )?;
+                buf.clear();
+                buf.extend_from_slice(l);
                 tokens.push(id);
                 decode_seconds += t.elapsed().as_secs_f64();
-                Ok(l)
+                Ok(())
             },
             on_text,
         )
@@ -392,18 +414,13 @@ impl Session<'_> {
             LoopError::Sampling(s) => EngineError::Sampling(s),
             LoopError::Step(e) => e,
         })?;
+        let out: LoopOutput = gen.into_output();
         stats.decode_seconds = decode_seconds;
         stats.decode_steps = out.steps;
         stats.generated_tokens = out.tokens.len();
 
-        // 5. What closes this answer in the cache before the next turn.
-        let last = *out.tokens.last().unwrap_or(&engine.im_end);
-        self.close = match out.finish {
-            FinishReason::Eos => vec![engine.im_end, engine.newline],
-            FinishReason::Stop | FinishReason::Length => {
-                vec![last, engine.im_end, engine.newline]
-            }
-        };
+        // 4. What closes this answer in the cache before the next turn.
+        self.close = engine.closing_tokens(&out);
         Ok(Generation {
             tokens: out.tokens,
             text: out.text,

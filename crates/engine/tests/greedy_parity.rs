@@ -31,7 +31,7 @@ fn load(dir: &Path) -> Engine {
 fn params(sampling: SamplingParams, max_tokens: usize) -> GenerateParams {
     GenerateParams {
         sampling,
-        max_tokens,
+        max_tokens: Some(max_tokens),
         stop_strings: vec![],
         extra_eos: vec![],
     }
@@ -98,7 +98,7 @@ fn greedy_ids_match_transformers() {
 /// (turn 1, answer 1, `<|im_end|>\n`, turn 2) at once in a fresh cache with positions from get_rope_index.
 #[test]
 fn multi_turn_cache_equals_full_recompute() {
-    use qwen3vl_model::{KvCache, Logits};
+    use qwen3vl_model::{KvCache, Logits, Positions, PositionsRef, RunState, VisionInput};
     let dir = testdata().join("model-tiny-untied");
     let engine = load(&dir);
     let refdir = testdata().join("model-reference");
@@ -131,11 +131,25 @@ fn multi_turn_cache_equals_full_recompute() {
     let (positions, delta) =
         qwen3vl_processor::get_rope_index(&ids, &[img.grid_thw], p.special_ids(), 2).unwrap();
     let model = &engine.model;
-    let vision = model.encode_images(std::slice::from_ref(&img)).unwrap();
-    let mut cache = KvCache::new(model, 512);
+    let vin = VisionInput {
+        pixel_values: img.pixel_values.clone(),
+        grid_thw: img.grid_thw,
+    };
+    let vision = model.encode_images(std::slice::from_ref(&vin)).unwrap();
+    let mut cache = KvCache::new(&model.config().text, 512);
+    let mut st = RunState::new();
+    let positions = Positions::from(positions);
     let mut logits = model
-        .forward(&ids, &positions, Some(&vision), &mut cache, Logits::Last)
-        .unwrap();
+        .forward(
+            &ids,
+            positions.as_ref(),
+            Some(&vision),
+            &mut cache,
+            &mut st,
+            Logits::Last,
+        )
+        .unwrap()
+        .to_vec();
     let mut expected = Vec::new();
     for _ in 0..a2.tokens.len() {
         let id = qwen3vl_engine::sampling::argmax(&logits).unwrap();
@@ -144,12 +158,14 @@ fn multi_turn_cache_equals_full_recompute() {
         logits = model
             .forward(
                 &[id],
-                &[vec![pos], vec![pos], vec![pos]],
+                PositionsRef::single(&pos),
                 None,
                 &mut cache,
+                &mut st,
                 Logits::Last,
             )
-            .unwrap();
+            .unwrap()
+            .to_vec();
     }
     assert_eq!(
         a2.tokens, expected,
@@ -215,4 +231,40 @@ fn refused_requests_leave_the_session_usable() {
     assert_eq!(s.len(), 0, "a refused request must not touch the cache");
     let g = s.generate(&[user(0, "hi")], &[], &greedy(3), none).unwrap();
     assert_eq!(g.tokens.len(), 3);
+}
+
+/// `max_tokens` unset generates as much as fits the context; `Engine::generate` sizes a fresh sequence to
+/// the prepared prompt and gives the session's answer.
+#[test]
+fn unset_max_tokens_fills_the_context() {
+    let engine = load(&testdata().join("model-tiny-untied"));
+    let msgs = [user(0, "Tell me a story.")];
+    let prompt_len = engine
+        .processor
+        .encode(&msgs, &[], true)
+        .unwrap()
+        .input_ids
+        .len();
+    let mut p = params(SamplingParams::greedy(), 1);
+    p.max_tokens = None;
+    p.extra_eos = vec![];
+    let context = prompt_len + 7;
+    let g = engine
+        .generate(&msgs, vec![], &p, context, &mut |_| Ok(()))
+        .unwrap();
+    assert!(g.tokens.len() <= 7);
+    if g.finish == FinishReason::Length {
+        assert_eq!(g.tokens.len(), 7);
+    }
+    let mut s = engine.session(context);
+    let again = s.generate(&msgs, &[], &p, &mut |_| Ok(())).unwrap();
+    assert_eq!(again.tokens, g.tokens);
+    // A prompt that fills the context leaves no room.
+    let e = engine
+        .generate(&msgs, vec![], &p, prompt_len, &mut |_| Ok(()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("context of {prompt_len}")),
+        "{e}"
+    );
 }

@@ -2,7 +2,9 @@
 
 use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision};
+use qwen3vl_model::{
+    KvCache, LoadOptions, Logits, Model, Positions, Precision, RunState, VisionInput,
+};
 
 #[test]
 fn tiny_random_checkpoint_runs_with_varied_logits() {
@@ -21,16 +23,11 @@ fn tiny_random_checkpoint_runs_with_varied_logits() {
     )
     .unwrap();
     let ids: Vec<u32> = vec![151644, 872, 198, 9707, 0, 9645, 825, 151645, 198];
-    let pos: Vec<i64> = (0..ids.len() as i64).collect();
-    let mut cache = KvCache::new(&model, 64);
+    let pos = Positions::text(0, ids.len());
+    let mut cache = KvCache::new(&model.config().text, 64);
+    let mut st = RunState::new();
     let logits = model
-        .forward(
-            &ids,
-            &[pos.clone(), pos.clone(), pos],
-            None,
-            &mut cache,
-            Logits::All,
-        )
+        .forward(&ids, pos.as_ref(), None, &mut cache, &mut st, Logits::All)
         .unwrap();
     let v = model.vocab_size();
     assert_eq!(logits.len(), ids.len() * v);
@@ -49,7 +46,7 @@ fn tiny_random_checkpoint_runs_with_varied_logits() {
     let pixel_values: Vec<f32> = (0..n * 1536)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
         .collect();
-    let img = qwen3vl_model::ImageInput {
+    let img = VisionInput {
         pixel_values,
         grid_thw: [1, 4, 4],
     };

@@ -68,7 +68,6 @@ fn logits(dir: &Path, quant: Option<QuantFormat>) -> Vec<f32> {
             vision_quant: quant,
             out: PathBuf::new(),
         },
-        Kernels::detect().unwrap(),
     )
     .unwrap()
     .last_logits

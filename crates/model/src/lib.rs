@@ -4,8 +4,16 @@
 //! config.json ──> Config                        (errors name the field; no class defaults)
 //! *.safetensors ─> Weights (mmap, validated) ──> Model::load: structs named like the HF modules,
 //!                                                linear weights packed once for the CPU
-//! ImageInput ──> Model::encode_images ──> VisionOutput { embeds (n_tok, H), deepstack [(n_tok, H)] }
-//! ids + M-RoPE positions + VisionOutput ──> Model::forward(.., &mut KvCache, Logits) ──> logits
+//! VisionInput ──> Model::encode_images ──> VisionOutput { embeds (n_tok, H), deepstack [(n_tok, H)] }
+//! ids + M-RoPE Positions + VisionOutput ──> Model::forward(.., &mut KvCache, &mut RunState, Logits) ──> logits
+//! [Seq { ids, positions, vision, cache }; N] ──> Model::forward_batch ──> logits of N sequences, one pass
+//! ```
+//!
+//! The model does not know the processor: it takes its own [`VisionInput`] (pixels, grid) and
+//! [`Positions`]; the engine joins the two. A [`KvCache`] holds one sequence's keys and values; the
+//! activations live in a [`RunState`] the caller owns, so a decode step allocates nothing.
+//!
+//! ```text
 //! ```
 //!
 //! Activations are f32 throughout. [`Precision::F32`] rounds nothing to bf16 (the parity mode: it matches
@@ -16,23 +24,26 @@
 //! (`visual.blocks.3`, `language_model.layers.0`, `logits`), so a test names the first diverging module.
 
 pub mod config;
+mod input;
 mod kv_cache;
 mod linear;
 mod model;
 mod norm;
 mod plan;
+mod state;
 pub mod text;
 pub mod trace;
 pub mod vision;
 pub mod weights;
 
 pub use config::{Config, TextConfig, VisionConfig};
+pub use input::{Logits, Positions, PositionsRef, Seq, VisionInput, VisionRows};
 pub use kv_cache::KvCache;
 pub use linear::{Linear, LinearWeight};
-pub use model::{top_k, LoadOptions, Logits, Model, Precision, TopK, VisionOutput};
+pub use model::{top_k, LoadOptions, Model, Precision, TopK, VisionOutput};
 pub use plan::{Plan, PlanOp};
 pub use qwen3vl_kernels::quant::QuantFormat;
-pub use qwen3vl_processor::ImageInput;
+pub use state::RunState;
 pub use trace::{Trace, TraceMap};
 
 /// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.

@@ -6,8 +6,10 @@ use std::path::Path;
 use qwen3vl_kernels::Kernels;
 
 use crate::config::Config;
+use crate::input::{Logits, PositionsRef, Seq, VisionInput, VisionRows};
 use crate::kv_cache::KvCache;
 use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
+use crate::state::RunState;
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::VisionModel;
@@ -15,7 +17,6 @@ use crate::weights::{Dtype, Weights};
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
 use qwen3vl_kernels::quant::QuantFormat;
-use qwen3vl_processor::ImageInput;
 
 pub use crate::vision::VisionOutput;
 
@@ -39,15 +40,6 @@ pub struct LoadOptions<'a> {
     pub vision_quant: Option<QuantFormat>,
     /// Called as tensors are loaded with (bytes done, bytes total).
     pub progress: Option<&'a dyn Fn(u64, u64)>,
-}
-
-/// Which rows of logits `forward` returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// (V): the last token's
-    Last,
-    /// (l, V): every token's
-    All,
 }
 
 pub struct Model {
@@ -130,6 +122,7 @@ impl Model {
                     .into(),
             });
         }
+        language_model.image_token_id = config.image_token_id;
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,
@@ -172,14 +165,14 @@ impl Model {
     }
 
     /// Runs the vision tower over all images of one prompt (in prompt order).
-    pub fn encode_images(&self, images: &[ImageInput]) -> Result<VisionOutput, ModelError> {
+    pub fn encode_images(&self, images: &[VisionInput]) -> Result<VisionOutput, ModelError> {
         self.encode_images_traced(images, None)
     }
 
     /// [`Model::encode_images`], recording each stage into `trace`.
     pub fn encode_images_traced(
         &self,
-        images: &[ImageInput],
+        images: &[VisionInput],
         trace: Option<&mut dyn Trace>,
     ) -> Result<VisionOutput, ModelError> {
         self.visual.forward(&self.ctx, images, &mut Tracer(trace))
@@ -187,109 +180,182 @@ impl Model {
 
     /// Runs `ids` (l) at M-RoPE `positions` (3 × l, absolute) through the decoder, appending to `cache`.
     /// `vision` (prefill only) supplies the rows of the image tokens and the DeepStack features.
-    /// Returns logits (V) for `Logits::Last` or (l, V) for `Logits::All`.
-    pub fn forward(
+    /// Returns logits (V) for `Logits::Last` or (l, V) for `Logits::All`, held in `state`.
+    pub fn forward<'s>(
         &self,
         ids: &[u32],
-        positions: &[Vec<i64>; 3],
+        positions: PositionsRef,
         vision: Option<&VisionOutput>,
         cache: &mut KvCache,
+        state: &'s mut RunState,
         logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
-        self.forward_traced(ids, positions, vision, cache, logits, None)
+    ) -> Result<&'s [f32], ModelError> {
+        self.forward_traced(ids, positions, vision, cache, state, logits, None)
     }
 
     /// [`Model::forward`], recording each stage into `trace`.
-    pub fn forward_traced(
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_traced<'s>(
         &self,
         ids: &[u32],
-        positions: &[Vec<i64>; 3],
+        positions: PositionsRef,
         vision: Option<&VisionOutput>,
         cache: &mut KvCache,
+        state: &'s mut RunState,
         logits: Logits,
         trace: Option<&mut dyn Trace>,
-    ) -> Result<Vec<f32>, ModelError> {
-        let mut logits_out = Vec::new();
-        self.forward_into(
+    ) -> Result<&'s [f32], ModelError> {
+        let mut seq = [Seq {
             ids,
             positions,
-            vision,
+            vision: vision.map(|features| VisionRows { features, first: 0 }),
             cache,
             logits,
-            &mut logits_out,
-            trace,
-        )?;
-        Ok(logits_out)
+        }];
+        if let Some(v) = vision {
+            // A whole prompt: its image tokens take every visual row.
+            let n = ids
+                .iter()
+                .filter(|&&t| t == self.config.image_token_id)
+                .count();
+            let n_tok = v.n_tokens(self.config.text.hidden_size);
+            if n != n_tok {
+                return Err(ModelError::Input(format!(
+                    "image features and image tokens do not match: {n} image tokens in the prompt, {n_tok} \
+                     visual tokens from the vision tower"
+                )));
+            }
+        }
+        self.forward_batch_traced(&mut seq, state, trace)
     }
 
-    /// [`Model::forward_traced`] writing the logits into `out` (resized; reusing its capacity).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_into(
+    /// One forward pass over several sequences, each appending its tokens to its own cache: a batched decode
+    /// step (N sequences of one token), prefill chunks, or both mixed. The matmuls run over all rows at once
+    /// (the weights are read once for the whole batch); attention runs per sequence. Returns the requested
+    /// logits rows of every sequence in order, (r, V), held in `state`.
+    pub fn forward_batch<'s>(
         &self,
-        ids: &[u32],
-        positions: &[Vec<i64>; 3],
-        vision: Option<&VisionOutput>,
-        cache: &mut KvCache,
-        logits: Logits,
-        out: &mut Vec<f32>,
+        seqs: &mut [Seq],
+        state: &'s mut RunState,
+    ) -> Result<&'s [f32], ModelError> {
+        self.forward_batch_traced(seqs, state, None)
+    }
+
+    /// [`Model::forward_batch`], recording each stage into `trace`.
+    pub fn forward_batch_traced<'s>(
+        &self,
+        seqs: &mut [Seq],
+        state: &'s mut RunState,
         trace: Option<&mut dyn Trace>,
-    ) -> Result<(), ModelError> {
-        let l = ids.len();
+    ) -> Result<&'s [f32], ModelError> {
         let mut tracer = Tracer(trace);
-        self.run_decoder(ids, positions, vision, cache, &mut tracer)?;
+        self.run_decoder(seqs, state, &mut tracer)?;
 
         // logits = lm_head(norm(x)) for the requested rows
         let (h, vs) = (self.config.text.hidden_size, self.vocab_size());
-        let (rows, x) = match logits {
-            Logits::All => (l, &cache.x[..]),
-            Logits::Last => (1, &cache.x[(l - 1) * h..l * h]),
+        let m: usize = seqs.iter().map(|s| s.ids.len()).sum();
+        let RunState {
+            x, picked, logits, ..
+        } = state;
+        let all = seqs.len() == 1 && seqs[0].logits == Logits::All;
+        let (rows, src) = if all {
+            (m, &x[..])
+        } else {
+            picked.clear();
+            let mut r0 = 0;
+            for s in seqs.iter() {
+                let l = s.ids.len();
+                match s.logits {
+                    Logits::None => {}
+                    Logits::Last => picked.extend_from_slice(&x[(r0 + l - 1) * h..(r0 + l) * h]),
+                    Logits::All => picked.extend_from_slice(&x[r0 * h..(r0 + l) * h]),
+                }
+                r0 += l;
+            }
+            (picked.len() / h, &picked[..])
         };
-        out.resize(rows * vs, 0.0);
-        self.lm_head.forward(&self.ctx, x, rows, out)?;
-        if logits == Logits::All {
-            tracer.rec(|| "logits".into(), &[l, vs], out);
+        logits.resize(rows * vs, 0.0);
+        if rows > 0 {
+            self.lm_head.forward(&self.ctx, src, rows, logits)?;
         }
-        Ok(())
+        if all {
+            tracer.rec(|| "logits".into(), &[m, vs], logits);
+        }
+        Ok(&state.logits)
     }
 
-    /// Checks the inputs, runs the decoder over `ids` (appending to `cache`) and leaves the final-normed
-    /// hidden states (l, H) in `cache.x`.
+    /// Checks the inputs, runs the decoder over every sequence (appending to its cache) and leaves the
+    /// final-normed hidden states (m, H) in `state.x`.
     fn run_decoder(
         &self,
-        ids: &[u32],
-        positions: &[Vec<i64>; 3],
-        vision: Option<&VisionOutput>,
-        cache: &mut KvCache,
+        seqs: &mut [Seq],
+        state: &mut RunState,
         tracer: &mut Tracer,
     ) -> Result<(), ModelError> {
-        let l = ids.len();
-        if l == 0 {
-            return Err(ModelError::Input("no tokens to run".into()));
+        if seqs.is_empty() {
+            return Err(ModelError::Input("no sequences to run".into()));
         }
-        if let Some(a) = positions.iter().position(|p| p.len() != l) {
-            return Err(ModelError::Input(format!(
-                "positions[{a}] has {} entries for {l} tokens",
-                positions[a].len()
-            )));
+        let (h, kvd, layers) = {
+            let t = &self.config.text;
+            (
+                t.hidden_size,
+                t.num_key_value_heads * t.head_dim,
+                t.num_hidden_layers,
+            )
+        };
+        for (i, s) in seqs.iter().enumerate() {
+            let l = s.ids.len();
+            if l == 0 {
+                return Err(ModelError::Input(format!("sequence {i}: no tokens to run")));
+            }
+            if let Some(a) = s.positions.rows.iter().position(|p| p.len() != l) {
+                return Err(ModelError::Input(format!(
+                    "sequence {i}: positions[{a}] has {} entries for {l} tokens",
+                    s.positions.rows[a].len()
+                )));
+            }
+            let c = &s.cache;
+            if c.k.len() != layers || c.k.first().is_some_and(|k| k.len() != c.max_len() * kvd) {
+                return Err(ModelError::Input(format!(
+                    "sequence {i}: the KV cache was built for another model"
+                )));
+            }
+            if c.len() + l > c.max_len() {
+                return Err(ModelError::Input(format!(
+                    "the KV cache holds {} of {} tokens; {l} more do not fit",
+                    c.len(),
+                    c.max_len()
+                )));
+            }
+            if let Some(v) = s.vision {
+                let n = s
+                    .ids
+                    .iter()
+                    .filter(|&&t| t == self.config.image_token_id)
+                    .count();
+                let n_tok = v.features.n_tokens(h);
+                if v.features.embeds.len() != n_tok * h
+                    || v.first + n > n_tok
+                    || v.features
+                        .deepstack
+                        .iter()
+                        .any(|f| f.len() != v.features.embeds.len())
+                {
+                    return Err(ModelError::Input(format!(
+                        "sequence {i}: image features and image tokens do not match: image tokens {}..{} \
+                         of {} visual tokens from the vision tower",
+                        v.first,
+                        v.first + n,
+                        v.features.embeds.len() as f64 / h as f64
+                    )));
+                }
+            }
         }
-        if cache.len() + l > cache.max_len() {
-            return Err(ModelError::Input(format!(
-                "the KV cache holds {} of {} tokens; {l} more do not fit",
-                cache.len(),
-                cache.max_len()
-            )));
+        self.language_model
+            .forward(&self.ctx, &self.lm_head.weight, seqs, state, tracer)?;
+        for s in seqs.iter_mut() {
+            s.cache.advance(s.ids.len());
         }
-        let vision = vision.map(|v| (v, self.config.image_token_id));
-        self.language_model.forward(
-            &self.ctx,
-            &self.lm_head.weight,
-            ids,
-            positions,
-            vision,
-            cache,
-            tracer,
-        )?;
-        cache.advance(l);
         Ok(())
     }
 
@@ -299,13 +365,21 @@ impl Model {
     pub fn forward_top_k(
         &self,
         ids: &[u32],
-        positions: &[Vec<i64>; 3],
+        positions: PositionsRef,
         vision: Option<&VisionOutput>,
         cache: &mut KvCache,
+        state: &mut RunState,
         k: usize,
     ) -> Result<TopK, ModelError> {
         const BLOCK: usize = 64;
-        self.run_decoder(ids, positions, vision, cache, &mut Tracer(None))?;
+        let mut seq = [Seq {
+            ids,
+            positions,
+            vision: vision.map(|features| VisionRows { features, first: 0 }),
+            cache,
+            logits: Logits::None,
+        }];
+        self.run_decoder(&mut seq, state, &mut Tracer(None))?;
         let (l, h, vs) = (ids.len(), self.config.text.hidden_size, self.vocab_size());
         let k = k.min(vs);
         let mut out = TopK {
@@ -319,7 +393,7 @@ impl Model {
             let rows = BLOCK.min(l - r0);
             let y = &mut buf[..rows * vs];
             self.lm_head
-                .forward(&self.ctx, &cache.x[r0 * h..(r0 + rows) * h], rows, y)?;
+                .forward(&self.ctx, &state.x[r0 * h..(r0 + rows) * h], rows, y)?;
             for row in y.chunks_exact(vs) {
                 for (i, v) in top_k(row, k) {
                     out.idx.push(i as u32);

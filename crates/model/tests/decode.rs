@@ -4,7 +4,9 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision};
+use qwen3vl_model::{
+    KvCache, LoadOptions, Logits, Model, Positions, PositionsRef, Precision, RunState, VisionInput,
+};
 
 fn check(geometry: &str, case: &str) {
     let model = Model::load(
@@ -27,32 +29,36 @@ fn check(geometry: &str, case: &str) {
     let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
 
     // One forward over everything.
-    let mut full_cache = KvCache::new(&model, l);
+    let tc = &model.config().text;
+    let mut full_cache = KvCache::new(tc, l);
+    let mut st = RunState::new();
     let full = model
-        .forward(&ids, &pos, vis.as_ref(), &mut full_cache, Logits::All)
-        .unwrap();
+        .forward(
+            &ids,
+            pos.as_ref(),
+            vis.as_ref(),
+            &mut full_cache,
+            &mut st,
+            Logits::All,
+        )
+        .unwrap()
+        .to_vec();
     assert_eq!(full_cache.len(), l);
 
     // Prefill up to just after the last image token, then one token at a time.
     let img = model.config().image_token_id;
     let prefill = ids.iter().rposition(|&t| t == img).map_or(3, |p| p + 2);
-    let mut cache = KvCache::new(&model, l + 4);
-    let slice = |a: usize, b: usize| {
-        [
-            pos[0][a..b].to_vec(),
-            pos[1][a..b].to_vec(),
-            pos[2][a..b].to_vec(),
-        ]
-    };
-    let last = model
-        .forward(
-            &ids[..prefill],
-            &slice(0, prefill),
-            vis.as_ref(),
-            &mut cache,
-            Logits::Last,
-        )
-        .unwrap();
+    let mut cache = KvCache::new(tc, l + 4);
+    let mut seq = [qwen3vl_model::Seq {
+        ids: &ids[..prefill],
+        positions: pos.slice(0, prefill),
+        vision: vis
+            .as_ref()
+            .map(|features| qwen3vl_model::VisionRows { features, first: 0 }),
+        cache: &mut cache,
+        logits: Logits::Last,
+    }];
+    let last = model.forward_batch(&mut seq, &mut st).unwrap().to_vec();
     let mag = full.iter().fold(0f32, |m, x| m.max(x.abs()));
     let cmp = |got: &[f32], i: usize, what: &str| {
         let (e, at, _) = max_abs_err(got, &full[i * v..(i + 1) * v]);
@@ -62,27 +68,25 @@ fn check(geometry: &str, case: &str) {
         );
     };
     cmp(&last, prefill - 1, "prefill");
-    let mut step = Vec::new();
     for i in prefill..l {
         // The caller's decode position: cache_len + rope_delta on all three axes (spec 5.3).
         let p = cache.len() as i64 + delta;
         assert_eq!(
-            [pos[0][i], pos[1][i], pos[2][i]],
+            [pos.rows[0][i], pos.rows[1][i], pos.rows[2][i]],
             [p, p, p],
             "{name}: decode position at {i}"
         );
-        model
-            .forward_into(
+        let step = model
+            .forward(
                 &ids[i..i + 1],
-                &[vec![p], vec![p], vec![p]],
+                PositionsRef::single(&p),
                 None,
                 &mut cache,
+                &mut st,
                 Logits::Last,
-                &mut step,
-                None,
             )
             .unwrap();
-        cmp(&step, i, "decode");
+        cmp(step, i, "decode");
     }
     assert_eq!(cache.len(), l);
 
@@ -92,13 +96,14 @@ fn check(geometry: &str, case: &str) {
     let again = model
         .forward(
             &ids[prefill..prefill + 1],
-            &[vec![p], vec![p], vec![p]],
+            PositionsRef::single(&p),
             None,
             &mut cache,
+            &mut st,
             Logits::Last,
         )
         .unwrap();
-    cmp(&again, prefill, "after truncate");
+    cmp(again, prefill, "after truncate");
 }
 
 #[test]
@@ -124,21 +129,37 @@ fn cache_overflow_and_bad_inputs_are_errors() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let p = vec![0i64, 1, 2];
-    let pos = [p.clone(), p.clone(), p];
-    let mut small = KvCache::new(&model, 2);
+    let pos = Positions::text(0, 3);
+    let tc = &model.config().text;
+    let mut st = RunState::new();
+    let mut small = KvCache::new(tc, 2);
+    let e = model
+        .forward(
+            &[1, 2, 3],
+            pos.as_ref(),
+            None,
+            &mut small,
+            &mut st,
+            Logits::Last,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("do not fit"), "{e}");
+    let mut c = KvCache::new(tc, 8);
     assert!(model
-        .forward(&[1, 2, 3], &pos, None, &mut small, Logits::Last)
+        .forward(
+            &[1, 2, 999_999],
+            pos.as_ref(),
+            None,
+            &mut c,
+            &mut st,
+            Logits::Last
+        )
         .is_err());
-    let mut c = KvCache::new(&model, 8);
     assert!(model
-        .forward(&[1, 2, 999_999], &pos, None, &mut c, Logits::Last)
+        .forward(&[1, 2], pos.as_ref(), None, &mut c, &mut st, Logits::Last)
         .is_err());
     assert!(model
-        .forward(&[1, 2], &pos, None, &mut c, Logits::Last)
-        .is_err());
-    assert!(model
-        .forward(&[], &[vec![], vec![], vec![]], None, &mut c, Logits::Last)
+        .forward(&[], pos.slice(0, 0), None, &mut c, &mut st, Logits::Last)
         .is_err());
     // Image tokens without matching visual rows.
     let img = model.config().image_token_id;
@@ -147,15 +168,36 @@ fn cache_overflow_and_bad_inputs_are_errors() {
         deepstack: vec![],
     };
     assert!(model
-        .forward(&[img, 1, 2], &pos, Some(&vis), &mut c, Logits::Last)
+        .forward(
+            &[img, 1, 2],
+            pos.as_ref(),
+            Some(&vis),
+            &mut c,
+            &mut st,
+            Logits::Last
+        )
+        .is_err());
+    // A cache built for another geometry.
+    let mut other = tc.clone();
+    other.num_hidden_layers += 1;
+    let mut wrong = KvCache::new(&other, 8);
+    assert!(model
+        .forward(
+            &[1, 2, 3],
+            pos.as_ref(),
+            None,
+            &mut wrong,
+            &mut st,
+            Logits::Last
+        )
         .is_err());
     // Images whose pixels disagree with their grid.
-    let bad = qwen3vl_model::ImageInput {
+    let bad = VisionInput {
         pixel_values: vec![0.0; 1536 * 3],
         grid_thw: [1, 2, 2],
     };
     assert!(model.encode_images(&[bad]).is_err());
-    let odd = qwen3vl_model::ImageInput {
+    let odd = VisionInput {
         pixel_values: vec![0.0; 1536 * 3],
         grid_thw: [1, 1, 3],
     };
@@ -201,10 +243,19 @@ fn greedy_decode_matches_transformers_generate() {
             let ids = r.input_ids();
             let delta = r.rope_delta();
             let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
-            let mut cache = KvCache::new(&model, ids.len() + want.len());
+            let mut cache = KvCache::new(&model.config().text, ids.len() + want.len());
+            let mut st = RunState::new();
             let mut logits = model
-                .forward(&ids, &r.positions(), vis.as_ref(), &mut cache, Logits::Last)
-                .unwrap();
+                .forward(
+                    &ids,
+                    r.positions().as_ref(),
+                    vis.as_ref(),
+                    &mut cache,
+                    &mut st,
+                    Logits::Last,
+                )
+                .unwrap()
+                .to_vec();
             let mut got = Vec::new();
             while got.len() < want.len() {
                 let next = argmax(&logits) as u32;
@@ -213,17 +264,17 @@ fn greedy_decode_matches_transformers_generate() {
                     break;
                 }
                 let p = cache.len() as i64 + delta;
-                model
-                    .forward_into(
+                logits = model
+                    .forward(
                         &[next],
-                        &[vec![p], vec![p], vec![p]],
+                        PositionsRef::single(&p),
                         None,
                         &mut cache,
+                        &mut st,
                         Logits::Last,
-                        &mut logits,
-                        None,
                     )
-                    .unwrap();
+                    .unwrap()
+                    .to_vec();
             }
             assert_eq!(got, want, "{name}: greedy ids");
         }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision, TraceMap};
+use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision, RunState, TraceMap};
 
 const CASES: [&str; 3] = ["text", "image1", "image2"];
 
@@ -32,13 +32,15 @@ fn run_case(model: &Model, geometry: &str, case: &str) -> (Vec<StageResult>, usi
                 .expect("vision"),
         )
     };
-    let mut cache = KvCache::new(model, ids.len());
+    let mut cache = KvCache::new(&model.config().text, ids.len());
+    let mut st = RunState::new();
     let logits = model
         .forward_traced(
             &ids,
-            &pos,
+            pos.as_ref(),
             vis.as_ref(),
             &mut cache,
+            &mut st,
             Logits::All,
             Some(&mut tr),
         )
@@ -232,9 +234,16 @@ fn forward_top_k_matches_reference_f32() {
             let ims = images(&name, &r);
             let ids = r.input_ids();
             let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).unwrap());
-            let mut cache = KvCache::new(&model, ids.len());
+            let mut cache = KvCache::new(&model.config().text, ids.len());
             let t = model
-                .forward_top_k(&ids, &r.positions(), vis.as_ref(), &mut cache, 5)
+                .forward_top_k(
+                    &ids,
+                    r.positions().as_ref(),
+                    vis.as_ref(),
+                    &mut cache,
+                    &mut RunState::new(),
+                    5,
+                )
                 .unwrap();
             assert_eq!(t.idx.len(), ids.len() * 5);
             assert_eq!(t.last.len(), model.vocab_size());

@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LinearWeight, LoadOptions, Logits, Model, Precision, QuantFormat};
+use qwen3vl_model::{
+    KvCache, LinearWeight, LoadOptions, Logits, Model, Precision, QuantFormat, RunState,
+};
 
 const CASES: [&str; 3] = ["text", "image1", "image2"];
 
@@ -30,9 +32,17 @@ fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
     let ims = images(&name, &r);
     let ids = r.input_ids();
     let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
-    let mut cache = KvCache::new(model, ids.len());
+    let mut cache = KvCache::new(&model.config().text, ids.len());
+    let mut st = RunState::new();
     let logits = model
-        .forward(&ids, &r.positions(), vis.as_ref(), &mut cache, Logits::All)
+        .forward(
+            &ids,
+            r.positions().as_ref(),
+            vis.as_ref(),
+            &mut cache,
+            &mut st,
+            Logits::All,
+        )
         .expect("forward");
     let (v, l) = (model.vocab_size(), ids.len());
     let cols: Vec<usize> = r

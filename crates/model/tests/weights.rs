@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::weights::{write_safetensors, Dtype, OutTensor, SafetensorsFile};
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision};
+use qwen3vl_model::{
+    KvCache, LoadOptions, Logits, Model, ModelError, Positions, Precision, RunState,
+};
 use safetensors::SafeTensors;
 
 fn tmp(name: &str) -> PathBuf {
@@ -204,10 +206,12 @@ fn load(dir: &Path) -> Result<Model, ModelError> {
 /// Last-position logits of a short text prompt.
 fn logits(m: &Model) -> Vec<f32> {
     let ids = [151644u32, 872, 198, 9707, 151645, 198, 151644, 77091, 198];
-    let p: Vec<i64> = (0..ids.len() as i64).collect();
-    let mut c = KvCache::new(m, 16);
-    m.forward(&ids, &[p.clone(), p.clone(), p], None, &mut c, Logits::Last)
+    let p = Positions::text(0, ids.len());
+    let mut c = KvCache::new(&m.config().text, 16);
+    let mut st = RunState::new();
+    m.forward(&ids, p.as_ref(), None, &mut c, &mut st, Logits::Last)
         .unwrap()
+        .to_vec()
 }
 
 fn expect_model_err(r: Result<Model, ModelError>, words: &[&str]) {

@@ -1,6 +1,7 @@
 //! Qwen3VLTextAttention: q/k RMSNorm per head, then M-RoPE, then causal GQA over the KV cache (spec 4.3).
 
 use crate::config::TextConfig;
+use crate::input::Seq;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::norm::RmsNorm;
 use crate::{KernelCtx, ModelError};
@@ -20,20 +21,15 @@ pub struct TextAttention {
     pub head_dim: usize,
 }
 
-/// Buffers of one attention call.
+/// Buffers of one attention call over m rows.
 pub(crate) struct AttnBufs<'a> {
-    /// (l, (nq + 2·nkv)·hd)
+    /// (m, (nq + 2·nkv)·hd)
     pub qkv: &'a mut [f32],
-    /// (l, nq·hd)
+    /// (m, nq·hd)
     pub q: &'a mut [f32],
-    /// (l, nq·hd)
+    /// (m, nq·hd)
     pub out: &'a mut [f32],
-    /// this layer's cache: (max_len, nkv·hd) each
-    pub k_cache: &'a mut [f32],
-    pub v_cache: &'a mut [f32],
-    /// rows already in the cache
-    pub start: usize,
-    /// (l, hd/2)
+    /// (m, hd/2)
     pub cos: &'a [f32],
     pub sin: &'a [f32],
 }
@@ -60,78 +56,90 @@ impl TextAttention {
         })
     }
 
-    /// h: (l, H) normed input -> out: (l, H); appends this step's K, V to the cache rows [start, start+l).
+    /// h: (m, H) normed input, the rows of `seqs` in order -> out: (m, H). Each sequence appends its K, V
+    /// to its cache rows [len, len + l) of layer `li` and attends over its own cache.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         c: &Ctx,
         h: &[f32],
-        l: usize,
+        m: usize,
         b: AttnBufs,
+        seqs: &mut [Seq],
+        li: usize,
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         let k = &c.k;
         let (nq, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let kvd = nkv * hd;
-        // 1. q = q_norm(q_proj(h).view(l, nq, hd)); k = k_norm(k_proj(h).view(l, nkv, hd)); v = v_proj(h)
-        //    One matmul for q, k, v                                          (l, (nq + 2·nkv)·hd)
+        let half = hd / 2;
+        // 1. q = q_norm(q_proj(h).view(m, nq, hd)); k = k_norm(k_proj(h).view(m, nkv, hd)); v = v_proj(h)
+        //    One matmul for q, k, v over all rows                             (m, (nq + 2·nkv)·hd)
         let (qd, row) = (nq * hd, nq * hd + 2 * kvd);
-        self.qkv_proj.forward(c, h, l, b.qkv)?;
-        let qkv = &b.qkv[..l * row];
+        self.qkv_proj.forward(c, h, m, b.qkv)?;
+        let qkv = &b.qkv[..m * row];
         // 2. q, k = apply_rotary_pos_emb(q, k, cos, sin)   (norm before rope)
-        //    Norm and RoPE in one pass per head, q written to its buffer and k straight into the cache rows
-        //    of these tokens; v rows copied to the cache.
+        //    Norm and RoPE in one pass per head: q for all rows into its buffer; per sequence, k straight
+        //    into the cache rows of its tokens and v rows copied to the cache.
         let (qn, kn) = (&self.q_norm, &self.k_norm);
-        k.rms_norm_rope_half(qkv, row, b.q, qd, l, nq, &qn.weight, qn.eps, b.cos, b.sin)
+        k.rms_norm_rope_half(qkv, row, b.q, qd, m, nq, &qn.weight, qn.eps, b.cos, b.sin)
             .ctx("text q_norm + rope")?;
-        let k_rows = &mut b.k_cache[b.start * kvd..(b.start + l) * kvd];
-        k.rms_norm_rope_half(
-            &qkv[qd..],
-            row,
-            k_rows,
-            kvd,
-            l,
-            nkv,
-            &kn.weight,
-            kn.eps,
-            b.cos,
-            b.sin,
-        )
-        .ctx("text k_norm + rope")?;
-        for (r, src) in qkv.chunks_exact(row).enumerate() {
-            let cr = (b.start + r) * kvd..(b.start + r + 1) * kvd;
-            b.v_cache[cr].copy_from_slice(&src[qd + kvd..]);
-        }
-        // 3. o = causal GQA attention over cache rows [0, start+l), scale hd^-0.5   (l, nq, hd)
-        let kv_len = b.start + l;
-        let p = AttnParams {
-            n_q_heads: nq,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            q_len: l,
-            kv_len,
-            scale: 1.0 / (hd as f32).sqrt(),
-            causal: true,
-            path: c.path,
-        };
-        let kv_layout = AttnLayout {
-            row_stride: kvd,
-            head_stride: hd,
-        };
-        k.attention(
-            b.q,
-            AttnLayout {
-                row_stride: nq * hd,
+        let mut r0 = 0;
+        for s in seqs.iter_mut() {
+            let (l, start) = (s.ids.len(), s.cache.len());
+            let rows = &qkv[r0 * row..(r0 + l) * row];
+            let (k_cache, v_cache) = (&mut s.cache.k[li], &mut s.cache.v[li]);
+            k.rms_norm_rope_half(
+                &rows[qd..],
+                row,
+                &mut k_cache[start * kvd..(start + l) * kvd],
+                kvd,
+                l,
+                nkv,
+                &kn.weight,
+                kn.eps,
+                &b.cos[r0 * half..(r0 + l) * half],
+                &b.sin[r0 * half..(r0 + l) * half],
+            )
+            .ctx("text k_norm + rope")?;
+            for (r, src) in rows.chunks_exact(row).enumerate() {
+                let cr = (start + r) * kvd..(start + r + 1) * kvd;
+                v_cache[cr].copy_from_slice(&src[qd + kvd..]);
+            }
+            // 3. o = causal GQA attention over cache rows [0, start+l), scale hd^-0.5   (l, nq, hd)
+            let kv_len = start + l;
+            let p = AttnParams {
+                n_q_heads: nq,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                q_len: l,
+                kv_len,
+                scale: 1.0 / (hd as f32).sqrt(),
+                causal: true,
+                path: c.path,
+            };
+            let kv_layout = AttnLayout {
+                row_stride: kvd,
                 head_stride: hd,
-            },
-            &b.k_cache[..kv_len * kvd],
-            kv_layout,
-            &b.v_cache[..kv_len * kvd],
-            kv_layout,
-            b.out,
-            &p,
-        )
-        .ctx("text attention")?;
-        // 4. out = o_proj(o.reshape(l, nq·hd))
-        self.o_proj.forward(c, b.out, l, out)
+            };
+            let q_layout = AttnLayout {
+                row_stride: qd,
+                head_stride: hd,
+            };
+            k.attention(
+                &b.q[r0 * qd..(r0 + l) * qd],
+                q_layout,
+                &k_cache[..kv_len * kvd],
+                kv_layout,
+                &v_cache[..kv_len * kvd],
+                kv_layout,
+                &mut b.out[r0 * qd..(r0 + l) * qd],
+                &p,
+            )
+            .ctx("text attention")?;
+            r0 += l;
+        }
+        // 4. out = o_proj(o.reshape(m, nq·hd))
+        self.o_proj.forward(c, &b.out[..m * qd], m, out)
     }
 }

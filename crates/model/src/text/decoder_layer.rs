@@ -1,6 +1,7 @@
 //! Qwen3VLTextDecoderLayer: pre-norm attention and MLP with residuals (spec 4.3).
 
 use crate::config::TextConfig;
+use crate::input::Seq;
 use crate::linear::{Ctx, Vb};
 use crate::norm::RmsNorm;
 use crate::text::attention::{AttnBufs, TextAttention};
@@ -16,7 +17,7 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
 }
 
-/// Per-call buffers of the text decoder (kept in the KvCache so decode steps do not allocate).
+/// Per-call buffers of the text decoder (kept in the caller's RunState so decode steps do not allocate).
 #[derive(Default)]
 pub(crate) struct TextScratch {
     pub h: Vec<f32>,    // (l, H)
@@ -64,17 +65,16 @@ impl DecoderLayer {
         })
     }
 
-    /// x: (l, H), updated in place; K/V of these tokens go to cache rows [start, start+l).
-    #[allow(clippy::too_many_arguments)]
+    /// x: (m, H), the rows of every sequence in order, updated in place; each sequence's K/V go to its
+    /// cache rows [len, len + l) of layer `li`.
     pub(crate) fn forward(
         &self,
         c: &Ctx,
         x: &mut [f32],
-        l: usize,
+        m: usize,
         s: &mut TextScratch,
-        k_cache: &mut [f32],
-        v_cache: &mut [f32],
-        start: usize,
+        seqs: &mut [Seq],
+        li: usize,
     ) -> Result<(), ModelError> {
         // 1. x = x + self_attn(input_layernorm(x))
         self.input_layernorm.forward(&c.k, x, &mut s.h)?;
@@ -82,17 +82,15 @@ impl DecoderLayer {
             qkv: &mut s.qkv,
             q: &mut s.q,
             out: &mut s.attn,
-            k_cache,
-            v_cache,
-            start,
             cos: &s.cos,
             sin: &s.sin,
         };
-        self.self_attn.forward(c, &s.h, l, bufs, &mut s.o)?;
+        self.self_attn
+            .forward(c, &s.h, m, bufs, seqs, li, &mut s.o)?;
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         // 2. x = x + mlp(post_attention_layernorm(x))
         self.post_attention_layernorm.forward(&c.k, x, &mut s.h)?;
-        self.mlp.forward(c, &s.h, l, &mut s.act, &mut s.o)?;
+        self.mlp.forward(c, &s.h, m, &mut s.act, &mut s.o)?;
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         Ok(())
     }

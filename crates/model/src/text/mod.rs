@@ -7,11 +7,11 @@ pub mod mlp;
 pub mod rotary;
 
 use crate::config::TextConfig;
-use crate::kv_cache::KvCache;
+use crate::input::Seq;
 use crate::linear::{Ctx, LinearWeight, Vb};
 use crate::norm::RmsNorm;
+use crate::state::RunState;
 use crate::trace::Tracer;
-use crate::vision::VisionOutput;
 use crate::weights::TensorRef;
 use crate::{KernelCtx, ModelError};
 
@@ -31,6 +31,8 @@ pub struct TextModel {
     /// (H)
     pub norm: RmsNorm,
     pub rotary_emb: TextRotary,
+    /// `image_token_id` of config.json: the rows that take visual features
+    pub image_token_id: u32,
 }
 
 impl TextModel {
@@ -62,98 +64,112 @@ impl TextModel {
             layers,
             norm: vb.rms_norm("norm", cfg.hidden_size, cfg.rms_norm_eps)?,
             rotary_emb: TextRotary::new(cfg),
+            image_token_id: 0,
         })
     }
 
-    /// Runs ids (l) through the decoder, appending to `cache`; leaves the final-normed hidden states
-    /// (l, H) in `cache.x`. `lm_head`: (V, H), the embedding rows when `embed_from_lm_head`.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs every sequence's ids through the decoder, appending to its cache; leaves the final-normed hidden
+    /// states (m, H) of all rows (m = Σ l_i, sequences in order) in `st.x`. The matmuls see all m rows at
+    /// once; attention runs per sequence over its own cache. `lm_head`: (V, H), the embedding rows when
+    /// `embed_from_lm_head`. Inputs are checked by the caller ([`crate::Model::forward_batch`]).
     pub(crate) fn forward(
         &self,
         c: &Ctx,
         lm_head: &LinearWeight,
-        ids: &[u32],
-        positions: &[Vec<i64>; 3],
-        vision: Option<(&VisionOutput, u32)>,
-        cache: &mut KvCache,
+        seqs: &mut [Seq],
+        st: &mut RunState,
         trace: &mut Tracer,
     ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
-        let (l, hs) = (ids.len(), cfg.hidden_size);
-        let start = cache.len();
-        cache.x.resize(l * hs, 0.0);
-        cache.scratch.resize(cfg, l);
+        let hs = cfg.hidden_size;
+        let m: usize = seqs.iter().map(|s| s.ids.len()).sum();
+        st.x.resize(m * hs, 0.0);
+        st.scratch.resize(cfg, m);
+        let half = cfg.head_dim / 2;
 
-        // 1. x = embed_tokens(ids)                                     (l, H)
-        for (i, &id) in ids.iter().enumerate() {
-            if id as usize >= cfg.vocab_size {
-                return Err(ModelError::Input(format!(
-                    "token id {id} at position {i} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                )));
+        // 1. x = embed_tokens(ids)                                     (m, H)
+        let mut r = 0;
+        for s in seqs.iter() {
+            for (i, &id) in s.ids.iter().enumerate() {
+                if id as usize >= cfg.vocab_size {
+                    return Err(ModelError::Input(format!(
+                        "token id {id} at position {i} is outside the vocabulary ({})",
+                        cfg.vocab_size
+                    )));
+                }
+                let row = &mut st.x[(r + i) * hs..(r + i + 1) * hs];
+                if self.embed_from_lm_head {
+                    lm_head.row_f32(id as usize, row).ctx("embed_tokens")?;
+                } else {
+                    self.embed_tokens.row_f32(id as usize, row);
+                }
             }
-            let row = &mut cache.x[i * hs..(i + 1) * hs];
-            if self.embed_from_lm_head {
-                lm_head.row_f32(id as usize, row).ctx("embed_tokens")?;
-            } else {
-                self.embed_tokens.row_f32(id as usize, row);
-            }
+            r += s.ids.len();
         }
         // 2. x = x.masked_scatter(ids == image_token_id, image_embeds); the same rows get DeepStack later.
-        let mut visual_rows: Vec<usize> = Vec::new();
-        if let Some((v, image_token_id)) = vision {
-            visual_rows = ids
-                .iter()
-                .enumerate()
-                .filter(|(_, &id)| id == image_token_id)
-                .map(|(i, _)| i)
-                .collect();
-            let n_tok = v.embeds.len() / hs;
-            if v.embeds.len() != n_tok * hs || n_tok != visual_rows.len() {
-                return Err(ModelError::Input(format!(
-                    "image features and image tokens do not match: {} image tokens in the prompt, {} visual \
-                     tokens from the vision tower",
-                    visual_rows.len(),
-                    v.embeds.len() as f64 / hs as f64
-                )));
-            }
-            if v.deepstack.iter().any(|f| f.len() != v.embeds.len()) {
-                return Err(ModelError::Input(
-                    "deepstack features differ in size from the visual embeddings".into(),
-                ));
-            }
-            for (t, &r) in visual_rows.iter().enumerate() {
-                cache.x[r * hs..(r + 1) * hs].copy_from_slice(&v.embeds[t * hs..(t + 1) * hs]);
-            }
-        }
-        trace.rec(|| "language_model.embed".into(), &[l, hs], &cache.x);
-
-        // 3. position embeddings shared by all layers                   (l, hd/2)
-        self.rotary_emb
-            .cos_sin(positions, &mut cache.scratch.cos, &mut cache.scratch.sin);
-
-        // 4. decoder layers; DeepStack: x[visual rows] += deepstack[l] after layer l (prefill only)
-        let KvCache {
-            k, v, x, scratch, ..
-        } = cache;
-        for (li, layer) in self.layers.iter().enumerate() {
-            layer.forward(c, x, l, scratch, &mut k[li], &mut v[li], start)?;
-            if let Some((vis, _)) = vision {
-                if let Some(feat) = vis.deepstack.get(li) {
-                    for (t, &r) in visual_rows.iter().enumerate() {
-                        let row = &mut x[r * hs..(r + 1) * hs];
-                        for (a, b) in row.iter_mut().zip(&feat[t * hs..(t + 1) * hs]) {
-                            *a += b;
-                        }
+        st.visual_rows.clear();
+        let mut r = 0;
+        for (si, s) in seqs.iter().enumerate() {
+            if let Some(v) = s.vision {
+                let mut f = v.first;
+                for (i, &id) in s.ids.iter().enumerate() {
+                    if id == self.image_token_id {
+                        st.visual_rows.push((r + i, si, f));
+                        f += 1;
                     }
                 }
             }
-            trace.rec(|| format!("language_model.layers.{li}"), &[l, hs], x);
+            r += s.ids.len();
+        }
+        for &(row, si, f) in &st.visual_rows {
+            let v = seqs[si]
+                .vision
+                .expect("rows come from sequences with vision")
+                .features;
+            st.x[row * hs..(row + 1) * hs].copy_from_slice(&v.embeds[f * hs..(f + 1) * hs]);
+        }
+        trace.rec(|| "language_model.embed".into(), &[m, hs], &st.x);
+
+        // 3. position embeddings shared by all layers                   (m, hd/2)
+        let mut r = 0;
+        for s in seqs.iter() {
+            let l = s.ids.len();
+            let rows = r * half..(r + l) * half;
+            self.rotary_emb.cos_sin(
+                s.positions,
+                &mut st.scratch.cos[rows.clone()],
+                &mut st.scratch.sin[rows],
+            );
+            r += l;
+        }
+
+        // 4. decoder layers; DeepStack: x[visual rows] += deepstack[l] after layer l (prefill only)
+        let RunState {
+            x,
+            scratch,
+            visual_rows,
+            ..
+        } = st;
+        for (li, layer) in self.layers.iter().enumerate() {
+            layer.forward(c, x, m, scratch, seqs, li)?;
+            for &(row, si, f) in visual_rows.iter() {
+                let v = seqs[si]
+                    .vision
+                    .expect("rows come from sequences with vision")
+                    .features;
+                if let Some(feat) = v.deepstack.get(li) {
+                    let dst = &mut x[row * hs..(row + 1) * hs];
+                    for (a, b) in dst.iter_mut().zip(&feat[f * hs..(f + 1) * hs]) {
+                        *a += b;
+                    }
+                }
+            }
+            trace.rec(|| format!("language_model.layers.{li}"), &[m, hs], x);
         }
 
         // 5. x = norm(x)
         self.norm.forward_inplace(&c.k, x)?;
-        trace.rec(|| "language_model.norm".into(), &[l, hs], x);
+        trace.rec(|| "language_model.norm".into(), &[m, hs], x);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Qwen3VLTextRotaryEmbedding: interleaved multimodal RoPE (spec 5.1).
 
 use crate::config::{mrope_axis, TextConfig};
+use crate::input::PositionsRef;
 
 pub struct TextRotary {
     /// head_dim/2 frequencies: 1 / θ^(2j / head_dim), fp32
@@ -24,9 +25,9 @@ impl TextRotary {
         TextRotary { inv_freq, axis }
     }
 
-    /// positions: 3 × (L) absolute (T, H, W) ids, starting at token `from` -> cos, sin: (L, head_dim/2).
+    /// positions: 3 × (L) absolute (T, H, W) ids -> cos, sin: (L, head_dim/2).
     /// angle_j = p_axis(j) · inv_freq[j] as an fp32 product (large positions lose precision as in torch).
-    pub fn cos_sin(&self, positions: &[Vec<i64>; 3], cos: &mut [f32], sin: &mut [f32]) {
+    pub fn cos_sin(&self, positions: PositionsRef, cos: &mut [f32], sin: &mut [f32]) {
         let half = self.inv_freq.len();
         for (i, (c, s)) in cos
             .chunks_exact_mut(half)
@@ -34,7 +35,7 @@ impl TextRotary {
             .enumerate()
         {
             for j in 0..half {
-                let p = positions[self.axis[j] as usize][i] as f32;
+                let p = positions.rows[self.axis[j] as usize][i] as f32;
                 let a = p * self.inv_freq[j];
                 c[j] = (a as f64).cos() as f32;
                 s[j] = (a as f64).sin() as f32;

@@ -8,10 +8,10 @@ pub mod pos_embed;
 pub mod rotary;
 
 use crate::config::VisionConfig;
+use crate::input::VisionInput;
 use crate::linear::{Ctx, Vb};
 use crate::trace::Tracer;
 use crate::{KernelCtx, ModelError};
-use qwen3vl_processor::ImageInput;
 
 pub use block::VisionBlock;
 pub use merger::PatchMerger;
@@ -65,7 +65,7 @@ impl VisionModel {
     }
 
     /// Checks the images against the config; returns the total patch count.
-    fn check(&self, images: &[ImageInput]) -> Result<usize, ModelError> {
+    fn check(&self, images: &[VisionInput]) -> Result<usize, ModelError> {
         let (m, pd) = (self.cfg.spatial_merge_size, self.cfg.patch_dim());
         let mut n = 0usize;
         for (i, im) in images.iter().enumerate() {
@@ -96,7 +96,7 @@ impl VisionModel {
     pub(crate) fn forward(
         &self,
         c: &Ctx,
-        images: &[ImageInput],
+        images: &[VisionInput],
         trace: &mut Tracer,
     ) -> Result<VisionOutput, ModelError> {
         let cfg = &self.cfg;

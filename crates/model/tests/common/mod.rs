@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use qwen3vl_model::ImageInput;
+use qwen3vl_model::{Positions, VisionInput};
 use safetensors::{Dtype, SafeTensors};
 
 /// Precision::F32: every stage within this max-abs error relative to the stage's max |reference|.
@@ -94,10 +94,10 @@ impl Reference {
             .collect()
     }
 
-    pub fn positions(&self) -> [Vec<i64>; 3] {
+    pub fn positions(&self) -> Positions {
         let p = &self.get("position_ids").i64;
         let l = p.len() / 3;
-        [p[..l].to_vec(), p[l..2 * l].to_vec(), p[2 * l..].to_vec()]
+        Positions::from([p[..l].to_vec(), p[l..2 * l].to_vec(), p[2 * l..].to_vec()])
     }
 
     pub fn rope_delta(&self) -> i64 {
@@ -123,7 +123,7 @@ pub fn cases() -> serde_json::Value {
 }
 
 /// The case's images, from inputs.safetensors (pixel values per image file) and the reference's grids.
-pub fn images(case: &str, reference: &Reference) -> Vec<ImageInput> {
+pub fn images(case: &str, reference: &Reference) -> Vec<VisionInput> {
     let cases = cases();
     let files: Vec<String> = cases["cases"][case]["images"]
         .as_array()
@@ -138,7 +138,7 @@ pub fn images(case: &str, reference: &Reference) -> Vec<ImageInput> {
         .map(|(f, g)| {
             let t = inputs.get(f);
             assert_eq!(t.shape[0], g[0] * g[1] * g[2], "{f}: rows vs grid");
-            ImageInput {
+            VisionInput {
                 pixel_values: t.f32.clone(),
                 grid_thw: g,
             }

@@ -1,0 +1,388 @@
+//! The worker thread: admission under the KV budget (with prefix reuse), and the steps of continuous
+//! batching.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use qwen3vl_model::{KvCache, Logits, RunState, Seq, VisionOutput, VisionRows};
+
+use super::cache::{encode_cached, token_keys};
+use super::{Event, Job, SchedulerOptions, SeqStats};
+use crate::generate::{Generator, LoopError, Next};
+use crate::sampling::Sampler;
+use crate::session::Engine;
+use crate::stream::StreamDecoder;
+
+/// A sequence in the batch.
+struct Running {
+    job: Job,
+    keys: Vec<u64>,
+    cache: KvCache,
+    gen: Generator,
+    vision: Option<VisionOutput>,
+    /// Prompt tokens in the cache, image tokens among them.
+    done: usize,
+    image_rows: usize,
+    next_id: u32,
+    next_pos: i64,
+    stats: SeqStats,
+    first_token: Option<Instant>,
+}
+
+/// A finished sequence's KV, kept for reuse.
+struct Kept {
+    keys: Vec<u64>,
+    cache: KvCache,
+    last_used: u64,
+}
+
+pub(super) struct Worker<'e> {
+    engine: &'e Engine,
+    opts: SchedulerOptions,
+    waiting: VecDeque<Job>,
+    running: Vec<Running>,
+    kept: Vec<Kept>,
+    /// (content hash, features) of recently encoded images, most recent last
+    vision_cache: Vec<(u64, Arc<VisionOutput>)>,
+    state: RunState,
+    clock: u64,
+}
+
+impl<'e> Worker<'e> {
+    pub(super) fn new(engine: &'e Engine, opts: SchedulerOptions) -> Worker<'e> {
+        Worker {
+            engine,
+            opts,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            kept: Vec::new(),
+            vision_cache: Vec::new(),
+            state: RunState::new(),
+            clock: 0,
+        }
+    }
+
+    fn used(&self) -> usize {
+        self.running
+            .iter()
+            .map(|r| r.cache.max_len())
+            .sum::<usize>()
+            + self.kept.iter().map(|k| k.cache.max_len()).sum::<usize>()
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Job>) {
+        let mut open = true;
+        loop {
+            // 1. New requests: wait for one when idle, otherwise take what has arrived.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(j) => self.waiting.push_back(j),
+                    Err(_) => return,
+                }
+            }
+            while open {
+                match rx.try_recv() {
+                    Ok(j) => self.waiting.push_back(j),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            // 2. Cancelled requests leave; waiting ones join while the budget allows.
+            self.running
+                .retain(|r| !r.job.cancel.load(Ordering::Relaxed));
+            self.waiting.retain(|j| !j.cancel.load(Ordering::Relaxed));
+            self.admit();
+            if self.running.is_empty() {
+                if !open && self.waiting.is_empty() {
+                    return;
+                }
+                if !self.waiting.is_empty() {
+                    // Nothing runs and the head still does not fit: only possible if kept KV blocks it,
+                    // and admit() evicts that; refuse rather than spin.
+                    let j = self.waiting.pop_front().expect("not empty");
+                    let _ = j.events.send(Event::Error(format!(
+                        "the request needs {} KV tokens, over the budget of {}",
+                        j.prepared.kv_tokens(),
+                        self.opts.kv_tokens
+                    )));
+                }
+                continue;
+            }
+            // 3. One step.
+            self.step();
+        }
+    }
+
+    /// Moves waiting requests into the batch, in order, while their KV reservation fits the budget
+    /// (evicting kept prefixes if needed).
+    fn admit(&mut self) {
+        while self.running.len() < self.opts.max_batch {
+            let Some(job) = self.waiting.front() else {
+                return;
+            };
+            let need = job.prepared.kv_tokens();
+            let cfg = self.engine.model.config();
+            let merge = cfg.vision.spatial_merge_size;
+            let keys = token_keys(
+                &job.prepared.tokens,
+                cfg.image_token_id,
+                merge * merge,
+                &job.prepared.vision,
+            );
+            // The longest kept prefix (at least one token must still run, for the logits).
+            let best = self
+                .kept
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let n = k.keys.iter().zip(&keys).take_while(|(a, b)| a == b).count();
+                    (i, n.min(keys.len() - 1).min(k.cache.len()))
+                })
+                .max_by_key(|&(_, n)| n)
+                .filter(|&(_, n)| n > 0);
+            // Evict least recently used kept sequences (not the one to reuse) until the request fits.
+            while self.used() + need > self.opts.kv_tokens {
+                let victim = self
+                    .kept
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != best.map(|b| b.0) || self.kept.len() == 1)
+                    .min_by_key(|(_, k)| k.last_used)
+                    .map(|(i, _)| i);
+                match victim {
+                    Some(i) => {
+                        self.kept.swap_remove(i);
+                    }
+                    None => break,
+                }
+            }
+            // The reused entry may have moved (swap_remove) or gone: look it up again by content.
+            let best = best.and_then(|(_, n)| {
+                self.kept
+                    .iter()
+                    .position(|k| k.keys.len() >= n && k.keys[..n] == keys[..n])
+                    .map(|i| (i, n))
+            });
+            if self.used() + need > self.opts.kv_tokens {
+                if self.running.is_empty() && self.kept.is_empty() {
+                    // Cannot happen (submit checks the budget), but never wait forever.
+                    let job = self.waiting.pop_front().expect("front exists");
+                    let _ = job.events.send(Event::Error(format!(
+                        "the request needs {need} KV tokens, over the budget of {}",
+                        self.opts.kv_tokens
+                    )));
+                    continue;
+                }
+                return;
+            }
+            let job = self.waiting.pop_front().expect("front exists");
+            let mut cache = KvCache::new(&self.engine.model.config().text, need);
+            let mut done = 0;
+            if let Some((i, n)) = best {
+                if cache.copy_prefix_from(&self.kept[i].cache, n).is_ok() {
+                    done = n;
+                    self.clock += 1;
+                    self.kept[i].last_used = self.clock;
+                }
+            }
+            match Sampler::new(job.params.sampling.clone()) {
+                Ok(sampler) => {
+                    let r = self.start(job, keys, cache, done, sampler);
+                    self.running.push(r);
+                }
+                Err(e) => {
+                    let _ = job.events.send(Event::Error(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        job: Job,
+        keys: Vec<u64>,
+        cache: KvCache,
+        done: usize,
+        mut sampler: Sampler,
+    ) -> Running {
+        let engine = self.engine;
+        sampler.add_prompt_tokens(&job.prepared.tokens);
+        let gen = Generator::new(
+            sampler,
+            StreamDecoder::new(engine.token_bytes.clone(), true),
+            &engine.stop_config(&job.params, job.prepared.max_tokens),
+        );
+        let img = engine.model.config().image_token_id;
+        let image_rows = job.prepared.tokens[..done]
+            .iter()
+            .filter(|&&t| t == img)
+            .count();
+        let stats = SeqStats {
+            prompt_tokens: job.prepared.tokens.len(),
+            cached_tokens: done,
+            ..Default::default()
+        };
+        Running {
+            job,
+            keys,
+            cache,
+            gen,
+            vision: None,
+            done,
+            image_rows,
+            next_id: 0,
+            next_pos: 0,
+            stats,
+            first_token: None,
+        }
+    }
+
+    /// One forward pass: a token of every decoding sequence and one prefill chunk.
+    fn step(&mut self) {
+        let engine = self.engine;
+        let model = &engine.model;
+        let img = model.config().image_token_id;
+        // The first sequence still prefilling gets this step's chunk; its images are encoded first (unless
+        // every image token is already in its cache).
+        let pre = self
+            .running
+            .iter()
+            .position(|r| r.done < r.job.prepared.tokens.len());
+        if let Some(i) = pre {
+            let r = &mut self.running[i];
+            let rest_has_images = r.job.prepared.tokens[r.done..].contains(&img);
+            if r.vision.is_none() && rest_has_images {
+                let (vision_cache, cap) = (&mut self.vision_cache, self.opts.vision_cache_bytes);
+                match encode_cached(model, &r.job.prepared.vision, vision_cache, cap) {
+                    Ok((v, cached)) => {
+                        r.stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
+                        r.stats.cached_images = cached;
+                        r.vision = Some(v);
+                    }
+                    Err(e) => {
+                        let r = self.running.remove(i);
+                        let _ = r.job.events.send(Event::Error(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+        let chunk = self.opts.prefill_chunk;
+        let mut seqs: Vec<Seq> = Vec::with_capacity(self.running.len());
+        let mut owners: Vec<usize> = Vec::with_capacity(self.running.len());
+        let mut advanced: Option<(usize, usize, usize)> = None;
+        for (i, r) in self.running.iter_mut().enumerate() {
+            let p = &r.job.prepared;
+            if r.done < p.tokens.len() {
+                if Some(i) != pre {
+                    continue;
+                }
+                let end = (r.done + chunk).min(p.tokens.len());
+                let ids = &p.tokens[r.done..end];
+                let last = end == p.tokens.len();
+                let n_img = ids.iter().filter(|&&t| t == img).count();
+                seqs.push(Seq {
+                    ids,
+                    positions: p.positions.slice(r.done, end),
+                    vision: r.vision.as_ref().map(|features| VisionRows {
+                        features,
+                        first: r.image_rows,
+                    }),
+                    cache: &mut r.cache,
+                    logits: if last { Logits::Last } else { Logits::None },
+                });
+                advanced = Some((i, end, n_img));
+                if last {
+                    owners.push(i);
+                }
+            } else {
+                seqs.push(Seq::decode(&r.next_id, &r.next_pos, &mut r.cache));
+                owners.push(i);
+            }
+        }
+        let result = model.forward_batch(&mut seqs, &mut self.state);
+        drop(seqs);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed pass fails the sequences in it (their caches may hold partial rows).
+                for r in self.running.drain(..) {
+                    let _ = r.job.events.send(Event::Error(e.to_string()));
+                }
+                return;
+            }
+        };
+        if let Some((i, end, n_img)) = advanced {
+            let r = &mut self.running[i];
+            r.done = end;
+            r.image_rows += n_img;
+            if end == r.job.prepared.tokens.len() {
+                r.vision = None;
+            }
+        }
+        // 4. Sample each sequence's next token; finished ones leave.
+        let v = model.vocab_size();
+        let mut finished: Vec<usize> = Vec::new();
+        for (row, &i) in logits.chunks_exact(v).zip(&owners) {
+            let r = &mut self.running[i];
+            let now = Instant::now();
+            if r.first_token.is_none() {
+                r.first_token = Some(now);
+                r.stats.ttft_seconds = (now - r.job.submitted).as_secs_f64();
+            }
+            let events = &r.job.events;
+            let pushed = r.gen.push(row, &mut |s: &str| {
+                events.send(Event::Text(s.to_string())).map_err(|_| ())
+            });
+            match pushed {
+                Ok(Next::Feed(id)) => {
+                    r.next_id = id;
+                    r.next_pos = r.cache.len() as i64 + r.job.prepared.rope_delta;
+                }
+                Ok(Next::Done) => finished.push(i),
+                Err(LoopError::Step(())) => {
+                    // The receiver is gone: cancelled.
+                    r.job.cancel.store(true, Ordering::Relaxed);
+                }
+                Err(LoopError::Sampling(e)) => {
+                    let _ = events.send(Event::Error(e.to_string()));
+                    r.job.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        for &i in finished.iter().rev() {
+            let mut r = self.running.swap_remove(i);
+            let out = r.gen.output();
+            r.stats.generated_tokens = out.tokens.len();
+            r.stats.decode_seconds = r.first_token.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            let out = r.gen.into_output();
+            let _ = r.job.events.send(Event::Done {
+                tokens: out.tokens.clone(),
+                text: out.text,
+                finish: out.finish,
+                stats: r.stats,
+            });
+            if self.opts.prefix_cache {
+                // Keep the rows of the prompt and of the answer tokens fed back (a chat client resends the
+                // answer as history), in a cache of just that size.
+                let n = r.cache.len();
+                let fed = n.saturating_sub(r.keys.len());
+                r.keys
+                    .extend(out.tokens.iter().take(fed).map(|&t| t as u64));
+                r.keys.truncate(n);
+                let mut kept = KvCache::new(&model.config().text, n);
+                if kept.copy_prefix_from(&r.cache, n).is_ok() {
+                    self.clock += 1;
+                    self.kept.push(Kept {
+                        keys: r.keys,
+                        cache: kept,
+                        last_used: self.clock,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The scheduler on the tiny reference checkpoint (f32): requests decoded together, joining and leaving
+//! mid-run with chunked prefills, give the tokens each gets alone; the prefix cache gives a cold run's
+//! tokens; a request over the KV budget is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use qwen3vl_engine::scheduler::{Event, Request, Scheduler, SchedulerOptions};
+use qwen3vl_engine::{Engine, EngineOptions, GenerateParams, SamplingParams};
+use qwen3vl_model::Precision;
+use qwen3vl_processor::{Content, ImageInput, Message};
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
+fn engine() -> Arc<Engine> {
+    Arc::new(
+        Engine::load(
+            &testdata().join("model-tiny-untied"),
+            &EngineOptions {
+                threads: 0,
+                precision: Precision::F32,
+                progress: None,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn user(n_images: usize, text: &str) -> Message {
+    let mut c = vec![Content::Image; n_images];
+    c.push(Content::Text(text.to_string()));
+    Message::new("user", c)
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        stop_strings: vec![],
+        // No EOS: every request runs its whole budget, so they leave at known steps.
+        extra_eos: vec![],
+    }
+}
+
+fn image(e: &Engine, f: &str) -> ImageInput {
+    e.load_image(&testdata().join("model-reference").join(f))
+        .unwrap()
+}
+
+/// The requests of the tests: different lengths, with and without images, different budgets.
+fn requests(e: &Engine) -> Vec<Request> {
+    vec![
+        Request {
+            messages: vec![user(0, "Tell me a story about a cat.")],
+            images: vec![],
+            params: greedy(12),
+        },
+        Request {
+            messages: vec![user(1, "Describe this image.")],
+            images: vec![image(e, "img_64x96.png")],
+            params: greedy(5),
+        },
+        Request {
+            messages: vec![user(2, "Compare the two pictures, please.")],
+            images: vec![image(e, "img_64x96.png"), image(e, "img_96x64.png")],
+            params: greedy(9),
+        },
+    ]
+}
+
+#[test]
+fn batched_requests_match_each_alone() {
+    let e = engine();
+    let reqs = requests(&e);
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| {
+            e.generate(&r.messages, r.images.clone(), &r.params, 4096, &mut |_| {
+                Ok(())
+            })
+            .unwrap()
+            .tokens
+        })
+        .collect();
+    // Chunks of 7 tokens: the image requests prefill over several steps while the others decode.
+    let mut opts = SchedulerOptions::new(4096);
+    opts.prefill_chunk = 7;
+    opts.prefix_cache = false;
+    let s = Scheduler::start(e.clone(), opts).unwrap();
+    let handles: Vec<_> = reqs.iter().map(|r| s.submit(r.clone()).unwrap()).collect();
+    for (i, (h, want)) in handles.into_iter().zip(&alone).enumerate() {
+        let mut text = String::new();
+        let mut done = None;
+        while let Some(ev) = h.recv() {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done {
+                    tokens, text: t, ..
+                } => {
+                    assert_eq!(t, text, "request {i}: streamed text");
+                    done = Some(tokens);
+                }
+                Event::Error(m) => panic!("request {i}: {m}"),
+            }
+        }
+        assert_eq!(done.as_ref(), Some(want), "request {i}: tokens");
+    }
+}
+
+#[test]
+fn prefix_cache_reuses_the_history_and_matches_a_cold_run() {
+    let e = engine();
+    let img = image(&e, "img_64x96.png");
+    let first = Request {
+        messages: vec![user(1, "Describe this image.")],
+        images: vec![img.clone()],
+        params: greedy(6),
+    };
+    let warm = Scheduler::start(e.clone(), SchedulerOptions::new(4096)).unwrap();
+    let a1 = warm.submit(first.clone()).unwrap().wait().unwrap();
+    assert_eq!(a1.stats.cached_tokens, 0);
+    // The second turn resends everything: the first question, its answer, a new question.
+    let answer = e.processor.decode(&a1.tokens).unwrap();
+    let second = Request {
+        messages: vec![
+            user(1, "Describe this image."),
+            Message::text("assistant", &answer),
+            user(0, "And the colours?"),
+        ],
+        images: vec![img],
+        params: greedy(6),
+    };
+    let a2 = warm.submit(second.clone()).unwrap().wait().unwrap();
+    // Every image token is in the reused prefix (the image is not encoded again).
+    let prompt1 = a1.stats.prompt_tokens;
+    assert!(
+        a2.stats.cached_tokens >= prompt1,
+        "reused {} tokens of a {prompt1}-token first turn",
+        a2.stats.cached_tokens
+    );
+    assert_eq!(a2.stats.image_tokens, 0, "the image was encoded again");
+    let mut cold_opts = SchedulerOptions::new(4096);
+    cold_opts.prefix_cache = false;
+    let cold = Scheduler::start(e.clone(), cold_opts).unwrap();
+    let c2 = cold.submit(second).unwrap().wait().unwrap();
+    assert_eq!(c2.stats.cached_tokens, 0);
+    assert_eq!(a2.tokens, c2.tokens, "warm and cold second turns differ");
+}
+
+#[test]
+fn kv_budget_is_shared_and_overruns_are_refused() {
+    let e = engine();
+    let reqs = requests(&e);
+    let prompt = e
+        .prepare(&reqs[0].messages, vec![], Default::default(), Some(1), 4096)
+        .unwrap()
+        .tokens
+        .len();
+    // Room for one request at a time: the second waits for the first, both finish.
+    let budget = prompt + 12;
+    let t = &e.model.config().text;
+    let per_token = (2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4) as u64;
+    assert_eq!(
+        SchedulerOptions::kv_tokens_for_bytes(&e, budget as u64 * per_token + per_token - 1),
+        budget
+    );
+    let s = Scheduler::start(e.clone(), SchedulerOptions::new(budget)).unwrap();
+    let h1 = s.submit(reqs[0].clone()).unwrap();
+    let h2 = s.submit(reqs[0].clone()).unwrap();
+    let (a, b) = (h1.wait().unwrap(), h2.wait().unwrap());
+    assert_eq!(a.tokens, b.tokens);
+    // One token more than the budget: refused at submit, naming the budget.
+    let mut big = reqs[0].clone();
+    big.params.max_tokens = Some(13);
+    let err = s.submit(big).err().expect("over budget").to_string();
+    assert!(err.contains(&format!("budget is {budget} tokens")), "{err}");
+    // max_tokens unset takes what the budget leaves.
+    let mut fill = reqs[0].clone();
+    fill.params.max_tokens = None;
+    let c = s.submit(fill).unwrap().wait().unwrap();
+    assert_eq!(c.tokens.len(), 12);
+    // A cancelled request ends its stream without a result.
+    let h = s.submit(reqs[0].clone()).unwrap();
+    h.cancel();
+    assert!(h.wait().is_err());
+}
+
+#[test]
+fn handles_are_shared_across_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<Scheduler>();
+    fn send<T: Send>() {}
+    send::<qwen3vl_engine::RequestHandle>();
+}
+
+/// An image seen again after different text (so no shared prefix covers it) comes from the vision cache,
+/// and the answer is the one of a run without any cache.
+#[test]
+fn vision_cache_reuses_an_image_after_other_text() {
+    let e = engine();
+    let img = image(&e, "img_64x96.png");
+    let ask = |system: &str| Request {
+        messages: vec![
+            Message::text("system", system),
+            user(2, "What is in these?"),
+        ],
+        images: vec![img.clone(), image(&e, "img_96x64.png")],
+        params: greedy(4),
+    };
+    let s = Scheduler::start(e.clone(), SchedulerOptions::new(4096)).unwrap();
+    let a = s.submit(ask("You are terse.")).unwrap().wait().unwrap();
+    assert_eq!(a.stats.cached_images, 0);
+    let b = s.submit(ask("You are verbose.")).unwrap().wait().unwrap();
+    assert_eq!(b.stats.cached_images, 2, "{:?}", b.stats);
+    let mut off = SchedulerOptions::new(4096);
+    off.prefix_cache = false;
+    off.vision_cache_bytes = 0;
+    let cold = Scheduler::start(e.clone(), off).unwrap();
+    let c = cold
+        .submit(ask("You are verbose."))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(c.stats.cached_images, 0);
+    assert_eq!(
+        b.tokens, c.tokens,
+        "cached and encoded features give different answers"
+    );
+}
