@@ -37,13 +37,13 @@ pub enum EngineError {
     NotADir(PathBuf),
     #[error("{dir} has no {file} (expected a Hugging Face checkpoint directory: config.json, *.safetensors, tokenizer.json, ...)")]
     MissingFile { dir: PathBuf, file: &'static str },
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sampling(#[from] SamplingError),
-    #[error("{0}")]
+    #[error(transparent)]
     GenerationConfig(#[from] GenerationConfigError),
     #[error("SIMD level: {0}")]
     Isa(#[from] qwen3vl_kernels::isa::IsaError),
@@ -128,6 +128,14 @@ impl Engine {
         }
         let processor = Processor::from_dir(dir)?.with_kernels(kernels);
         let generation_config = GenerationConfig::from_dir(dir)?;
+        // Checked before the weights load (config.json is parsed again by Model::load; it is small).
+        let vocab_size = qwen3vl_model::Config::from_file(&dir.join("config.json"))?
+            .text
+            .vocab_size;
+        generation_config.check_vocab(
+            vocab_size,
+            &dir.join("generation_config.json").display().to_string(),
+        )?;
         let model = Model::load(
             dir,
             kernels,
@@ -307,7 +315,8 @@ impl Session<'_> {
                     .map(|&x| x + base + n_close as i64),
             );
         }
-        let needed = self.cache.len() + ids.len() + params.max_tokens;
+        // Checked: a max_tokens near usize::MAX wrapped this sum past the check and ran forever.
+        let needed = (self.cache.len() + ids.len()).saturating_add(params.max_tokens);
         if needed > self.cache.max_len() {
             return Err(EngineError::Input(format!(
                 "the prompt has {} tokens{}; with max_tokens {} that is {} tokens, over the context of {} tokens",
@@ -318,7 +327,7 @@ impl Session<'_> {
                     format!(" (after {} tokens of conversation)", self.cache.len())
                 },
                 params.max_tokens,
-                needed,
+                if needed == usize::MAX { "more than usize::MAX".to_string() } else { needed.to_string() },
                 self.cache.max_len()
             )));
         }
