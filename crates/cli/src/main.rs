@@ -65,9 +65,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line: "outer: inner: root".
+/// The error and its causes on one line, each fact once: "outer: inner: root", leaving out a cause whose
+/// text the line already holds (an error that prints its source and also returns it from `source()`).
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -213,7 +225,21 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
+/// `--threads` within the engine's limit (`limits::max_threads`).
+fn check_threads(threads: usize) -> Result<()> {
+    use qwen3vl_processor::limits::{max_threads, MAX_THREADS_PER_CORE};
+    let max = max_threads();
+    if threads > max {
+        bail!(
+            "--threads {threads} is over the limit of {max} ({MAX_THREADS_PER_CORE} per core on this machine's {} cores)",
+            max / MAX_THREADS_PER_CORE
+        );
+    }
+    Ok(())
+}
+
 fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    check_threads(args.threads)?;
     let bar = progress_bar("loading weights");
     let progress = |done: u64, total: u64| {
         if let Some(b) = &bar {
@@ -306,11 +332,19 @@ fn cmd_generate(
         prompt.to_string()
     };
     let prompt = prompt.as_str();
-    let engine = load_engine(args)?;
-    let pixels = images
+    // Inputs are checked before the model loads: a missing or bad image fails in a moment, not after it.
+    let decoded = images
         .iter()
-        .map(|p| engine.load_image(p))
+        .map(|p| qwen3vl_processor::decode::read_image_file(p, &Default::default()))
         .collect::<Result<Vec<_>, _>>()?;
+    let engine = load_engine(args)?;
+    let pixels = decoded
+        .iter()
+        .map(|img| engine.processor.preprocess_image(img))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (path, img) in images.iter().zip(&pixels) {
+        say_image_cost(&engine, path, img);
+    }
     let mut messages = Vec::new();
     if let Some(s) = system {
         messages.push(Message::text("system", s));
@@ -352,6 +386,24 @@ fn cmd_generate(
         summary(engine.load_seconds, &g.stats, g.finish.as_str())
     );
     Ok(())
+}
+
+/// Say on stderr (a terminal only) what an image costs before the vision tower spends it.
+fn say_image_cost(engine: &Engine, path: &std::path::Path, img: &qwen3vl_processor::ImageInput) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let m = engine.processor.image_config().merge_size;
+    let [t, h, w] = img.grid_thw;
+    let tokens = t * h * w / (m * m).max(1);
+    eprintln!(
+        "[image {}: {} image tokens ({}x{} patches)]",
+        path.display(),
+        tokens,
+        w,
+        h
+    );
 }
 
 /// The prompt from standard input, refusing more than the engine accepts before reading it all.
@@ -418,18 +470,31 @@ fn parse_image_size(s: &str) -> Result<Option<(u32, u32)>> {
     if w == 0 || h == 0 {
         bail!("--image-size {s:?}: width and height must be at least 1");
     }
+    // The limits of a decoded image (a 100000x100000 synthetic image aborted on allocation).
+    let lim = qwen3vl_processor::ImageLimits::default();
+    if w > lim.max_width || h > lim.max_height {
+        bail!(
+            "--image-size {s:?}: over the limit of {}x{} (the image decode limits)",
+            lim.max_width,
+            lim.max_height
+        );
+    }
     Ok(Some((w, h)))
 }
 
 fn cmd_bench(b: &BenchArgs) -> Result<()> {
     match &b.cmd {
         Some(BenchCmd::Roofline { json }) => return bench_kernels::roofline(*json),
-        Some(BenchCmd::Matmul { json, threads }) => return bench_kernels::matmul(*json, *threads),
+        Some(BenchCmd::Matmul { json, threads }) => {
+            check_threads(threads.unwrap_or(0))?;
+            return bench_kernels::matmul(*json, *threads);
+        }
         None => {}
     }
     let Some(model) = &b.model else {
         bail!("bench needs --model DIR (or a subcommand: bench roofline, bench matmul)");
     };
+    check_threads(b.threads)?;
     let image_size = parse_image_size(&b.image_size)?;
     let engine = load_engine(&ModelArgs {
         model: model.clone(),

@@ -33,7 +33,12 @@ fn max_tokens_near_usize_max_is_refused_not_wrapped() {
         extra_eos: Vec::new(),
     };
     let e = session
-        .generate(&[Message::text("user", "hi")], &[], &params, &mut |_| Ok(()))
+        .generate(
+            &[Message::text("user", "hi")],
+            &[],
+            &params,
+            &mut |_| Ok(()),
+        )
         .unwrap_err();
     assert!(matches!(e, EngineError::Input(_)), "{e:?}");
     let s = e.to_string();

@@ -45,6 +45,7 @@ impl Message {
 /// The Qwen3-VL Instruct template as distributed with the checkpoints (spec 7.1).
 pub const BUILTIN_TEMPLATE: &str = include_str!("chat_template.qwen3vl-instruct.jinja");
 
+#[derive(Clone)]
 pub(crate) struct ChatTemplate {
     env: Environment<'static>,
     /// Where the template came from (`chat_template.jinja`, ..., `the built-in template`), for errors.

@@ -165,7 +165,9 @@ impl ImageConfig {
             Some(x) => x.as_f64().unwrap_or(f64::NAN),
         };
         if rescale_factor <= 0.0 || !rescale_factor.is_finite() {
-            return Err(err("field `rescale_factor` must be a positive number".into()));
+            return Err(err(
+                "field `rescale_factor` must be a positive number".into()
+            ));
         }
         Ok(ImageConfig {
             patch_size: uint("patch_size", MAX_PATCH_SIZE)?,
@@ -209,6 +211,7 @@ pub struct Prompt {
 }
 
 /// The Qwen3-VL processor of one checkpoint directory.
+#[derive(Clone)]
 pub struct Processor {
     tokenizer: Tokenizer,
     /// Added special tokens (content, id): the only strings ever mapped to special ids, and only outside
@@ -274,14 +277,18 @@ impl Processor {
         let image = ImageConfig::from_json(&read(&dir.join("preprocessor_config.json"))?)?;
         let (source, origin) =
             if dir.join("chat_template.jinja").is_file() {
-                (read(&dir.join("chat_template.jinja"))?, "chat_template.jinja")
+                (
+                    read(&dir.join("chat_template.jinja"))?,
+                    "chat_template.jinja",
+                )
             } else if dir.join("chat_template.json").is_file() {
                 let v: Json = serde_json::from_str(&read(&dir.join("chat_template.json"))?)
                     .map_err(|e| ProcessorError::Config {
                         file: "chat_template.json".into(),
                         msg: format!("not valid JSON: {e}"),
                     })?;
-                let t = v.get("chat_template")
+                let t = v
+                    .get("chat_template")
                     .and_then(Json::as_str)
                     .map(str::to_string)
                     .ok_or_else(|| ProcessorError::Config {
@@ -377,6 +384,16 @@ impl Processor {
         self
     }
 
+    /// Use this chat template instead of the checkpoint's (`origin` names it in errors).
+    pub fn with_chat_template(
+        mut self,
+        source: String,
+        origin: &str,
+    ) -> Result<Processor, ProcessorError> {
+        self.template = chat::ChatTemplate::new(source, origin)?;
+        Ok(self)
+    }
+
     /// Use these kernels (default: `Kernels::detect()`).
     pub fn with_kernels(mut self, kernels: Kernels) -> Processor {
         self.kernels = kernels;
@@ -407,31 +424,9 @@ impl Processor {
             .map_err(|e| ProcessorError::Tokenizer(e.to_string()))
     }
 
-    /// Read and decode an image file (see [`Processor::load_image_bytes`]).
+    /// Read and decode an image file under this processor's limits (see [`decode::read_image_file`]).
     pub fn load_image_file(&self, path: &Path) -> Result<RgbImage, ProcessorError> {
-        let meta = std::fs::metadata(path).map_err(|source| ProcessorError::Io {
-            path: path.into(),
-            source,
-        })?;
-        if meta.len() > self.limits.max_file_bytes {
-            return Err(ProcessorError::Image(format!(
-                "{}: file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
-                path.display(),
-                meta.len(),
-                self.limits.max_file_bytes
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|source| ProcessorError::Io {
-            path: path.into(),
-            source,
-        })?;
-        self.load_image_bytes(&bytes).map_err(|e| {
-            ProcessorError::Image(format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim_start_matches("image: ")
-            ))
-        })
+        decode::read_image_file(path, &self.limits)
     }
 
     /// Decode an encoded image under the limits: EXIF orientation applied, alpha composited over white.

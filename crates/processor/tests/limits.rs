@@ -52,13 +52,19 @@ fn preprocessor_sizes_are_bounded_before_use() {
     let e = config_err(&with("merge_size", "1000"));
     assert!(e.contains("merge_size"), "{e}");
     // Every error is one line naming the file.
-    assert!(e.starts_with("preprocessor_config.json: ") && !e.contains('\n'), "{e}");
+    assert!(
+        e.starts_with("preprocessor_config.json: ") && !e.contains('\n'),
+        "{e}"
+    );
 }
 
 #[test]
 fn non_numeric_mean_and_std_entries_are_refused_not_dropped() {
     let e = config_err(&with("image_mean", r#"[0.5, "x", 0.5, 0.5]"#));
-    assert!(e.contains("image_mean") && e.contains("3 finite numbers"), "{e}");
+    assert!(
+        e.contains("image_mean") && e.contains("3 finite numbers"),
+        "{e}"
+    );
     let e = config_err(&with("image_std", r#"[0.5, null, 0.5]"#));
     assert!(e.contains("image_std"), "{e}");
     let e = config_err(&with("rescale_factor", r#""0.1""#));
@@ -73,7 +79,11 @@ fn checkpoint(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qwen3vl-limits-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "preprocessor_config.json", "chat_template.json"] {
+    for f in [
+        "config.json",
+        "preprocessor_config.json",
+        "chat_template.json",
+    ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
     std::fs::copy(
@@ -125,7 +135,10 @@ fn an_empty_tokenizer_vocabulary_is_refused() {
         .unwrap();
     });
     let e = load_err(&dir);
-    assert!(e.contains("tokenizer.json") && e.contains("vocabulary is empty"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("vocabulary is empty"),
+        "{e}"
+    );
 }
 
 fn template_dir(name: &str, template: &str) -> PathBuf {
