@@ -141,6 +141,9 @@ pub fn replay(t: &targets::Target) -> Result<usize, Failure> {
     Ok(n)
 }
 
+/// The input being run and when it started (read by the watchdog).
+type Running = Option<(Instant, Vec<u8>)>;
+
 /// Mutates the seeds of `t` for `iterations` inputs or until `deadline`, whichever comes first.
 pub fn fuzz(
     t: &targets::Target,
@@ -153,7 +156,7 @@ pub fn fuzz(
     let mut rng = mutate::Rng::new(seed);
     let mut stats = Stats::default();
     let start = Instant::now();
-    let current: Arc<Mutex<Option<(Instant, Vec<u8>)>>> = Arc::new(Mutex::new(None));
+    let current: Arc<Mutex<Running>> = Arc::new(Mutex::new(None));
     let done = Arc::new(AtomicU64::new(0));
     let watchdog = {
         let (current, done, name) = (current.clone(), done.clone(), t.name);

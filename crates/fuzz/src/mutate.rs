@@ -7,7 +7,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -17,7 +17,7 @@ impl Rng {
     }
     /// Uniform in 0..n (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -63,7 +63,7 @@ pub fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
 
 fn mutate_once(rng: &mut Rng, v: &mut Vec<u8>) {
     if v.is_empty() {
-        v.push(rng.next() as u8);
+        v.push(rng.next_u64() as u8);
         return;
     }
     let n = v.len();
