@@ -64,6 +64,7 @@ pub const TARGETS: &[Target] = &[
                 include_bytes!("../../../testdata/processor/images/bmp_30x44.bmp").to_vec(),
                 include_bytes!("../../../testdata/processor/images/la_30x40.png").to_vec(),
                 include_bytes!("../../../testdata/processor/images/progressive_45x61.jpg").to_vec(),
+                include_bytes!("../../../testdata/processor/cmyk/cmyk_21x13.jpg").to_vec(),
             ]
         },
     },

@@ -201,3 +201,24 @@ fn oversized_files_are_refused_before_reading() {
         "{e}"
     );
 }
+
+/// A CMYK JPEG (PIL wrote it; Adobe-inverted like Photoshop's) decodes to the RGB that Pillow's current
+/// `convert("RGB")` gives: the expected bytes were computed from PIL's decoded CMYK values with
+/// Pillow's `cmyk2rgb` (testdata/processor/cmyk).
+#[test]
+fn cmyk_jpeg_decodes_like_pil() {
+    let dir = common::testdata().join("cmyk");
+    let bytes = std::fs::read(dir.join("cmyk_21x13.jpg")).unwrap();
+    let want = std::fs::read(dir.join("cmyk_21x13.rgb")).unwrap();
+    let img = qwen3vl_processor::decode_rgb(&bytes, &Default::default()).unwrap();
+    assert_eq!((img.width(), img.height()), (21, 13));
+    assert_eq!(img.as_raw().len(), want.len());
+    let diff = img
+        .as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .max()
+        .unwrap();
+    assert_eq!(diff, 0, "max difference {diff} from PIL's RGB");
+}
