@@ -14,7 +14,10 @@ use qwen3vl_engine::session::EngineError;
 use qwen3vl_processor::Message;
 
 use crate::args::{ModelArgs, SamplingArgs};
-use crate::{generate_params, load_engine, summary, user_message};
+use crate::{
+    generate_params, image_tokens, load_engine, stop_spinner, summary, user_message,
+    working_spinner,
+};
 
 /// Default answer budget of one turn when neither `--max-tokens` nor the checkpoint's
 /// `generation_config.json` sets one: a long answer at CPU decode speeds (a minute or two), never a
@@ -242,12 +245,10 @@ pub(crate) fn cmd_chat(
             Line::Image(path) => {
                 match engine.load_image(&path) {
                     Ok(img) => {
-                        let m = engine.processor.image_config().merge_size;
-                        let [t, h, w] = img.grid_thw;
                         eprintln!(
                             "[image {} attached to the next message: {} image tokens]",
                             path.display(),
-                            t * h * w / (m * m).max(1)
+                            image_tokens(&engine, &img)
                         );
                         pending_images.push((path, img));
                     }
@@ -296,8 +297,17 @@ pub(crate) fn cmd_chat(
             }
         };
         let params = generate_params(&engine.generation_config, sampling, max_tokens);
+        let spinner = if std::io::stderr().is_terminal() {
+            working_spinner(
+                session.turn_len(&messages, &pixels).unwrap_or(0),
+                pixels.iter().map(|p| image_tokens(&engine, p)).sum(),
+            )
+        } else {
+            None
+        };
         let mut out = std::io::stdout();
         let mut sink = |s: &str| -> Result<(), EngineError> {
+            stop_spinner(&spinner);
             if STOP.load(Ordering::SeqCst) {
                 return Err(EngineError::Output(std::io::Error::new(
                     std::io::ErrorKind::Interrupted,
@@ -311,6 +321,7 @@ pub(crate) fn cmd_chat(
         let catch = CatchCtrlC::new();
         let r = session.generate(&messages, &pixels, &params, &mut sink);
         drop(catch);
+        stop_spinner(&spinner);
         match r {
             Ok(g) => {
                 println!();

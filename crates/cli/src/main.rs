@@ -375,8 +375,16 @@ fn cmd_generate(
     };
     let params = generate_params(&engine.generation_config, sampling, max_tokens);
     let mut session = engine.session(context.min(prompt_len.saturating_add(max_tokens)));
-    let mut sink = stdout_sink();
-    let g = session.generate(&messages, &pixels, &params, &mut sink)?;
+    let image_tokens: usize = pixels.iter().map(|p| image_tokens(&engine, p)).sum();
+    let spinner = working_spinner(prompt_len, image_tokens);
+    let mut out = stdout_sink();
+    let mut sink = |s: &str| {
+        stop_spinner(&spinner);
+        out(s)
+    };
+    let g = session.generate(&messages, &pixels, &params, &mut sink);
+    stop_spinner(&spinner);
+    let g = g?;
     println!();
     if print_ids {
         eprintln!("ids: {:?}", g.tokens);
@@ -388,15 +396,52 @@ fn cmd_generate(
     Ok(())
 }
 
+/// Tokens the vision tower makes of one preprocessed image.
+pub(crate) fn image_tokens(engine: &Engine, img: &qwen3vl_processor::ImageInput) -> usize {
+    let m = engine.processor.image_config().merge_size;
+    let [t, h, w] = img.grid_thw;
+    t * h * w / (m * m).max(1)
+}
+
+/// On a terminal, a spinner with the elapsed time while the vision tower and the prefill run (nothing is
+/// printed until the first answer text, which can take minutes for a large image).
+pub(crate) fn working_spinner(
+    prompt_tokens: usize,
+    image_tokens: usize,
+) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        b.set_style(style);
+    }
+    b.set_message(if image_tokens > 0 {
+        format!("encoding {image_tokens} image tokens, then reading {prompt_tokens} prompt tokens")
+    } else {
+        format!("reading {prompt_tokens} prompt tokens")
+    });
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(b)
+}
+
+pub(crate) fn stop_spinner(b: &Option<indicatif::ProgressBar>) {
+    if let Some(b) = b {
+        if !b.is_finished() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Say on stderr (a terminal only) what an image costs before the vision tower spends it.
 fn say_image_cost(engine: &Engine, path: &std::path::Path, img: &qwen3vl_processor::ImageInput) {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return;
     }
-    let m = engine.processor.image_config().merge_size;
-    let [t, h, w] = img.grid_thw;
-    let tokens = t * h * w / (m * m).max(1);
+    let tokens = image_tokens(engine, img);
+    let [_, h, w] = img.grid_thw;
     eprintln!(
         "[image {}: {} image tokens ({}x{} patches)]",
         path.display(),
