@@ -144,15 +144,15 @@ pub(crate) struct ModelArgs {
     /// Hugging Face Hub id owner/name[@revision], downloaded into the Hugging Face cache on first use.
     #[arg(long, value_name = "DIR|ID")]
     pub(crate) model: PathBuf,
-    /// Worker threads (default: all cores).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (default: all cores; at most 4 per core).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub(crate) threads: usize,
     /// Numerics: `fast` lets matmuls round activations to bf16 and use bf16 dot products where the CPU
     /// has them; `f32` keeps activations in f32 (parity with transformers in float32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
     pub(crate) precision: PrecisionArg,
     /// Context length of the session in tokens (default: the model's, for chat 32768).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) context: Option<usize>,
     #[command(flatten)]
     pub(crate) quant: crate::quant::QuantArgs,
@@ -177,28 +177,28 @@ impl From<PrecisionArg> for Precision {
 #[derive(Args, Clone)]
 pub(crate) struct SamplingArgs {
     /// Most tokens to generate (default: the rest of the context, at most 2048).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) max_tokens: Option<usize>,
     /// 0 = greedy.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) temperature: Option<f32>,
     /// Keep the K most likely tokens (0 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) top_k: Option<usize>,
     /// Keep the smallest set of tokens with probability mass P (1 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) top_p: Option<f32>,
     /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) min_p: Option<f32>,
     /// Divide positive / multiply negative logits of tokens already seen (1 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) repetition_penalty: Option<f32>,
     /// Subtract from the logits of tokens already generated (0 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) presence_penalty: Option<f32>,
     /// Subtract this × the count of each token already generated (0 = off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub(crate) frequency_penalty: Option<f32>,
     /// Seed of the sampler: the same seed gives the same answer.
     #[arg(long, default_value_t = 0)]
@@ -226,8 +226,8 @@ pub(crate) struct BenchArgs {
     /// Synthetic image WxH for the vision measurement, or `none`.
     #[arg(long, default_value = "640x480")]
     pub(crate) image_size: String,
-    /// Worker threads (default: all cores).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (default: all cores; at most 4 per core).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub(crate) threads: usize,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
     pub(crate) precision: PrecisionArg,
@@ -259,8 +259,8 @@ pub(crate) enum BenchCmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
+        /// Worker threads (default: all cores; at most 4 per core).
+        #[arg(long, allow_hyphen_values = true)]
         threads: Option<usize>,
     },
 }

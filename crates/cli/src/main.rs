@@ -68,9 +68,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line: "outer: inner: root".
+/// The error and its causes on one line, each fact once: "outer: inner: root", leaving out a cause whose
+/// text the line already holds (an error that prints its source and also returns it from `source()`).
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -229,7 +241,21 @@ fn progress_bar(what: &str) -> Option<indicatif::ProgressBar> {
     Some(b)
 }
 
+/// `--threads` within the engine's limit (`limits::max_threads`).
+fn check_threads(threads: usize) -> Result<()> {
+    use qwen3vl_processor::limits::{max_threads, MAX_THREADS_PER_CORE};
+    let max = max_threads();
+    if threads > max {
+        bail!(
+            "--threads {threads} is over the limit of {max} ({MAX_THREADS_PER_CORE} per core on this machine's {} cores)",
+            max / MAX_THREADS_PER_CORE
+        );
+    }
+    Ok(())
+}
+
 fn load_engine(args: &ModelArgs) -> Result<Engine> {
+    check_threads(args.threads)?;
     let dir = hub::resolve(&args.model)?;
     let bar = progress_bar("loading weights");
     let progress = |done: u64, total: u64| {
@@ -329,11 +355,19 @@ fn cmd_generate(
         prompt.to_string()
     };
     let prompt = prompt.as_str();
-    let engine = load_engine(args)?;
-    let pixels = images
+    // Inputs are checked before the model loads: a missing or bad image fails in a moment, not after it.
+    let decoded = images
         .iter()
-        .map(|p| engine.load_image(p))
+        .map(|p| qwen3vl_processor::decode::read_image_file(p, &Default::default()))
         .collect::<Result<Vec<_>, _>>()?;
+    let engine = load_engine(args)?;
+    let pixels = decoded
+        .iter()
+        .map(|img| engine.processor.preprocess_image(img))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (path, img) in images.iter().zip(&pixels) {
+        say_image_cost(&engine, path, img);
+    }
     let mut messages = Vec::new();
     if let Some(s) = system {
         messages.push(Message::text("system", s));
@@ -341,26 +375,30 @@ fn cmd_generate(
     messages.push(user_message(images.len(), prompt));
     // One request path: the prompt is prepared once, the KV cache sized to prompt + answer.
     let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
-    let mut prepared = engine.prepare(
+    let pixels_tokens: usize = pixels.iter().map(|p| image_tokens(&engine, p)).sum();
+    let prepared = engine.prepare(
         &messages,
         pixels,
         History::default(),
         sampling.max_tokens,
         context,
     )?;
-    if sampling.max_tokens.is_none() {
-        // Unset: what fits, at most the checkpoint's max_new_tokens (2048 if it sets none).
-        let cap = engine.generation_config.max_new_tokens.unwrap_or(2048);
-        prepared.max_tokens = prepared.max_tokens.min(cap);
-    }
     let params = generate_params(
         &engine.generation_config,
         sampling,
         Some(prepared.max_tokens),
     );
     let mut session = engine.session(prepared.kv_tokens());
-    let mut sink = stdout_sink();
-    let g = session.run(prepared, &params, &mut sink)?;
+    let image_tokens: usize = pixels_tokens;
+    let spinner = working_spinner(prepared.tokens.len(), image_tokens);
+    let mut out = stdout_sink();
+    let mut sink = |s: &str| {
+        stop_spinner(&spinner);
+        out(s)
+    };
+    let g = session.run(prepared, &params, &mut sink);
+    stop_spinner(&spinner);
+    let g = g?;
     println!();
     if print_ids {
         eprintln!("ids: {:?}", g.tokens);
@@ -370,6 +408,61 @@ fn cmd_generate(
         summary(engine.load_seconds, &g.stats, g.finish.as_str())
     );
     Ok(())
+}
+
+/// Tokens the vision tower makes of one preprocessed image.
+pub(crate) fn image_tokens(engine: &Engine, img: &qwen3vl_processor::ImageInput) -> usize {
+    let m = engine.processor.image_config().merge_size;
+    let [t, h, w] = img.grid_thw;
+    t * h * w / (m * m).max(1)
+}
+
+/// On a terminal, a spinner with the elapsed time while the vision tower and the prefill run (nothing is
+/// printed until the first answer text, which can take minutes for a large image).
+pub(crate) fn working_spinner(
+    prompt_tokens: usize,
+    image_tokens: usize,
+) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        b.set_style(style);
+    }
+    b.set_message(if image_tokens > 0 {
+        format!("encoding {image_tokens} image tokens, then reading {prompt_tokens} prompt tokens")
+    } else {
+        format!("reading {prompt_tokens} prompt tokens")
+    });
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(b)
+}
+
+pub(crate) fn stop_spinner(b: &Option<indicatif::ProgressBar>) {
+    if let Some(b) = b {
+        if !b.is_finished() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Say on stderr (a terminal only) what an image costs before the vision tower spends it.
+fn say_image_cost(engine: &Engine, path: &std::path::Path, img: &qwen3vl_processor::ImageInput) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let tokens = image_tokens(engine, img);
+    let [_, h, w] = img.grid_thw;
+    eprintln!(
+        "[image {}: {} image tokens ({}x{} patches)]",
+        path.display(),
+        tokens,
+        w,
+        h
+    );
 }
 
 /// The prompt from standard input, refusing more than the engine accepts before reading it all.
@@ -436,18 +529,31 @@ fn parse_image_size(s: &str) -> Result<Option<(u32, u32)>> {
     if w == 0 || h == 0 {
         bail!("--image-size {s:?}: width and height must be at least 1");
     }
+    // The limits of a decoded image (a 100000x100000 synthetic image aborted on allocation).
+    let lim = qwen3vl_processor::ImageLimits::default();
+    if w > lim.max_width || h > lim.max_height {
+        bail!(
+            "--image-size {s:?}: over the limit of {}x{} (the image decode limits)",
+            lim.max_width,
+            lim.max_height
+        );
+    }
     Ok(Some((w, h)))
 }
 
 fn cmd_bench(b: &BenchArgs) -> Result<()> {
     match &b.cmd {
         Some(BenchCmd::Roofline { json }) => return bench_kernels::roofline(*json),
-        Some(BenchCmd::Matmul { json, threads }) => return bench_kernels::matmul(*json, *threads),
+        Some(BenchCmd::Matmul { json, threads }) => {
+            check_threads(threads.unwrap_or(0))?;
+            return bench_kernels::matmul(*json, *threads);
+        }
         None => {}
     }
     let Some(model) = &b.model else {
         bail!("bench needs --model DIR (or a subcommand: bench roofline, bench matmul)");
     };
+    check_threads(b.threads)?;
     let image_size = parse_image_size(&b.image_size)?;
     let engine = load_engine(&ModelArgs {
         model: model.clone(),

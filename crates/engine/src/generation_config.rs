@@ -27,6 +27,17 @@ pub enum GenerationConfigError {
         field: &'static str,
         msg: String,
     },
+    #[error("{path}: the top level must be a JSON object")]
+    NotAnObject { path: String },
+    #[error(
+        "{path}: field {field}: token id {id} is not in the vocabulary of {vocab_size} tokens"
+    )]
+    TokenId {
+        path: String,
+        field: &'static str,
+        id: u32,
+        vocab_size: usize,
+    },
 }
 
 /// Decoding defaults of a checkpoint.
@@ -88,6 +99,11 @@ impl GenerationConfig {
             field,
             msg: msg.to_string(),
         };
+        if !v.is_object() {
+            return Err(GenerationConfigError::NotAnObject {
+                path: path.to_string(),
+            });
+        }
         let id = |field: &'static str| -> Result<Option<u32>, GenerationConfigError> {
             match v.get(field) {
                 None | Some(Value::Null) => Ok(None),
@@ -160,6 +176,28 @@ impl GenerationConfig {
                 msg: e.to_string(),
             })?;
         Ok(g)
+    }
+
+    /// Every token id of the file (eos, bos, pad) must lie in a vocabulary of `vocab_size` tokens: an
+    /// id the model can never sample would make a stop condition that never fires. `path` names the file.
+    pub fn check_vocab(&self, vocab_size: usize, path: &str) -> Result<(), GenerationConfigError> {
+        let ids = self
+            .eos_token_ids
+            .iter()
+            .map(|&id| ("eos_token_id", id))
+            .chain(self.bos_token_id.map(|id| ("bos_token_id", id)))
+            .chain(self.pad_token_id.map(|id| ("pad_token_id", id)));
+        for (field, id) in ids {
+            if id as usize >= vocab_size {
+                return Err(GenerationConfigError::TokenId {
+                    path: path.to_string(),
+                    field,
+                    id,
+                    vocab_size,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The sampling parameters these defaults describe (greedy when `do_sample` is false).
@@ -265,6 +303,34 @@ mod tests {
             assert!(e.contains(field), "{text}: {e}");
         }
         assert!(GenerationConfig::from_json("{", "g.json").is_err());
+    }
+
+    #[test]
+    fn a_top_level_other_than_an_object_is_refused() {
+        for text in ["[]", "3", "null", "\"x\""] {
+            let e = GenerationConfig::from_json(text, "g.json")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, "g.json: the top level must be a JSON object", "{text}");
+        }
+    }
+
+    #[test]
+    fn token_ids_must_lie_in_the_vocabulary() {
+        let g = GenerationConfig::from_json(r#"{"eos_token_id": [5, 1000000000]}"#, "g").unwrap();
+        let e = g.check_vocab(151936, "g.json").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "g.json: field eos_token_id: token id 1000000000 is not in the vocabulary of 151936 tokens"
+        );
+        let g =
+            GenerationConfig::from_json(r#"{"eos_token_id": 5, "pad_token_id": 9}"#, "g").unwrap();
+        assert!(g.check_vocab(10, "g").is_ok());
+        assert!(g
+            .check_vocab(9, "g")
+            .unwrap_err()
+            .to_string()
+            .contains("pad_token_id"));
     }
 
     #[test]

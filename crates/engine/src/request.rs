@@ -70,7 +70,8 @@ impl Prepared {
 
 impl Engine {
     /// Prepares `messages` (whose image items are `images`, in order) to run after `history` in a sequence
-    /// of at most `capacity` tokens. `max_tokens` None means as many as fit. Refuses, with the numbers, a
+    /// of at most `capacity` tokens. `max_tokens` None means as many as fit (at most the checkpoint's
+    /// `generation_config.json` `max_new_tokens`, if it sets one). Refuses, with the numbers, a
     /// prompt that does not fit or a `max_tokens` of 0 or past the capacity.
     pub fn prepare(
         &self,
@@ -133,7 +134,8 @@ impl Engine {
                     },
                 )))
             }
-            None => room,
+            // Unset: what fits, at most the checkpoint's `max_new_tokens` when it sets one.
+            None => room.min(self.generation_config.max_new_tokens.unwrap_or(usize::MAX)),
         };
         Ok(Prepared {
             tokens,

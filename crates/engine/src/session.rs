@@ -12,8 +12,7 @@ use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
-    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat,
-    RunState,
+    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat, RunState,
 };
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError};
 
@@ -32,13 +31,13 @@ pub enum EngineError {
     NotADir(PathBuf),
     #[error("{dir} has no {file} (expected a Hugging Face checkpoint directory: config.json, *.safetensors, tokenizer.json, ...)")]
     MissingFile { dir: PathBuf, file: &'static str },
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sampling(#[from] SamplingError),
-    #[error("{0}")]
+    #[error(transparent)]
     GenerationConfig(#[from] GenerationConfigError),
     #[error("SIMD level: {0}")]
     Isa(#[from] qwen3vl_kernels::isa::IsaError),
@@ -109,6 +108,14 @@ impl Engine {
         }
         let processor = Processor::from_dir(dir)?.with_kernels(kernels);
         let generation_config = GenerationConfig::from_dir(dir)?;
+        // Checked before the weights load (config.json is parsed again by Model::load; it is small).
+        let vocab_size = qwen3vl_model::Config::from_file(&dir.join("config.json"))?
+            .text
+            .vocab_size;
+        generation_config.check_vocab(
+            vocab_size,
+            &dir.join("generation_config.json").display().to_string(),
+        )?;
         let model = Model::load(
             dir,
             kernels,
@@ -299,19 +306,30 @@ impl Session<'_> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
     ) -> Result<Generation, EngineError> {
+        let prepared = self.prepare(messages, images, params.max_tokens)?;
+        self.run(prepared, params, on_text)
+    }
+
+    /// The next turn of this conversation through the one request path ([`Engine::prepare`]), to be run
+    /// by [`Session::run`]: a caller that wants the turn's token count before spending it prepares first.
+    pub fn prepare(
+        &self,
+        messages: &[Message],
+        images: &[ImageInput],
+        max_tokens: Option<usize>,
+    ) -> Result<Prepared, EngineError> {
         let history = History {
             len: self.cache.len(),
             rope_delta: self.rope_delta,
             close: &self.close,
         };
-        let prepared = self.engine.prepare(
+        self.engine.prepare(
             messages,
             images.to_vec(),
             history,
-            params.max_tokens,
+            max_tokens,
             self.cache.max_len(),
-        )?;
-        self.run(prepared, params, on_text)
+        )
     }
 
     /// Run a prepared turn (see [`Engine::prepare`]; its history must be this session's).
@@ -331,7 +349,7 @@ impl Session<'_> {
             rope_delta,
             max_tokens,
         } = prepared;
-        if self.cache.len() + ids.len() + max_tokens > self.cache.max_len() {
+        if (self.cache.len() + ids.len()).saturating_add(max_tokens) > self.cache.max_len() {
             return Err(EngineError::Input(format!(
                 "{} tokens of conversation, {} of prompt and max_tokens {max_tokens} do not fit the context \
                  of {} tokens",

@@ -57,18 +57,16 @@ fn quantized(geometry: &str) -> PathBuf {
 
 fn logits(dir: &Path, quant: Option<QuantFormat>) -> Vec<f32> {
     let img = testdata().join("model-reference/img_64x96.png");
-    compute_logits(
-        &LogitsOptions {
-            model_dir: dir.to_path_buf(),
-            images: vec![img],
-            system: None,
-            prompt: "What is in the picture?".into(),
-            precision: Precision::F32,
-            quant,
-            vision_quant: quant,
-            out: PathBuf::new(),
-        },
-    )
+    compute_logits(&LogitsOptions {
+        model_dir: dir.to_path_buf(),
+        images: vec![img],
+        system: None,
+        prompt: "What is in the picture?".into(),
+        precision: Precision::F32,
+        quant,
+        vision_quant: quant,
+        out: PathBuf::new(),
+    })
     .unwrap()
     .last_logits
 }

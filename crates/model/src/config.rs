@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use qwen3vl_limits as L;
 use serde_json::{Map, Value};
 
 use crate::ModelError;
@@ -130,15 +131,23 @@ impl<'a> Obj<'a> {
         self.get(key).ok_or_else(|| err(self.name(key), "missing"))
     }
 
-    /// A positive integer (zero, negative, fractional and non-numbers are errors).
-    fn pos(&self, key: &str) -> Result<usize, ModelError> {
+    /// A positive integer at most `max`, the engine's limit (zero, negative, fractional, non-numbers and
+    /// values over the limit are errors).
+    fn pos(&self, key: &str, max: usize) -> Result<usize, ModelError> {
         let v = self.req(key)?;
-        as_pos(v).ok_or_else(|| {
+        let x = as_pos(v).ok_or_else(|| {
             err(
                 self.name(key),
                 format!("must be a positive integer, got {v}"),
             )
-        })
+        })?;
+        if x > max {
+            return Err(err(
+                self.name(key),
+                format!("{x} is over the limit of {max}"),
+            ));
+        }
+        Ok(x)
     }
 
     fn token_id(&self, key: &str) -> Result<u32, ModelError> {
@@ -190,10 +199,26 @@ fn as_pos(v: &Value) -> Option<usize> {
 impl Config {
     /// Reads and validates `path` (a checkpoint's config.json).
     pub fn from_file(path: &Path) -> Result<Config, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+        use std::io::Read;
+        let io = |e: std::io::Error| ModelError::Io {
             path: path.display().to_string(),
             msg: e.to_string(),
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(L::MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > L::MAX_CONFIG_BYTES {
+            return Err(ModelError::Io {
+                path: path.display().to_string(),
+                msg: format!(
+                    "the file is over the limit of {} bytes",
+                    L::MAX_CONFIG_BYTES
+                ),
+            });
+        }
         Config::from_json(&text)
     }
 
@@ -261,6 +286,20 @@ impl Config {
                     "{} does not divide num_attention_heads {}",
                     t.num_key_value_heads, t.num_attention_heads
                 ),
+            ));
+        }
+        for (j, &id) in t.eos_token_ids.iter().enumerate() {
+            if id as usize >= t.vocab_size {
+                return Err(err(
+                    format!("text_config.eos_token_id[{j}]"),
+                    format!("{id} >= text_config.vocab_size {}", t.vocab_size),
+                ));
+            }
+        }
+        if let Some(id) = t.bos_token_id.filter(|&id| id as usize >= t.vocab_size) {
+            return Err(err(
+                "text_config.bos_token_id",
+                format!("{id} >= text_config.vocab_size {}", t.vocab_size),
             ));
         }
         if t.head_dim % 2 != 0 {
@@ -404,11 +443,14 @@ fn parse_text(tc: &Obj) -> Result<TextConfig, ModelError> {
                 .map(|x| x.as_u64().map(|x| x as usize))
                 .collect::<Option<Vec<_>>>()
         })
-        .filter(|s| s.len() == 3 && s[0] > 0)
+        .filter(|s| s.len() == 3 && s[0] > 0 && s.iter().all(|&x| x <= L::MAX_HEAD_DIM))
         .ok_or_else(|| {
             err(
                 rope.name("mrope_section"),
-                format!("must be three non-negative integers (T, H, W), got {sec_v}"),
+                format!(
+                    "must be three non-negative integers (T, H, W) of at most {}, got {sec_v}",
+                    L::MAX_HEAD_DIM
+                ),
             )
         })?;
 
@@ -416,7 +458,7 @@ fn parse_text(tc: &Obj) -> Result<TextConfig, ModelError> {
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_u64().map(|x| x as u32))
+            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| err("text_config.eos_token_id", "must be token ids"))?,
         Some(_) => vec![tc.token_id("eos_token_id")?],
@@ -428,17 +470,17 @@ fn parse_text(tc: &Obj) -> Result<TextConfig, ModelError> {
 
     let rms_norm_eps = tc.pos_f64("rms_norm_eps")?;
     Ok(TextConfig {
-        vocab_size: tc.pos("vocab_size")?,
-        hidden_size: tc.pos("hidden_size")?,
-        intermediate_size: tc.pos("intermediate_size")?,
-        num_hidden_layers: tc.pos("num_hidden_layers")?,
-        num_attention_heads: tc.pos("num_attention_heads")?,
-        num_key_value_heads: tc.pos("num_key_value_heads")?,
-        head_dim: tc.pos("head_dim")?,
+        vocab_size: tc.pos("vocab_size", L::MAX_VOCAB_SIZE)?,
+        hidden_size: tc.pos("hidden_size", L::MAX_HIDDEN_SIZE)?,
+        intermediate_size: tc.pos("intermediate_size", L::MAX_INTERMEDIATE_SIZE)?,
+        num_hidden_layers: tc.pos("num_hidden_layers", L::MAX_LAYERS)?,
+        num_attention_heads: tc.pos("num_attention_heads", L::MAX_HEADS)?,
+        num_key_value_heads: tc.pos("num_key_value_heads", L::MAX_HEADS)?,
+        head_dim: tc.pos("head_dim", L::MAX_HEAD_DIM)?,
         rms_norm_eps: rms_norm_eps as f32,
         rope_theta: theta,
         mrope_section: [sec[0], sec[1], sec[2]],
-        max_position_embeddings: tc.pos("max_position_embeddings")?,
+        max_position_embeddings: tc.pos("max_position_embeddings", L::MAX_CONTEXT)?,
         bos_token_id,
         eos_token_ids,
     })
@@ -467,16 +509,16 @@ fn parse_vision(vc: &Obj) -> Result<VisionConfig, ModelError> {
             )
         })?;
     Ok(VisionConfig {
-        depth: vc.pos("depth")?,
-        hidden_size: vc.pos("hidden_size")?,
-        intermediate_size: vc.pos("intermediate_size")?,
-        num_heads: vc.pos("num_heads")?,
-        in_channels: vc.pos("in_channels")?,
-        patch_size: vc.pos("patch_size")?,
-        temporal_patch_size: vc.pos("temporal_patch_size")?,
-        spatial_merge_size: vc.pos("spatial_merge_size")?,
-        out_hidden_size: vc.pos("out_hidden_size")?,
-        num_position_embeddings: vc.pos("num_position_embeddings")?,
+        depth: vc.pos("depth", L::MAX_LAYERS)?,
+        hidden_size: vc.pos("hidden_size", L::MAX_HIDDEN_SIZE)?,
+        intermediate_size: vc.pos("intermediate_size", L::MAX_INTERMEDIATE_SIZE)?,
+        num_heads: vc.pos("num_heads", L::MAX_HEADS)?,
+        in_channels: vc.pos("in_channels", L::MAX_IN_CHANNELS)?,
+        patch_size: vc.pos("patch_size", L::MAX_PATCH_SIZE)?,
+        temporal_patch_size: vc.pos("temporal_patch_size", L::MAX_TEMPORAL_PATCH_SIZE)?,
+        spatial_merge_size: vc.pos("spatial_merge_size", L::MAX_MERGE_SIZE)?,
+        out_hidden_size: vc.pos("out_hidden_size", L::MAX_HIDDEN_SIZE)?,
+        num_position_embeddings: vc.pos("num_position_embeddings", L::MAX_POSITION_EMBEDDINGS)?,
         deepstack_visual_indexes,
     })
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
+use qwen3vl_limits::{MAX_TENSORS, MAX_TENSOR_RANK};
 use serde_json::Value;
 
 use crate::ModelError;
@@ -184,13 +185,27 @@ fn validate(path: &Path, buf: &[u8]) -> Result<HashMap<String, Entry>, ModelErro
     let data_len = buf.len() - data_start;
 
     // 2. The header: a JSON object of name -> {dtype, shape, data_offsets}, plus optional __metadata__.
-    let header: Value = serde_json::from_slice(&buf[8..data_start])
-        .map_err(|e| st_err(path, None, format!("header is not valid JSON: {e}")))?;
-    let map = header
-        .as_object()
+    //    Read as a list of entries so that a key given twice is refused (a JSON map keeps the last one).
+    let entries = header_entries(&buf[8..data_start])
+        .map_err(|e| st_err(path, None, format!("header is not valid JSON: {e}")))?
         .ok_or_else(|| st_err(path, None, "header is not a JSON object"))?;
-    let mut tensors = HashMap::with_capacity(map.len());
-    for (name, info) in map {
+    if entries.len() > MAX_TENSORS {
+        return Err(st_err(
+            path,
+            None,
+            format!("{} tensors, over the limit of {MAX_TENSORS}", entries.len()),
+        ));
+    }
+    let mut tensors: HashMap<String, Entry> = HashMap::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    for (name, info) in &entries {
+        if !seen.insert(name.as_str()) {
+            return Err(st_err(
+                path,
+                Some(name),
+                "the header lists this key more than once",
+            ));
+        }
         if name == "__metadata__" {
             continue;
         }
@@ -209,6 +224,12 @@ fn validate(path: &Path, buf: &[u8]) -> Result<HashMap<String, Entry>, ModelErro
                     .collect::<Option<Vec<usize>>>()
             })
             .ok_or_else(|| bad("shape is not a list of sizes".into()))?;
+        if shape.len() > MAX_TENSOR_RANK {
+            return Err(bad(format!(
+                "shape has {} dimensions, over the limit of {MAX_TENSOR_RANK}",
+                shape.len()
+            )));
+        }
         let offs = info
             .get("data_offsets")
             .and_then(Value::as_array)
@@ -283,6 +304,33 @@ fn validate(path: &Path, buf: &[u8]) -> Result<HashMap<String, Entry>, ModelErro
         ));
     }
     Ok(tensors)
+}
+
+/// The top-level entries of a JSON object in file order, duplicates kept (None: not an object).
+fn header_entries(json: &[u8]) -> Result<Option<Vec<(String, Value)>>, serde_json::Error> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Option<Vec<(String, Value)>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(e) = m.next_entry::<String, Value>()? {
+                v.push(e);
+            }
+            Ok(Some(v))
+        }
+    }
+    // Valid JSON other than an object is "not an object"; invalid JSON is reported as the parser sees it.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return serde_json::from_slice::<serde::de::IgnoredAny>(json).map(|_| None);
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let r = de.deserialize_map(Entries)?;
+    de.end()?;
+    Ok(r)
 }
 
 /// A tensor's location: which mapped file and which bytes.
@@ -409,10 +457,23 @@ impl Weights {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::Io {
+            let limit = qwen3vl_limits::MAX_CONFIG_BYTES;
+            let io = |msg: String| ModelError::Io {
                 path: index_path.display().to_string(),
-                msg: e.to_string(),
-            })?;
+                msg,
+            };
+            let mut text = String::new();
+            {
+                use std::io::Read;
+                File::open(&index_path)
+                    .map_err(|e| io(e.to_string()))?
+                    .take(limit + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| io(e.to_string()))?;
+            }
+            if text.len() as u64 > limit {
+                return Err(io(format!("the file is over the limit of {limit} bytes")));
+            }
             let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Io {
                 path: index_path.display().to_string(),
                 msg: format!("not valid JSON: {e}"),

@@ -222,3 +222,61 @@ fn garbage_is_an_error_not_a_panic() {
         assert!(Config::from_json(s).is_err(), "{s:?}");
     }
 }
+
+#[test]
+fn sizes_over_the_engines_limits_are_refused_by_name() {
+    use qwen3vl_limits as L;
+    // head_dim 1e12 hung the M-RoPE check (a loop of head_dim / 2).
+    expect_field_error("text_config.head_dim", |v| {
+        v["text_config"]["head_dim"] = json!(1_000_000_000_000u64)
+    });
+    // heads × head_dim wrapped to a value that matched the weights.
+    expect_field_error("text_config.num_attention_heads", |v| {
+        v["text_config"]["num_attention_heads"] = json!((1u64 << 60) + 4)
+    });
+    for (tower, field) in [
+        ("text_config", "vocab_size"),
+        ("text_config", "hidden_size"),
+        ("text_config", "intermediate_size"),
+        ("text_config", "num_hidden_layers"),
+        ("text_config", "num_key_value_heads"),
+        ("text_config", "max_position_embeddings"),
+        ("vision_config", "depth"),
+        ("vision_config", "hidden_size"),
+        ("vision_config", "num_heads"),
+        ("vision_config", "patch_size"),
+        ("vision_config", "temporal_patch_size"),
+        ("vision_config", "spatial_merge_size"),
+        ("vision_config", "num_position_embeddings"),
+    ] {
+        let name = format!("{tower}.{field}");
+        let mut v = config_2b();
+        v[tower][field] = json!(1u64 << 40);
+        match parse(&v) {
+            Err(ModelError::Config { field: got, msg }) => {
+                assert_eq!(got, name, "{msg}");
+                assert!(msg.contains("over the limit"), "{name}: {msg}");
+            }
+            other => panic!("{name} = 2^40 was not refused: {other:?}"),
+        }
+    }
+    let e = {
+        let mut v = config_2b();
+        v["text_config"]["head_dim"] = json!(L::MAX_HEAD_DIM + 2);
+        parse(&v).unwrap_err().to_string()
+    };
+    assert!(e.contains(&L::MAX_HEAD_DIM.to_string()), "{e}");
+}
+
+#[test]
+fn eos_and_bos_ids_must_be_in_the_vocabulary() {
+    expect_field_error("text_config.eos_token_id[0]", |v| {
+        v["text_config"]["eos_token_id"] = json!(1_000_000_000)
+    });
+    expect_field_error("text_config.eos_token_id[1]", |v| {
+        v["text_config"]["eos_token_id"] = json!([151645, 200000])
+    });
+    expect_field_error("text_config.bos_token_id", |v| {
+        v["text_config"]["bos_token_id"] = json!(151936)
+    });
+}

@@ -379,3 +379,16 @@ fn tied_checkpoint_has_no_lm_head_and_uses_embeddings() {
     let m = load(&common::model_dir("tied")).unwrap();
     assert_eq!(m.lm_head.out_features, m.vocab_size());
 }
+
+#[test]
+fn a_key_given_twice_is_refused_by_name() {
+    // A JSON map keeps the last of two equal keys; the header must not (it led to a "gap" error).
+    let h = format!(r#"{{{A},"a":{{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}}}"#);
+    expect_err_naming(with_header("dup", &h, 16), Some("a"), "more than once");
+}
+
+#[test]
+fn rank_and_tensor_count_are_bounded() {
+    let h = r#"{"a":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1,2],"data_offsets":[0,8]}}"#;
+    expect_err_naming(with_header("rank", h, 8), Some("a"), "over the limit of 8");
+}

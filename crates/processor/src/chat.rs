@@ -7,6 +7,7 @@
 //! as a whole with special-token matching off. On clean user text this equals transformers' tokenization of
 //! the rendered string.
 
+use crate::limits::{MAX_RENDERED_BYTES, TEMPLATE_FUEL};
 use crate::ProcessorError;
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Value;
@@ -44,19 +45,26 @@ impl Message {
 /// The Qwen3-VL Instruct template as distributed with the checkpoints (spec 7.1).
 pub const BUILTIN_TEMPLATE: &str = include_str!("chat_template.qwen3vl-instruct.jinja");
 
+#[derive(Clone)]
 pub(crate) struct ChatTemplate {
     env: Environment<'static>,
+    /// Where the template came from (`chat_template.jinja`, ..., `the built-in template`), for errors.
+    origin: String,
 }
 
 impl ChatTemplate {
     /// Compile a template with transformers' settings: trim_blocks, lstrip_blocks, `raise_exception`.
-    pub(crate) fn new(source: String) -> Result<ChatTemplate, ProcessorError> {
+    /// Every render runs on a fuel budget ([`TEMPLATE_FUEL`]), so a template cannot loop for minutes.
+    pub(crate) fn new(source: String, origin: &str) -> Result<ChatTemplate, ProcessorError> {
+        let origin = origin.to_string();
+        let terr = |msg: String| ProcessorError::Template(format!("{origin}: {msg}"));
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
             .lstrip_blocks(true)
             .build()
-            .map_err(|e| ProcessorError::Template(e.to_string()))?;
+            .map_err(|e| terr(e.to_string()))?;
         env.set_syntax(syntax);
         env.add_function(
             "raise_exception",
@@ -65,8 +73,17 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned("chat", source)
-            .map_err(|e| ProcessorError::Template(format!("does not compile: {e:#}")))?;
-        Ok(ChatTemplate { env })
+            .map_err(|e| terr(format!("does not compile: {e:#}")))?;
+        Ok(ChatTemplate { env, origin })
+    }
+
+    /// Where the template came from, for messages.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> ProcessorError {
+        ProcessorError::Template(format!("{}: {msg}", self.origin))
     }
 
     /// Render `messages`, with user texts replaced by `texts` (same count and order as the text items).
@@ -100,10 +117,7 @@ impl ChatTemplate {
                 ])
             })
             .collect();
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| ProcessorError::Template(e.to_string()))?;
+        let tmpl = self.env.get_template("chat").map_err(|e| self.err(e))?;
         let ctx = Value::from_pairs([
             ("messages", Value::from(msgs)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
@@ -111,8 +125,22 @@ impl ChatTemplate {
             ("eos_token", Value::from("<|im_end|>")),
             ("pad_token", Value::from("<|endoftext|>")),
         ]);
-        tmpl.render(ctx)
-            .map_err(|e| ProcessorError::Template(format!("rendering failed: {e:#}")))
+        let out = tmpl.render(ctx).map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                self.err(format!(
+                    "rendering stopped: the template ran past its budget of {TEMPLATE_FUEL} steps (limits::TEMPLATE_FUEL)"
+                ))
+            } else {
+                self.err(format!("rendering failed: {e:#}"))
+            }
+        })?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(self.err(format!(
+                "the rendered prompt is {} bytes, over the limit of {MAX_RENDERED_BYTES} (limits::MAX_RENDERED_BYTES)",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// The rendered prompt text.
@@ -141,9 +169,7 @@ impl ChatTemplate {
         ]
         .into_iter()
         .find(|m| texts.iter().all(|t| !t.contains(*m)))
-        .ok_or_else(|| {
-            ProcessorError::Template("user text contains every sentinel candidate".into())
-        })?;
+        .ok_or_else(|| self.err("user text contains every sentinel candidate"))?;
         let sentinels: Vec<String> = (0..texts.len())
             .map(|i| format!("{mark}{i}{mark}"))
             .collect();
@@ -156,17 +182,15 @@ impl ChatTemplate {
         while let Some(a) = rest.find(mark) {
             out.push_str(&rest[..a]);
             let after = &rest[a + mark.len_utf8()..];
-            let b = after.find(mark).ok_or_else(|| {
-                ProcessorError::Template(
-                    "the template altered a user text (unpaired sentinel)".into(),
-                )
-            })?;
-            let idx: usize = after[..b].parse().map_err(|_| {
-                ProcessorError::Template("the template altered a user text (bad sentinel)".into())
-            })?;
-            let t = texts.get(idx).ok_or_else(|| {
-                ProcessorError::Template("the template altered a user text (sentinel index)".into())
-            })?;
+            let b = after
+                .find(mark)
+                .ok_or_else(|| self.err("the template altered a user text (unpaired sentinel)"))?;
+            let idx: usize = after[..b]
+                .parse()
+                .map_err(|_| self.err("the template altered a user text (bad sentinel)"))?;
+            let t = texts
+                .get(idx)
+                .ok_or_else(|| self.err("the template altered a user text (sentinel index)"))?;
             spans.push((out.len(), out.len() + t.len()));
             out.push_str(t);
             rest = &after[b + mark.len_utf8()..];

@@ -65,6 +65,38 @@ impl ImageLimits {
     }
 }
 
+/// Read and decode an image file under `limits`: its size is checked before it is read, its header's
+/// before pixels are allocated. Errors name the file. (No checkpoint is needed: a command line checks its
+/// image files before it loads a model.)
+pub fn read_image_file(
+    path: &std::path::Path,
+    limits: &ImageLimits,
+) -> Result<RgbImage, ProcessorError> {
+    let meta = std::fs::metadata(path).map_err(|source| ProcessorError::Io {
+        path: path.into(),
+        source,
+    })?;
+    if meta.len() > limits.max_file_bytes {
+        return Err(ProcessorError::Image(format!(
+            "{}: file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
+            path.display(),
+            meta.len(),
+            limits.max_file_bytes
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|source| ProcessorError::Io {
+        path: path.into(),
+        source,
+    })?;
+    decode_rgb(&bytes, limits).map_err(|e| {
+        ProcessorError::Image(format!(
+            "{}: {}",
+            path.display(),
+            e.to_string().trim_start_matches("image: ")
+        ))
+    })
+}
+
 /// Decode an encoded image to RGB (EXIF orientation applied, alpha composited over white).
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ProcessorError> {
     if bytes.len() as u64 > limits.max_file_bytes {

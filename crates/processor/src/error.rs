@@ -32,6 +32,6 @@ pub enum ProcessorError {
     PlaceholderCount { placeholders: usize, images: usize },
     #[error("get_rope_index: {0}")]
     RopeIndex(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Kernel(#[from] KernelError),
 }

@@ -95,19 +95,27 @@ fn decode_inner(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, Processor
         let (w, h) = (cinfo.image_width, cinfo.image_height);
         limits.check("JPEG", w, h)?;
         let orientation = exif_orientation_from_markers(cinfo.marker_list);
-        match cinfo.jpeg_color_space {
+        // Four-component files (CMYK, and YCCK which libjpeg converts to CMYK) are read as CMYK and
+        // converted the way PIL does; everything else is converted to RGB by libjpeg.
+        let cmyk = match cinfo.jpeg_color_space {
             ffi::J_COLOR_SPACE::JCS_GRAYSCALE
             | ffi::J_COLOR_SPACE::JCS_YCbCr
-            | ffi::J_COLOR_SPACE::JCS_RGB => {}
+            | ffi::J_COLOR_SPACE::JCS_RGB => false,
+            ffi::J_COLOR_SPACE::JCS_CMYK | ffi::J_COLOR_SPACE::JCS_YCCK => true,
             other => {
                 return Err(ProcessorError::Image(format!(
-                    "JPEG: colour space {other:?} is not supported (only greyscale, YCbCr and RGB)"
+                    "JPEG: colour space {other:?} is not supported (only greyscale, YCbCr, RGB, CMYK and YCCK)"
                 )))
             }
-        }
-        cinfo.out_color_space = ffi::J_COLOR_SPACE::JCS_RGB;
+        };
+        cinfo.out_color_space = if cmyk {
+            ffi::J_COLOR_SPACE::JCS_CMYK
+        } else {
+            ffi::J_COLOR_SPACE::JCS_RGB
+        };
+        let comps = if cmyk { 4 } else { 3 };
         ffi::jpeg_start_decompress(cinfo);
-        if cinfo.output_components != 3 || cinfo.output_width != w || cinfo.output_height != h {
+        if cinfo.output_components != comps || cinfo.output_width != w || cinfo.output_height != h {
             return Err(ProcessorError::Image(format!(
                 "JPEG: decoder produced {}x{}x{} for a {w}x{h} image",
                 cinfo.output_width, cinfo.output_height, cinfo.output_components
@@ -116,14 +124,26 @@ fn decode_inner(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, Processor
         let row = w as usize * 3;
         let mut rgb = crate::alloc::big_vec::<u8>(row * h as usize);
         rgb.resize(row * h as usize, 0);
+        let mut cmyk_row = if cmyk {
+            vec![0u8; w as usize * 4]
+        } else {
+            Vec::new()
+        };
         while (cinfo.output_scanline as usize) < h as usize {
             let y = cinfo.output_scanline as usize;
-            let mut row_ptr = rgb.as_mut_ptr().add(y * row);
+            let mut row_ptr = if cmyk {
+                cmyk_row.as_mut_ptr()
+            } else {
+                rgb.as_mut_ptr().add(y * row)
+            };
             let n = ffi::jpeg_read_scanlines(cinfo, &mut row_ptr, 1);
             if n == 0 {
                 return Err(ProcessorError::Image(
                     "JPEG: truncated file (decoder stalled)".into(),
                 ));
+            }
+            if cmyk {
+                cmyk_row_to_rgb(&cmyk_row, &mut rgb[y * row..(y + 1) * row]);
             }
         }
         ffi::jpeg_finish_decompress(cinfo);
@@ -134,6 +154,23 @@ fn decode_inner(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, Processor
             rgb,
             orientation,
         })
+    }
+}
+
+/// One row of libjpeg's CMYK output to RGB, as PIL does it: its JPEG plugin reads every four-component
+/// file inverted (rawmode "CMYK;I", the Adobe convention), then `convert("RGB")` computes
+/// `nk - nk·c/255` per channel with nk = 255 - k (Pillow's `cmyk2rgb`, integer `MULDIV255`).
+/// Here, with x the bytes libjpeg gives (PIL's values are 255 - x): nk = x[3], c = 255 - x[ch].
+fn cmyk_row_to_rgb(cmyk: &[u8], rgb: &mut [u8]) {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    for (o, x) in rgb.chunks_exact_mut(3).zip(cmyk.chunks_exact(4)) {
+        let nk = x[3] as i32;
+        for c in 0..3 {
+            o[c] = (nk - muldiv255(255 - x[c] as i32, nk)).clamp(0, 255) as u8;
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod chat;
 pub mod decode;
 mod error;
 mod jpeg;
+pub use qwen3vl_limits as limits;
 pub mod patch;
 pub mod resize;
 mod rope;
@@ -31,9 +32,11 @@ pub use error::ProcessorError;
 pub use image::RgbImage;
 pub use rope::get_rope_index;
 
+use limits::{MAX_MERGE_SIZE, MAX_PATCH_SIZE, MAX_RESIZED_PIXELS, MAX_TEMPORAL_PATCH_SIZE};
 use qwen3vl_kernels::Kernels;
 use serde_json::Value as Json;
 use std::path::Path;
+use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 /// Token ids the processor and the model agree on (spec 1.1).
@@ -96,9 +99,16 @@ impl ImageConfig {
         };
         let v: Json =
             serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let uint = |key: &str| -> Result<usize, ProcessorError> {
+        if !v.is_object() {
+            return Err(err("the top level must be an object".into()));
+        }
+        // A positive integer at most `max` (the engine's limit, not the file's).
+        let uint = |key: &str, max: usize| -> Result<usize, ProcessorError> {
             match v.get(key).and_then(Json::as_u64) {
-                Some(x) if x > 0 => Ok(x as usize),
+                Some(x) if x > 0 && x <= max as u64 => Ok(x as usize),
+                Some(x) if x > 0 => Err(err(format!(
+                    "field `{key}` is {x}, over the limit of {max}"
+                ))),
                 Some(_) => Err(err(format!("field `{key}` must be positive"))),
                 None => Err(err(format!("missing or non-integer field `{key}`"))),
             }
@@ -108,24 +118,39 @@ impl ImageConfig {
                 .get(key)
                 .and_then(Json::as_array)
                 .ok_or_else(|| err(format!("missing field `{key}`")))?;
-            let f: Vec<f64> = a.iter().filter_map(Json::as_f64).collect();
-            match f[..] {
-                [x, y, z] => Ok([x, y, z]),
-                _ => Err(err(format!("field `{key}` must hold 3 numbers"))),
+            let f: Option<Vec<f64>> = a
+                .iter()
+                .map(|x| x.as_f64().filter(|f| f.is_finite()))
+                .collect();
+            match f.as_deref() {
+                Some(&[x, y, z]) => Ok([x, y, z]),
+                _ => Err(err(format!(
+                    "field `{key}` must hold 3 finite numbers, got {}",
+                    Json::Array(a.clone())
+                ))),
             }
         };
         let size = v.get("size");
-        let pick = |a: &str, b: &str| -> Option<u64> {
-            size.and_then(|s| s.get(a))
-                .and_then(Json::as_u64)
-                .or_else(|| v.get(b).and_then(Json::as_u64))
+        let pick = |a: &str, b: &str| -> Result<usize, ProcessorError> {
+            let (name, x) = match size.and_then(|s| s.get(a)) {
+                Some(x) => (format!("size.{a}"), x),
+                None => match v.get(b) {
+                    Some(x) => (b.to_string(), x),
+                    None => return Err(err(format!("missing `size.{a}` (or `{b}`)"))),
+                },
+            };
+            match x.as_u64() {
+                Some(n) if n <= MAX_RESIZED_PIXELS as u64 => Ok(n as usize),
+                Some(n) => Err(err(format!(
+                    "field `{name}` is {n} pixels, over the limit of {MAX_RESIZED_PIXELS}"
+                ))),
+                None => Err(err(format!(
+                    "field `{name}` must be a non-negative integer, got {x}"
+                ))),
+            }
         };
-        let min_pixels = pick("shortest_edge", "min_pixels")
-            .ok_or_else(|| err("missing `size.shortest_edge` (or `min_pixels`)".into()))?
-            as usize;
-        let max_pixels = pick("longest_edge", "max_pixels")
-            .ok_or_else(|| err("missing `size.longest_edge` (or `max_pixels`)".into()))?
-            as usize;
+        let min_pixels = pick("shortest_edge", "min_pixels")?;
+        let max_pixels = pick("longest_edge", "max_pixels")?;
         if min_pixels > max_pixels || max_pixels == 0 {
             return Err(err(format!(
                 "min_pixels {min_pixels} / max_pixels {max_pixels} are inconsistent"
@@ -135,17 +160,19 @@ impl ImageConfig {
         if image_std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
             return Err(err("field `image_std` must be positive".into()));
         }
-        let rescale_factor = v
-            .get("rescale_factor")
-            .and_then(Json::as_f64)
-            .unwrap_or(1.0 / 255.0);
+        let rescale_factor = match v.get("rescale_factor") {
+            None | Some(Json::Null) => 1.0 / 255.0,
+            Some(x) => x.as_f64().unwrap_or(f64::NAN),
+        };
         if rescale_factor <= 0.0 || !rescale_factor.is_finite() {
-            return Err(err("field `rescale_factor` must be positive".into()));
+            return Err(err(
+                "field `rescale_factor` must be a positive number".into()
+            ));
         }
         Ok(ImageConfig {
-            patch_size: uint("patch_size")?,
-            temporal_patch_size: uint("temporal_patch_size")?,
-            merge_size: uint("merge_size")?,
+            patch_size: uint("patch_size", MAX_PATCH_SIZE)?,
+            temporal_patch_size: uint("temporal_patch_size", MAX_TEMPORAL_PATCH_SIZE)?,
+            merge_size: uint("merge_size", MAX_MERGE_SIZE)?,
             min_pixels,
             max_pixels,
             image_mean: triple("image_mean")?,
@@ -156,7 +183,8 @@ impl ImageConfig {
 
     /// Side multiple of resized images: patch_size · merge_size.
     pub fn factor(&self) -> usize {
-        self.patch_size * self.merge_size
+        // Both are bounded by `limits` when parsed; saturating keeps a hand-built config from wrapping.
+        self.patch_size.saturating_mul(self.merge_size)
     }
 }
 
@@ -183,6 +211,7 @@ pub struct Prompt {
 }
 
 /// The Qwen3-VL processor of one checkpoint directory.
+#[derive(Clone)]
 pub struct Processor {
     tokenizer: Tokenizer,
     /// Added special tokens (content, id): the only strings ever mapped to special ids, and only outside
@@ -197,10 +226,26 @@ pub struct Processor {
 }
 
 fn read(path: &Path) -> Result<String, ProcessorError> {
-    std::fs::read_to_string(path).map_err(|source| ProcessorError::Io {
+    read_limited(path, limits::MAX_CONFIG_BYTES)
+}
+
+/// A text file of at most `limit` bytes, refused before it is read when larger.
+fn read_limited(path: &Path, limit: u64) -> Result<String, ProcessorError> {
+    use std::io::Read;
+    let io = |source| ProcessorError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    f.take(limit + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > limit {
+        return Err(ProcessorError::Config {
+            file: path.display().to_string(),
+            msg: format!("the file is over the limit of {limit} bytes"),
+        });
+    }
+    Ok(text)
 }
 
 impl Processor {
@@ -209,8 +254,16 @@ impl Processor {
     /// `tokenizer_config.json`) and the token ids of `config.json` (else looked up in the vocabulary).
     pub fn from_dir(dir: &Path) -> Result<Processor, ProcessorError> {
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
+        let tok_text = read_limited(&tok_path, limits::MAX_TOKENIZER_BYTES)?;
+        let mut tokenizer = Tokenizer::from_str(&tok_text)
             .map_err(|e| ProcessorError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        drop(tok_text);
+        if tokenizer.get_vocab_size(true) == 0 {
+            return Err(ProcessorError::Tokenizer(format!(
+                "{}: the vocabulary is empty",
+                tok_path.display()
+            )));
+        }
         // Special tokens in text are text; the template's markers are mapped separately.
         tokenizer.set_encode_special_tokens(true);
         let mut specials: Vec<(String, u32)> = tokenizer
@@ -222,41 +275,48 @@ impl Processor {
         specials.sort_by_key(|a| a.1);
 
         let image = ImageConfig::from_json(&read(&dir.join("preprocessor_config.json"))?)?;
-        let source =
+        let (source, origin) =
             if dir.join("chat_template.jinja").is_file() {
-                read(&dir.join("chat_template.jinja"))?
+                (
+                    read(&dir.join("chat_template.jinja"))?,
+                    "chat_template.jinja",
+                )
             } else if dir.join("chat_template.json").is_file() {
                 let v: Json = serde_json::from_str(&read(&dir.join("chat_template.json"))?)
                     .map_err(|e| ProcessorError::Config {
                         file: "chat_template.json".into(),
                         msg: format!("not valid JSON: {e}"),
                     })?;
-                v.get("chat_template")
+                let t = v
+                    .get("chat_template")
                     .and_then(Json::as_str)
                     .map(str::to_string)
                     .ok_or_else(|| ProcessorError::Config {
                         file: "chat_template.json".into(),
                         msg: "missing string field `chat_template`".into(),
-                    })?
+                    })?;
+                (t, "chat_template.json")
             } else {
-                BUILTIN_TEMPLATE.to_string()
+                (BUILTIN_TEMPLATE.to_string(), "the built-in chat template")
             };
-        let template = chat::ChatTemplate::new(source)?;
+        let template = chat::ChatTemplate::new(source, origin)?;
 
-        let config: Option<Json> = match std::fs::read_to_string(dir.join("config.json")) {
-            Ok(t) => Some(
+        let config: Option<Json> = if dir.join("config.json").is_file() {
+            let t = read(&dir.join("config.json"))?;
+            Some(
                 serde_json::from_str(&t).map_err(|e| ProcessorError::Config {
                     file: "config.json".into(),
                     msg: format!("not valid JSON: {e}"),
                 })?,
-            ),
-            Err(_) => None,
+            )
+        } else {
+            None
         };
         let id = |key: &str, token: &str| -> Result<u32, ProcessorError> {
             if let Some(v) = config.as_ref().and_then(|c| c.get(key)) {
                 return v
                     .as_u64()
-                    .map(|x| x as u32)
+                    .and_then(|x| u32::try_from(x).ok())
                     .ok_or_else(|| ProcessorError::Config {
                         file: "config.json".into(),
                         msg: format!("field `{key}` is not a token id"),
@@ -274,17 +334,29 @@ impl Processor {
             vision_start_token_id: id("vision_start_token_id", "<|vision_start|>")?,
             vision_end_token_id: id("vision_end_token_id", "<|vision_end|>")?,
         };
-        if let Some(m) = config
-            .as_ref()
-            .and_then(|c| c.pointer("/vision_config/spatial_merge_size"))
-            .and_then(Json::as_u64)
-        {
-            if m as usize != image.merge_size {
+        // The preprocessor cuts patches the vision tower must agree with: caught here, naming both fields,
+        // not when the first image arrives.
+        for (vision_key, ours, value) in [
+            ("spatial_merge_size", "merge_size", image.merge_size),
+            ("patch_size", "patch_size", image.patch_size),
+            (
+                "temporal_patch_size",
+                "temporal_patch_size",
+                image.temporal_patch_size,
+            ),
+        ] {
+            let Some(m) = config
+                .as_ref()
+                .and_then(|c| c.get("vision_config"))
+                .and_then(|vc| vc.get(vision_key))
+            else {
+                continue;
+            };
+            if m.as_u64() != Some(value as u64) {
                 return Err(ProcessorError::Config {
                     file: "config.json".into(),
                     msg: format!(
-                        "vision_config.spatial_merge_size {m} differs from preprocessor_config.json merge_size {}",
-                        image.merge_size
+                        "vision_config.{vision_key} {m} differs from preprocessor_config.json {ours} {value}"
                     ),
                 });
             }
@@ -310,6 +382,16 @@ impl Processor {
     pub fn with_limits(mut self, limits: ImageLimits) -> Processor {
         self.limits = limits;
         self
+    }
+
+    /// Use this chat template instead of the checkpoint's (`origin` names it in errors).
+    pub fn with_chat_template(
+        mut self,
+        source: String,
+        origin: &str,
+    ) -> Result<Processor, ProcessorError> {
+        self.template = chat::ChatTemplate::new(source, origin)?;
+        Ok(self)
     }
 
     /// Use these kernels (default: `Kernels::detect()`).
@@ -342,31 +424,9 @@ impl Processor {
             .map_err(|e| ProcessorError::Tokenizer(e.to_string()))
     }
 
-    /// Read and decode an image file (see [`Processor::load_image_bytes`]).
+    /// Read and decode an image file under this processor's limits (see [`decode::read_image_file`]).
     pub fn load_image_file(&self, path: &Path) -> Result<RgbImage, ProcessorError> {
-        let meta = std::fs::metadata(path).map_err(|source| ProcessorError::Io {
-            path: path.into(),
-            source,
-        })?;
-        if meta.len() > self.limits.max_file_bytes {
-            return Err(ProcessorError::Image(format!(
-                "{}: file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
-                path.display(),
-                meta.len(),
-                self.limits.max_file_bytes
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|source| ProcessorError::Io {
-            path: path.into(),
-            source,
-        })?;
-        self.load_image_bytes(&bytes).map_err(|e| {
-            ProcessorError::Image(format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim_start_matches("image: ")
-            ))
-        })
+        decode::read_image_file(path, &self.limits)
     }
 
     /// Decode an encoded image under the limits: EXIF orientation applied, alpha composited over white.
@@ -427,6 +487,13 @@ impl Processor {
             .template
             .render_with_spans(messages, add_generation_prompt)?;
         let raw = chat::tokenize_rendered(&self.tokenizer, &self.specials, &rendered, &spans)?;
+        if raw.is_empty() {
+            return Err(ProcessorError::Template(format!(
+                "{}: rendered no tokens for these {} messages",
+                self.template.origin(),
+                messages.len()
+            )));
+        }
         let pads = raw
             .iter()
             .filter(|&&t| t == self.ids.image_token_id)
