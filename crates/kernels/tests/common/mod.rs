@@ -56,15 +56,29 @@ pub fn levels() -> Vec<Kernels> {
             )
         };
         // the harness captures eprintln!; /dev/stderr (Linux) is not captured
-        use std::io::Write;
-        match std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{msg}");
-            }
-            Err(_) => eprintln!("{msg}"),
+        if append_line(std::path::Path::new("/dev/stderr"), &msg).is_err() {
+            eprintln!("{msg}");
         }
     });
     Kernels::all_available()
+}
+
+/// Append one line to `path`. Opened for append: when stderr is redirected to a file, a plain write
+/// would start at offset 0 and overwrite the beginning of the log.
+pub fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    writeln!(f, "{line}")
+}
+
+#[test]
+fn skipped_note_appends_instead_of_overwriting() {
+    let path = std::env::temp_dir().join(format!("qwen3vl-note-{}.log", std::process::id()));
+    std::fs::write(&path, "earlier log lines\n").unwrap();
+    append_line(&path, "note").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(text, "earlier log lines\nnote\n");
 }
 
 /// The scalar reference.

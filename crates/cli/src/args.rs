@@ -1,0 +1,228 @@
+//! The command line's clap types: subcommands and their options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qwen3vl_model::Precision;
+
+#[derive(Parser)]
+#[command(
+    name = "qwen3vl",
+    version,
+    about = "Qwen3-VL vision-language inference on CPUs",
+    long_about = "Qwen3-VL vision-language inference on CPUs.\n\n\
+        SIMD level: chosen from the CPU's features; QWEN3VL_SIMD=scalar|sse4.1|avx2|avx512 forces one."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Show the CPU, its SIMD features and the level the kernels will use (and why).
+    Cpu {
+        /// Print one JSON object: {"level", "features", "f32_lanes", "cpu", "reason", "available"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer one prompt (optionally about images), streaming the answer to stdout and a timing summary
+    /// to stderr. Sampling defaults come from the checkpoint's generation_config.json.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// An image file to show the model (repeat for several; they come before the prompt text).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// The user's message (`-` reads it from standard input).
+        #[arg(long)]
+        prompt: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Print the generated token ids to stderr (for comparisons with other implementations).
+        #[arg(long, hide = true)]
+        print_ids: bool,
+    },
+    /// Interactive multi-turn chat. Type a message and press Enter. Commands: `/image PATH` attaches an
+    /// image to the next message, `/reset` clears the conversation, `/quit` (or end of input) leaves.
+    /// The conversation stays in the KV cache: each turn only runs its own new tokens.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A system message for the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// One forward pass over one user turn, written as safetensors (input ids, last-position logits,
+    /// per-position top-5) for comparison with transformers or another build.
+    Logits {
+        /// Checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// An image file (repeatable; placed before the text).
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// The user's message.
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
+        /// The .safetensors file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Measure load time, vision encode, prefill and decode speed and peak memory against this machine's
+    /// roofline; or `bench roofline` / `bench matmul` for the kernels alone.
+    Bench(BenchArgs),
+    /// Load a checkpoint and print the load-time plan: per op the kernel, the weight layout and the memory
+    /// it holds, with totals (packed weights, KV cache per token).
+    Plan {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
+    /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
+    InitRandom {
+        /// Model size: tiny (a few MB, for tests), 2b, 4b, 8b or 32b (geometry of spec 1.2).
+        #[arg(long)]
+        preset: String,
+        /// Output directory (created; must be empty unless --force).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Seed of the weights; the same seed writes the same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Largest shard in MB (checkpoints bigger than one shard get model.safetensors.index.json).
+        #[arg(long, default_value_t = 2000)]
+        shard_size_mb: u64,
+        /// Overwrite the checkpoint files of a non-empty directory.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Which checkpoint and how to run it.
+#[derive(Args)]
+pub(crate) struct ModelArgs {
+    /// Checkpoint directory (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// Numerics: `fast` lets matmuls round activations to bf16 and use bf16 dot products where the CPU
+    /// has them; `f32` keeps activations in f32 (parity with transformers in float32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
+    pub(crate) precision: PrecisionArg,
+    /// Context length of the session in tokens (default: the model's, for chat 32768).
+    #[arg(long)]
+    pub(crate) context: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PrecisionArg {
+    Fast,
+    F32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Fast => Precision::Fast,
+            PrecisionArg::F32 => Precision::F32,
+        }
+    }
+}
+
+/// Decoding settings; each defaults to the checkpoint's generation_config.json.
+#[derive(Args, Clone)]
+pub(crate) struct SamplingArgs {
+    /// Most tokens to generate (default: the rest of the context, at most 2048).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) max_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) top_k: Option<usize>,
+    /// Keep the smallest set of tokens with probability mass P (1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) min_p: Option<f32>,
+    /// Divide positive / multiply negative logits of tokens already seen (1 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) repetition_penalty: Option<f32>,
+    /// Subtract from the logits of tokens already generated (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) presence_penalty: Option<f32>,
+    /// Subtract this × the count of each token already generated (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) frequency_penalty: Option<f32>,
+    /// Seed of the sampler: the same seed gives the same answer.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub(crate) stop: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    pub(crate) cmd: Option<BenchCmd>,
+    /// Checkpoint directory (required unless a `bench` subcommand is given).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model: Option<PathBuf>,
+    /// Synthetic prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) prompt_tokens: usize,
+    /// Tokens to decode for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) gen_tokens: usize,
+    /// Synthetic image WxH for the vision measurement, or `none`.
+    #[arg(long, default_value = "640x480")]
+    pub(crate) image_size: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
+    pub(crate) precision: PrecisionArg,
+    /// Skip measuring the roofline (the percentages are then omitted).
+    #[arg(long)]
+    pub(crate) no_roofline: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCmd {
+    /// Measure this machine's limits: memory read bandwidth (1 and all threads), f32 FMA and bf16
+    /// dot-product peaks.
+    Roofline {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The matmul kernels on Qwen3-VL-2B shapes, against the roofline.
+    Matmul {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
