@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, ModelError, Precision};
-use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError};
+use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError, VideoInput, VideoOptions};
 
 use crate::generate::{run_loop, FinishReason, LoopError, StopConfig};
 use crate::generation_config::{GenerationConfig, GenerationConfigError};
@@ -151,6 +151,11 @@ impl Engine {
         })
     }
 
+    /// Read, sample, decode and preprocess one video (animated GIF / WebP / APNG, or a frame directory).
+    pub fn load_video(&self, path: &Path, opts: &VideoOptions) -> Result<VideoInput, EngineError> {
+        Ok(self.processor.load_video(path, opts)?)
+    }
+
     /// Read, decode and preprocess one image file.
     pub fn load_image(&self, path: &Path) -> Result<ImageInput, EngineError> {
         let img = self.processor.load_image_file(path)?;
@@ -282,6 +287,19 @@ impl Session<'_> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
     ) -> Result<Generation, EngineError> {
+        self.generate_media(messages, images, &[], params, on_text)
+    }
+
+    /// [`Session::generate`] with videos: `videos` are the preprocessed videos of the messages' video items,
+    /// in order (see [`Engine::load_video`]).
+    pub fn generate_media(
+        &mut self,
+        messages: &[Message],
+        images: &[ImageInput],
+        videos: &[VideoInput],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
+    ) -> Result<Generation, EngineError> {
         let engine = self.engine;
         let model = &engine.model;
         if params.max_tokens == 0 {
@@ -293,7 +311,9 @@ impl Session<'_> {
         let mut sampler = Sampler::new(params.sampling.clone())?;
 
         // 1. Tokens and positions of this turn, continuing the cache.
-        let prompt = engine.processor.encode(messages, images, true)?;
+        let prompt = engine
+            .processor
+            .encode_media(messages, images, videos, true)?;
         let base = self.cache.len() as i64 + self.rope_delta;
         let n_close = self.close.len();
         let mut ids = self.close.clone();
@@ -327,12 +347,13 @@ impl Session<'_> {
             ..Default::default()
         };
 
-        // 2. Vision tower.
-        let vision = if images.is_empty() {
+        // 2. Vision tower, over the images and videos in prompt order.
+        let visual = crate::media::visual_inputs_in_prompt_order(messages, images, videos);
+        let vision = if visual.is_empty() {
             None
         } else {
             let t = Instant::now();
-            let v = model.encode_images(images)?;
+            let v = model.encode_images(&visual)?;
             stats.vision_seconds = t.elapsed().as_secs_f64();
             stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
             Some(v)

@@ -247,7 +247,8 @@ impl Model {
                 cache.max_len()
             )));
         }
-        let vision = vision.map(|v| (v, self.config.image_token_id));
+        // Images and videos: the vision output holds their tokens in prompt order.
+        let vision = vision.map(|v| (v, [self.config.image_token_id, self.config.video_token_id]));
         self.language_model.forward(
             &self.ctx,
             &self.lm_head.weight,

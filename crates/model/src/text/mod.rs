@@ -75,7 +75,7 @@ impl TextModel {
         lm_head: &PackedWeight,
         ids: &[u32],
         positions: &[Vec<i64>; 3],
-        vision: Option<(&VisionOutput, u32)>,
+        vision: Option<(&VisionOutput, [u32; 2])>,
         cache: &mut KvCache,
         trace: &mut Tracer,
     ) -> Result<(), ModelError> {
@@ -100,13 +100,15 @@ impl TextModel {
                 self.embed_tokens.row_f32(id as usize, row);
             }
         }
-        // 2. x = x.masked_scatter(ids == image_token_id, image_embeds); the same rows get DeepStack later.
+        // 2. x = x.masked_scatter(ids == image_token_id | ids == video_token_id, visual embeds in prompt
+        //    order) (transformers scatters images and videos separately; with the vision output in prompt
+        //    order that is the same); the same rows get DeepStack later.
         let mut visual_rows: Vec<usize> = Vec::new();
-        if let Some((v, image_token_id)) = vision {
+        if let Some((v, media_ids)) = vision {
             visual_rows = ids
                 .iter()
                 .enumerate()
-                .filter(|(_, &id)| id == image_token_id)
+                .filter(|(_, id)| media_ids.contains(id))
                 .map(|(i, _)| i)
                 .collect();
             let n_tok = v.embeds.len() / hs;
