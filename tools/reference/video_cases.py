@@ -219,6 +219,45 @@ def prompt_cases(processor, loaded: dict, cases: dict, tensors: dict) -> None:
     cases["prompts"] = out
 
 
+def model_case(loaded: dict, out: Path) -> None:
+    """Logits of the tiny tied checkpoint (testdata/model-tiny-tied, float32) on an image + two videos prompt
+    (the videos before and after the image), for the end-to-end parity test in crates/engine."""
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers.video_utils import VideoMetadata
+
+    d = common.TESTDATA / "model-tiny-tied"
+    processor = AutoProcessor.from_pretrained(str(d))
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(d), dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    img = common.open_image(common.TESTDATA / "processor" / "images" / "rgb_20x30.png")
+    vids, metas = [], []
+    for name in ("gif_33x47_10f", "dir_5f"):
+        frames, c = loaded[name]
+        vids.append(np.stack(frames))
+        metas.append(VideoMetadata(total_num_frames=len(frames), fps=c["fps"], frames_indices=list(range(len(frames)))))
+    content = [{"type": "video"}, {"type": "image"}, {"type": "video"}, {"type": "text", "text": "What changes?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    inputs = processor(text=[text], images=[img], videos=vids, video_metadata=metas, do_sample_frames=True,
+                       return_tensors="pt", videos_kwargs={"cap_pixels_per_frame": False})
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].float()
+    g = torch.Generator().manual_seed(5)
+    cols = torch.unique(torch.cat([torch.randperm(logits.shape[1], generator=g)[:512],
+                                   torch.arange(151643, 151669)])).to(torch.int64)
+    top = torch.topk(logits, 5, dim=-1)
+    t = {
+        "input_ids": inputs["input_ids"][0].to(torch.int64),
+        "video_grid_thw": inputs["video_grid_thw"].to(torch.int64),
+        "image_grid_thw": inputs["image_grid_thw"].to(torch.int64),
+        "logits.sample_cols": cols,
+        "logits.sample": logits[:, cols].contiguous(),
+        "logits.top5_idx": top.indices.to(torch.int64),
+    }
+    common.save_tensors(out / "model_tied_video.safetensors", t)
+
+
 def main(out_dir: Path) -> None:
     out = out_dir / "video"
     clip_dir = out / "clips"
@@ -233,6 +272,7 @@ def main(out_dir: Path) -> None:
     clips = make_clips(clip_dir)
     loaded = clip_cases(processor, clip_dir, clips, cases, tensors)
     prompt_cases(processor, loaded, cases, tensors)
+    model_case(loaded, out)
     common.save_tensors(out / "reference.safetensors", tensors)
     common.write_json(out / "cases.json", cases)
     print(f"video: {len(clips)} clips, {len(PROMPTS)} prompts -> {out}")

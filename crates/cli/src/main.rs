@@ -4,6 +4,7 @@
 mod args;
 mod bench_kernels;
 mod chat;
+mod video_args;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -87,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt,
             sampling,
             print_ids,
+            video,
         } => cmd_generate(
             &model,
             &images,
@@ -94,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
             &prompt,
             &sampling,
             print_ids,
+            &video,
         ),
         Cmd::Chat {
             model,
@@ -293,6 +296,7 @@ fn cmd_generate(
     prompt: &str,
     sampling: &SamplingArgs,
     print_ids: bool,
+    video: &video_args::VideoArgs,
 ) -> Result<()> {
     if sampling.max_tokens == Some(0) {
         bail!("--max-tokens must be at least 1");
@@ -311,18 +315,23 @@ fn cmd_generate(
         .iter()
         .map(|p| engine.load_image(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let videos = video.load(&engine, images.len())?;
     let mut messages = Vec::new();
     if let Some(s) = system {
         messages.push(Message::text("system", s));
     }
-    messages.push(user_message(images.len(), prompt));
+    let mut user = user_message(images.len(), prompt);
+    let at = user.content.len() - 1;
+    user.content
+        .splice(at..at, std::iter::repeat_n(Content::Video, videos.len()));
+    messages.push(user);
     // Size the KV cache for this request: prompt + answer, within the context.
     let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
     use qwen3vl_engine::session::{check_prompt_bytes, prompt_byte_limit};
     check_prompt_bytes(&messages, prompt_byte_limit(context))?;
     let prompt_len = engine
         .processor
-        .encode(&messages, &pixels, true)?
+        .encode_media(&messages, &pixels, &videos, true)?
         .input_ids
         .len();
     let max_tokens = match sampling.max_tokens {
@@ -342,11 +351,12 @@ fn cmd_generate(
     let params = generate_params(&engine.generation_config, sampling, max_tokens);
     let mut session = engine.session(context.min(prompt_len.saturating_add(max_tokens)));
     let mut sink = stdout_sink();
-    let g = session.generate(&messages, &pixels, &params, &mut sink)?;
+    let g = session.generate_media(&messages, &pixels, &videos, &params, &mut sink)?;
     println!();
     if print_ids {
         eprintln!("ids: {:?}", g.tokens);
     }
+    video.after_answer(&engine, images, &g.text)?;
     eprintln!(
         "{}",
         summary(engine.load_seconds, &g.stats, g.finish.as_str())
