@@ -62,10 +62,7 @@ fn collect(v: &Value, out: &mut Vec<Grounding>) {
                 let f: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
                 (f.len() == a.len() && f.iter().all(|x| x.is_finite())).then_some(f)
             };
-            let label = o
-                .get("label")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let label = o.get("label").and_then(Value::as_str).map(str::to_string);
             if let Some(&[x1, y1, x2, y2]) = nums("bbox_2d").as_deref() {
                 out.push(Grounding {
                     label,
@@ -241,7 +238,12 @@ fn label(img: &mut RgbImage, x: i64, y: i64, text: &str, c: Rgb<u8>) {
         for (r, bits) in glyph(*ch).iter().enumerate() {
             for b in 0..3 {
                 if bits & (4 >> b) != 0 {
-                    put(img, x + 1 + k as i64 * 4 + b, y + 1 + r as i64, Rgb([255, 255, 255]));
+                    put(
+                        img,
+                        x + 1 + k as i64 * 4 + b,
+                        y + 1 + r as i64,
+                        Rgb([255, 255, 255]),
+                    );
                 }
             }
         }

@@ -88,11 +88,7 @@ fn video_prompt_logits_match_transformers_f32() {
         .iter()
         .map(|&x| x as usize)
         .collect();
-    assert_eq!(
-        prompt.video_grids.concat(),
-        grids,
-        "video_grid_thw"
-    );
+    assert_eq!(prompt.video_grids.concat(), grids, "video_grid_thw");
 
     let model = &engine.model;
     let visual = visual_inputs_in_prompt_order(&msgs, &images, &videos);

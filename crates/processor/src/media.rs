@@ -41,7 +41,9 @@ impl crate::Processor {
         let mut c = self.video.clone();
         if let Some(m) = opts.max_frames {
             if m == 0 {
-                return Err(ProcessorError::Video("max_frames must be at least 1".into()));
+                return Err(ProcessorError::Video(
+                    "max_frames must be at least 1".into(),
+                ));
             }
             c.max_frames = c.max_frames.min(m);
             c.min_frames = c.min_frames.min(c.max_frames);
@@ -59,7 +61,11 @@ impl crate::Processor {
     /// Read a video: an animated GIF / WebP / APNG file, or a directory of frames (sorted by name). The
     /// source is probed first (frame count, every frame's extent, the sampled count against the pixel
     /// budget); then only the sampled frames are kept, each resized as it is decoded.
-    pub fn load_video(&self, path: &Path, opts: &VideoOptions) -> Result<VideoInput, ProcessorError> {
+    pub fn load_video(
+        &self,
+        path: &Path,
+        opts: &VideoOptions,
+    ) -> Result<VideoInput, ProcessorError> {
         let named = |e: ProcessorError| match e {
             ProcessorError::Video(m) if !m.starts_with(&path.display().to_string()) => {
                 ProcessorError::Video(format!("{}: {m}", path.display()))
@@ -73,9 +79,9 @@ impl crate::Processor {
             let fps = opts.source_fps.unwrap_or(DEFAULT_SOURCE_FPS);
             let (indices, mut b) = self.start_video(&cfg, &probe, fps).map_err(named)?;
             for &i in &indices {
-                let img = self.load_image_file(&files[i]).map_err(|e| {
-                    ProcessorError::Video(format!("{}: {e}", files[i].display()))
-                })?;
+                let img = self
+                    .load_image_file(&files[i])
+                    .map_err(|e| ProcessorError::Video(format!("{}: {e}", files[i].display())))?;
                 b.push(img.as_raw(), img.width() as usize, img.height() as usize)
                     .map_err(|e| ProcessorError::Video(format!("{}: {e}", files[i].display())))?;
             }

@@ -109,7 +109,11 @@ impl VideoConfig {
             None | Some(Json::Null) => d.fps,
             Some(x) => match x.as_f64() {
                 Some(f) if f.is_finite() && f > 0.0 => f,
-                _ => return Err(err(format!("field `fps` must be a positive number, not {x}"))),
+                _ => {
+                    return Err(err(format!(
+                        "field `fps` must be a positive number, not {x}"
+                    )))
+                }
             },
         };
         let image_std = triple("image_std")?;
@@ -151,7 +155,11 @@ impl VideoConfig {
     /// `sample_frames`: the indices of the frames to keep from a video of `total` frames at `video_fps`
     /// (`num_frames = int(total / video_fps · fps)` clamped to [min_frames, min(max_frames, total)], then
     /// `round(linspace(0, total − 1, num_frames))`, numpy's linspace and round-half-to-even).
-    pub fn sample_indices(&self, total: usize, video_fps: f64) -> Result<Vec<usize>, ProcessorError> {
+    pub fn sample_indices(
+        &self,
+        total: usize,
+        video_fps: f64,
+    ) -> Result<Vec<usize>, ProcessorError> {
         if total == 0 {
             return Err(ProcessorError::Video("the video has no frames".into()));
         }
@@ -242,7 +250,7 @@ pub fn smart_resize_video(
 pub fn timestamps(indices: &[usize], video_fps: f64, temporal: usize) -> Vec<f64> {
     let mut idx = indices.to_vec();
     if let Some(&last) = idx.last() {
-        while idx.len() % temporal != 0 {
+        while !idx.len().is_multiple_of(temporal) {
             idx.push(last);
         }
     }

@@ -110,7 +110,9 @@ fn huge_claims_are_refused_before_decoding() {
         max_source_frames: 5,
         ..VideoLimits::default()
     };
-    let e = probe_bytes(&gif(4, 4, &many), &lim).unwrap_err().to_string();
+    let e = probe_bytes(&gif(4, 4, &many), &lim)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("more than 5 frames"), "{e}");
     // An APNG whose acTL claims 2^31 frames.
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();

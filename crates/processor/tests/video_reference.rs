@@ -65,7 +65,9 @@ fn usizes(v: &Value) -> Vec<usize> {
 }
 
 fn load_clip(p: &Processor, case: &Value) -> VideoInput {
-    let path = video_dir().join("clips").join(case["path"].as_str().unwrap());
+    let path = video_dir()
+        .join("clips")
+        .join(case["path"].as_str().unwrap());
     let opts = VideoOptions {
         // Files carry their own timing; a directory gets it from the caller (--video-fps).
         source_fps: case
@@ -73,7 +75,10 @@ fn load_clip(p: &Processor, case: &Value) -> VideoInput {
             .and_then(Value::as_bool)
             .unwrap_or(false)
             .then(|| case["fps"].as_f64().unwrap()),
-        max_frames: case.get("max_frames").and_then(Value::as_u64).map(|m| m as usize),
+        max_frames: case
+            .get("max_frames")
+            .and_then(Value::as_u64)
+            .map(|m| m as usize),
     };
     p.load_video(&path, &opts)
         .unwrap_or_else(|e| panic!("{}: {e}", case["name"]))
@@ -88,11 +93,27 @@ fn clips_are_bit_identical() {
     for case in clips {
         let name = case["name"].as_str().unwrap();
         let v = load_clip(&p, case);
-        assert_eq!(v.frame_indices, usizes(&case["frame_indices"]), "{name}: frame indices");
-        assert_eq!(v.source_frames, case["source_frames"].as_u64().unwrap() as usize, "{name}");
+        assert_eq!(
+            v.frame_indices,
+            usizes(&case["frame_indices"]),
+            "{name}: frame indices"
+        );
+        assert_eq!(
+            v.source_frames,
+            case["source_frames"].as_u64().unwrap() as usize,
+            "{name}"
+        );
         let fps = case["fps"].as_f64().unwrap();
-        assert!((v.source_fps - fps).abs() < 1e-9, "{name}: fps {} vs {fps}", v.source_fps);
-        assert_eq!(v.visual.grid_thw.to_vec(), usizes(&case["grid_thw"]), "{name}: grid_thw");
+        assert!(
+            (v.source_fps - fps).abs() < 1e-9,
+            "{name}: fps {} vs {fps}",
+            v.source_fps
+        );
+        assert_eq!(
+            v.visual.grid_thw.to_vec(),
+            usizes(&case["grid_thw"]),
+            "{name}: grid_thw"
+        );
         let texts: Vec<String> = v.groups(2).into_iter().map(|g| g.0).collect();
         let want: Vec<String> = case["timestamp_text"]
             .as_array()
@@ -114,7 +135,10 @@ fn clips_are_bit_identical() {
             continue;
         }
         if let Some(i) = (0..head.len()).find(|&i| got[i].to_bits() != head[i].to_bits()) {
-            panic!("{name}: pixel_values_videos[{i}] = {} vs {}", got[i], head[i]);
+            panic!(
+                "{name}: pixel_values_videos[{i}] = {} vs {}",
+                got[i], head[i]
+            );
         }
         let shape = usizes(&case["pixel_values_shape"]);
         assert_eq!(v.visual.pixel_values.len(), shape[0] * shape[1], "{name}");
@@ -146,7 +170,9 @@ fn prompts_with_videos_match() {
                 "text" => content.push(Content::Text(val.into())),
                 "image" => {
                     content.push(Content::Image);
-                    let img = p.load_image_file(&img_dir.join(format!("{val}.png"))).unwrap();
+                    let img = p
+                        .load_image_file(&img_dir.join(format!("{val}.png")))
+                        .unwrap();
                     images.push(p.preprocess_image(&img).unwrap());
                 }
                 _ => {
@@ -171,7 +197,11 @@ fn prompts_with_videos_match() {
         let pos = r.i64s(&format!("prompt.{name}.position_ids"));
         let l = want_ids.len();
         for a in 0..3 {
-            assert_eq!(prompt.positions[a], pos[a * l..(a + 1) * l], "{name}: axis {a}");
+            assert_eq!(
+                prompt.positions[a],
+                pos[a * l..(a + 1) * l],
+                "{name}: axis {a}"
+            );
         }
         assert_eq!(
             prompt.rope_delta,
@@ -207,6 +237,11 @@ fn placeholder_and_video_counts_must_agree() {
         "user",
         vec![Content::Video, Content::Text("x".into())],
     )];
-    let e = p.encode_media(&msgs, &[], &[v.clone(), v], true).unwrap_err();
-    assert!(e.to_string().contains("1 video placeholders but 2 videos"), "{e}");
+    let e = p
+        .encode_media(&msgs, &[], &[v.clone(), v], true)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("1 video placeholders but 2 videos"),
+        "{e}"
+    );
 }
