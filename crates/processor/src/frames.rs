@@ -65,7 +65,7 @@ struct Bytes<'a> {
 
 impl<'a> Bytes<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProcessorError> {
-        if self.b.len() - self.at < n {
+        if self.b.len().saturating_sub(self.at) < n {
             return Err(err(
                 self.format,
                 format!("truncated file (needs {n} bytes at offset {})", self.at),

@@ -77,6 +77,9 @@ fn truncated_and_non_video_files() {
     let a = clip("apng_8f.png");
     let e = err_of(&a[..a.len() / 3]);
     assert!(e.contains("APNG") && e.contains("truncated"), "{e}");
+    // A RIFF header whose size field is smaller than its own header.
+    let e = err_of(b"RIFF\x02\0\0\0WEBPVP8X");
+    assert!(e.contains("WEBP"), "{e}");
     // A block type no GIF has.
     let e = err_of(&gif(8, 8, &[0x99]));
     assert!(e.contains("corrupt"), "{e}");
