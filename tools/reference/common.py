@@ -47,6 +47,25 @@ PREPROCESSOR_CONFIG = {
     "do_convert_rgb": True,
 }
 
+# video_preprocessor_config.json of every Qwen3-VL checkpoint (spec 6.6; fps/min_frames/max_frames unset).
+VIDEO_PREPROCESSOR_CONFIG = {
+    "video_processor_type": "Qwen3VLVideoProcessor",
+    "processor_class": "Qwen3VLProcessor",
+    "size": {"shortest_edge": 4096, "longest_edge": 25165824},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "do_rescale": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "do_convert_rgb": True,
+    "do_sample_frames": True,
+}
+
 
 def seed_everything(seed: int = 0) -> None:
     """Fix every RNG the reference tool touches."""
@@ -111,6 +130,7 @@ def ensure_processor_dir() -> Path:
             link.unlink()
         link.symlink_to(target)
     write_json(d / "preprocessor_config.json", PREPROCESSOR_CONFIG)
+    write_json(d / "video_preprocessor_config.json", VIDEO_PREPROCESSOR_CONFIG)
     template = SPEC_TEMPLATE.read_text(encoding="utf-8")
     write_json(d / "chat_template.json", {"chat_template": template})
     cfg = {

@@ -45,6 +45,8 @@ pub(crate) enum Cmd {
         /// Print the generated token ids to stderr (for comparisons with other implementations).
         #[arg(long, hide = true)]
         print_ids: bool,
+        #[command(flatten)]
+        video: crate::video_args::VideoArgs,
     },
     /// Interactive multi-turn chat. Type a message and press Enter. Commands: `/image PATH` attaches an
     /// image to the next message, `/reset` clears the conversation, `/quit` (or end of input) leaves.

@@ -6,6 +6,7 @@ mod bench_kernels;
 mod chat;
 mod hub;
 mod quant;
+mod video_args;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -102,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt,
             sampling,
             print_ids,
+            video,
         } => cmd_generate(
             &model,
             &images,
@@ -109,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
             &prompt,
             &sampling,
             print_ids,
+            &video,
         ),
         Cmd::Chat {
             model,
@@ -342,6 +345,7 @@ fn cmd_generate(
     prompt: &str,
     sampling: &SamplingArgs,
     print_ids: bool,
+    video: &video_args::VideoArgs,
 ) -> Result<()> {
     if sampling.max_tokens == Some(0) {
         bail!("--max-tokens must be at least 1");
@@ -368,17 +372,23 @@ fn cmd_generate(
     for (path, img) in images.iter().zip(&pixels) {
         say_image_cost(&engine, path, img);
     }
+    let videos = video.load(&engine, images.len())?;
     let mut messages = Vec::new();
     if let Some(s) = system {
         messages.push(Message::text("system", s));
     }
-    messages.push(user_message(images.len(), prompt));
+    let mut user = user_message(images.len(), prompt);
+    let at = user.content.len() - 1;
+    user.content
+        .splice(at..at, std::iter::repeat_n(Content::Video, videos.len()));
+    messages.push(user);
     // One request path: the prompt is prepared once, the KV cache sized to prompt + answer.
     let context = args.context.unwrap_or(usize::MAX).min(engine.context_len());
     let pixels_tokens: usize = pixels.iter().map(|p| image_tokens(&engine, p)).sum();
-    let prepared = engine.prepare(
+    let prepared = engine.prepare_media(
         &messages,
         pixels,
+        videos,
         History::default(),
         sampling.max_tokens,
         context,
@@ -403,6 +413,7 @@ fn cmd_generate(
     if print_ids {
         eprintln!("ids: {:?}", g.tokens);
     }
+    video.after_answer(&engine, images, &g.text)?;
     eprintln!(
         "{}",
         summary(engine.load_seconds, &g.stats, g.finish.as_str())

@@ -3,7 +3,7 @@
 //! prepare their requests here; a prompt is tokenized once.
 
 use qwen3vl_model::{Positions, VisionInput};
-use qwen3vl_processor::{Content, ImageInput, Message};
+use qwen3vl_processor::{Content, ImageInput, Message, VideoInput};
 
 use crate::session::{Engine, EngineError};
 
@@ -81,14 +81,35 @@ impl Engine {
         max_tokens: Option<usize>,
         capacity: usize,
     ) -> Result<Prepared, EngineError> {
+        self.prepare_media(messages, images, Vec::new(), history, max_tokens, capacity)
+    }
+
+    /// [`Engine::prepare`] with videos: `videos` are the preprocessed videos of the messages' video items,
+    /// in order. The vision inputs of the result hold images and videos in prompt order.
+    pub fn prepare_media(
+        &self,
+        messages: &[Message],
+        images: Vec<ImageInput>,
+        videos: Vec<VideoInput>,
+        history: History,
+        max_tokens: Option<usize>,
+        capacity: usize,
+    ) -> Result<Prepared, EngineError> {
         if max_tokens == Some(0) {
             return Err(EngineError::Input(
                 "max_tokens must be at least 1".to_string(),
             ));
         }
         check_prompt_bytes(messages, prompt_byte_limit(capacity))?;
-        // 1. Template, tokens with image tokens expanded, positions numbered from 0.
-        let prompt = self.processor.encode(messages, &images, true)?;
+        // 1. Template, tokens with image and video tokens expanded, positions numbered from 0.
+        let prompt = self
+            .processor
+            .encode_media(messages, &images, &videos, true)?;
+        let visual = if videos.is_empty() {
+            images
+        } else {
+            crate::media::visual_inputs_in_prompt_order(messages, &images, &videos).into_owned()
+        };
         // 2. Continue the history: closing tokens, then the prompt, after `len + rope_delta`.
         let base = history.len as i64 + history.rope_delta;
         let n_close = history.close.len();
@@ -140,7 +161,7 @@ impl Engine {
         Ok(Prepared {
             tokens,
             positions,
-            vision: images
+            vision: visual
                 .into_iter()
                 .map(|im| VisionInput {
                     pixel_values: im.pixel_values,

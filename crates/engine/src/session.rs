@@ -14,7 +14,7 @@ use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
     KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat, RunState,
 };
-use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError};
+use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError, VideoInput, VideoOptions};
 
 use crate::generate::{run_loop, FinishReason, Generator, LoopError, LoopOutput, StopConfig};
 use crate::generation_config::{GenerationConfig, GenerationConfigError};
@@ -139,6 +139,11 @@ impl Engine {
             im_end,
             newline,
         })
+    }
+
+    /// Read, sample, decode and preprocess one video (animated GIF / WebP / APNG, or a frame directory).
+    pub fn load_video(&self, path: &Path, opts: &VideoOptions) -> Result<VideoInput, EngineError> {
+        Ok(self.processor.load_video(path, opts)?)
     }
 
     /// Read, decode and preprocess one image file.
@@ -306,7 +311,20 @@ impl Session<'_> {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
     ) -> Result<Generation, EngineError> {
-        let prepared = self.prepare(messages, images, params.max_tokens)?;
+        self.generate_media(messages, images, &[], params, on_text)
+    }
+
+    /// [`Session::generate`] with videos: `videos` are the preprocessed videos of the messages' video items,
+    /// in order (see [`Engine::load_video`]).
+    pub fn generate_media(
+        &mut self,
+        messages: &[Message],
+        images: &[ImageInput],
+        videos: &[VideoInput],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> Result<(), EngineError>,
+    ) -> Result<Generation, EngineError> {
+        let prepared = self.prepare_media(messages, images, videos, params.max_tokens)?;
         self.run(prepared, params, on_text)
     }
 
@@ -318,14 +336,26 @@ impl Session<'_> {
         images: &[ImageInput],
         max_tokens: Option<usize>,
     ) -> Result<Prepared, EngineError> {
+        self.prepare_media(messages, images, &[], max_tokens)
+    }
+
+    /// [`Session::prepare`] with videos.
+    pub fn prepare_media(
+        &self,
+        messages: &[Message],
+        images: &[ImageInput],
+        videos: &[VideoInput],
+        max_tokens: Option<usize>,
+    ) -> Result<Prepared, EngineError> {
         let history = History {
             len: self.cache.len(),
             rope_delta: self.rope_delta,
             close: &self.close,
         };
-        self.engine.prepare(
+        self.engine.prepare_media(
             messages,
             images.to_vec(),
+            videos.to_vec(),
             history,
             max_tokens,
             self.cache.max_len(),

@@ -122,7 +122,7 @@ impl Model {
                     .into(),
             });
         }
-        language_model.image_token_id = config.image_token_id;
+        language_model.visual_token_ids = [config.image_token_id, config.video_token_id];
         let path = match opts.precision {
             Precision::F32 => MatmulPath::Exact,
             Precision::Fast => MatmulPath::Fast,
@@ -216,7 +216,7 @@ impl Model {
             // A whole prompt: its image tokens take every visual row.
             let n = ids
                 .iter()
-                .filter(|&&t| t == self.config.image_token_id)
+                .filter(|&&t| t == self.config.image_token_id || t == self.config.video_token_id)
                 .count();
             let n_tok = v.n_tokens(self.config.text.hidden_size);
             if n != n_tok {
@@ -331,7 +331,9 @@ impl Model {
                 let n = s
                     .ids
                     .iter()
-                    .filter(|&&t| t == self.config.image_token_id)
+                    .filter(|&&t| {
+                        t == self.config.image_token_id || t == self.config.video_token_id
+                    })
                     .count();
                 let n_tok = v.features.n_tokens(h);
                 if v.features.embeds.len() != n_tok * h

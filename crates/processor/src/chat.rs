@@ -21,10 +21,11 @@ pub struct Message {
     pub content: Vec<Content>,
 }
 
-/// A content item: an image placeholder (the pixels travel separately, in order) or text.
+/// A content item: an image or video placeholder (the pixels travel separately, in order) or text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     Image,
+    Video,
     Text(String),
 }
 
@@ -102,6 +103,7 @@ impl ChatTemplate {
                     .iter()
                     .map(|c| match c {
                         Content::Image => Value::from_pairs([("type", Value::from("image"))]),
+                        Content::Video => Value::from_pairs([("type", Value::from("video"))]),
                         Content::Text(_) => Value::from_pairs([
                             ("type", Value::from("text")),
                             (
@@ -206,7 +208,7 @@ fn user_texts(messages: &[Message]) -> Vec<String> {
         .flat_map(|m| m.content.iter())
         .filter_map(|c| match c {
             Content::Text(t) => Some(t.clone()),
-            Content::Image => None,
+            Content::Image | Content::Video => None,
         })
         .collect()
 }

@@ -30,6 +30,11 @@ pub enum ProcessorError {
     Template(String),
     #[error("the prompt has {placeholders} image placeholders but {images} images were given")]
     PlaceholderCount { placeholders: usize, images: usize },
+    /// A video could not be read, or was refused by the limits (the message names which).
+    #[error("video: {0}")]
+    Video(String),
+    #[error("the prompt has {placeholders} video placeholders but {videos} videos were given")]
+    VideoPlaceholderCount { placeholders: usize, videos: usize },
     #[error("get_rope_index: {0}")]
     RopeIndex(String),
     #[error(transparent)]

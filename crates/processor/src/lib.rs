@@ -20,17 +20,23 @@ mod alloc;
 mod chat;
 pub mod decode;
 mod error;
+pub mod frames;
 mod jpeg;
 pub use qwen3vl_limits as limits;
+mod media;
 pub mod patch;
 pub mod resize;
 mod rope;
+pub mod video;
 
 pub use chat::{Content, Message, BUILTIN_TEMPLATE};
 pub use decode::{composite_over_white, decode_rgb, ImageLimits};
 pub use error::ProcessorError;
+pub use frames::{VideoLimits, VideoProbe};
 pub use image::RgbImage;
-pub use rope::get_rope_index;
+pub use media::{VideoOptions, DEFAULT_SOURCE_FPS};
+pub use rope::{get_rope_index, get_rope_index_media};
+pub use video::{VideoConfig, VideoInput};
 
 use limits::{MAX_MERGE_SIZE, MAX_PATCH_SIZE, MAX_RESIZED_PIXELS, MAX_TEMPORAL_PATCH_SIZE};
 use qwen3vl_kernels::Kernels;
@@ -208,6 +214,8 @@ pub struct Prompt {
     pub rope_delta: i64,
     /// Grid of each image, in prompt order.
     pub image_grids: Vec<[usize; 3]>,
+    /// Grid of each video, in prompt order.
+    pub video_grids: Vec<[usize; 3]>,
 }
 
 /// The Qwen3-VL processor of one checkpoint directory.
@@ -223,6 +231,8 @@ pub struct Processor {
     norm: [[f32; 256]; 3],
     limits: ImageLimits,
     kernels: Kernels,
+    video: VideoConfig,
+    video_limits: VideoLimits,
 }
 
 fn read(path: &Path) -> Result<String, ProcessorError> {
@@ -361,6 +371,12 @@ impl Processor {
                 });
             }
         }
+        let video_path = dir.join("video_preprocessor_config.json");
+        let video = if video_path.is_file() {
+            VideoConfig::from_json(&read(&video_path)?)?
+        } else {
+            VideoConfig::default()
+        };
         let norm = patch::normalize_table(image.image_mean, image.image_std, image.rescale_factor);
         let kernels = Kernels::detect().map_err(|e| ProcessorError::Config {
             file: "QWEN3VL_SIMD".into(),
@@ -375,6 +391,8 @@ impl Processor {
             norm,
             limits: ImageLimits::default(),
             kernels,
+            video,
+            video_limits: VideoLimits::default(),
         })
     }
 
@@ -523,6 +541,7 @@ impl Processor {
             positions,
             rope_delta,
             image_grids,
+            video_grids: Vec::new(),
         })
     }
 }

@@ -11,9 +11,26 @@ pub fn get_rope_index(
     ids: &SpecialIds,
     spatial_merge: usize,
 ) -> Result<([Vec<i64>; 3], i64), ProcessorError> {
+    get_rope_index_media(input_ids, image_grids, &[], ids, spatial_merge)
+}
+
+/// [`get_rope_index`] with videos: each video grid (t, h, w) is split into t grids (1, h, w), one per frame
+/// group, consumed in order by the runs of `<|video_pad|>` (every group has its own
+/// `<|vision_start|>…<|vision_end|>` after its timestamp text, transformers 5.23).
+pub fn get_rope_index_media(
+    input_ids: &[u32],
+    image_grids: &[[usize; 3]],
+    video_grids: &[[usize; 3]],
+    ids: &SpecialIds,
+    spatial_merge: usize,
+) -> Result<([Vec<i64>; 3], i64), ProcessorError> {
     if spatial_merge == 0 {
         return Err(ProcessorError::RopeIndex("spatial_merge is 0".into()));
     }
+    let video_frames: Vec<[usize; 3]> = video_grids
+        .iter()
+        .flat_map(|&[t, h, w]| std::iter::repeat_n([1, h, w], t))
+        .collect();
     let n = input_ids.len();
     let mut pos: [Vec<i64>; 3] = [
         Vec::with_capacity(n),
@@ -21,10 +38,14 @@ pub fn get_rope_index(
         Vec::with_capacity(n),
     ];
     let mut cur: i64 = 0;
-    let mut next_grid = 0;
+    let mut next = [0usize; 2];
     let mut i = 0;
     while i < n {
-        if input_ids[i] != ids.image_token_id {
+        let kind = if input_ids[i] == ids.image_token_id {
+            0
+        } else if input_ids[i] == ids.video_token_id {
+            1
+        } else {
             // 1. Text token: (cur, cur, cur).
             for p in pos.iter_mut() {
                 p.push(cur);
@@ -32,36 +53,38 @@ pub fn get_rope_index(
             cur += 1;
             i += 1;
             continue;
-        }
-        // 2. An image: the next grid's tokens, in row-major order over the merged (gh, gw) grid.
-        let Some(&[t, h, w]) = image_grids.get(next_grid) else {
+        };
+        let (what, grids, token) = if kind == 0 {
+            ("image", image_grids, ids.image_token_id)
+        } else {
+            ("video frame group", &video_frames[..], ids.video_token_id)
+        };
+        // 2. An image or a video frame group: the next grid's tokens, row-major over the merged (gh, gw) grid.
+        let Some(&[t, h, w]) = grids.get(next[kind]) else {
             return Err(ProcessorError::RopeIndex(format!(
-                "image tokens at position {i} but only {} image grids were given",
-                image_grids.len()
+                "{what} tokens at position {i} but only {} {what} grids were given",
+                grids.len()
             )));
         };
-        next_grid += 1;
+        next[kind] += 1;
         if h % spatial_merge != 0 || w % spatial_merge != 0 || t == 0 {
             return Err(ProcessorError::RopeIndex(format!(
-                "image grid {t}x{h}x{w} is not divisible by spatial_merge {spatial_merge}"
+                "{what} grid {t}x{h}x{w} is not divisible by spatial_merge {spatial_merge}"
             )));
         }
         let (gh, gw) = (h / spatial_merge, w / spatial_merge);
         let len = t * gh * gw;
-        let run = input_ids[i..]
-            .iter()
-            .take_while(|&&x| x == ids.image_token_id)
-            .count();
+        let run = input_ids[i..].iter().take_while(|&&x| x == token).count();
         if run < len {
             return Err(ProcessorError::RopeIndex(format!(
-                "image {} (grid {t}x{h}x{w}) needs {len} image tokens at position {i}, found {run}",
-                next_grid - 1
+                "{what} {} (grid {t}x{h}x{w}) needs {len} {what} tokens at position {i}, found {run}",
+                next[kind] - 1
             )));
         }
         for tt in 0..t {
             for r in 0..gh {
                 for c in 0..gw {
-                    // time_interval is 1 per temporal group for images.
+                    // time_interval is 1 per temporal group.
                     pos[0].push(cur + tt as i64);
                     pos[1].push(cur + r as i64);
                     pos[2].push(cur + c as i64);
@@ -72,10 +95,18 @@ pub fn get_rope_index(
         cur += gh.max(gw) as i64;
         i += len;
     }
-    if next_grid != image_grids.len() {
+    if next[0] != image_grids.len() {
         return Err(ProcessorError::RopeIndex(format!(
-            "{} image grids were given but the tokens hold {next_grid} images",
-            image_grids.len()
+            "{} image grids were given but the tokens hold {} images",
+            image_grids.len(),
+            next[0]
+        )));
+    }
+    if next[1] != video_frames.len() {
+        return Err(ProcessorError::RopeIndex(format!(
+            "{} video frame groups were given but the tokens hold {}",
+            video_frames.len(),
+            next[1]
         )));
     }
     let max = pos
@@ -155,5 +186,48 @@ mod tests {
         // A grid but no tokens.
         let e = get_rope_index(&[1, 2], &[[1, 2, 2]], &ids, 2).unwrap_err();
         assert!(e.to_string().contains("1 image grids were given"), "{e}");
+    }
+
+    #[test]
+    fn video_groups_are_positioned_one_frame_group_at_a_time() {
+        let ids = SpecialIds::default();
+        let (t, vs, ve, vid) = (
+            100u32,
+            ids.vision_start_token_id,
+            ids.vision_end_token_id,
+            ids.video_token_id,
+        );
+        // A video of grid (2, 4, 6): two groups of 2x3 = 6 tokens, each wrapped and after a timestamp token.
+        let mut toks = vec![t, vs];
+        for _ in 0..2 {
+            toks.extend([t, vs]);
+            toks.extend(std::iter::repeat_n(vid, 6));
+            toks.push(ve);
+        }
+        toks.extend([ve, t]);
+        let (pos, delta) = get_rope_index_media(&toks, &[], &[[2, 4, 6]], &ids, 2).unwrap();
+        let want_t: Vec<i64> = [
+            vec![0, 1, 2, 3],
+            vec![4; 6],
+            vec![7, 8, 9],
+            vec![10; 6],
+            vec![13, 14, 15],
+        ]
+        .concat();
+        let want_w: Vec<i64> = [
+            vec![0, 1, 2, 3],
+            vec![4, 5, 6, 4, 5, 6],
+            vec![7, 8, 9],
+            vec![10, 11, 12, 10, 11, 12],
+            vec![13, 14, 15],
+        ]
+        .concat();
+        assert_eq!(pos[0], want_t);
+        assert_eq!(pos[2], want_w);
+        assert_eq!(pos[1][4..10], [4, 4, 4, 5, 5, 5]);
+        assert_eq!(delta, 16 - toks.len() as i64);
+        // One group's tokens missing.
+        let e = get_rope_index_media(&toks[..12], &[], &[[2, 4, 6]], &ids, 2).unwrap_err();
+        assert!(e.to_string().contains("2 video frame groups"), "{e}");
     }
 }

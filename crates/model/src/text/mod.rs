@@ -32,7 +32,7 @@ pub struct TextModel {
     pub norm: RmsNorm,
     pub rotary_emb: TextRotary,
     /// `image_token_id` of config.json: the rows that take visual features
-    pub image_token_id: u32,
+    pub visual_token_ids: [u32; 2],
 }
 
 impl TextModel {
@@ -64,7 +64,7 @@ impl TextModel {
             layers,
             norm: vb.rms_norm("norm", cfg.hidden_size, cfg.rms_norm_eps)?,
             rotary_emb: TextRotary::new(cfg),
-            image_token_id: 0,
+            visual_token_ids: [0; 2],
         })
     }
 
@@ -106,14 +106,16 @@ impl TextModel {
             }
             r += s.ids.len();
         }
-        // 2. x = x.masked_scatter(ids == image_token_id, image_embeds); the same rows get DeepStack later.
+        // 2. x = x.masked_scatter(ids == image_token_id | ids == video_token_id, visual embeds in prompt
+        //    order) (transformers scatters images and videos separately; with the vision output in prompt
+        //    order that is the same); the same rows get DeepStack later.
         st.visual_rows.clear();
         let mut r = 0;
         for (si, s) in seqs.iter().enumerate() {
             if let Some(v) = s.vision {
                 let mut f = v.first;
                 for (i, &id) in s.ids.iter().enumerate() {
-                    if id == self.image_token_id {
+                    if self.visual_token_ids.contains(&id) {
                         st.visual_rows.push((r + i, si, f));
                         f += 1;
                     }
