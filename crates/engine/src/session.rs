@@ -436,7 +436,7 @@ impl Session<'_> {
             ..
         } = self;
         let mut decode_seconds = 0.0;
-        run_loop(
+        let r = run_loop(
             &mut gen,
             &logits,
             |id, buf| {
@@ -457,18 +457,19 @@ impl Session<'_> {
                 Ok(())
             },
             on_text,
-        )
-        .map_err(|e| match e {
+        );
+        let out: LoopOutput = gen.into_output();
+        // 4. What closes this answer in the cache before the next turn: also when the answer was cut
+        //    short (the caller's sink refused a piece, e.g. Ctrl-C in the chat), so that the next turn
+        //    follows a closed answer. The last sampled token was never fed, as after a length stop.
+        self.close = engine.closing_tokens(&out);
+        r.map_err(|e| match e {
             LoopError::Sampling(s) => EngineError::Sampling(s),
             LoopError::Step(e) => e,
         })?;
-        let out: LoopOutput = gen.into_output();
         stats.decode_seconds = decode_seconds;
         stats.decode_steps = out.steps;
         stats.generated_tokens = out.tokens.len();
-
-        // 4. What closes this answer in the cache before the next turn.
-        self.close = engine.closing_tokens(&out);
         Ok(Generation {
             tokens: out.tokens,
             text: out.text,

@@ -701,7 +701,7 @@ impl YPtrU16 {
 /// multiply-adds, so the threads start on large contiguous streams and end on small ones — a thread
 /// slowed by a neighbour hands its share over, and the last range anyone waits for is short (a decode
 /// GEMV streaming at the memory limit loses the whole tail of a large equal range to one idle thread).
-fn chunks(units: usize, threads: usize, macs: usize) -> Vec<usize> {
+pub(crate) fn chunks(units: usize, threads: usize, macs: usize) -> Vec<usize> {
     if threads <= 1 || macs < PARALLEL_MIN_MACS || units <= 1 {
         return vec![0, units];
     }

@@ -354,31 +354,8 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// Below this many multiply-adds a quantized matmul runs on the calling thread only.
-const PARALLEL_MIN_MACS: usize = 1 << 16;
-/// The smallest range of a threaded matmul, in multiply-adds.
-const MIN_CHUNK_MACS: usize = 1 << 15;
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
-
-/// Guided ranges over `units`: each takes 1/(2·threads) of what is left, at least ~MIN_CHUNK_MACS, so no
-/// thread is left streaming a large last range alone.
-fn chunks(units: usize, threads: usize, macs: usize) -> Vec<usize> {
-    if threads <= 1 || macs < PARALLEL_MIN_MACS || units <= 1 {
-        return vec![0, units];
-    }
-    let min = (units as u128 * MIN_CHUNK_MACS as u128)
-        .div_ceil(macs.max(1) as u128)
-        .max(1) as usize;
-    let mut bounds = vec![0];
-    let mut start = 0;
-    while start < units {
-        let left = units - start;
-        start += left.div_ceil(2 * threads).max(min).min(left);
-        bounds.push(start);
-    }
-    bounds
-}
 
 impl Kernels {
     /// A packer that quantizes the rows of an (n, k) weight part by part into `format`.
@@ -469,7 +446,8 @@ impl Kernels {
         };
         let f = table(self.isa()).q8_range;
         let units = n.div_ceil(COL_UNIT);
-        let bounds = chunks(units, self.threads(), m * n * k.max(1));
+        // The matmul's guided ranges: large first, ~32K multiply-adds last.
+        let bounds = crate::matmul::chunks(units, self.threads(), m * n * k.max(1));
         self.parallel_for(bounds.len() - 1, &|t| {
             let (c0, c1) = (bounds[t] * COL_UNIT, (bounds[t + 1] * COL_UNIT).min(n));
             if c0 < c1 {
