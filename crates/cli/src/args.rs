@@ -178,7 +178,7 @@ impl From<PrecisionArg> for Precision {
 /// Decoding settings; each defaults to the checkpoint's generation_config.json.
 #[derive(Args, Clone)]
 pub(crate) struct SamplingArgs {
-    /// Most tokens to generate (default: the rest of the context, at most 2048).
+    /// Most tokens to generate (default: the rest of the context, at most the checkpoint's max_new_tokens).
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) max_tokens: Option<usize>,
     /// 0 = greedy.

@@ -560,36 +560,21 @@ impl Weights {
 
     /// The tensor `key`, which must have `shape` and a float dtype.
     pub fn float(&self, key: &str, shape: &[usize]) -> Result<TensorRef, ModelError> {
-        let fi = *self
-            .index
-            .get(key)
-            .ok_or_else(|| ModelError::MissingTensor {
-                key: key.to_string(),
-                msg: "not in the checkpoint".into(),
-            })?;
-        let f = &self.files[fi];
-        let e = &f.tensors[key];
-        if e.shape != shape {
+        let t = self.raw(key)?;
+        if t.shape != shape {
             return Err(ModelError::Shape {
                 key: key.to_string(),
                 expected: shape.to_vec(),
-                got: e.shape.clone(),
+                got: t.shape,
             });
         }
-        if !matches!(e.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+        if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
             return Err(ModelError::Dtype {
                 key: key.to_string(),
-                msg: format!("{:?} is not supported (BF16, F16 or F32)", e.dtype),
+                msg: format!("{:?} is not supported (BF16, F16 or F32)", t.dtype),
             });
         }
-        Ok(TensorRef {
-            key: key.to_string(),
-            dtype: e.dtype,
-            shape: e.shape.clone(),
-            mmap: f.mmap.clone(),
-            start: e.start,
-            end: e.end,
-        })
+        Ok(t)
     }
 
     /// Every tensor key of the checkpoint.

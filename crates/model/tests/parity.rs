@@ -74,16 +74,7 @@ fn run_case(model: &Model, geometry: &str, case: &str) -> (Vec<StageResult>, usi
         );
     }
     // logits at the sampled columns.
-    let cols: Vec<usize> = r
-        .get("logits.sample_cols")
-        .i64
-        .iter()
-        .map(|&c| c as usize)
-        .collect();
-    let ours: Vec<f32> = (0..l)
-        .flat_map(|i| cols.iter().map(move |&c| (i, c)))
-        .map(|(i, c)| logits[i * v + c])
-        .collect();
+    let ours = r.sampled_logits(logits, l, v);
     let rs = &r.get("logits.sample").f32;
     let (e, _, mag) = max_abs_err(&ours, rs);
     out.push(StageResult {

@@ -45,16 +45,7 @@ fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
         )
         .expect("forward");
     let (v, l) = (model.vocab_size(), ids.len());
-    let cols: Vec<usize> = r
-        .get("logits.sample_cols")
-        .i64
-        .iter()
-        .map(|&c| c as usize)
-        .collect();
-    let ours: Vec<f32> = (0..l)
-        .flat_map(|i| cols.iter().map(move |&c| (i, c)))
-        .map(|(i, c)| logits[i * v + c])
-        .collect();
+    let ours = r.sampled_logits(logits, l, v);
     let cos = cosine(&ours, &r.get("logits.sample").f32);
     let top5 = &r.get("logits.top5_idx").i64;
     let hits = (0..l)

@@ -45,6 +45,21 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// Our `logits` ((l, v) row-major) at the reference's sampled columns (`logits.sample_cols`), in the
+    /// order of its `logits.sample`.
+    #[allow(dead_code)] // not every test binary compares logits
+    pub fn sampled_logits(&self, logits: &[f32], l: usize, v: usize) -> Vec<f32> {
+        let cols: Vec<usize> = self
+            .get("logits.sample_cols")
+            .i64
+            .iter()
+            .map(|&c| c as usize)
+            .collect();
+        (0..l)
+            .flat_map(|i| cols.iter().map(move |&c| logits[i * v + c]))
+            .collect()
+    }
+
     pub fn load(name: &str) -> Reference {
         let path = ref_dir().join(format!("{name}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
