@@ -26,7 +26,9 @@ def test_ray_data_captions_a_directory(tmp_path, models):
     Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(imgs / "c.png")
     Image.fromarray(rng.integers(0, 256, (70, 30, 3), dtype=np.uint8)).save(imgs / "d.jpg", quality=95)
     model_dir = str(TESTDATA / "model-tiny-untied")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The actors import the example module like the driver does (shipped to them as a py_module).
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"py_modules": [ray_caption]})
     try:
         ds = ray_caption.caption_dataset(str(imgs), model_dir, concurrency=1, num_cpus=1, batch_size=2,
                                          max_tokens=6, prompt="Describe this image.")
