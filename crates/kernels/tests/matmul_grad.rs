@@ -123,8 +123,8 @@ fn matmul_backward_matches_f64_reference() {
                         w,
                         n,
                         k,
-                        &dy,
                         MatmulGrads {
+                            dy: &dy,
                             dx: Some(&mut dx),
                             dw_accum: Some(&mut dw),
                             db_accum: Some(&mut db),
@@ -153,8 +153,8 @@ fn matmul_backward_rejects_bad_lengths() {
             Weight::F32(&w),
             4,
             3,
-            &dy,
             MatmulGrads {
+                dy: &dy,
                 dx: Some(&mut dx),
                 dw_accum: None,
                 db_accum: None,
@@ -169,8 +169,8 @@ fn matmul_backward_rejects_bad_lengths() {
             Weight::F32(&w[..11]),
             4,
             3,
-            &dy,
             MatmulGrads {
+                dy: &dy,
                 dx: None,
                 dw_accum: None,
                 db_accum: None,

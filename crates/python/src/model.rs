@@ -125,8 +125,10 @@ struct Job {
     params: GenerateParams,
 }
 
-/// Messages from the Python layer: (role, parts), a part being text or None for an image placeholder.
-fn messages_from(parts: Vec<(String, Vec<Option<String>>)>) -> Vec<Message> {
+/// Messages as the Python layer passes them: (role, parts), a part being text or None for an image.
+type PyMessages = Vec<(String, Vec<Option<String>>)>;
+
+fn messages_from(parts: PyMessages) -> Vec<Message> {
     parts
         .into_iter()
         .map(|(role, items)| {
@@ -235,7 +237,7 @@ impl Model {
     fn _run<'py>(
         &self,
         py: Python<'py>,
-        messages: Vec<(String, Vec<Option<String>>)>,
+        messages: PyMessages,
         images: Vec<Bound<'py, PyAny>>,
         max_tokens: Option<usize>,
         temperature: Option<f32>,
@@ -274,7 +276,7 @@ impl Model {
     fn _run_batch<'py>(
         &self,
         py: Python<'py>,
-        requests: Vec<(Vec<(String, Vec<Option<String>>)>, Vec<Bound<'py, PyAny>>)>,
+        requests: Vec<(PyMessages, Vec<Bound<'py, PyAny>>)>,
         max_tokens: Option<usize>,
         temperature: Option<f32>,
         top_p: Option<f32>,

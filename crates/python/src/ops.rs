@@ -15,6 +15,10 @@ use qwen3vl_kernels::matmul::{MatmulGrads, MatmulPath, Weight};
 use qwen3vl_kernels::{KernelError, Kernels};
 
 type Arr<'py> = Bound<'py, PyArrayDyn<f32>>;
+/// An elementwise op of [`Kernels`]: (x, out).
+type UnaryOp = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), KernelError>;
+/// An elementwise backward op of [`Kernels`]: (x, dy, dx).
+type UnaryGrad = fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), KernelError>;
 
 /// A numpy input: its data in C order (borrowed when already C-contiguous, else copied) and its shape.
 struct In<'py, T: Element> {
@@ -119,17 +123,15 @@ fn zeros<'py>(py: Python<'py>, shape: &[usize]) -> Arr<'py> {
 }
 
 /// The data of an array made by [`new_out`] / [`zeros`] (C-contiguous, not yet shared with Python).
+/// Only for such fresh arrays, once each: nothing else refers to their data until the op returns them.
+#[allow(clippy::mut_from_ref)]
 fn data_mut<'a>(a: &'a Arr<'_>) -> &'a mut [f32] {
     // Safety: the array was just created here, is contiguous, and no other reference to its data exists.
     unsafe { a.as_slice_mut() }.expect("a new array is contiguous")
 }
 
 /// Runs an elementwise kernel `f(k, x, out)` into a new array shaped like x.
-fn unary<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    f: fn(&Kernels, &[f32], &mut [f32]) -> Result<(), KernelError>,
-) -> PyResult<Arr<'py>> {
+fn unary<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, f: UnaryOp) -> PyResult<Arr<'py>> {
     let k = crate::kernels()?;
     let x = f32_in("x", x)?;
     let out = new_out(py, x.shape());
@@ -143,7 +145,7 @@ fn unary_grad<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     dy: &Bound<'py, PyAny>,
-    f: fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), KernelError>,
+    f: UnaryGrad,
 ) -> PyResult<Arr<'py>> {
     let k = crate::kernels()?;
     let (x, dy) = (f32_in("x", x)?, f32_in("dy", dy)?);
@@ -503,11 +505,12 @@ fn matmul_backward<'py>(
     let db = bias.then(|| zeros(py, &[n]));
     let (xd, wv, dyd) = (x.data(), w.weight(), dy.data());
     let grads = MatmulGrads {
+        dy: dyd,
         dx: Some(data_mut(&dx)),
         dw_accum: Some(data_mut(&dw)),
         db_accum: db.as_ref().map(|d| data_mut(d)),
     };
-    py.detach(|| kern.matmul_backward(xd, m, wv, n, k, dyd, grads))
+    py.detach(|| kern.matmul_backward(xd, m, wv, n, k, grads))
         .map_err(kerr)?;
     Ok((dx, dw, db))
 }

@@ -30,8 +30,10 @@ fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, out: &mut [T]) {
     }
 }
 
-/// Gradients written by [`Kernels::matmul_backward`]; each is optional.
+/// The upstream gradient of [`Kernels::matmul_backward`] and the gradients it writes (each optional).
 pub struct MatmulGrads<'a> {
+    /// (m, n): the gradient of y.
+    pub dy: &'a [f32],
     /// (m, k): written.
     pub dx: Option<&'a mut [f32]>,
     /// (n, k): accumulated (+=).
@@ -41,7 +43,7 @@ pub struct MatmulGrads<'a> {
 }
 
 impl Kernels {
-    /// Backward of `y (m, n) = x (m, k) · Wᵀ + b` given dy (m, n); see the module docs.
+    /// Backward of `y (m, n) = x (m, k) · Wᵀ + b` given `grads.dy` (m, n); see the module docs.
     /// W is (n, k) row-major, bf16 or f32.
     pub fn matmul_backward(
         &self,
@@ -50,7 +52,6 @@ impl Kernels {
         w: Weight,
         n: usize,
         k: usize,
-        dy: &[f32],
         grads: MatmulGrads,
     ) -> Result<(), KernelError> {
         let op = "matmul_backward";
@@ -58,17 +59,18 @@ impl Kernels {
         let nk = n.checked_mul(k).ok_or(too_big(op))?;
         let mn = m.checked_mul(n).ok_or(too_big(op))?;
         check_len(op, "x (m*k)", mk, x.len())?;
-        check_len(op, "dy (m*n)", mn, dy.len())?;
         let wlen = match w {
             Weight::Bf16(v) => v.len(),
             Weight::F32(v) => v.len(),
         };
         check_len(op, "w (n*k)", nk, wlen)?;
         let MatmulGrads {
+            dy,
             dx,
             dw_accum,
             db_accum,
         } = grads;
+        check_len(op, "dy (m*n)", mn, dy.len())?;
         if let Some(dx) = &dx {
             check_len(op, "dx (m*k)", mk, dx.len())?;
         }
