@@ -28,6 +28,7 @@
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
+pub(crate) mod backward;
 pub(crate) mod blocked;
 pub(crate) mod buf;
 pub(crate) mod kernel;
@@ -38,6 +39,7 @@ pub(crate) mod x86;
 use crate::isa::Isa;
 use crate::ops::check_len;
 use crate::{KernelError, Kernels};
+pub use backward::MatmulGrads;
 use buf::AlignedBuf;
 
 /// A weight matrix (n, k), row-major (`nn.Linear` layout).
