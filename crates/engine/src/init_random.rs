@@ -634,15 +634,8 @@ struct Stored {
 
 impl Stored {
     fn new(mut spec: TensorSpec, tie: bool, quant: Option<QuantFormat>) -> Stored {
-        let expert = spec.name.ends_with(".mlp.experts.gate_up_proj")
-            || spec.name.ends_with(".mlp.experts.down_proj");
-        let quant = quant.and_then(|q| {
-            if expert {
-                Some(q)
-            } else {
-                crate::quantize::format_of(&spec.name, tie, q, None)
-            }
-        });
+        let expert = crate::quantize::is_expert_tensor(&spec.name);
+        let quant = quant.and_then(|q| crate::quantize::format_of(&spec.name, tie, q, None));
         let mut released = None;
         if expert && quant.is_some() {
             // quantized rows are the transformers layout's: (E, 2I, H), (E, H, I)

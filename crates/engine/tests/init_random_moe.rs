@@ -31,7 +31,11 @@ fn load(dir: &Path, quant: Option<QuantFormat>) -> Model {
 }
 
 fn logits(model: &Model) -> Vec<f32> {
-    let ids: Vec<u32> = vec![151644, 872, 198, 9707, 0, 9645, 825, 151645, 198];
+    let v = model.vocab_size() as u32;
+    let ids: Vec<u32> = [151644, 872, 198, 9707, 0, 9645, 825, 151645, 198]
+        .iter()
+        .map(|&id| id % v)
+        .collect();
     let mut cache = KvCache::new(&model.config().text, 16);
     let mut st = RunState::new();
     model
@@ -107,4 +111,48 @@ fn layers_override_is_checked() {
     let e = write_checkpoint(&d, Preset::TinyMoe, &opts).unwrap_err();
     assert!(e.to_string().contains("--layers 1"), "{e}");
     let _ = std::fs::remove_dir_all(d);
+}
+
+/// `qwen3vl quantize` on MoE checkpoints of either expert layout gives the logits of quantizing at load.
+#[test]
+fn quantize_command_handles_both_expert_layouts() {
+    use qwen3vl_engine::quantize::{quantize_checkpoint, QuantizeOptions};
+    let released = temp_dir("quantize-src");
+    write_checkpoint(&released, Preset::TinyMoe, &InitOptions::default()).unwrap();
+    let transformers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/model-tiny-moe");
+    for (name, src) in [
+        ("released", released.clone()),
+        ("transformers", transformers),
+    ] {
+        let out = temp_dir(&format!("quantize-{name}"));
+        let s = quantize_checkpoint(
+            &QuantizeOptions {
+                model_dir: src.clone(),
+                out_dir: out.clone(),
+                quant: QuantFormat::Q8,
+                vision_quant: None,
+            },
+            &Kernels::detect().unwrap(),
+        )
+        .unwrap();
+        assert!(s.tensors_quantized > 0, "{s:?}");
+        let m = load(&out, None);
+        let sparse: Vec<_> = m
+            .language_model
+            .layers
+            .iter()
+            .filter_map(|l| l.mlp.sparse())
+            .collect();
+        assert!(!sparse.is_empty());
+        assert!(sparse
+            .iter()
+            .all(|b| b.experts.layout == [ExpertLayout::Quantized; 2]));
+        assert_eq!(
+            logits(&m),
+            logits(&load(&src, Some(QuantFormat::Q8))),
+            "{name}"
+        );
+        let _ = std::fs::remove_dir_all(out);
+    }
+    let _ = std::fs::remove_dir_all(released);
 }
