@@ -12,6 +12,8 @@
 //! (E·H, row bytes). Each expert becomes two ordinary [`Linear`]s (a SwiGLU gate|up pair and down), so
 //! every weight format of the dense linears (packed bf16/f32, q8, later ones) works for experts unchanged.
 
+use std::sync::Mutex;
+
 use qwen3vl_kernels::matmul::{MatmulPath, Weight};
 
 use crate::config::{MoeConfig, TextConfig};
@@ -82,11 +84,18 @@ impl MoeScratch {
         self.probs.resize(m * e, 0.0);
         self.routes.resize(m * k, (0, 0.0));
         self.start.resize(e + 1, 0);
-        self.xs.resize(m * h, 0.0);
-        self.act.resize(m * i, 0.0);
-        self.ys.resize(m * h, 0.0);
+        // the expert-parallel path (m ≤ PARALLEL_ROWS) keeps every route's row: m·k rows
+        let rows = m.max(m.min(PARALLEL_ROWS) * k);
+        self.xs.resize(rows * h, 0.0);
+        self.act.resize(rows * i, 0.0);
+        self.ys.resize(rows * h, 0.0);
     }
 }
+
+/// Calls of at most this many rows (decode) run their experts in parallel, one expert per thread at a time
+/// (one fork/join per layer instead of two per expert); larger ones run one expert after the other, each
+/// matmul threaded over its output rows.
+const PARALLEL_ROWS: usize = 4;
 
 /// Writes the (cols, rows) transpose of `src` (rows, cols) into `dst`.
 fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut Vec<T>) {
@@ -369,6 +378,9 @@ impl TextSparseMoeBlock {
         // 4. out = Σ over the hit experts (ascending, as transformers adds them) of
         //    w · down_e(silu(gate_e(x_rows)) ⊙ up_e(x_rows)): one matmul per expert over its rows
         out[..m * h].fill(0.0);
+        if m <= PARALLEL_ROWS {
+            return self.experts_parallel(c, x, m, s, out);
+        }
         for ei in 0..e {
             let rs = &routes[start[ei]..start[ei + 1]];
             let n = rs.len();
@@ -389,6 +401,70 @@ impl TextSparseMoeBlock {
                 for (o, &y) in out[r * h..(r + 1) * h].iter_mut().zip(y) {
                     *o += y * w;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4 of [`Self::forward`] for a few rows (decode): the hit experts spread over the threads, each
+    /// run on one thread over its rows, then summed into `out` (zeroed) in the serial path's order.
+    fn experts_parallel(
+        &self,
+        c: &Ctx,
+        x: &[f32],
+        m: usize,
+        s: &mut MoeScratch,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let ex = &self.experts;
+        let (e, k) = (ex.gate_up_proj.len(), self.gate.top_k);
+        let h = self.gate.weight.in_features;
+        let i = ex.down_proj.first().map_or(0, |d| d.in_features);
+        let (start, routes) = (&s.start[..e + 1], &s.routes[..m * k]);
+        // every route's input row, in route order (expert ascending)                     (m·k, H)
+        for (dst, &(r, _)) in s.xs[..m * k * h].chunks_exact_mut(h).zip(routes) {
+            let r = r as usize;
+            dst.copy_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let xs = &s.xs[..m * k * h];
+        // one task per hit expert, each with its own rows of act (n_e, I) and ys (n_e, H)
+        let (mut act, mut ys) = (&mut s.act[..m * k * i], &mut s.ys[..m * k * h]);
+        let mut tasks = Vec::with_capacity(k);
+        for ei in 0..e {
+            let n = start[ei + 1] - start[ei];
+            if n == 0 {
+                continue;
+            }
+            let (a, rest_a) = std::mem::take(&mut act).split_at_mut(n * i);
+            let (y, rest_y) = std::mem::take(&mut ys).split_at_mut(n * h);
+            (act, ys) = (rest_a, rest_y);
+            tasks.push(Mutex::new((ei, a, y)));
+        }
+        let one = Ctx {
+            k: c.k.with_threads(1),
+            path: c.path,
+        };
+        let failed = Mutex::new(None);
+        c.k.parallel_for(tasks.len(), &|t| {
+            let mut g = tasks[t].lock().unwrap_or_else(|p| p.into_inner());
+            let (ei, a, y) = &mut *g;
+            let (n, r0) = (start[*ei + 1] - start[*ei], start[*ei]);
+            let xe = &xs[r0 * h..(r0 + n) * h];
+            let run = ex.gate_up_proj[*ei]
+                .forward(&one, xe, n, a)
+                .and_then(|()| ex.down_proj[*ei].forward(&one, a, n, y));
+            if let Err(err) = run {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+            }
+        });
+        if let Some(err) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(err);
+        }
+        // out[r] += w · y, routes in order (expert ascending, as the serial path adds them)
+        for (y, &(r, w)) in s.ys[..m * k * h].chunks_exact(h).zip(routes) {
+            let r = r as usize;
+            for (o, &y) in out[r * h..(r + 1) * h].iter_mut().zip(y) {
+                *o += y * w;
             }
         }
         Ok(())
