@@ -112,11 +112,19 @@ pub(crate) enum Cmd {
         threads: usize,
     },
     /// Write a random-weight checkpoint with a real model's exact geometry (for trying the engine
-    /// without downloading weights): config, bf16 safetensors shards, tokenizer, chat template.
+    /// without downloading weights): config, bf16 (or quantized) safetensors shards, tokenizer, chat
+    /// template.
     InitRandom {
-        /// Model size: tiny (a few MB, for tests), 2b, 4b, 8b or 32b (geometry of spec 1.2).
+        /// Model size: tiny (a few MB, for tests), tiny-moe, 2b, 4b, 8b, 32b (geometry of spec 1.2) or
+        /// 30b-a3b (the Mixture-of-Experts model, spec 1.3).
         #[arg(long)]
         preset: String,
+        /// Decoder layers (default: the preset's): the real per-layer geometry at a reduced depth.
+        #[arg(long, value_name = "N")]
+        layers: Option<usize>,
+        /// Write the checkpoint quantized (`q8`), as `qwen3vl quantize` would, without a bf16 one.
+        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        quant: Option<qwen3vl_model::QuantFormat>,
         /// Output directory (created; must be empty unless --force).
         #[arg(long)]
         out: std::path::PathBuf,

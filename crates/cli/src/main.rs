@@ -154,11 +154,22 @@ fn run(cli: Cli) -> Result<()> {
         } => quant::cmd_quantize(&hub::resolve(&model)?, quant, vision_quant, &out, threads),
         Cmd::InitRandom {
             preset,
+            layers,
+            quant,
             out,
             seed,
             shard_size_mb,
             force,
-        } => cmd_init_random(&preset, &out, seed, shard_size_mb, force),
+        } => {
+            let opts = qwen3vl_engine::init_random::InitOptions {
+                seed,
+                force,
+                layers,
+                quant,
+                ..Default::default()
+            };
+            cmd_init_random(&preset, &out, shard_size_mb, opts)
+        }
     }
 }
 
@@ -185,9 +196,8 @@ fn cmd_cpu(json: bool) -> Result<()> {
 fn cmd_init_random(
     preset: &str,
     out: &std::path::Path,
-    seed: u64,
     shard_size_mb: u64,
-    force: bool,
+    opts: qwen3vl_engine::init_random::InitOptions,
 ) -> Result<()> {
     use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
     let preset = Preset::parse(preset)?;
@@ -205,21 +215,24 @@ fn cmd_init_random(
         out,
         preset,
         &InitOptions {
-            seed,
             shard_bytes: shard_size_mb * 1_000_000,
-            force,
             progress: Some(&progress),
+            ..opts
         },
     )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     eprintln!(
-        "wrote {} ({} tensors, {:.3}B parameters, {:.1} MB of bf16 weights in {} file{}) to {}",
+        "wrote {}{} ({} tensors, {:.3}B parameters, {:.1} MB of {} weights in {} file{}) to {}",
         preset.name(),
+        opts.layers
+            .map(|n| format!(" with {n} layers"))
+            .unwrap_or_default(),
         summary.tensors,
         summary.params as f64 / 1e9,
         summary.weight_bytes as f64 / 1e6,
+        opts.quant.map_or("bf16", |q| q.name()),
         summary.shards.len(),
         if summary.shards.len() == 1 { "" } else { "s" },
         out.display()

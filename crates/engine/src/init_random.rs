@@ -1,10 +1,18 @@
 //! Random-weight checkpoints in the Hub layout, for trying the engine (and benchmarking it) without
-//! downloading weights: `qwen3vl init-random --preset tiny|2b|4b|8b|32b --out DIR`.
+//! downloading weights: `qwen3vl init-random --preset tiny|tiny-moe|2b|4b|8b|32b|30b-a3b --out DIR`.
 //!
-//! The geometry of each preset is spec 1.2 exactly; every tensor of spec 2 is written with its exact name
-//! and shape in bf16 (tied presets have no `lm_head.weight`). Weights are streamed tensor by tensor into
-//! safetensors shards (≤ 2 GB each by default, with `model.safetensors.index.json` when there is more than
-//! one), so even 32B never needs more than one tensor in memory.
+//! The geometry of each preset is spec 1.2 / 1.3 exactly (`--layers N` keeps a preset's per-layer geometry
+//! with fewer decoder layers); every tensor of spec 2 is written with its exact name and shape in bf16
+//! (tied presets have no `lm_head.weight`; MoE presets store the experts fused in the released layout,
+//! `mlp.experts.gate_up_proj` (E, H, 2I) and `mlp.experts.down_proj` (E, I, H)). Weights are streamed
+//! tensor by tensor (in chunks) into safetensors shards (≤ 2 GB each by default, with
+//! `model.safetensors.index.json` when there is more than one), so even 32B never needs more than one
+//! tensor in memory.
+//!
+//! With a quantization format (`--quant q8`) the checkpoint is written quantized directly, in the layout of
+//! `qwen3vl quantize` (the same tensors quantized, see `quantize::format_of`; experts in the transformers
+//! layout's rows, (E·2I, H) and (E·H, I)), generated and quantized a few rows at a time: the 30B-A3B at q8
+//! never exists in bf16, on disk or in memory.
 //!
 //! Scaling, so activations stay finite and varied through every layer:
 //! - a linear layer with fan-in n: uniform with std 1/√n (output variance ≈ input variance);
@@ -24,6 +32,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use qwen3vl_kernels::matmul::Weight;
+use qwen3vl_kernels::Kernels;
+use qwen3vl_model::weights::Weights;
+use qwen3vl_model::QuantFormat;
+
 use crate::generation_config::GenerationConfig;
 use crate::sampling::Rng;
 
@@ -38,8 +51,12 @@ pub const DEFAULT_SHARD_BYTES: u64 = 2_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("unknown preset {0:?}: expected one of tiny, 2b, 4b, 8b, 32b")]
+    #[error("unknown preset {0:?}: expected one of tiny, tiny-moe, 2b, 4b, 8b, 32b, 30b-a3b")]
     UnknownPreset(String),
+    #[error("--layers {layers}: {msg}")]
+    Layers { layers: usize, msg: String },
+    #[error("quantizing {tensor}: {msg}")]
+    Quantize { tensor: String, msg: String },
     #[error(
         "output directory {0} is not empty (pass --force to overwrite the checkpoint files in it)"
     )]
@@ -67,15 +84,21 @@ pub enum Preset {
     B4,
     B8,
     B32,
+    /// Tiny with a sparse MoE block in every layer (8 experts, top-2).
+    TinyMoe,
+    /// Qwen3-VL-30B-A3B (spec 1.3): 48 layers of 128 experts, top-8.
+    A30bA3,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 5] = [
+    pub const ALL: [Preset; 7] = [
         Preset::Tiny,
         Preset::B2,
         Preset::B4,
         Preset::B8,
         Preset::B32,
+        Preset::TinyMoe,
+        Preset::A30bA3,
     ];
 
     pub fn parse(s: &str) -> Result<Preset, InitError> {
@@ -85,6 +108,8 @@ impl Preset {
             "4b" => Ok(Preset::B4),
             "8b" => Ok(Preset::B8),
             "32b" => Ok(Preset::B32),
+            "tiny-moe" => Ok(Preset::TinyMoe),
+            "30b-a3b" => Ok(Preset::A30bA3),
             other => Err(InitError::UnknownPreset(other.to_string())),
         }
     }
@@ -96,6 +121,8 @@ impl Preset {
             Preset::B4 => "4b",
             Preset::B8 => "8b",
             Preset::B32 => "32b",
+            Preset::TinyMoe => "tiny-moe",
+            Preset::A30bA3 => "30b-a3b",
         }
     }
 
@@ -127,8 +154,48 @@ impl Preset {
             vocab: 151936,
             mrope_section: [24, 20, 20],
             tie,
+            moe: None,
+        };
+        let tiny_vision = VisionGeometry {
+            depth: 2,
+            hidden: 32,
+            heads: 2,
+            intermediate: 64,
+            out_hidden: 0,
+            deepstack: vec![0, 1],
         };
         let (text, mut vision) = match self {
+            Preset::TinyMoe => (
+                TextGeometry {
+                    hidden: 16,
+                    layers: 2,
+                    heads: 4,
+                    kv_heads: 2,
+                    head_dim: 16,
+                    intermediate: 48,
+                    vocab: 151936,
+                    mrope_section: [4, 2, 2],
+                    tie: true,
+                    moe: Some(MoeGeometry {
+                        experts: 8,
+                        top_k: 2,
+                        intermediate: 32,
+                    }),
+                },
+                tiny_vision,
+            ),
+            Preset::A30bA3 => (
+                TextGeometry {
+                    kv_heads: 4,
+                    moe: Some(MoeGeometry {
+                        experts: 128,
+                        top_k: 8,
+                        intermediate: 768,
+                    }),
+                    ..text(2048, 48, 32, 6144, false)
+                },
+                vision_large.clone(),
+            ),
             Preset::Tiny => (
                 TextGeometry {
                     hidden: 16,
@@ -140,15 +207,9 @@ impl Preset {
                     vocab: 151936,
                     mrope_section: [4, 2, 2],
                     tie: true,
+                    moe: None,
                 },
-                VisionGeometry {
-                    depth: 2,
-                    hidden: 32,
-                    heads: 2,
-                    intermediate: 64,
-                    out_hidden: 0,
-                    deepstack: vec![0, 1],
-                },
+                tiny_vision,
             ),
             Preset::B2 => (text(2048, 28, 16, 6144, true), vision_small),
             Preset::B4 => (text(2560, 36, 32, 9728, true), vision_small),
@@ -171,6 +232,16 @@ pub struct TextGeometry {
     pub vocab: usize,
     pub mrope_section: [usize; 3],
     pub tie: bool,
+    /// The sparse MoE block of every layer (spec 1.3; no `mlp_only_layers`, decoder_sparse_step 1).
+    pub moe: Option<MoeGeometry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoeGeometry {
+    pub experts: usize,
+    pub top_k: usize,
+    /// moe_intermediate_size
+    pub intermediate: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,6 +289,25 @@ impl Geometry {
     /// config.json as the released checkpoints spell it (transformers 4.57: `rope_theta` and
     /// `rope_scaling` inside `text_config`, vision `model_type` "qwen3_vl").
     pub fn config_json(&self) -> Value {
+        let mut c = self.dense_config_json();
+        if let Some(m) = &self.text.moe {
+            c["architectures"] = json!(["Qwen3VLMoeForConditionalGeneration"]);
+            c["model_type"] = json!("qwen3_vl_moe");
+            c["vision_config"]["model_type"] = json!("qwen3_vl_moe");
+            let t = &mut c["text_config"];
+            t["model_type"] = json!("qwen3_vl_moe_text");
+            t["num_experts"] = json!(m.experts);
+            t["num_experts_per_tok"] = json!(m.top_k);
+            t["moe_intermediate_size"] = json!(m.intermediate);
+            t["decoder_sparse_step"] = json!(1);
+            t["mlp_only_layers"] = json!([]);
+            t["norm_topk_prob"] = json!(true);
+            t["router_aux_loss_coef"] = json!(0.001);
+        }
+        c
+    }
+
+    fn dense_config_json(&self) -> Value {
         let t = &self.text;
         let v = &self.vision;
         json!({
@@ -339,6 +429,22 @@ impl Geometry {
                 vec![h],
                 norm,
             );
+            if let Some(m) = &t.moe {
+                // the released layout: (E, H, 2I) and (E, I, H), used as x @ W
+                let (e, mi) = (m.experts, m.intermediate);
+                push(format!("{p}.mlp.gate.weight"), vec![e, h], lin(h));
+                push(
+                    format!("{p}.mlp.experts.gate_up_proj"),
+                    vec![e, h, 2 * mi],
+                    lin(h),
+                );
+                push(
+                    format!("{p}.mlp.experts.down_proj"),
+                    vec![e, mi, h],
+                    resid(mi, t.layers),
+                );
+                continue;
+            }
             push(format!("{p}.mlp.gate_proj.weight"), vec![i, h], lin(h));
             push(format!("{p}.mlp.up_proj.weight"), vec![i, h], lin(h));
             push(
@@ -419,6 +525,11 @@ pub struct InitOptions<'a> {
     pub force: bool,
     /// Called with (bytes written, total bytes) after each tensor.
     pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// Decoder layers (None: the preset's); every other size stays the preset's.
+    pub layers: Option<usize>,
+    /// Write the linear weights quantized to this format (the tensors `qwen3vl quantize` quantizes; the
+    /// lm head / tied embeddings in q8), generated a few rows at a time.
+    pub quant: Option<QuantFormat>,
 }
 
 impl Default for InitOptions<'_> {
@@ -428,6 +539,8 @@ impl Default for InitOptions<'_> {
             shard_bytes: DEFAULT_SHARD_BYTES,
             force: false,
             progress: None,
+            layers: None,
+            quant: None,
         }
     }
 }
@@ -455,7 +568,19 @@ pub fn write_checkpoint(
     if non_empty && !opts.force {
         return Err(InitError::NotEmpty(out.to_path_buf()));
     }
-    let geo = preset.geometry();
+    let mut geo = preset.geometry();
+    if let Some(n) = opts.layers {
+        let ds = geo.vision.deepstack.len();
+        if n == 0 || n < ds {
+            return Err(InitError::Layers {
+                layers: n,
+                msg: format!(
+                    "must be at least 1 and at least the {ds} DeepStack features the vision tower injects"
+                ),
+            });
+        }
+        geo.text.layers = n;
+    }
     let write = |name: &str, bytes: &[u8]| -> Result<(), InitError> {
         let p = out.join(name);
         std::fs::write(&p, bytes).map_err(io_err(&p))
@@ -487,7 +612,80 @@ pub fn write_checkpoint(
             }
         }
     }
-    write_weights(out, &geo.tensors(), opts)
+    let stored: Vec<Stored> = geo
+        .tensors()
+        .into_iter()
+        .map(|spec| Stored::new(spec, geo.text.tie, opts.quant))
+        .collect();
+    write_weights(out, &stored, opts)
+}
+
+/// One tensor as written: bf16, or quantized to a format (values, then scales, as `qwen3vl quantize`).
+struct Stored {
+    spec: TensorSpec,
+    quant: Option<QuantFormat>,
+    /// (rows, k): the quantized matrix; an expert tensor's rows are those of the transformers layout
+    rows: u64,
+    k: usize,
+    /// A quantized expert tensor: the (rows, cols) of one expert in the released layout, in which its
+    /// values are drawn (the same values as the bf16 checkpoint of the same seed), then transposed.
+    released: Option<(usize, usize)>,
+}
+
+impl Stored {
+    fn new(mut spec: TensorSpec, tie: bool, quant: Option<QuantFormat>) -> Stored {
+        let expert = crate::quantize::is_expert_tensor(&spec.name);
+        let quant = quant.and_then(|q| crate::quantize::format_of(&spec.name, tie, q, None));
+        let mut released = None;
+        if expert && quant.is_some() {
+            // quantized rows are the transformers layout's: (E, 2I, H), (E, H, I)
+            let n = spec.shape.len();
+            released = Some((spec.shape[n - 2], spec.shape[n - 1]));
+            spec.shape.swap(n - 2, n - 1);
+        }
+        let k = *spec.shape.last().unwrap_or(&1);
+        let rows = spec.numel() / k.max(1) as u64;
+        Stored {
+            spec,
+            quant,
+            rows,
+            k,
+            released,
+        }
+    }
+
+    /// The header entries: (name, dtype, shape, bytes).
+    fn entries(&self) -> Vec<(String, &'static str, Vec<u64>, u64)> {
+        match self.quant {
+            None => vec![(
+                self.spec.name.clone(),
+                "BF16",
+                self.spec.shape.iter().map(|&d| d as u64).collect(),
+                self.spec.bytes(),
+            )],
+            Some(f) => {
+                let (rb, nb) = (f.row_bytes(self.k) as u64, f.row_scales(self.k) as u64);
+                vec![
+                    (
+                        self.spec.name.clone(),
+                        "U8",
+                        vec![self.rows, rb],
+                        self.rows * rb,
+                    ),
+                    (
+                        format!("{}_scale", self.spec.name),
+                        "F32",
+                        vec![self.rows, nb],
+                        self.rows * nb * 4,
+                    ),
+                ]
+            }
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.entries().iter().map(|e| e.3).sum()
+    }
 }
 
 /// spec 6.1.
@@ -510,32 +708,33 @@ fn preprocessor_config() -> Value {
     })
 }
 
-/// Split tensors into shards of at most `limit` bytes, keeping order.
-fn plan_shards(tensors: &[TensorSpec], limit: u64) -> Vec<std::ops::Range<usize>> {
+/// Split tensors of these sizes into shards of at most `limit` bytes, keeping order.
+fn plan_shards(sizes: &[u64], limit: u64) -> Vec<std::ops::Range<usize>> {
     let mut shards = Vec::new();
     let mut start = 0;
     let mut size = 0u64;
-    for (i, t) in tensors.iter().enumerate() {
-        if i > start && size + t.bytes() > limit {
+    for (i, &b) in sizes.iter().enumerate() {
+        if i > start && size + b > limit {
             shards.push(start..i);
             start = i;
             size = 0;
         }
-        size += t.bytes();
+        size += b;
     }
-    if start < tensors.len() {
-        shards.push(start..tensors.len());
+    if start < sizes.len() {
+        shards.push(start..sizes.len());
     }
     shards
 }
 
 fn write_weights(
     out: &Path,
-    tensors: &[TensorSpec],
+    tensors: &[Stored],
     opts: &InitOptions,
 ) -> Result<InitSummary, InitError> {
-    let shards = plan_shards(tensors, opts.shard_bytes.max(1));
-    let total: u64 = tensors.iter().map(|t| t.bytes()).sum();
+    let sizes: Vec<u64> = tensors.iter().map(Stored::bytes).collect();
+    let shards = plan_shards(&sizes, opts.shard_bytes.max(1));
+    let total: u64 = sizes.iter().sum();
     let n = shards.len();
     let names: Vec<String> = if n == 1 {
         vec!["model.safetensors".to_string()]
@@ -544,6 +743,13 @@ fn write_weights(
             .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
             .collect()
     };
+    let kernels = match opts.quant {
+        Some(_) => Some(Kernels::detect().map_err(|e| InitError::Quantize {
+            tensor: "(choosing the kernels)".into(),
+            msg: e.to_string(),
+        })?),
+        None => None,
+    };
     let mut rng = Rng::new(opts.seed);
     let mut done = 0u64;
     let mut weight_map = serde_json::Map::new();
@@ -551,20 +757,26 @@ fn write_weights(
         let path = out.join(name);
         let part = &tensors[range.clone()];
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io_err(&path))?);
-        w.write_all(&safetensors_header(part))
-            .map_err(io_err(&path))?;
+        w.write_all(&stored_header(part)).map_err(io_err(&path))?;
         let mut buf: Vec<u8> = Vec::new();
         for t in part {
-            // Stream in chunks of 1M elements: memory stays small whatever the tensor size.
-            let mut left = t.numel();
-            while left > 0 {
-                let chunk = left.min(1 << 20) as usize;
-                fill_bf16(&mut rng, t.init, chunk, &mut buf);
-                w.write_all(&buf).map_err(io_err(&path))?;
-                left -= chunk as u64;
+            match (t.quant, &kernels) {
+                (Some(f), Some(k)) => write_quantized(&mut w, &mut rng, t, f, k, &path)?,
+                _ => {
+                    // Stream in chunks of 1M elements: memory stays small whatever the tensor size.
+                    let mut left = t.spec.numel();
+                    while left > 0 {
+                        let chunk = left.min(1 << 20) as usize;
+                        fill_bf16(&mut rng, t.spec.init, chunk, &mut buf);
+                        w.write_all(&buf).map_err(io_err(&path))?;
+                        left -= chunk as u64;
+                    }
+                }
             }
             done += t.bytes();
-            weight_map.insert(t.name.clone(), Value::String(name.clone()));
+            for e in t.entries() {
+                weight_map.insert(e.0, Value::String(name.clone()));
+            }
             if let Some(p) = opts.progress {
                 p(done, total);
             }
@@ -581,25 +793,99 @@ fn write_weights(
         .map_err(io_err(&p))?;
     }
     Ok(InitSummary {
-        tensors: tensors.len(),
-        params: tensors.iter().map(|t| t.numel()).sum(),
+        tensors: tensors.iter().map(|t| t.entries().len()).sum(),
+        params: tensors.iter().map(|t| t.spec.numel()).sum(),
         weight_bytes: total,
         shards: names,
     })
 }
 
-/// The safetensors header of `tensors` laid out in order: u64 LE length, JSON, padded with spaces to 8.
+/// Draws tensor `t` a block of rows (or one expert) at a time, in the order the bf16 checkpoint of the same
+/// seed draws them, quantizes each block to `f` and writes the values; the scales (an eighth of the
+/// values' size for q8) are held until the tensor's values are written, then follow them (the
+/// `{name}_scale` entry comes right after `{name}` in the header).
+fn write_quantized(
+    w: &mut impl Write,
+    rng: &mut Rng,
+    t: &Stored,
+    f: QuantFormat,
+    k: &Kernels,
+    path: &Path,
+) -> Result<(), InitError> {
+    let kk = t.k;
+    let mut scales: Vec<u8> = Vec::with_capacity((t.rows * f.row_scales(kk) as u64 * 4) as usize);
+    let (mut buf, mut bits, mut rows_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut quantize = |rows: usize, bits: &[u16], w: &mut dyn Write| -> Result<(), InitError> {
+        let q = k
+            .quantize_weight(f, Weight::Bf16(bits), rows, kk)
+            .map_err(|e| InitError::Quantize {
+                tensor: t.spec.name.clone(),
+                msg: e.to_string(),
+            })?;
+        w.write_all(q.qs_bytes()).map_err(io_err(path))?;
+        scales.extend(q.scales().iter().flat_map(|v| v.to_le_bytes()));
+        Ok(())
+    };
+    let widen = |buf: &[u8], bits: &mut Vec<u16>| {
+        bits.clear();
+        bits.extend(
+            buf.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        );
+    };
+    if let Some((a, b)) = t.released {
+        // one expert at a time: (a, b) drawn as released, quantized as its (b, a) transpose
+        for _ in 0..t.rows / b as u64 {
+            fill_bf16(rng, t.spec.init, a * b, &mut buf);
+            widen(&buf, &mut bits);
+            rows_t.clear();
+            rows_t.extend((0..a * b).map(|i| bits[(i % a) * b + i / a]));
+            quantize(b, &rows_t, w)?;
+        }
+    } else {
+        let block = ((1usize << 20) / kk.max(1)).max(1) as u64;
+        let mut r = 0u64;
+        while r < t.rows {
+            let rows = block.min(t.rows - r) as usize;
+            fill_bf16(rng, t.spec.init, rows * kk, &mut buf);
+            widen(&buf, &mut bits);
+            quantize(rows, &bits, w)?;
+            r += rows as u64;
+        }
+    }
+    w.write_all(&scales).map_err(io_err(path))
+}
+
+/// The safetensors header of bf16 `tensors` laid out in order: u64 LE length, JSON, padded with spaces to 8.
+#[cfg(test)]
 fn safetensors_header(tensors: &[TensorSpec]) -> Vec<u8> {
+    let stored: Vec<Stored> = tensors
+        .iter()
+        .map(|t| Stored::new(t.clone(), false, None))
+        .collect();
+    stored_header(&stored)
+}
+
+/// The safetensors header of `tensors` laid out in order (a quantized one as its values then its scales,
+/// its format in `__metadata__` as `quant:{name}`): u64 LE length, JSON, padded with spaces to 8.
+fn stored_header(tensors: &[Stored]) -> Vec<u8> {
     let mut m = serde_json::Map::new();
-    m.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), json!("pt"));
     let mut off = 0u64;
     for t in tensors {
-        m.insert(
-            t.name.clone(),
-            json!({"dtype": "BF16", "shape": t.shape, "data_offsets": [off, off + t.bytes()]}),
-        );
-        off += t.bytes();
+        if let Some(f) = t.quant {
+            meta.insert(Weights::quant_meta_key(&t.spec.name), json!(f.name()));
+        }
+        for (name, dtype, shape, bytes) in t.entries() {
+            m.insert(
+                name,
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [off, off + bytes]}),
+            );
+            off += bytes;
+        }
     }
+    m.insert("__metadata__".into(), Value::Object(meta));
     let mut h = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
@@ -675,6 +961,47 @@ mod tests {
     }
 
     #[test]
+    fn a30b_a3_geometry_is_spec_1_3() {
+        let g = Preset::A30bA3.geometry();
+        let ts = g.tensors();
+        let n: u64 = ts.iter().map(|t| t.numel()).sum();
+        // text: 48 × (attention 18.87M + router 0.26M + 128 experts × 3 × 768 × 2048 + norms), embeddings
+        // and lm head 2 × 311M; vision 0.41B: 31.07B in all (the model card says 31B)
+        assert_eq!(n, 31_070_754_032, "{n}");
+        let shape = |n: &str| ts.iter().find(|t| t.name == n).unwrap().shape.clone();
+        let p = "model.language_model.layers.47.mlp";
+        assert_eq!(shape(&format!("{p}.gate.weight")), vec![128, 2048]);
+        assert_eq!(
+            shape(&format!("{p}.experts.gate_up_proj")),
+            vec![128, 2048, 1536]
+        );
+        assert_eq!(
+            shape(&format!("{p}.experts.down_proj")),
+            vec![128, 768, 2048]
+        );
+        assert!(!ts.iter().any(|t| t.name.contains("mlp.gate_proj")));
+        let c = g.config_json();
+        assert_eq!(c["model_type"], "qwen3_vl_moe");
+        assert_eq!(c["text_config"]["num_experts"], 128);
+        assert_eq!(c["text_config"]["num_experts_per_tok"], 8);
+        assert_eq!(c["text_config"]["moe_intermediate_size"], 768);
+        assert_eq!(c["text_config"]["num_key_value_heads"], 4);
+        assert_eq!(c["tie_word_embeddings"], false);
+        assert_eq!(Preset::parse("30B-A3B").unwrap(), Preset::A30bA3);
+        // quantized: an expert tensor is written as the transformers layout's rows
+        let gu = ts
+            .iter()
+            .find(|t| t.name.ends_with("layers.0.mlp.experts.gate_up_proj"))
+            .unwrap();
+        let st = Stored::new(gu.clone(), false, Some(QuantFormat::Q8));
+        assert_eq!((st.rows, st.k), (128 * 1536, 2048));
+        assert_eq!(st.released, Some((2048, 1536)));
+        let e = st.entries();
+        assert_eq!(e[0].2, vec![128 * 1536, 2048]);
+        assert_eq!(e[1].2, vec![128 * 1536, 64]);
+    }
+
+    #[test]
     fn shapes_follow_spec_table() {
         let ts = Preset::B8.geometry().tensors();
         let shape = |n: &str| {
@@ -747,7 +1074,8 @@ mod tests {
     fn shards_respect_limit_and_order() {
         let ts = Preset::Tiny.geometry().tensors();
         let limit = 1_000_000;
-        let shards = plan_shards(&ts, limit);
+        let sizes: Vec<u64> = ts.iter().map(|t| t.bytes()).collect();
+        let shards = plan_shards(&sizes, limit);
         assert!(shards.len() > 1);
         let mut next = 0;
         for r in &shards {

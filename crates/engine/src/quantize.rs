@@ -49,7 +49,9 @@ pub fn format_of(
         ".linear_fc1.weight",
         ".linear_fc2.weight",
     ];
-    if key.starts_with("model.language_model.layers.") && key.ends_with("_proj.weight") {
+    if key.starts_with("model.language_model.layers.")
+        && (key.ends_with("_proj.weight") || is_expert_tensor(key))
+    {
         Some(quant)
     } else if (tied && key == "model.language_model.embed_tokens.weight")
         || (!tied && key == "lm_head.weight")
@@ -60,6 +62,65 @@ pub fn format_of(
     } else {
         None
     }
+}
+
+/// A MoE layer's fused expert tensor (spec 1.3): `mlp.experts.gate_up_proj` or `mlp.experts.down_proj`.
+pub fn is_expert_tensor(key: &str) -> bool {
+    key.ends_with(".mlp.experts.gate_up_proj") || key.ends_with(".mlp.experts.down_proj")
+}
+
+/// A fused expert tensor quantized as the rows of its transformers layout, (E·2I, H) or (E·H, I), one
+/// expert at a time (a released-layout tensor, (E, H, 2I) or (E, I, H), is transposed per expert): the rows
+/// the model's loader cuts into one quantized weight per expert.
+fn quantize_experts(
+    key: &str,
+    t: &qwen3vl_model::weights::TensorRef,
+    config: &Config,
+    f: QuantFormat,
+    k: &Kernels,
+) -> Result<(qwen3vl_kernels::quant::QuantWeight, usize, usize)> {
+    let Some(moe) = &config.text.moe else {
+        bail!("tensor {key}: expert weights in a checkpoint whose config.json is not a MoE one");
+    };
+    let (e, h, i) = (
+        moe.num_experts,
+        config.text.hidden_size,
+        moe.moe_intermediate_size,
+    );
+    let (rows, kk) = if key.ends_with("gate_up_proj") {
+        (2 * i, h)
+    } else {
+        (h, i)
+    };
+    let transpose = if t.shape == [e, rows, kk] {
+        false
+    } else if t.shape == [e, kk, rows] {
+        true
+    } else {
+        bail!(
+            "tensor {key}: shape {:?} is neither the transformers layout {:?} nor the released layout {:?}",
+            t.shape,
+            [e, rows, kk],
+            [e, kk, rows]
+        );
+    };
+    let vals = t.to_f32()?;
+    let mut p = k
+        .quant_packer(f, e * rows, kk)
+        .with_context(|| format!("quantizing {key}"))?;
+    let mut tr = Vec::new();
+    for x in vals.chunks_exact(rows * kk) {
+        let part = if transpose {
+            tr.clear();
+            tr.extend((0..rows * kk).map(|j| x[(j % kk) * rows + j / kk]));
+            &tr[..]
+        } else {
+            x
+        };
+        p.push(Weight::F32(part), rows)
+            .with_context(|| format!("quantizing {key}"))?;
+    }
+    Ok((p.finish()?, e * rows, kk))
 }
 
 /// Writes the quantized checkpoint of `opts.model_dir` into `opts.out_dir` (created; must be empty).
@@ -102,13 +163,19 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
                 opts.quant,
                 opts.vision_quant,
             );
+            let expert = is_expert_tensor(key) && t.shape.len() == 3;
             match (fmt, t.shape.as_slice()) {
-                (Some(f), &[n, kk]) => {
-                    let q = match t.bf16_bits() {
-                        Some(bits) => k.quantize_weight(f, Weight::Bf16(&bits), n, kk),
-                        None => k.quantize_weight(f, Weight::F32(&t.to_f32()?), n, kk),
-                    }
-                    .with_context(|| format!("quantizing {key}"))?;
+                (Some(f), &[n, kk]) | (Some(f), &[_, n, kk]) if expert || t.shape.len() == 2 => {
+                    let (q, n, kk) = if expert {
+                        quantize_experts(key, &t, &config, f, k)?
+                    } else {
+                        let q = match t.bf16_bits() {
+                            Some(bits) => k.quantize_weight(f, Weight::Bf16(&bits), n, kk),
+                            None => k.quantize_weight(f, Weight::F32(&t.to_f32()?), n, kk),
+                        }
+                        .with_context(|| format!("quantizing {key}"))?;
+                        (q, n, kk)
+                    };
                     t.release();
                     let scales: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
                     owned.push((

@@ -42,6 +42,8 @@ pub const MAX_VOCAB_SIZE: usize = 1 << 22;
 pub const MAX_HIDDEN_SIZE: usize = 1 << 16;
 /// `intermediate_size` of either tower (25600).
 pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 18;
+/// `text_config.num_experts` and `num_experts_per_tok` of a MoE checkpoint (128, 8).
+pub const MAX_EXPERTS: usize = 4096;
 /// `text_config.num_hidden_layers`, `vision_config.depth` (64).
 pub const MAX_LAYERS: usize = 1024;
 /// `num_attention_heads`, `num_key_value_heads`, `vision_config.num_heads` (64).

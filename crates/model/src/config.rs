@@ -29,6 +29,37 @@ pub struct TextConfig {
     pub max_position_embeddings: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// The Mixture-of-Experts fields of a `qwen3_vl_moe` checkpoint (None: a dense model).
+    pub moe: Option<MoeConfig>,
+}
+
+/// The MoE fields of `text_config` (Qwen3VLMoeTextConfig, spec 1.3). Every one is read from the file: the
+/// class defaults (60 experts, top-4, 1408) are not the released model's (128, top-8, 768).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// E: experts per sparse layer (`num_experts`; transformers 5.x may save it as `num_local_experts`)
+    pub num_experts: usize,
+    /// k: experts each token is routed to (`num_experts_per_tok`), ≤ E
+    pub num_experts_per_tok: usize,
+    /// I of one expert (`moe_intermediate_size`)
+    pub moe_intermediate_size: usize,
+    /// layer l is sparse when (l + 1) % decoder_sparse_step == 0 and l is not in `mlp_only_layers`
+    pub decoder_sparse_step: usize,
+    /// layers that keep the dense MLP (intermediate_size)
+    pub mlp_only_layers: Vec<usize>,
+    /// As stored, if stored. transformers 5.23 has no such field: its router renormalizes the top-k
+    /// probabilities whatever this says (spec 1.3), and so do we.
+    pub norm_topk_prob: Option<bool>,
+}
+
+impl TextConfig {
+    /// Whether decoder layer `l` has the sparse MoE block (else the dense MLP): transformers'
+    /// `l not in mlp_only_layers and num_experts > 0 and (l + 1) % decoder_sparse_step == 0`.
+    pub fn is_sparse_layer(&self, l: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| {
+            !m.mlp_only_layers.contains(&l) && (l + 1).is_multiple_of(m.decoder_sparse_step)
+        })
+    }
 }
 
 /// `vision_config` (Qwen3VLVisionConfig).
@@ -231,27 +262,34 @@ impl Config {
             .ok_or_else(|| err("config.json", "the top level must be an object"))?;
         let top = Obj { path: "", map };
 
-        // 1. Model type: dense Qwen3-VL only; the MoE variant is recognised and refused.
+        // 1. Model type: dense Qwen3-VL, or the MoE variant (spec 1.3) with its text_config fields.
         let model_type = top.str("model_type")?;
         let tc = top.obj("text_config", "text_config")?;
-        let is_moe = model_type == "qwen3_vl_moe"
-            || tc.get("num_experts").is_some()
-            || tc.get("model_type").and_then(Value::as_str) == Some("qwen3_vl_moe_text");
-        if is_moe {
-            return Err(ModelError::Unsupported(
-                "this is a Mixture-of-Experts Qwen3-VL checkpoint (model_type qwen3_vl_moe / \
-                 text_config.num_experts); only the dense models (2B/4B/8B/32B) are supported"
-                    .into(),
-            ));
-        }
-        if model_type != "qwen3_vl" {
-            return Err(err(
-                "model_type",
-                format!("expected \"qwen3_vl\", got \"{model_type}\""),
-            ));
+        let is_moe = match model_type {
+            "qwen3_vl" => false,
+            "qwen3_vl_moe" => true,
+            _ => {
+                return Err(err(
+                    "model_type",
+                    format!("expected \"qwen3_vl\" or \"qwen3_vl_moe\", got \"{model_type}\""),
+                ))
+            }
+        };
+        if !is_moe {
+            for key in ["num_experts", "num_local_experts"] {
+                if tc.get(key).is_some() {
+                    return Err(err(
+                        tc.name(key),
+                        "present, but model_type is \"qwen3_vl\" (a MoE checkpoint says \"qwen3_vl_moe\")",
+                    ));
+                }
+            }
         }
 
-        let text = parse_text(&tc)?;
+        let mut text = parse_text(&tc)?;
+        if is_moe {
+            text.moe = Some(parse_moe(&tc, text.num_hidden_layers)?);
+        }
         let vc = top.obj("vision_config", "vision_config")?;
         let vision = parse_vision(&vc)?;
 
@@ -483,6 +521,65 @@ fn parse_text(tc: &Obj) -> Result<TextConfig, ModelError> {
         max_position_embeddings: tc.pos("max_position_embeddings", L::MAX_CONTEXT)?,
         bos_token_id,
         eos_token_ids,
+        moe: None,
+    })
+}
+
+/// The MoE fields of `text_config` (spec 1.3); `layers` = num_hidden_layers.
+fn parse_moe(tc: &Obj, layers: usize) -> Result<MoeConfig, ModelError> {
+    let experts_key = match (tc.get("num_experts"), tc.get("num_local_experts")) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                tc.name("num_local_experts"),
+                "both num_experts and num_local_experts are present (one spelling only)",
+            ))
+        }
+        (None, Some(_)) => "num_local_experts",
+        _ => "num_experts",
+    };
+    let num_experts = tc.pos(experts_key, L::MAX_EXPERTS)?;
+    let num_experts_per_tok = tc.pos("num_experts_per_tok", L::MAX_EXPERTS)?;
+    if num_experts_per_tok > num_experts {
+        return Err(err(
+            tc.name("num_experts_per_tok"),
+            format!("{num_experts_per_tok} is more than {experts_key} {num_experts}"),
+        ));
+    }
+    let list_v = tc.req("mlp_only_layers")?;
+    let mlp_only_layers = list_v
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| {
+            err(
+                tc.name("mlp_only_layers"),
+                format!("must be a list of layer indexes, got {list_v}"),
+            )
+        })?;
+    if let Some((j, &l)) = mlp_only_layers
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l >= layers)
+    {
+        return Err(err(
+            format!("{}[{j}]", tc.name("mlp_only_layers")),
+            format!("layer {l} >= num_hidden_layers {layers}"),
+        ));
+    }
+    let norm_topk_prob = match tc.get("norm_topk_prob") {
+        None => None,
+        Some(_) => Some(tc.bool("norm_topk_prob")?),
+    };
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok,
+        moe_intermediate_size: tc.pos("moe_intermediate_size", L::MAX_INTERMEDIATE_SIZE)?,
+        decoder_sparse_step: tc.pos("decoder_sparse_step", L::MAX_LAYERS)?,
+        mlp_only_layers,
+        norm_topk_prob,
     })
 }
 

@@ -260,7 +260,50 @@ impl<'a> Vb<'a> {
         }
     }
 
-    fn tick(&self, t: &TensorRef) {
+    /// A weight (n, kk) from rows already in memory (`parts[i]` of `rows[i]` rows each, e.g. one expert's
+    /// slice of a fused 3-D tensor), packed or quantized as this module asks, like [`Vb::linear`] and
+    /// [`Vb::linear_swiglu`] (`swiglu`: the parts are gate rows then up rows, n/2 of each). `what` names
+    /// the weight in errors.
+    pub fn weight_from_rows(
+        &self,
+        parts: &[(Weight, usize)],
+        n: usize,
+        kk: usize,
+        swiglu: bool,
+        what: &str,
+    ) -> Result<LinearWeight, ModelError> {
+        let err = |source| ModelError::Kernel {
+            context: format!("packing {what}"),
+            source,
+        };
+        fn push_all<P: RowSink>(
+            mut p: P,
+            parts: &[(Weight, usize)],
+        ) -> Result<P::Out, KernelError> {
+            for &(part, rows) in parts {
+                p.push(part, rows)?;
+            }
+            p.finish()
+        }
+        let bf16 = parts.iter().all(|p| matches!(p.0, Weight::Bf16(_)));
+        Ok(match (self.quant, swiglu) {
+            (Some(f), false) => LinearWeight::Quant(
+                push_all(self.k.quant_packer(f, n, kk).map_err(err)?, parts).map_err(err)?,
+            ),
+            (Some(f), true) => LinearWeight::QuantSwiGlu(
+                push_all(self.k.quant_packer(f, n, kk).map_err(err)?, parts).map_err(err)?,
+            ),
+            (None, false) => LinearWeight::Packed(
+                push_all(self.k.weight_packer(n, kk, bf16).map_err(err)?, parts).map_err(err)?,
+            ),
+            (None, true) => LinearWeight::Packed(
+                push_all(self.k.swiglu_packer(n / 2, kk, bf16).map_err(err)?, parts)
+                    .map_err(err)?,
+            ),
+        })
+    }
+
+    pub(crate) fn tick(&self, t: &TensorRef) {
         self.done.set(self.done.get() + t.bytes().len() as u64);
         if let Some(p) = self.progress {
             p(self.done.get(), self.total);

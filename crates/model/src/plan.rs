@@ -45,6 +45,16 @@ impl Plan {
     }
 }
 
+/// `language_model.layers.*` when `layers` are all `n` layers, else the list (`language_model.layers.{0,2}`).
+fn layer_scope(layers: &[usize], n: usize) -> String {
+    if layers.len() == n {
+        "language_model.layers.*".into()
+    } else {
+        let list: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+        format!("language_model.layers.{{{}}}", list.join(","))
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -266,7 +276,7 @@ impl Model {
         });
         if let Some(l) = t.layers.first() {
             let (s, n) = ("language_model.layers.*", t.layers.len());
-            let (a, m) = (&l.self_attn, &l.mlp);
+            let a = &l.self_attn;
             let h = l.input_layernorm.weight.len();
             ops.push(vec_op(s, "input_layernorm", "rms_norm", h, n));
             ops.push(lin(
@@ -300,13 +310,56 @@ impl Model {
             ops.push(vec_op(s, &name, &kernel, 0, n));
             ops.push(lin(s, "self_attn.o_proj", &a.o_proj, n));
             ops.push(vec_op(s, "post_attention_layernorm", "rms_norm", h, n));
-            ops.push(lin(
-                s,
-                "mlp.gate|up_proj -> silu(gate)*up",
-                &m.gate_up_proj,
-                n,
-            ));
-            ops.push(lin(s, "mlp.down_proj", &m.down_proj, n));
+            // the dense MLPs, then the sparse MoE blocks (spec 1.3), each with the layers that have it
+            let dense: Vec<usize> = (0..n)
+                .filter(|&i| t.layers[i].mlp.dense().is_some())
+                .collect();
+            let sparse: Vec<usize> = (0..n)
+                .filter(|&i| t.layers[i].mlp.sparse().is_some())
+                .collect();
+            if let Some(m) = dense.first().and_then(|&i| t.layers[i].mlp.dense()) {
+                let s = layer_scope(&dense, n);
+                let nd = dense.len();
+                ops.push(lin(
+                    &s,
+                    "mlp.gate|up_proj -> silu(gate)*up",
+                    &m.gate_up_proj,
+                    nd,
+                ));
+                ops.push(lin(&s, "mlp.down_proj", &m.down_proj, nd));
+            }
+            if let Some(b) = sparse.first().and_then(|&i| t.layers[i].mlp.sparse()) {
+                let s = layer_scope(&sparse, n);
+                let (ns, e, k) = (sparse.len(), b.experts.gate_up_proj.len(), b.top_k());
+                let mut router = lin(
+                    &s,
+                    &format!(
+                        "mlp.gate (router: f32 logits, softmax, top-{k} of {e}, renormalized)"
+                    ),
+                    &b.gate.weight,
+                    ns,
+                );
+                router.kernel = router.kernel.replace(&path, "Exact");
+                ops.push(router);
+                let [l_gu, l_down] = b.experts.layout;
+                let run = format!(
+                    "k = {k} of {e} experts per token: decode k GEMVs, prefill one GEMM per expert over its tokens"
+                );
+                let mut gu = lin(
+                    &s,
+                    &format!("mlp.experts.*.gate_up_proj -> silu(gate)*up (stored {l_gu:?})"),
+                    &b.experts.gate_up_proj[0],
+                    ns * e,
+                );
+                gu.kernel = format!("{}; {run}", gu.kernel);
+                ops.push(gu);
+                ops.push(lin(
+                    &s,
+                    &format!("mlp.experts.*.down_proj, weighted sum (stored {l_down:?})"),
+                    &b.experts.down_proj[0],
+                    ns * e,
+                ));
+            }
         }
         ops.push(vec_op(
             "language_model.norm",

@@ -197,16 +197,99 @@ fn inconsistent_fields_are_named() {
     expect_field_error("image_token_id", |v| v["image_token_id"] = json!(200000));
 }
 
-#[test]
-fn moe_config_is_refused_clearly() {
+/// The 30B-A3B text fields (spec 1.3) on the 2B config's other fields.
+fn config_moe() -> Value {
     let mut v = config_2b();
     v["model_type"] = json!("qwen3_vl_moe");
-    let e = parse(&v).unwrap_err();
-    assert!(matches!(e, ModelError::Unsupported(_)), "{e:?}");
-    assert!(e.to_string().contains("Mixture-of-Experts"), "{e}");
-    let mut v = config_2b();
-    v["text_config"]["num_experts"] = json!(128);
-    assert!(matches!(parse(&v), Err(ModelError::Unsupported(_))));
+    let t = &mut v["text_config"];
+    t["model_type"] = json!("qwen3_vl_moe_text");
+    t["num_experts"] = json!(128);
+    t["num_experts_per_tok"] = json!(8);
+    t["moe_intermediate_size"] = json!(768);
+    t["decoder_sparse_step"] = json!(1);
+    t["mlp_only_layers"] = json!([]);
+    t["norm_topk_prob"] = json!(true);
+    v
+}
+
+fn expect_moe_field_error(field: &str, f: impl FnOnce(&mut Value)) {
+    let mut v = config_moe();
+    f(&mut v);
+    match parse(&v) {
+        Err(ModelError::Config { field: got, msg }) => {
+            assert_eq!(got, field, "error names {got} ({msg}), expected {field}")
+        }
+        other => panic!("expected a config error naming {field}, got {other:?}"),
+    }
+}
+
+#[test]
+fn moe_config_fields_are_read_from_the_file() {
+    let c = parse(&config_moe()).unwrap();
+    let m = c.text.moe.as_ref().expect("a MoE config");
+    assert_eq!(
+        (
+            m.num_experts,
+            m.num_experts_per_tok,
+            m.moe_intermediate_size
+        ),
+        (128, 8, 768)
+    );
+    assert_eq!(m.decoder_sparse_step, 1);
+    assert!(m.mlp_only_layers.is_empty());
+    assert_eq!(m.norm_topk_prob, Some(true));
+    assert!((0..28).all(|l| c.text.is_sparse_layer(l)));
+    // transformers 5.x's spelling of the expert count, and dense layers by list and by step
+    let mut v = config_moe();
+    let t = &mut v["text_config"];
+    t.as_object_mut().unwrap().remove("num_experts");
+    t["num_local_experts"] = json!(16);
+    t["mlp_only_layers"] = json!([0, 5]);
+    t["decoder_sparse_step"] = json!(2);
+    let c = parse(&v).unwrap();
+    assert_eq!(c.text.moe.as_ref().unwrap().num_experts, 16);
+    let sparse: Vec<usize> = (0..8).filter(|&l| c.text.is_sparse_layer(l)).collect();
+    assert_eq!(sparse, vec![1, 3, 7]);
+    // a dense model has no sparse layer
+    assert!(!parse(&config_2b()).unwrap().text.is_sparse_layer(0));
+}
+
+#[test]
+fn moe_config_errors_name_the_field_never_a_class_default() {
+    for key in [
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "decoder_sparse_step",
+        "mlp_only_layers",
+    ] {
+        expect_moe_field_error(&format!("text_config.{key}"), |v| {
+            v["text_config"].as_object_mut().unwrap().remove(key);
+        });
+        expect_moe_field_error(&format!("text_config.{key}"), |v| {
+            v["text_config"][key] = json!(-1)
+        });
+    }
+    expect_moe_field_error("text_config.num_experts_per_tok", |v| {
+        v["text_config"]["num_experts_per_tok"] = json!(129)
+    });
+    expect_moe_field_error("text_config.mlp_only_layers[1]", |v| {
+        v["text_config"]["mlp_only_layers"] = json!([3, 28])
+    });
+    expect_moe_field_error("text_config.num_experts", |v| {
+        v["text_config"]["num_experts"] = json!(1_000_000)
+    });
+    expect_moe_field_error("text_config.num_local_experts", |v| {
+        v["text_config"]["num_local_experts"] = json!(128)
+    });
+    expect_moe_field_error("text_config.norm_topk_prob", |v| {
+        v["text_config"]["norm_topk_prob"] = json!("yes")
+    });
+    // expert fields in a dense model's config, and an unknown model type
+    expect_field_error("text_config.num_experts", |v| {
+        v["text_config"]["num_experts"] = json!(128)
+    });
+    expect_field_error("model_type", |v| v["model_type"] = json!("qwen3_moe"));
 }
 
 #[test]

@@ -28,14 +28,17 @@ fn plan_lists_every_weight_with_its_packed_bytes() {
         .unwrap();
     assert_eq!(gate.count, t.num_hidden_layers);
     let l0 = &model.language_model.layers[0];
-    assert_eq!(gate.bytes, l0.mlp.gate_up_proj.weight.bytes() as u64);
+    assert_eq!(
+        gate.bytes,
+        l0.mlp.dense().unwrap().gate_up_proj.weight.bytes() as u64
+    );
     // Every text layer's linears are counted once per layer.
     let text_linear: u64 = model
         .language_model
         .layers
         .iter()
         .map(|l| {
-            let (a, m) = (&l.self_attn, &l.mlp);
+            let (a, m) = (&l.self_attn, l.mlp.dense().unwrap());
             a.qkv_proj.weight.bytes()
                 + a.o_proj.weight.bytes()
                 + m.gate_up_proj.weight.bytes()

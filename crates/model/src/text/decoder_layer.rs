@@ -6,11 +6,36 @@ use crate::linear::{Ctx, Vb};
 use crate::norm::RmsNorm;
 use crate::text::attention::{AttnBufs, TextAttention};
 use crate::text::mlp::TextMlp;
+use crate::text::moe::{MoeScratch, TextSparseMoeBlock};
 use crate::{KernelCtx, ModelError};
+
+/// A layer's `mlp`: the dense MLP, or (MoE checkpoints, spec 1.3) the sparse block.
+pub enum LayerMlp {
+    Dense(TextMlp),
+    Sparse(TextSparseMoeBlock),
+}
+
+impl LayerMlp {
+    /// The dense MLP, if this layer has one.
+    pub fn dense(&self) -> Option<&TextMlp> {
+        match self {
+            LayerMlp::Dense(m) => Some(m),
+            LayerMlp::Sparse(_) => None,
+        }
+    }
+
+    /// The sparse MoE block, if this layer has one.
+    pub fn sparse(&self) -> Option<&TextSparseMoeBlock> {
+        match self {
+            LayerMlp::Dense(_) => None,
+            LayerMlp::Sparse(m) => Some(m),
+        }
+    }
+}
 
 pub struct DecoderLayer {
     pub self_attn: TextAttention,
-    pub mlp: TextMlp,
+    pub mlp: LayerMlp,
     /// (H)
     pub input_layernorm: RmsNorm,
     /// (H)
@@ -28,6 +53,7 @@ pub(crate) struct TextScratch {
     pub act: Vec<f32>,  // (l, I)
     pub cos: Vec<f32>,  // (l, hd/2)
     pub sin: Vec<f32>,  // (l, hd/2)
+    pub moe: MoeScratch,
 }
 
 impl TextScratch {
@@ -47,15 +73,25 @@ impl TextScratch {
         self.act.resize(l * i, 0.0);
         self.cos.resize(l * half, 0.0);
         self.sin.resize(l * half, 0.0);
+        if let Some(moe) = &cfg.moe {
+            self.moe.resize(l, h, moe);
+        }
     }
 }
 
 impl DecoderLayer {
-    pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<DecoderLayer, ModelError> {
+    /// Layer `li` of the decoder.
+    pub(crate) fn load(vb: &Vb, cfg: &TextConfig, li: usize) -> Result<DecoderLayer, ModelError> {
         let h = cfg.hidden_size;
+        let mlp = match &cfg.moe {
+            Some(moe) if cfg.is_sparse_layer(li) => {
+                LayerMlp::Sparse(TextSparseMoeBlock::load(&vb.pp("mlp"), cfg, moe)?)
+            }
+            _ => LayerMlp::Dense(TextMlp::load(&vb.pp("mlp"), cfg)?),
+        };
         Ok(DecoderLayer {
             self_attn: TextAttention::load(&vb.pp("self_attn"), cfg)?,
-            mlp: TextMlp::load(&vb.pp("mlp"), cfg)?,
+            mlp,
             input_layernorm: vb.rms_norm("input_layernorm", h, cfg.rms_norm_eps)?,
             post_attention_layernorm: vb.rms_norm(
                 "post_attention_layernorm",
@@ -90,7 +126,10 @@ impl DecoderLayer {
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         // 2. x = x + mlp(post_attention_layernorm(x))
         self.post_attention_layernorm.forward(&c.k, x, &mut s.h)?;
-        self.mlp.forward(c, &s.h, m, &mut s.act, &mut s.o)?;
+        match &self.mlp {
+            LayerMlp::Dense(mlp) => mlp.forward(c, &s.h, m, &mut s.act, &mut s.o)?,
+            LayerMlp::Sparse(moe) => moe.forward(c, &s.h, m, &mut s.moe, &mut s.o)?,
+        }
         c.k.add_assign(x, &s.o).ctx("text residual")?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod decoder_layer;
 pub mod mlp;
+pub mod moe;
 pub mod rotary;
 
 use crate::config::TextConfig;
@@ -16,8 +17,9 @@ use crate::weights::TensorRef;
 use crate::{KernelCtx, ModelError};
 
 pub use attention::TextAttention;
-pub use decoder_layer::DecoderLayer;
+pub use decoder_layer::{DecoderLayer, LayerMlp};
 pub use mlp::TextMlp;
+pub use moe::{ExpertLayout, TextExperts, TextSparseMoeBlock, TextTopKRouter};
 pub use rotary::TextRotary;
 
 pub struct TextModel {
@@ -36,24 +38,36 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    /// Bytes of the packed weights of every decoder layer's linears (q|k|v, o, gate|up, down): what one
-    /// decode step streams besides the lm head and the KV cache.
+    /// Bytes of the packed weights of every decoder layer's linears (q|k|v, o, gate|up, down) that one
+    /// decode step streams besides the lm head and the KV cache: of a sparse layer, the router and k of its
+    /// E experts (as if each expert weighed the mean).
     pub fn linear_weight_bytes(&self) -> u64 {
         self.layers
             .iter()
             .map(|l| {
-                let (a, m) = (&l.self_attn, &l.mlp);
-                [&a.qkv_proj, &a.o_proj, &m.gate_up_proj, &m.down_proj]
+                let a = &l.self_attn;
+                let attn: u64 = [&a.qkv_proj, &a.o_proj]
                     .iter()
                     .map(|lin| lin.weight.bytes() as u64)
-                    .sum::<u64>()
+                    .sum();
+                let mlp = match &l.mlp {
+                    LayerMlp::Dense(m) => {
+                        (m.gate_up_proj.weight.bytes() + m.down_proj.weight.bytes()) as u64
+                    }
+                    LayerMlp::Sparse(m) => {
+                        let e = m.experts.gate_up_proj.len().max(1) as u64;
+                        m.gate.weight.weight.bytes() as u64
+                            + m.expert_bytes() * m.top_k() as u64 / e
+                    }
+                };
+                attn + mlp
             })
             .sum()
     }
 
     pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<TextModel, ModelError> {
         let layers = (0..cfg.num_hidden_layers)
-            .map(|l| DecoderLayer::load(&vb.pp("layers").pp(l), cfg))
+            .map(|l| DecoderLayer::load(&vb.pp("layers").pp(l), cfg, l))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TextModel {
             cfg: cfg.clone(),
