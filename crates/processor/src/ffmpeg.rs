@@ -301,7 +301,7 @@ impl FfmpegVideo {
                 self.input.as_mut_ptr(),
                 self.stream as i32,
                 pts,
-                ffi::AVSEEK_FLAG_BACKWARD as i32,
+                ffi::AVSEEK_FLAG_BACKWARD,
             )
         };
         if r < 0 {
@@ -482,7 +482,7 @@ fn open_input(
             return Err(err("out of memory opening the video"));
         }
         (*ps).pb = io.as_mut_ptr();
-        (*ps).flags |= ffi::AVFMT_FLAG_CUSTOM_IO as i32;
+        (*ps).flags |= ffi::AVFMT_FLAG_CUSTOM_IO;
         let mut d = opts.disown();
         let r = ffi::avformat_open_input(&mut ps, ptr::null(), ptr::null_mut(), &mut d);
         ff::Dictionary::own(d);

@@ -21,9 +21,8 @@ const CLIPS: [(&str, u32, u32, usize, f64); 4] = [
     ("mkv_h264_72x40_25f.mkv", 72, 40, 25, 12.5),
 ];
 
-/// Largest difference in levels allowed between our RGB24 and the CLI's: both run swscale of the same
-/// libraries with the same flags and coefficients, so none is expected.
-const RGB_TOLERANCE: u8 = 0;
+// Our RGB24 and the CLI's must be identical: both run swscale of the same libraries with the same flags
+// and coefficients.
 
 fn clip_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -108,10 +107,7 @@ fn every_frame_matches_the_ffmpeg_cli_in_presentation_order() {
         assert_eq!(got.len(), n, "{name}");
         for (i, img) in &got {
             let d = max_diff(img, &cli[*i]);
-            assert!(
-                d <= RGB_TOLERANCE,
-                "{name}: frame {i} differs by {d} levels"
-            );
+            assert_eq!(d, 0, "{name}: frame {i} differs by {d} levels");
         }
         // Neighbouring frames differ (the clips move), so a frame off by one would be caught.
         let changes = (1..n).filter(|&i| cli[i - 1] != cli[i]).count();
@@ -138,8 +134,8 @@ fn seeking_to_sampled_frames_gives_the_same_frames() {
         assert_eq!(idx, wanted, "{name}");
         for (i, img) in &got {
             let d = max_diff(img, &cli[*i]);
-            assert!(
-                d <= RGB_TOLERANCE,
+            assert_eq!(
+                d, 0,
                 "{name}: frame {i} after seeking differs by {d} levels"
             );
         }
