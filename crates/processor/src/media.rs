@@ -143,7 +143,8 @@ impl crate::Processor {
     ) -> Result<VideoInput, ProcessorError> {
         let cfg = self.video_config_for(opts)?;
         let lim = &self.video_limits;
-        if !bytes.is_empty() && !frames::is_animated_image(bytes) && FFMPEG_FEATURE {
+        #[cfg(feature = "ffmpeg")]
+        if !bytes.is_empty() && !frames::is_animated_image(bytes) {
             if bytes.len() as u64 > lim.image.max_file_bytes {
                 return Err(ProcessorError::Video(format!(
                     "file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
@@ -151,7 +152,6 @@ impl crate::Processor {
                     lim.image.max_file_bytes
                 )));
             }
-            #[cfg(feature = "ffmpeg")]
             return self.load_video_ffmpeg(crate::ffmpeg::Source::Bytes(bytes.to_vec()), opts);
         }
         let probe = frames::probe_bytes(bytes, lim)?;
