@@ -1,4 +1,5 @@
-//! MP4 / MKV / WebM / MOV through the `ffmpeg` feature (run with `--features ffmpeg`; tools/ci/ffmpeg-tests.sh).
+//! MP4 / MKV / WebM / MOV through the `ffmpeg` feature (run with `--features ffmpeg`; tools/ci/ffmpeg-tests.sh),
+//! including parity with transformers 5.23 on the frames PyAV decodes (testdata/video/ffmpeg_cases.json).
 //!
 //! The clips (testdata/video/clips/ffmpeg, made by tools/reference/make_ffmpeg_clips.sh) are H.264 with
 //! B-frames and a keyframe every 8 frames (MP4), VP9 (WebM), MPEG-4 part 2 tagged BT.709 (MOV) and H.264 at
@@ -320,4 +321,92 @@ fn a_container_without_video_frames_is_refused() {
     let e = err_of(&mp4, VideoLimits::default());
     assert!(e.contains("no frames"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// transformers 5.23 on the same files decoded with PyAV like its torchcodec backend
+/// (tools/reference/ffmpeg_video_cases.py, testdata/video/ffmpeg_cases.json). PyAV carries its own FFmpeg
+/// (8.x when generated; Debian 12 has 5.1), so pixels may differ by the decoders' and swscale's rounding:
+/// within [`PYAV_LEVELS`] levels per value and [`PYAV_ROW_MEAN`] per row mean; the frame count, fps,
+/// sampled indices, grid and timestamps are identical. Measured: 0 levels (PyAV 18.1 with libavcodec 62 vs
+/// Debian's 5.1), row means within the JSON's 5-digit rounding.
+const PYAV_LEVELS: i32 = 2;
+const PYAV_ROW_MEAN: f32 = 1e-3;
+
+#[test]
+fn parity_with_transformers_on_pyav_frames() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/video/ffmpeg_cases.json");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    let p = processor();
+    let us = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let (mut worst_level, mut worst_mean) = (0, 0f32);
+    for c in cases {
+        let name = c["path"].as_str().unwrap();
+        let opts = VideoOptions {
+            source_fps: None,
+            max_frames: c["max_frames"].as_u64().map(|m| m as usize),
+        };
+        let v = p.load_video(&clip_path(name), &opts).unwrap();
+        assert_eq!(
+            v.source_frames as u64,
+            c["source_frames"].as_u64().unwrap(),
+            "{name}"
+        );
+        let fps = c["fps"].as_f64().unwrap();
+        assert!(
+            (v.source_fps - fps).abs() < 1e-9,
+            "{name}: fps {} vs {fps}",
+            v.source_fps
+        );
+        assert_eq!(v.frame_indices, us(&c["frame_indices"]), "{name} {opts:?}");
+        assert_eq!(v.visual.grid_thw.to_vec(), us(&c["grid_thw"]), "{name}");
+        let texts: Vec<String> = v.groups(2).into_iter().map(|g| g.0).collect();
+        let want: Vec<&str> = c["timestamp_text"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(texts, want, "{name}");
+        let shape = us(&c["pixel_values_shape"]);
+        let row = shape[1];
+        assert_eq!(v.visual.pixel_values.len(), shape[0] * row, "{name}");
+        for (i, want) in c["pixel_values_head_levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let got = ((v.visual.pixel_values[i] + 1.0) * 127.5).round() as i32;
+            let d = (got - want.as_i64().unwrap() as i32).abs();
+            worst_level = worst_level.max(d);
+            assert!(
+                d <= PYAV_LEVELS,
+                "{name}: pixel_values[0][{i}] {got} vs {want} levels"
+            );
+        }
+        for (i, want) in c["pixel_values_row_means"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let r = &v.visual.pixel_values[i * row..(i + 1) * row];
+            let mean = r.iter().sum::<f32>() / row as f32;
+            let d = (mean - want.as_f64().unwrap() as f32).abs();
+            worst_mean = worst_mean.max(d);
+            assert!(d <= PYAV_ROW_MEAN, "{name}: row {i} mean {mean} vs {want}");
+        }
+    }
+    eprintln!(
+        "vs transformers on PyAV frames: worst {worst_level} levels, worst row mean {worst_mean}"
+    );
 }
