@@ -49,7 +49,8 @@ pub(crate) enum Cmd {
         video: crate::video_args::VideoArgs,
     },
     /// Interactive multi-turn chat. Type a message and press Enter. Commands: `/image PATH` attaches an
-    /// image to the next message, `/reset` clears the conversation, `/quit` (or end of input) leaves.
+    /// image to the next message, `/video PATH` a video, `/reset` clears the conversation, `/quit` (or end
+    /// of input) leaves.
     /// The conversation stays in the KV cache: each turn only runs its own new tokens.
     Chat {
         #[command(flatten)]
@@ -59,6 +60,9 @@ pub(crate) enum Cmd {
         system: Option<String>,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Videos (--video) go with the first message; `/video PATH` attaches one to the next message.
+        #[command(flatten)]
+        video: crate::video_args::VideoSourceArgs,
     },
     /// One forward pass over one user turn, written as safetensors (input ids, last-position logits,
     /// per-position top-5) for comparison with transformers or another build.

@@ -14,13 +14,16 @@ use qwen3vl_engine::session::EngineError;
 use qwen3vl_processor::Message;
 
 use crate::args::{ModelArgs, SamplingArgs};
+use crate::video_args::VideoSourceArgs;
 use crate::{
-    generate_params, image_tokens, load_engine, stop_spinner, summary, user_message,
+    generate_params, image_tokens, load_engine, stop_spinner, summary, user_message, video_tokens,
     working_spinner,
 };
+use qwen3vl_processor::{Content, VideoInput};
 
 const HELP: &str =
     "/image PATH  attach an image to the next message (quotes and ~ are understood)\n\
+/video PATH  attach a video to the next message (GIF/WebP/APNG, a frame directory; MP4/MKV/WebM/MOV with ffmpeg)\n\
 /reset       clear the conversation\n\
 /help        this list\n\
 /quit        leave (or Ctrl-D)\n\
@@ -32,6 +35,7 @@ pub(crate) enum Line {
     Empty,
     Message(String),
     Image(PathBuf),
+    Video(PathBuf),
     Reset,
     Help,
     Quit,
@@ -59,6 +63,10 @@ pub(crate) fn parse_line(line: &str, home: Option<&Path>) -> Line {
             Some(p) => Line::Image(p),
             None => Line::Refused("usage: /image PATH".into()),
         },
+        "video" => match image_path(arg, home) {
+            Some(p) => Line::Video(p),
+            None => Line::Refused("usage: /video PATH".into()),
+        },
         "reset" | "clear" => Line::Reset,
         "help" | "?" => Line::Help,
         "quit" | "exit" => Line::Quit,
@@ -68,7 +76,7 @@ pub(crate) fn parse_line(line: &str, home: Option<&Path>) -> Line {
     }
 }
 
-/// The path of an `/image` argument: surrounding quotes removed, a leading `~` expanded.
+/// The path of an `/image` or `/video` argument: surrounding quotes removed, a leading `~` expanded.
 fn image_path(arg: &str, home: Option<&Path>) -> Option<PathBuf> {
     let arg = arg.trim();
     let unquoted = ['"', '\'']
@@ -173,6 +181,7 @@ pub(crate) fn cmd_chat(
     args: &ModelArgs,
     system: Option<&str>,
     sampling: &SamplingArgs,
+    video: &VideoSourceArgs,
 ) -> Result<()> {
     use std::io::{IsTerminal, Write};
     if sampling.max_tokens == Some(0) {
@@ -181,7 +190,13 @@ pub(crate) fn cmd_chat(
     if args.context == Some(0) {
         bail!("--context must be at least 1");
     }
+    let video_opts = video.check()?;
     let engine = load_engine(args)?;
+    // --video: loaded now (a bad file ends the command like in generate), sent with the first message.
+    let mut pending_videos: Vec<VideoInput> = video.load(&engine)?;
+    for (path, v) in video.videos.iter().zip(&pending_videos) {
+        say_video(path, v, video_tokens(&engine, v), "the first message");
+    }
     let context = args.context.unwrap_or(32768).min(engine.context_len());
     let mut session = engine.session(context);
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -192,7 +207,7 @@ pub(crate) fn cmd_chat(
             let _ = ed.load_history(h);
         }
         eprintln!(
-            "qwen3vl chat ({} tokens of context). /image PATH attaches an image, /help lists commands, Ctrl-D leaves.",
+            "qwen3vl chat ({} tokens of context). /image PATH attaches an image, /video PATH a video, /help lists commands, Ctrl-D leaves.",
             session.max_len()
         );
         Input::Editor(Box::new(ed), hist)
@@ -233,6 +248,7 @@ pub(crate) fn cmd_chat(
             Line::Reset => {
                 session.reset();
                 pending_images.clear();
+                pending_videos.clear();
                 first_turn = true;
                 eprintln!("[conversation cleared]");
                 continue;
@@ -252,6 +268,17 @@ pub(crate) fn cmd_chat(
                 }
                 continue;
             }
+            Line::Video(path) => {
+                match engine.load_video(&path, &video_opts) {
+                    Ok(v) => {
+                        say_video(&path, &v, video_tokens(&engine, &v), "the next message");
+                        pending_videos.push(v);
+                    }
+                    // A bad video is reported and the chat goes on.
+                    Err(e) => eprintln!("error: {e}"),
+                }
+                continue;
+            }
             Line::Message(t) => t,
         };
         let mut messages = Vec::new();
@@ -260,22 +287,37 @@ pub(crate) fn cmd_chat(
                 messages.push(Message::text("system", s));
             }
         }
-        messages.push(user_message(pending_images.len(), &text));
+        // Images, then videos, then the text (the order of generate).
+        let mut user = user_message(pending_images.len(), &text);
+        let at = user.content.len() - 1;
+        user.content.splice(
+            at..at,
+            std::iter::repeat_n(Content::Video, pending_videos.len()),
+        );
+        messages.push(user);
         let pixels: Vec<_> = pending_images.iter().map(|(_, p)| p.clone()).collect();
         // max_tokens unset: what is left of the context after this turn's tokens.
         let max_tokens = sampling.max_tokens;
         let params = generate_params(&engine.generation_config, sampling, max_tokens);
-        let prepared = match session.prepare(&messages, &pixels, params.max_tokens) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: {e}");
-                continue;
-            }
-        };
+        let prepared =
+            match session.prepare_media(&messages, &pixels, &pending_videos, params.max_tokens) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            };
         let spinner = if std::io::stderr().is_terminal() {
             working_spinner(
                 prepared.tokens.len(),
-                pixels.iter().map(|p| image_tokens(&engine, p)).sum(),
+                pixels
+                    .iter()
+                    .map(|p| image_tokens(&engine, p))
+                    .sum::<usize>()
+                    + pending_videos
+                        .iter()
+                        .map(|v| video_tokens(&engine, v))
+                        .sum::<usize>(),
             )
         } else {
             None
@@ -302,12 +344,14 @@ pub(crate) fn cmd_chat(
                 println!();
                 first_turn = false;
                 pending_images.clear();
+                pending_videos.clear();
                 eprintln!("[{}]", summary(0.0, &g.stats, g.finish.as_str()));
             }
             Err(EngineError::Output(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
                 println!();
                 first_turn = false;
                 pending_images.clear();
+                pending_videos.clear();
                 eprintln!("[stopped; the conversation goes on]");
             }
             Err(EngineError::Input(msg)) => {
@@ -322,6 +366,17 @@ pub(crate) fn cmd_chat(
     }
     input.save_history();
     Ok(())
+}
+
+/// Say what a video costs once it is loaded: sampled frames, frame groups, visual tokens.
+fn say_video(path: &Path, v: &VideoInput, tokens: usize, goes_with: &str) {
+    eprintln!(
+        "[video {} attached to {goes_with}: {} of {} frames sampled, {} frame groups, {tokens} video tokens]",
+        path.display(),
+        v.frame_indices.len(),
+        v.source_frames,
+        v.timestamps.len(),
+    );
 }
 
 #[cfg(test)]
@@ -341,6 +396,11 @@ mod tests {
             Line::Image("/home/u/a b.jpg".into())
         );
         assert_eq!(p("/image  /tmp/y.png "), Line::Image("/tmp/y.png".into()));
+        assert_eq!(
+            p("/video ~/clip.mp4"),
+            Line::Video("/home/u/clip.mp4".into())
+        );
+        assert!(matches!(p("/video"), Line::Refused(_)));
         assert_eq!(p("/image ~user/x"), Line::Image("~user/x".into()));
         assert!(matches!(p("/image"), Line::Refused(_)));
         assert!(matches!(p("/image \"\""), Line::Refused(_)));

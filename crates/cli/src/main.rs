@@ -117,7 +117,8 @@ fn run(cli: Cli) -> Result<()> {
             model,
             system,
             sampling,
-        } => cmd_chat(&model, system.as_deref(), &sampling),
+            video,
+        } => cmd_chat(&model, system.as_deref(), &sampling, &video),
         Cmd::Bench(b) => cmd_bench(&b),
         Cmd::Plan { model } => {
             let engine = load_engine(&model)?;
@@ -435,6 +436,11 @@ fn cmd_generate(
 }
 
 /// Tokens the vision tower makes of one preprocessed image.
+/// Visual tokens of a video: t·h·w / merge² over all its frame groups.
+pub(crate) fn video_tokens(engine: &Engine, v: &qwen3vl_processor::VideoInput) -> usize {
+    image_tokens(engine, &v.visual)
+}
+
 pub(crate) fn image_tokens(engine: &Engine, img: &qwen3vl_processor::ImageInput) -> usize {
     let m = engine.processor.image_config().map_or(1, |c| c.merge_size);
     let [t, h, w] = img.grid_thw;

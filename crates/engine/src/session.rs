@@ -141,9 +141,20 @@ impl Engine {
         })
     }
 
-    /// Read, sample, decode and preprocess one video (animated GIF / WebP / APNG, or a frame directory).
+    /// Read, sample, decode and preprocess one video (animated GIF / WebP / APNG, a frame directory, and
+    /// with the `ffmpeg` feature MP4 / MKV / WebM / MOV).
     pub fn load_video(&self, path: &Path, opts: &VideoOptions) -> Result<VideoInput, EngineError> {
         Ok(self.processor.load_video(path, opts)?)
+    }
+
+    /// [`Engine::load_video`] of a file held in memory (a request's `video_url` data): probed, sampled and
+    /// decoded like a file; its size is checked against the image limits' `max_file_bytes` first.
+    pub fn load_video_bytes(
+        &self,
+        bytes: &[u8],
+        opts: &VideoOptions,
+    ) -> Result<VideoInput, EngineError> {
+        Ok(self.processor.load_video_bytes(bytes, opts)?)
     }
 
     /// Read, decode and preprocess one image file.

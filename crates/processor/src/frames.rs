@@ -349,22 +349,37 @@ pub fn probe_bytes(b: &[u8], limits: &VideoLimits) -> Result<VideoProbe, Process
             limits.image.max_file_bytes
         )));
     }
+    if !is_animated_image(b) && !b.is_empty() {
+        let head: Vec<String> = b.iter().take(8).map(|x| format!("{x:02x}")).collect();
+        return Err(ProcessorError::Video(format!(
+            "not a supported video (first bytes {}); supported: animated GIF, WebP, APNG, a directory of \
+             frames{}",
+            head.join(" "),
+            if cfg!(feature = "ffmpeg") {
+                ""
+            } else {
+                "; MP4, MKV, WebM and MOV need the `ffmpeg` cargo feature, not built in"
+            }
+        )));
+    }
     if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
         probe_gif(b, limits)
     } else if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
         probe_webp(b, limits)
     } else if b.starts_with(b"\x89PNG\r\n\x1a\n") {
         probe_png(b, limits)
-    } else if b.is_empty() {
-        Err(ProcessorError::Video("empty file".into()))
     } else {
-        let head: Vec<String> = b.iter().take(8).map(|x| format!("{x:02x}")).collect();
-        Err(ProcessorError::Video(format!(
-            "not a supported video (first bytes {}); supported without the ffmpeg feature: animated GIF, \
-             WebP, APNG, or a directory of frames",
-            head.join(" ")
-        )))
+        Err(ProcessorError::Video("empty file".into()))
     }
+}
+
+/// Whether `head` (a file's first bytes, at least 12 of them when there are) starts like a GIF, WebP or
+/// PNG / APNG: the formats decoded here without system libraries.
+pub fn is_animated_image(head: &[u8]) -> bool {
+    head.starts_with(b"GIF87a")
+        || head.starts_with(b"GIF89a")
+        || (head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WEBP")
+        || head.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
 /// Decode the frames of an animated image in order, calling `sink(index, frame)` for each index in `wanted`

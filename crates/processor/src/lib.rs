@@ -23,6 +23,8 @@ mod error;
 pub mod frames;
 mod jpeg;
 pub use qwen3vl_limits as limits;
+#[cfg(feature = "ffmpeg")]
+pub mod ffmpeg;
 mod media;
 pub mod patch;
 pub mod resize;
@@ -34,7 +36,7 @@ pub use decode::{composite_over_white, decode_rgb, ImageLimits};
 pub use error::ProcessorError;
 pub use frames::{VideoLimits, VideoProbe};
 pub use image::RgbImage;
-pub use media::{VideoOptions, DEFAULT_SOURCE_FPS};
+pub use media::{VideoOptions, DEFAULT_SOURCE_FPS, FFMPEG_FEATURE};
 pub use rope::{get_rope_index, get_rope_index_media};
 pub use video::{VideoConfig, VideoInput};
 

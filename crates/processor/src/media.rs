@@ -19,6 +19,25 @@ pub struct VideoOptions {
     pub max_frames: Option<usize>,
 }
 
+/// Whether this build reads MP4, MKV, WebM and MOV (the `ffmpeg` cargo feature).
+pub const FFMPEG_FEATURE: bool = cfg!(feature = "ffmpeg");
+
+/// The first 12 bytes of a file (fewer if it is shorter), to tell the formats apart.
+fn file_head(path: &Path) -> Result<Vec<u8>, ProcessorError> {
+    use std::io::Read;
+    let io = |source| ProcessorError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut head = Vec::with_capacity(12);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(12)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    Ok(head)
+}
+
 /// transformers' fps when a video carries none.
 pub const DEFAULT_SOURCE_FPS: f64 = 24.0;
 
@@ -60,7 +79,8 @@ impl crate::Processor {
         Ok(c)
     }
 
-    /// Read a video: an animated GIF / WebP / APNG file, or a directory of frames (sorted by name). The
+    /// Read a video: an animated GIF / WebP / APNG file, a directory of frames (sorted by name), or with the
+    /// `ffmpeg` feature an MP4 / MKV / WebM / MOV file (see `ffmpeg.rs`). The
     /// source is probed first (frame count, every frame's extent, the sampled count against the pixel
     /// budget); then only the sampled frames are kept, each resized as it is decoded.
     pub fn load_video(
@@ -89,6 +109,13 @@ impl crate::Processor {
             }
             return b.finish(indices, fps, probe.frames);
         }
+        if !frames::is_animated_image(&file_head(path)?) && FFMPEG_FEATURE {
+            // A container for FFmpeg: read through a file handle, never whole into memory.
+            #[cfg(feature = "ffmpeg")]
+            return self
+                .load_video_ffmpeg(crate::ffmpeg::Source::File(path), opts)
+                .map_err(named);
+        }
         let meta = std::fs::metadata(path).map_err(|source| ProcessorError::Io {
             path: path.into(),
             source,
@@ -108,7 +135,9 @@ impl crate::Processor {
         self.load_video_bytes(&bytes, opts).map_err(named)
     }
 
-    /// [`Processor::load_video`] of an animated image held in memory.
+    /// [`Processor::load_video`] of a file held in memory (e.g. a request's `video_url` data): an animated
+    /// GIF / WebP / APNG, or with the `ffmpeg` feature any container FFmpeg reads here (MP4, MKV, WebM,
+    /// MOV, ...). The size is checked against `ImageLimits::max_file_bytes` first.
     pub fn load_video_bytes(
         &self,
         bytes: &[u8],
@@ -116,6 +145,17 @@ impl crate::Processor {
     ) -> Result<VideoInput, ProcessorError> {
         let cfg = self.video_config_for(opts)?;
         let lim = &self.video_limits;
+        #[cfg(feature = "ffmpeg")]
+        if !bytes.is_empty() && !frames::is_animated_image(bytes) {
+            if bytes.len() as u64 > lim.image.max_file_bytes {
+                return Err(ProcessorError::Video(format!(
+                    "file is {} bytes, over the limit of {} (ImageLimits max_file_bytes)",
+                    bytes.len(),
+                    lim.image.max_file_bytes
+                )));
+            }
+            return self.load_video_ffmpeg(crate::ffmpeg::Source::Bytes(bytes.to_vec()), opts);
+        }
         let probe = frames::probe_bytes(bytes, lim)?;
         if probe.frames == 0 {
             return Err(ProcessorError::Video(format!(
@@ -132,6 +172,25 @@ impl crate::Processor {
             b.push(img.as_raw(), img.width() as usize, img.height() as usize)
         })?;
         b.finish(indices, fps, probe.frames)
+    }
+
+    /// A container through FFmpeg: probe and scan, sample like the other sources (the content's fps unless
+    /// `opts.source_fps` overrides it), then decode only the sampled frames, each resized as it comes.
+    #[cfg(feature = "ffmpeg")]
+    fn load_video_ffmpeg(
+        &self,
+        src: crate::ffmpeg::Source,
+        opts: &VideoOptions,
+    ) -> Result<VideoInput, ProcessorError> {
+        let cfg = self.video_config_for(opts)?;
+        let lim = &self.video_limits;
+        let mut v = crate::ffmpeg::FfmpegVideo::open(src, lim)?;
+        let fps = opts.source_fps.unwrap_or(v.fps);
+        let (indices, mut b) = self.start_video(&cfg, &v.probe, fps)?;
+        v.decode(&indices, lim, &mut |_, img| {
+            b.push(img.as_raw(), img.width() as usize, img.height() as usize)
+        })?;
+        b.finish(indices, fps, v.probe.frames)
     }
 
     fn start_video<'a>(
