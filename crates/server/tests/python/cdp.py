@@ -48,12 +48,12 @@ class Browser:
         hi = max(to_chrome_r, from_chrome_w, 4) + 1
         # fd 3 and fd 4 of the child are the pipe ends; a shell moves them there before exec.
         cmd = [
-            "/bin/sh",
+            "bash",  # (dash takes no fd numbers above 9)
             "-c",
             # (through two free fds above both first: a pipe end may itself be fd 3 or 4)
             f"exec {hi}<&{to_chrome_r} {hi + 1}>&{from_chrome_w}; "
             f'exec 3<&{hi} 4>&{hi + 1} {hi}<&- {hi + 1}>&-; exec "$@"',
-            "sh",
+            "bash",
             chromium_path(),
             *CHROMIUM_FLAGS,
             f"--user-data-dir={self.profile}",
