@@ -277,18 +277,32 @@ def test_remote_and_file_media_refused_by_default(client):
 
 
 def test_too_many_images_is_refused(client):
+    # The default limit is 8 images per request.
     uri = data_uri(png_bytes(4, 4))
-    e = api_error(lambda: ask(client, content=[{"type": "image_url", "image_url": {"url": uri}}] * 300))
-    assert e.status_code in (400, 413), e
-    assert "image" in e.message.lower()
+    e = api_error(lambda: ask(client, content=[{"type": "image_url", "image_url": {"url": uri}}] * 9))
+    assert e.status_code == 400, e
+    assert "image" in e.message.lower(), e.message
     assert_still_serving(client)
 
 
-def test_body_over_the_limit_is_413(client):
-    big = "x" * (200 << 20)
-    e = api_error(lambda: ask(client, content=big))
+@pytest.fixture(scope="module")
+def limits_server():
+    s = Server("--max-body", "1M", "--max-images", "2")
+    yield s
+    s.stop()
+
+
+def test_body_over_the_limit_is_413_and_image_count_checked(limits_server):
+    from openai import OpenAI
+
+    c = OpenAI(base_url=limits_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    e = api_error(lambda: ask(c, content="x" * (2 << 20)))
     assert e.status_code == 413, e
-    assert_still_serving(client)
+    uri = data_uri(png_bytes(4, 4))
+    e = api_error(lambda: ask(c, content=[{"type": "image_url", "image_url": {"url": uri}}] * 3))
+    assert e.status_code == 400 and "image" in e.message.lower(), e
+    assert ask(c, content=with_image(uri), max_tokens=2).choices[0].message.content is not None
+    assert_still_serving(c)
 
 
 def test_placeholder_tokens_in_text_are_plain_text(client):

@@ -156,3 +156,16 @@ def test_markdown_renderer_never_makes_html_from_model_text(page):
     assert out["pre"] == "<b>not bold</b>"
     assert "<img src=x" in out["text"] and "<script>" in out["text"]
     assert out["links"] == ["https://example.org"]
+
+
+def test_large_images_are_scaled_down_before_sending(page):
+    dims = page.evaluate("""(async () => {
+        const c = document.createElement('canvas'); c.width = 4000; c.height = 1000;
+        c.getContext('2d').fillRect(0, 0, 10, 10);
+        const big = await shrink(c.toDataURL('image/png'));
+        const img = new Image(); img.src = big; await img.decode();
+        const keep = document.createElement('canvas'); keep.width = 30; keep.height = 20;
+        const same = keep.toDataURL('image/png');
+        return [img.naturalWidth, img.naturalHeight, big.slice(0, 15), (await shrink(same)) === same];
+    })()""", await_promise=True)
+    assert dims == [2048, 512, "data:image/jpeg", True]
