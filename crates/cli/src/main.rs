@@ -423,7 +423,7 @@ fn cmd_generate(
 
 /// Tokens the vision tower makes of one preprocessed image.
 pub(crate) fn image_tokens(engine: &Engine, img: &qwen3vl_processor::ImageInput) -> usize {
-    let m = engine.processor.image_config().merge_size;
+    let m = engine.processor.image_config().map_or(1, |c| c.merge_size);
     let [t, h, w] = img.grid_thw;
     t * h * w / (m * m).max(1)
 }

@@ -106,7 +106,7 @@ impl Engine {
         if opts.threads > 0 {
             kernels = kernels.with_threads(opts.threads);
         }
-        let processor = Processor::from_dir(dir)?.with_kernels(kernels);
+        let processor = Processor::from_dir_with(dir, kernels)?;
         let generation_config = GenerationConfig::from_dir(dir)?;
         // Checked before the weights load (config.json is parsed again by Model::load; it is small).
         let vocab_size = qwen3vl_model::Config::from_file(&dir.join("config.json"))?

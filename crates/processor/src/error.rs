@@ -39,4 +39,7 @@ pub enum ProcessorError {
     RopeIndex(String),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The checkpoint has no `preprocessor_config.json`: it answers text prompts only.
+    #[error("{dir} has no preprocessor_config.json: this checkpoint takes text prompts only (images and videos need the file)")]
+    NoImageConfig { dir: PathBuf },
 }

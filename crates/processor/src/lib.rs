@@ -227,7 +227,10 @@ pub struct Processor {
     specials: Vec<(String, u32)>,
     template: chat::ChatTemplate,
     ids: SpecialIds,
-    image: ImageConfig,
+    /// None when the checkpoint has no `preprocessor_config.json` (text prompts only).
+    image: Option<ImageConfig>,
+    /// The checkpoint directory (named in errors).
+    dir: std::path::PathBuf,
     norm: [[f32; 256]; 3],
     limits: ImageLimits,
     kernels: Kernels,
@@ -259,10 +262,21 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, ProcessorError> {
 }
 
 impl Processor {
+    /// [`Processor::from_dir_with`] the kernels detected for this CPU.
+    pub fn from_dir(dir: &Path) -> Result<Processor, ProcessorError> {
+        let kernels = Kernels::detect().map_err(|e| ProcessorError::Config {
+            file: "QWEN3VL_SIMD".into(),
+            msg: e.to_string(),
+        })?;
+        Processor::from_dir_with(dir, kernels)
+    }
+
     /// Load `tokenizer.json`, `preprocessor_config.json`, the chat template (`chat_template.jinja`, else
     /// `chat_template.json`, else the built-in Qwen3-VL Instruct one; never the text-only template inside
     /// `tokenizer_config.json`) and the token ids of `config.json` (else looked up in the vocabulary).
-    pub fn from_dir(dir: &Path) -> Result<Processor, ProcessorError> {
+    /// Without `preprocessor_config.json` the processor takes text prompts only: images and videos are
+    /// refused naming the missing file. `kernels` (detected once by the caller) resize the images.
+    pub fn from_dir_with(dir: &Path, kernels: Kernels) -> Result<Processor, ProcessorError> {
         let tok_path = dir.join("tokenizer.json");
         let tok_text = read_limited(&tok_path, limits::MAX_TOKENIZER_BYTES)?;
         let mut tokenizer = Tokenizer::from_str(&tok_text)
@@ -284,7 +298,12 @@ impl Processor {
             .collect();
         specials.sort_by_key(|a| a.1);
 
-        let image = ImageConfig::from_json(&read(&dir.join("preprocessor_config.json"))?)?;
+        let image_path = dir.join("preprocessor_config.json");
+        let image = if image_path.exists() {
+            Some(ImageConfig::from_json(&read(&image_path)?)?)
+        } else {
+            None
+        };
         let (source, origin) =
             if dir.join("chat_template.jinja").is_file() {
                 (
@@ -346,15 +365,18 @@ impl Processor {
         };
         // The preprocessor cuts patches the vision tower must agree with: caught here, naming both fields,
         // not when the first image arrives.
-        for (vision_key, ours, value) in [
-            ("spatial_merge_size", "merge_size", image.merge_size),
-            ("patch_size", "patch_size", image.patch_size),
-            (
-                "temporal_patch_size",
-                "temporal_patch_size",
-                image.temporal_patch_size,
-            ),
-        ] {
+        let checked = image.as_ref().map_or(Vec::new(), |image| {
+            vec![
+                ("spatial_merge_size", "merge_size", image.merge_size),
+                ("patch_size", "patch_size", image.patch_size),
+                (
+                    "temporal_patch_size",
+                    "temporal_patch_size",
+                    image.temporal_patch_size,
+                ),
+            ]
+        });
+        for (vision_key, ours, value) in checked {
             let Some(m) = config
                 .as_ref()
                 .and_then(|c| c.get("vision_config"))
@@ -377,17 +399,16 @@ impl Processor {
         } else {
             VideoConfig::default()
         };
-        let norm = patch::normalize_table(image.image_mean, image.image_std, image.rescale_factor);
-        let kernels = Kernels::detect().map_err(|e| ProcessorError::Config {
-            file: "QWEN3VL_SIMD".into(),
-            msg: e.to_string(),
-        })?;
+        let norm = image.as_ref().map_or([[0.0; 256]; 3], |image| {
+            patch::normalize_table(image.image_mean, image.image_std, image.rescale_factor)
+        });
         Ok(Processor {
             tokenizer,
             specials,
             template,
             ids,
             image,
+            dir: dir.to_path_buf(),
             norm,
             limits: ImageLimits::default(),
             kernels,
@@ -422,8 +443,22 @@ impl Processor {
         &self.limits
     }
 
-    pub fn image_config(&self) -> &ImageConfig {
-        &self.image
+    /// The image settings of `preprocessor_config.json` (an error naming the file when the checkpoint has
+    /// none: it takes text prompts only).
+    pub fn image_config(&self) -> Result<&ImageConfig, ProcessorError> {
+        self.image
+            .as_ref()
+            .ok_or_else(|| ProcessorError::NoImageConfig {
+                dir: self.dir.clone(),
+            })
+    }
+
+    /// The vision merge size, needed only when `n_media > 0` (text prompts need no image settings).
+    fn merge_size_for(&self, n_media: usize) -> Result<usize, ProcessorError> {
+        if n_media == 0 {
+            return Ok(self.image.as_ref().map_or(1, |c| c.merge_size));
+        }
+        Ok(self.image_config()?.merge_size)
     }
 
     pub fn special_ids(&self) -> &SpecialIds {
@@ -454,7 +489,7 @@ impl Processor {
 
     /// smart_resize, resize, normalize and patchify one RGB image (spec 6.2–6.4).
     pub fn preprocess_image(&self, img: &RgbImage) -> Result<ImageInput, ProcessorError> {
-        let c = &self.image;
+        let c = self.image_config()?;
         let (w, h) = (img.width() as usize, img.height() as usize);
         let (rh, rw) = resize::smart_resize(h, w, c.factor(), c.min_pixels, c.max_pixels)?;
         let resized = resize::resize_rgb(&self.kernels, img.as_raw(), h, w, rh, rw)?;
@@ -522,7 +557,8 @@ impl Processor {
                 images: images.len(),
             });
         }
-        let merge2 = self.image.merge_size * self.image.merge_size;
+        let merge = self.merge_size_for(images.len())?;
+        let merge2 = merge * merge;
         let mut input_ids = Vec::with_capacity(raw.len());
         let mut next = images.iter();
         for t in raw {
@@ -534,8 +570,7 @@ impl Processor {
             }
         }
         let image_grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
-        let (positions, rope_delta) =
-            get_rope_index(&input_ids, &image_grids, &self.ids, self.image.merge_size)?;
+        let (positions, rope_delta) = get_rope_index(&input_ids, &image_grids, &self.ids, merge)?;
         Ok(Prompt {
             input_ids,
             positions,

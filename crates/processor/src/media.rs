@@ -38,6 +38,8 @@ impl crate::Processor {
     }
 
     fn video_config_for(&self, opts: &VideoOptions) -> Result<VideoConfig, ProcessorError> {
+        // A checkpoint without preprocessor_config.json takes text only, videos included.
+        self.image_config()?;
         let mut c = self.video.clone();
         if let Some(m) = opts.max_frames {
             if m == 0 {
@@ -228,7 +230,7 @@ impl crate::Processor {
                 videos: videos.len(),
             });
         }
-        let merge = self.image.merge_size;
+        let merge = self.merge_size_for(images.len())?;
         let (mut next_i, mut next_v) = (images.iter(), videos.iter());
         let mut input_ids = Vec::with_capacity(raw.len());
         for t in raw {

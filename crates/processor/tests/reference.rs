@@ -45,7 +45,7 @@ fn images_are_bit_identical() {
             continue;
         }
         // 2. smart_resize + resize.
-        let c = p.image_config();
+        let c = p.image_config().unwrap();
         let (rh, rw) = resize::smart_resize(h, w, c.factor(), c.min_pixels, c.max_pixels).unwrap();
         let resized = resize::resize_rgb(
             &qwen3vl_kernels::Kernels::detect().unwrap(),
