@@ -130,6 +130,10 @@ pub(crate) enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Serve the model over HTTP: an OpenAI-compatible API (`/v1/chat/completions` with streaming,
+    /// images, logprobs, n, JSON output), `/v1/models`, `/tokenize`, `/health`, `/metrics`, and a chat
+    /// page at `/`. The port answers (503) while the model loads.
+    Serve(crate::serve::ServeArgs),
     /// Download a model from the Hugging Face Hub into the cache (only the files the engine reads,
     /// verified) and print its directory; `--model` does this on first use.
     Pull(crate::hub::PullArgs),

@@ -6,6 +6,7 @@ mod bench_kernels;
 mod chat;
 mod hub;
 mod quant;
+mod serve;
 mod video_args;
 
 use std::io::Write;
@@ -142,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             vision_quant: quant.vision_quant,
             out,
         }),
+        Cmd::Serve(a) => serve::cmd_serve(a),
         Cmd::Pull(a) => hub::cmd_pull(&a),
         Cmd::List(a) => hub::cmd_list(&a),
         Cmd::Rm(a) => hub::cmd_rm(&a),
@@ -257,7 +259,7 @@ fn check_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn load_engine(args: &ModelArgs) -> Result<Engine> {
+pub(crate) fn load_engine(args: &ModelArgs) -> Result<Engine> {
     check_threads(args.threads)?;
     let dir = hub::resolve(&args.model)?;
     let bar = progress_bar("loading weights");

@@ -2,8 +2,61 @@
 //! whole-UTF-8 text pieces. [`Generator`] is one sequence's state, pushed a row of logits at a time; the
 //! model step of [`run_loop`] is a closure, so decoding is tested on scripted logits.
 
+use crate::constraint::TokenConstraint;
 use crate::sampling::{Sampler, SamplingError};
 use crate::stream::{StopStrings, StreamDecoder};
+
+/// The log-probability of a chosen token under the model's distribution (log-softmax of the raw logits,
+/// before penalties, temperature and masks), with the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// (id, logprob) of the `top` most likely tokens, most likely first (ties by id).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `id`'s log-probability in `logits` (V) and the `top` best (at most 20 is sensible; NaN counts as
+    /// −∞). One pass for the maximum, one for the normalizer, one for the top list.
+    pub fn of(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+        let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        let max = logits
+            .iter()
+            .map(|&x| clean(x))
+            .fold(f32::NEG_INFINITY, f32::max);
+        let lse = if max == f32::NEG_INFINITY {
+            0.0
+        } else {
+            let sum: f64 = logits
+                .iter()
+                .map(|&x| ((clean(x) - max) as f64).exp())
+                .sum();
+            max as f64 + sum.ln()
+        };
+        let lp = |x: f32| (clean(x) as f64 - lse) as f32;
+        // The best `top` (id, logit), kept sorted descending: insertion into a list of at most `top`.
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &x) in logits.iter().enumerate() {
+                let x = clean(x);
+                if best.len() == top && x <= best[top - 1].1 {
+                    continue;
+                }
+                let at = best.partition_point(|&(_, b)| b >= x);
+                best.insert(at, (i as u32, x));
+                best.truncate(top);
+            }
+        }
+        TokenLogprob {
+            id,
+            logprob: logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&x| lp(x)),
+            top: best.into_iter().map(|(i, x)| (i, lp(x))).collect(),
+        }
+    }
+}
 
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +117,14 @@ pub struct Generator {
     max_tokens: usize,
     eos_ids: Vec<u32>,
     out: LoopOutput,
+    /// Allowed-token rule applied to the logits before sampling (structured output).
+    constraint: Option<Box<dyn TokenConstraint>>,
+    /// Record log-probabilities with this many alternatives (None: not at all).
+    logprobs: Option<usize>,
+    /// (V) the masked copy of the logits when a constraint is set
+    masked: Vec<f32>,
+    /// The log-probability of the last chosen token (when asked for).
+    last_logprob: Option<TokenLogprob>,
 }
 
 /// What [`Generator::push`] asks for next.
@@ -89,7 +150,29 @@ impl Generator {
                 finish: FinishReason::Length,
                 steps: 0,
             },
+            constraint: None,
+            logprobs: None,
+            masked: Vec::new(),
+            last_logprob: None,
         }
+    }
+
+    /// Mask the logits with `constraint` before each sampling step.
+    pub fn with_constraint(mut self, constraint: Box<dyn TokenConstraint>) -> Generator {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    /// Record each chosen token's log-probability and its `top` alternatives (see
+    /// [`Generator::take_logprob`]).
+    pub fn with_logprobs(mut self, top: usize) -> Generator {
+        self.logprobs = Some(top);
+        self
+    }
+
+    /// The log-probability of the token chosen by the last [`Generator::choose`] (once).
+    pub fn take_logprob(&mut self) -> Option<TokenLogprob> {
+        self.last_logprob.take()
     }
 
     /// What was produced so far (all of it after [`Next::Done`]).
@@ -108,7 +191,37 @@ impl Generator {
         logits: &[f32],
         on_text: &mut dyn FnMut(&str) -> Result<(), E>,
     ) -> Result<Next, LoopError<E>> {
-        let id = self.sampler.sample(logits).map_err(LoopError::Sampling)?;
+        let id = self.choose(logits).map_err(LoopError::Sampling)?;
+        self.feed(id, on_text)
+    }
+
+    /// The first half of [`Generator::push`]: mask (if constrained), sample, record the log-probability
+    /// (if asked). The token must then be given to [`Generator::feed`].
+    pub fn choose(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
+        let id = match &mut self.constraint {
+            Some(c) => {
+                self.masked.clear();
+                self.masked.extend_from_slice(logits);
+                c.mask(&mut self.masked)
+                    .map_err(SamplingError::Constraint)?;
+                let id = self.sampler.sample(&self.masked)?;
+                c.accept(id).map_err(SamplingError::Constraint)?;
+                id
+            }
+            None => self.sampler.sample(logits)?,
+        };
+        if let Some(top) = self.logprobs {
+            self.last_logprob = Some(TokenLogprob::of(logits, id, top));
+        }
+        Ok(id)
+    }
+
+    /// The second half of [`Generator::push`]: stop checks and text for the chosen token `id`.
+    pub fn feed<E>(
+        &mut self,
+        id: u32,
+        on_text: &mut dyn FnMut(&str) -> Result<(), E>,
+    ) -> Result<Next, LoopError<E>> {
         self.out.tokens.push(id);
         if self.eos_ids.contains(&id) {
             self.out.finish = FinishReason::Eos;
@@ -231,6 +344,53 @@ mod tests {
             stop_strings: stops.iter().map(|s| s.to_string()).collect(),
             max_tokens,
         }
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_sorted_top() {
+        let l = [1.0f32, 3.0, f32::NAN, 2.0, 3.0];
+        let t = TokenLogprob::of(&l, 3, 3);
+        let z: f64 = [1.0f64, 3.0, 2.0, 3.0].iter().map(|x| x.exp()).sum();
+        assert!((t.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6, "{t:?}");
+        let ids: Vec<u32> = t.top.iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec![1, 4, 3]);
+        assert!((t.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(TokenLogprob::of(&l, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(TokenLogprob::of(&l, 0, 0).top.is_empty());
+    }
+
+    /// Allows only token 1 ("b") then only EOS.
+    struct OnlyB(bool);
+    impl TokenConstraint for OnlyB {
+        fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+            let keep = if self.0 { 5 } else { 1 };
+            for (i, x) in logits.iter_mut().enumerate() {
+                if i != keep {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            Ok(())
+        }
+        fn accept(&mut self, id: u32) -> Result<(), String> {
+            self.0 = id == 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn constraint_masks_before_sampling_and_logprobs_use_raw_logits() {
+        let sampler = Sampler::new(SamplingParams::greedy()).unwrap();
+        let mut gen = Generator::new(sampler, StreamDecoder::new(table(), true), &cfg(10, &[]))
+            .with_constraint(Box::new(OnlyB(false)))
+            .with_logprobs(1);
+        let mut sink = |_: &str| Ok::<(), ()>(());
+        assert_eq!(gen.push(&one_hot(0), &mut sink).ok(), Some(Next::Feed(1)));
+        let lp = gen.take_logprob().unwrap();
+        assert_eq!((lp.id, lp.top[0].0), (1, 0));
+        assert!(lp.logprob < -9.0);
+        assert_eq!(gen.push(&one_hot(0), &mut sink).ok(), Some(Next::Done));
+        assert_eq!(gen.output().text, "b");
+        assert_eq!(gen.output().finish, FinishReason::Eos);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! checkpoints for trying the engine without weights.
 
 pub mod bench;
+pub mod constraint;
 pub mod cpu;
 pub mod generate;
 pub mod generation_config;
@@ -22,10 +23,14 @@ pub mod stream;
 pub use qwen3vl_hub as hub;
 pub use qwen3vl_hub::resolve_model;
 
-pub use generate::FinishReason;
+pub use constraint::{ConstraintFactory, JsonGrammar, TokenConstraint};
+pub use generate::{FinishReason, TokenLogprob};
 pub use generation_config::GenerationConfig;
 pub use request::{History, Prepared};
 pub use sampling::{Sampler, SamplingParams};
-pub use scheduler::{Event, Request, RequestHandle, Scheduler, SchedulerOptions};
+pub use scheduler::{
+    CancelToken, Event, Request, RequestHandle, Scheduler, SchedulerLoad, SchedulerOptions,
+    SeqOptions,
+};
 pub use session::{Engine, EngineError, EngineOptions, GenerateParams, Generation, Session};
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};

@@ -30,6 +30,9 @@ pub enum SamplingError {
     Empty,
     #[error("every logit is -inf or NaN after penalties and filters; nothing to sample")]
     NoCandidates,
+    /// The output constraint (structured output) failed.
+    #[error("{0}")]
+    Constraint(String),
 }
 
 /// How to choose tokens. `temperature == 0` means greedy.

@@ -104,6 +104,7 @@ fn batched_requests_match_each_alone() {
                     done = Some(tokens);
                 }
                 Event::Error(m) => panic!("request {i}: {m}"),
+                Event::Token(_) => {}
             }
         }
         assert_eq!(done.as_ref(), Some(want), "request {i}: tokens");

@@ -20,15 +20,16 @@
 mod cache;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use qwen3vl_processor::{ImageInput, Message};
 
-use crate::generate::FinishReason;
+use crate::constraint::ConstraintFactory;
+use crate::generate::{FinishReason, TokenLogprob};
 use crate::request::{History, Prepared};
 use crate::session::{Engine, EngineError, GenerateParams};
 use worker::Worker;
@@ -78,6 +79,54 @@ pub struct Request {
     pub params: GenerateParams,
 }
 
+/// Per-request options beyond the decoding settings: several answers, log-probabilities, constrained
+/// output.
+#[derive(Clone, Default)]
+pub struct SeqOptions {
+    /// Answers sampled for the prompt (0 and 1 both mean one). They share the prompt's prefill: the
+    /// first sequence prefills, the others start from a copy of its KV rows, each with its own generator
+    /// (seed, seed + 1, ...).
+    pub n: usize,
+    /// Send an [`Event::Token`] with the log-probability of each chosen token and this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Restrict the tokens each sequence may choose (a fresh constraint per sequence).
+    pub constraint: Option<Arc<dyn ConstraintFactory>>,
+}
+
+impl std::fmt::Debug for SeqOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqOptions")
+            .field("n", &self.n)
+            .field("logprobs", &self.logprobs)
+            .field("constraint", &self.constraint.is_some())
+            .finish()
+    }
+}
+
+/// What the worker is doing, for monitoring (`/metrics`) and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerLoad {
+    /// Sequences in the batch.
+    pub running: usize,
+    /// Requests queued behind them (not yet admitted).
+    pub waiting: usize,
+    /// Sequences removed because their caller cancelled or went away, since the start.
+    pub cancelled: u64,
+    /// Sequences that finished (EOS, stop, length), since the start.
+    pub finished: u64,
+    /// Model steps run since the start.
+    pub steps: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    cancelled: AtomicU64,
+    finished: AtomicU64,
+    steps: AtomicU64,
+}
+
 /// Timings of one sequence.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SeqStats {
@@ -100,6 +149,9 @@ pub struct SeqStats {
 pub enum Event {
     /// A whole-UTF-8 piece of the answer.
     Text(String),
+    /// The log-probability of a chosen token (only with [`SeqOptions::logprobs`]); sent before the text
+    /// that token completes.
+    Token(TokenLogprob),
     Done {
         tokens: Vec<u32>,
         text: String,
@@ -131,6 +183,16 @@ impl RequestHandle {
         self.events.recv().ok()
     }
 
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
+    }
+
+    /// A switch that cancels this request from elsewhere (e.g. when an HTTP client goes away).
+    pub fn cancel_token(&self) -> CancelToken {
+        CancelToken(self.cancel.clone())
+    }
+
     /// Stop the request: its sequence leaves the batch at the next step and frees its KV memory.
     /// (Dropping the handle does the same.)
     pub fn cancel(&self) {
@@ -141,7 +203,7 @@ impl RequestHandle {
     pub fn wait(self) -> Result<Completion, EngineError> {
         while let Some(e) = self.recv() {
             match e {
-                Event::Text(_) => {}
+                Event::Text(_) | Event::Token(_) => {}
                 Event::Done {
                     tokens,
                     text,
@@ -164,6 +226,20 @@ impl RequestHandle {
     }
 }
 
+/// Cancels a request (see [`RequestHandle::cancel_token`]).
+#[derive(Clone, Debug)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for RequestHandle {
     fn drop(&mut self) {
         // A caller that goes away frees the sequence's slot at the next step, text or not.
@@ -183,6 +259,7 @@ struct Inner {
     opts: SchedulerOptions,
     tx: Mutex<Sender<Job>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
 }
 
 impl Drop for Inner {
@@ -208,6 +285,28 @@ struct Job {
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
+    opts: SeqOptions,
+    /// The other answers of an `n` > 1 request, started from this one's KV after its prefill.
+    forks: Vec<Fork>,
+}
+
+/// The caller's channel of one more answer to a job's prompt.
+struct Fork {
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Job {
+    /// Every answer of this job has been cancelled.
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+            && self.forks.iter().all(|f| f.cancel.load(Ordering::Relaxed))
+    }
+
+    /// Sequences this job becomes.
+    fn width(&self) -> usize {
+        1 + self.forks.len()
+    }
 }
 
 impl Scheduler {
@@ -220,11 +319,13 @@ impl Scheduler {
             )));
         }
         let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let worker = {
             let engine = engine.clone();
+            let counters = counters.clone();
             std::thread::Builder::new()
                 .name("qwen3vl-scheduler".into())
-                .spawn(move || Worker::new(&engine, opts).run(rx))
+                .spawn(move || Worker::new(&engine, opts, counters).run(rx))
                 .map_err(EngineError::Output)?
         };
         Ok(Scheduler {
@@ -233,6 +334,7 @@ impl Scheduler {
                 opts,
                 tx: Mutex::new(tx),
                 worker: Mutex::new(Some(worker)),
+                counters,
             }),
         })
     }
@@ -241,10 +343,45 @@ impl Scheduler {
         &self.inner.engine
     }
 
+    pub fn options(&self) -> &SchedulerOptions {
+        &self.inner.opts
+    }
+
+    /// Running and waiting sequences and totals (updated by the worker at every step).
+    pub fn load(&self) -> SchedulerLoad {
+        let c = &self.inner.counters;
+        SchedulerLoad {
+            running: c.running.load(Ordering::Relaxed),
+            waiting: c.waiting.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            finished: c.finished.load(Ordering::Relaxed),
+            steps: c.steps.load(Ordering::Relaxed),
+        }
+    }
+
     /// Prepares `req` (tokenized here, in the caller's thread) and queues it. Refused at once, with the
     /// numbers, when it could never fit: its prompt plus `max_tokens` over the context or over the KV budget.
     /// `max_tokens` unset takes as much as fits in both.
     pub fn submit(&self, req: Request) -> Result<RequestHandle, EngineError> {
+        let mut h = self.submit_with(req, SeqOptions::default())?;
+        Ok(h.pop().expect("one handle per answer"))
+    }
+
+    /// [`Scheduler::submit`] with `opts`: one handle per answer (`opts.n` of them). The request is refused
+    /// at once when its `n` sequences could never run together (over `max_batch`, or their KV over the
+    /// budget).
+    pub fn submit_with(
+        &self,
+        req: Request,
+        opts: SeqOptions,
+    ) -> Result<Vec<RequestHandle>, EngineError> {
+        let n = opts.n.max(1);
+        let max_batch = self.inner.opts.max_batch;
+        if n > max_batch {
+            return Err(EngineError::Input(format!(
+                "n = {n} answers is over the {max_batch} sequences that run at once"
+            )));
+        }
         let engine = &self.inner.engine;
         let budget = self.inner.opts.kv_tokens;
         let capacity = engine.context_len().min(budget);
@@ -262,14 +399,42 @@ impl Scheduler {
                 }
                 e => e,
             })?;
-        let (events_tx, events) = mpsc::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
+        if prepared.kv_tokens().saturating_mul(n) > budget {
+            return Err(EngineError::Input(format!(
+                "n = {n} answers of {} tokens each (prompt and max_tokens) need {} KV tokens, over the \
+                 budget of {budget}",
+                prepared.kv_tokens(),
+                prepared.kv_tokens().saturating_mul(n)
+            )));
+        }
+        let mut handles = Vec::with_capacity(n);
+        let mut forks = Vec::with_capacity(n - 1);
+        let mut first = None;
+        for k in 0..n {
+            let (events_tx, events) = mpsc::channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            handles.push(RequestHandle {
+                events,
+                cancel: cancel.clone(),
+            });
+            if k == 0 {
+                first = Some((events_tx, cancel));
+            } else {
+                forks.push(Fork {
+                    events: events_tx,
+                    cancel,
+                });
+            }
+        }
+        let (events_tx, cancel) = first.expect("n >= 1");
         let job = Job {
             prepared,
             params: req.params,
             events: events_tx,
-            cancel: cancel.clone(),
+            cancel,
             submitted: Instant::now(),
+            opts,
+            forks,
         };
         self.inner
             .tx
@@ -277,6 +442,6 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .send(job)
             .map_err(|_| EngineError::Input("the scheduler has stopped".into()))?;
-        Ok(RequestHandle { events, cancel })
+        Ok(handles)
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use qwen3vl_model::{KvCache, Logits, RunState, Seq, VisionOutput, VisionRows};
 
 use super::cache::{encode_cached, token_keys};
-use super::{Event, Job, SchedulerOptions, SeqStats};
+use super::{Counters, Event, Job, SchedulerOptions, SeqStats};
 use crate::generate::{Generator, LoopError, Next};
 use crate::sampling::Sampler;
 use crate::session::Engine;
@@ -49,10 +49,15 @@ pub(super) struct Worker<'e> {
     vision_cache: Vec<(u64, Arc<VisionOutput>)>,
     state: RunState,
     clock: u64,
+    counters: Arc<Counters>,
 }
 
 impl<'e> Worker<'e> {
-    pub(super) fn new(engine: &'e Engine, opts: SchedulerOptions) -> Worker<'e> {
+    pub(super) fn new(
+        engine: &'e Engine,
+        opts: SchedulerOptions,
+        counters: Arc<Counters>,
+    ) -> Worker<'e> {
         Worker {
             engine,
             opts,
@@ -62,13 +67,15 @@ impl<'e> Worker<'e> {
             vision_cache: Vec::new(),
             state: RunState::new(),
             clock: 0,
+            counters,
         }
     }
 
+    /// KV rows reserved: running sequences (and the answers they will fork) and kept prefixes.
     fn used(&self) -> usize {
         self.running
             .iter()
-            .map(|r| r.cache.max_len())
+            .map(|r| r.cache.max_len() * r.job.width())
             .sum::<usize>()
             + self.kept.iter().map(|k| k.cache.max_len()).sum::<usize>()
     }
@@ -91,10 +98,15 @@ impl<'e> Worker<'e> {
                 }
             }
             // 2. Cancelled requests leave; waiting ones join while the budget allows.
-            self.running
-                .retain(|r| !r.job.cancel.load(Ordering::Relaxed));
-            self.waiting.retain(|j| !j.cancel.load(Ordering::Relaxed));
+            let before = self.running.len() + self.waiting.len();
+            self.running.retain(|r| !r.job.cancelled());
+            self.waiting.retain(|j| !j.cancelled());
+            let gone = before - self.running.len() - self.waiting.len();
+            self.counters
+                .cancelled
+                .fetch_add(gone as u64, Ordering::Relaxed);
             self.admit();
+            self.publish();
             if self.running.is_empty() {
                 if !open && self.waiting.is_empty() {
                     return;
@@ -113,17 +125,30 @@ impl<'e> Worker<'e> {
             }
             // 3. One step.
             self.step();
+            self.counters.steps.fetch_add(1, Ordering::Relaxed);
+            self.publish();
         }
+    }
+
+    fn publish(&self) {
+        let c = &self.counters;
+        c.running.store(self.running.len(), Ordering::Relaxed);
+        c.waiting
+            .store(self.waiting.iter().map(Job::width).sum(), Ordering::Relaxed);
     }
 
     /// Moves waiting requests into the batch, in order, while their KV reservation fits the budget
     /// (evicting kept prefixes if needed).
     fn admit(&mut self) {
-        while self.running.len() < self.opts.max_batch {
+        loop {
             let Some(job) = self.waiting.front() else {
                 return;
             };
-            let need = job.prepared.kv_tokens();
+            let slots: usize = self.running.iter().map(|r| r.job.width()).sum();
+            if slots + job.width() > self.opts.max_batch {
+                return;
+            }
+            let need = job.prepared.kv_tokens() * job.width();
             let cfg = self.engine.model.config();
             let merge = cfg.vision.spatial_merge_size;
             let keys = token_keys(
@@ -179,7 +204,8 @@ impl<'e> Worker<'e> {
                 return;
             }
             let job = self.waiting.pop_front().expect("front exists");
-            let mut cache = KvCache::new(&self.engine.model.config().text, need);
+            let mut cache =
+                KvCache::new(&self.engine.model.config().text, job.prepared.kv_tokens());
             let mut done = 0;
             if let Some((i, n)) = best {
                 if cache.copy_prefix_from(&self.kept[i].cache, n).is_ok() {
@@ -188,13 +214,16 @@ impl<'e> Worker<'e> {
                     self.kept[i].last_used = self.clock;
                 }
             }
-            match Sampler::new(job.params.sampling.clone()) {
-                Ok(sampler) => {
-                    let r = self.start(job, keys, cache, done, sampler);
+            match generator(self.engine, &job, job.params.sampling.seed) {
+                Ok(gen) => {
+                    let r = self.start(job, keys, cache, done, gen);
                     self.running.push(r);
                 }
                 Err(e) => {
-                    let _ = job.events.send(Event::Error(e.to_string()));
+                    for f in &job.forks {
+                        let _ = f.events.send(Event::Error(e.clone()));
+                    }
+                    let _ = job.events.send(Event::Error(e));
                 }
             }
         }
@@ -206,15 +235,9 @@ impl<'e> Worker<'e> {
         keys: Vec<u64>,
         cache: KvCache,
         done: usize,
-        mut sampler: Sampler,
+        gen: Generator,
     ) -> Running {
         let engine = self.engine;
-        sampler.add_prompt_tokens(&job.prepared.tokens);
-        let gen = Generator::new(
-            sampler,
-            StreamDecoder::new(engine.token_bytes.clone(), true),
-            &engine.stop_config(&job.params, job.prepared.max_tokens),
-        );
         let img = engine.model.config().image_token_id;
         let image_rows = job.prepared.tokens[..done]
             .iter()
@@ -315,18 +338,30 @@ impl<'e> Worker<'e> {
                 return;
             }
         };
+        // (row of the logits, sequence) to sample.
+        let mut rows: Vec<(usize, usize)> = owners.iter().copied().enumerate().collect();
         if let Some((i, end, n_img)) = advanced {
             let r = &mut self.running[i];
             r.done = end;
             r.image_rows += n_img;
             if end == r.job.prepared.tokens.len() {
                 r.vision = None;
+                // The prompt is in: the other answers of the request start from copies of its rows and
+                // sample from the same logits.
+                let row = rows.iter().find(|x| x.1 == i).map(|x| x.0);
+                if let Some(row) = row {
+                    for child in Self::fork(engine, &mut self.running, i) {
+                        self.running.push(child);
+                        rows.push((row, self.running.len() - 1));
+                    }
+                }
             }
         }
         // 4. Sample each sequence's next token; finished ones leave.
         let v = model.vocab_size();
         let mut finished: Vec<usize> = Vec::new();
-        for (row, &i) in logits.chunks_exact(v).zip(&owners) {
+        for &(row, i) in &rows {
+            let row = &logits[row * v..(row + 1) * v];
             let r = &mut self.running[i];
             let now = Instant::now();
             if r.first_token.is_none() {
@@ -334,9 +369,17 @@ impl<'e> Worker<'e> {
                 r.stats.ttft_seconds = (now - r.job.submitted).as_secs_f64();
             }
             let events = &r.job.events;
-            let pushed = r.gen.push(row, &mut |s: &str| {
-                events.send(Event::Text(s.to_string())).map_err(|_| ())
-            });
+            let pushed = match r.gen.choose(row) {
+                Ok(id) => {
+                    if let Some(lp) = r.gen.take_logprob() {
+                        let _ = events.send(Event::Token(lp));
+                    }
+                    r.gen.feed(id, &mut |s: &str| {
+                        events.send(Event::Text(s.to_string())).map_err(|_| ())
+                    })
+                }
+                Err(e) => Err(LoopError::Sampling(e)),
+            };
             match pushed {
                 Ok(Next::Feed(id)) => {
                     r.next_id = id;
@@ -353,6 +396,10 @@ impl<'e> Worker<'e> {
                 }
             }
         }
+        finished.sort_unstable();
+        self.counters
+            .finished
+            .fetch_add(finished.len() as u64, Ordering::Relaxed);
         for &i in finished.iter().rev() {
             let mut r = self.running.swap_remove(i);
             let out = r.gen.output();
@@ -385,4 +432,80 @@ impl<'e> Worker<'e> {
             }
         }
     }
+
+    /// The other answers of running sequence `i` (its prompt just prefilled): each a copy of its KV rows
+    /// with its own generator (seed + k). Forks whose caller has gone are dropped.
+    fn fork(engine: &Engine, running: &mut [Running], i: usize) -> Vec<Running> {
+        let forks = std::mem::take(&mut running[i].job.forks);
+        let mut out = Vec::with_capacity(forks.len());
+        for (k, f) in forks.into_iter().enumerate() {
+            if f.cancel.load(Ordering::Relaxed) {
+                continue;
+            }
+            let p = &running[i];
+            let seed = p.job.params.sampling.seed.wrapping_add(k as u64 + 1);
+            let gen = match generator(engine, &p.job, seed) {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = f.events.send(Event::Error(e));
+                    continue;
+                }
+            };
+            let mut cache = KvCache::new(&engine.model.config().text, p.cache.max_len());
+            if let Err(e) = cache.copy_prefix_from(&p.cache, p.cache.len()) {
+                let _ = f.events.send(Event::Error(e.to_string()));
+                continue;
+            }
+            let prepared = crate::request::Prepared {
+                tokens: p.job.prepared.tokens.clone(),
+                positions: p.job.prepared.positions.clone(),
+                vision: Vec::new(),
+                rope_delta: p.job.prepared.rope_delta,
+                max_tokens: p.job.prepared.max_tokens,
+            };
+            let job = Job {
+                prepared,
+                params: p.job.params.clone(),
+                events: f.events,
+                cancel: f.cancel,
+                submitted: p.job.submitted,
+                opts: p.job.opts.clone(),
+                forks: Vec::new(),
+            };
+            out.push(Running {
+                job,
+                keys: p.keys.clone(),
+                cache,
+                gen,
+                vision: None,
+                done: p.done,
+                image_rows: p.image_rows,
+                next_id: 0,
+                next_pos: 0,
+                stats: p.stats.clone(),
+                first_token: None,
+            });
+        }
+        out
+    }
+}
+
+/// The decoding state of one answer of `job`, its sampler seeded with `seed`.
+fn generator(engine: &Engine, job: &Job, seed: u64) -> Result<Generator, String> {
+    let mut sampling = job.params.sampling.clone();
+    sampling.seed = seed;
+    let mut sampler = Sampler::new(sampling).map_err(|e| e.to_string())?;
+    sampler.add_prompt_tokens(&job.prepared.tokens);
+    let mut gen = Generator::new(
+        sampler,
+        StreamDecoder::new(engine.token_bytes.clone(), true),
+        &engine.stop_config(&job.params, job.prepared.max_tokens),
+    );
+    if let Some(f) = &job.opts.constraint {
+        gen = gen.with_constraint(f.start()?);
+    }
+    if let Some(top) = job.opts.logprobs {
+        gen = gen.with_logprobs(top);
+    }
+    Ok(gen)
 }

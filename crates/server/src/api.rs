@@ -1,0 +1,970 @@
+//! Request validation: the JSON of `POST /v1/chat/completions` turned into a checked [`ChatRequest`], or
+//! an OpenAI-style error naming the field (RELIABILITY 7, 10). Everything a client controls is checked
+//! here, before any image is decoded or any text tokenized; unknown fields are ignored.
+
+use serde_json::{Map, Value};
+
+/// An HTTP error with OpenAI's body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// The request field at fault (`messages[0].content[1].image_url`), if one is.
+    pub param: Option<String>,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`, `server_error`, ...
+    pub kind: &'static str,
+    /// Seconds for a `Retry-After` header (429 / 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 about `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            param: Some(param.into()),
+            kind: "invalid_request_error",
+            retry_after: None,
+        }
+    }
+
+    /// A 400 about the request as a whole.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            param: None,
+            kind: "invalid_request_error",
+            retry_after: None,
+        }
+    }
+
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            kind,
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+/// Limits the validation enforces (from the server's options).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most images in one request (counted before any is fetched or decoded).
+    pub max_images: usize,
+    /// Most answers per request (`n`): the sequences that run at once.
+    pub max_n: usize,
+    /// The context: `max_tokens` above it can never fit.
+    pub context: usize,
+    /// Most stop strings, and bytes per stop string.
+    pub max_stop: usize,
+    pub max_stop_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_images: 8,
+            max_n: 4,
+            context: 4096,
+            max_stop: 16,
+            max_stop_bytes: 256,
+        }
+    }
+}
+
+/// Most alternatives per token (`top_logprobs`), as in OpenAI's API.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One part of a message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Text(String),
+    /// The `image_url.url` (a `data:` URI, `file://` path or `http(s)` URL), and its field path for errors.
+    Image {
+        url: String,
+        param: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub parts: Vec<Part>,
+}
+
+/// What the output must be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema.
+    JsonSchema(Value),
+}
+
+/// A checked chat-completions request. Sampling fields left unset take the checkpoint's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Log-probabilities with this many alternatives per token (None: not asked).
+    pub logprobs: Option<usize>,
+    pub n: usize,
+    pub response_format: ResponseFormat,
+}
+
+impl ChatRequest {
+    pub fn image_count(&self) -> usize {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .filter(|p| matches!(p, Part::Image { .. }))
+            .count()
+    }
+}
+
+/// Parses a JSON body; a body that is not JSON is a 400 saying so (NaN and Infinity are not JSON).
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice::<Value>(body).map_err(|e| {
+        let hint =
+            if body.windows(3).any(|w| w == b"NaN") || body.windows(8).any(|w| w == b"Infinity") {
+                " (NaN and Infinity are not JSON numbers: send a finite number)"
+            } else {
+                ""
+            };
+        ApiError::bad_request(format!("the request body is not valid JSON{hint}: {e}"))
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Field accessors that name the field and what it should be.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    /// The field, None when absent or null.
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+
+    fn f32_in(&self, k: &str, lo: f32, hi: f32, lo_open: bool) -> Result<Option<f32>, ApiError> {
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
+        let x = v.as_f64().ok_or_else(|| {
+            ApiError::invalid(k, format!("{k} must be a number, not {}", type_name(v)))
+        })?;
+        let ok = x.is_finite()
+            && (if lo_open {
+                x > lo as f64
+            } else {
+                x >= lo as f64
+            })
+            && x <= hi as f64;
+        if !ok {
+            let low = if lo_open { "<" } else { "<=" };
+            return Err(ApiError::invalid(
+                k,
+                format!("{k} = {x} is out of range: it must be {lo} {low} {k} <= {hi}"),
+            ));
+        }
+        Ok(Some(x as f32))
+    }
+
+    fn uint(&self, k: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
+        let bad = || {
+            ApiError::invalid(
+                k,
+                format!("{k} must be an integer from {min} to {max}, not {v}"),
+            )
+        };
+        let x = match v {
+            Value::Number(n) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19)
+                        .map(|f| f as u64)
+                })
+                .ok_or_else(bad)?,
+            _ => {
+                return Err(ApiError::invalid(
+                    k,
+                    format!("{k} must be an integer, not {}", type_name(v)),
+                ))
+            }
+        };
+        if x < min || x > max {
+            return Err(bad());
+        }
+        Ok(Some(x))
+    }
+
+    fn bool(&self, k: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(ApiError::invalid(
+                k,
+                format!("{k} must be a boolean, not {}", type_name(v)),
+            )),
+        }
+    }
+}
+
+/// Checks a chat-completions body (already parsed) against `limits`.
+pub fn parse_chat(body: &Value, limits: &Limits) -> Result<ChatRequest, ApiError> {
+    let obj = body.as_object().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the request body must be a JSON object, not {}",
+            type_name(body)
+        ))
+    })?;
+    let f = Fields(obj);
+    let model = match f.get("model") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!("model must be a string, not {}", type_name(v)),
+            ))
+        }
+    };
+    let messages = parse_messages(f.get("messages"), limits)?;
+
+    // max_tokens (or its newer name): at least 1, at most the context.
+    let mut max_tokens = None;
+    for k in ["max_completion_tokens", "max_tokens"] {
+        if let Some(v) = f.get(k) {
+            match v.as_u64() {
+                Some(0) => {
+                    return Err(ApiError::invalid(
+                        k,
+                        format!("{k} must be at least 1, not 0"),
+                    ))
+                }
+                Some(n) if n as u128 > limits.context as u128 => return Err(ApiError::invalid(
+                    k,
+                    format!(
+                        "{k} = {n} is over the context of {} tokens (prompt and answer together)",
+                        limits.context
+                    ),
+                )),
+                Some(n) => {
+                    max_tokens = Some(n as usize);
+                    break;
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        k,
+                        format!("{k} must be a positive integer, not {v}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    let temperature = f.f32_in("temperature", 0.0, 2.0, false)?;
+    let top_p = f.f32_in("top_p", 0.0, 1.0, true)?;
+    let min_p = f.f32_in("min_p", 0.0, 1.0, false)?;
+    let presence_penalty = f.f32_in("presence_penalty", -2.0, 2.0, false)?;
+    let frequency_penalty = f.f32_in("frequency_penalty", -2.0, 2.0, false)?;
+    let repetition_penalty = f.f32_in("repetition_penalty", 0.0, 10.0, true)?;
+    // top_k: -1 and 0 both mean off (llama.cpp and vLLM use -1).
+    let top_k = match f.get("top_k") {
+        Some(v) if v.as_i64() == Some(-1) => Some(0),
+        _ => f.uint("top_k", 0, 1 << 20)?.map(|k| k as usize),
+    };
+    let seed = match f.get("seed") {
+        None => None,
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(s), _) => Some(s),
+            (None, Some(s)) => Some(s as u64),
+            _ => {
+                return Err(ApiError::invalid(
+                    "seed",
+                    format!("seed must be an integer, not {v}"),
+                ))
+            }
+        },
+    };
+
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("stop[{i}]"),
+                        format!("stop[{i}] must be a string, not {}", type_name(s)),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "stop must be a string or an array of strings, not {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    if stop.len() > limits.max_stop {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "stop has {} strings, over the limit of {}",
+                stop.len(),
+                limits.max_stop
+            ),
+        ));
+    }
+    if let Some(i) = stop.iter().position(|s| s.len() > limits.max_stop_bytes) {
+        return Err(ApiError::invalid(
+            format!("stop[{i}]"),
+            format!(
+                "stop[{i}] is {} bytes, over the limit of {}",
+                stop[i].len(),
+                limits.max_stop_bytes
+            ),
+        ));
+    }
+
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(o)) => Fields(o)
+            .bool("include_usage")
+            .map_err(|e| ApiError {
+                param: Some("stream_options.include_usage".into()),
+                message: format!("stream_options.{}", e.message),
+                ..e
+            })?
+            .unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                format!("stream_options must be an object, not {}", type_name(v)),
+            ))
+        }
+    };
+
+    // logprobs: a boolean (chat API) or a count of alternatives (completions API), <= 20 either way.
+    let top = f.uint("top_logprobs", 0, MAX_TOP_LOGPROBS as u64)?;
+    let logprobs = match f.get("logprobs") {
+        None | Some(Value::Bool(false)) => {
+            if top.is_some_and(|t| t > 0) {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true",
+                ));
+            }
+            None
+        }
+        Some(Value::Bool(true)) => Some(top.unwrap_or(0) as usize),
+        Some(Value::Number(_)) => f
+            .uint("logprobs", 0, MAX_TOP_LOGPROBS as u64)?
+            .map(|n| n as usize),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!("logprobs must be a boolean, not {}", type_name(v)),
+            ))
+        }
+    };
+
+    let n = f.uint("n", 1, limits.max_n as u64).map_err(|e| {
+        if f.get("n")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > limits.max_n as u64)
+        {
+            ApiError::invalid(
+                "n",
+                format!(
+                    "n = {} is over the {} answers this server runs at once (its --parallel)",
+                    f.get("n").map(|v| v.to_string()).unwrap_or_default(),
+                    limits.max_n
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    let response_format = parse_response_format(f.get("response_format"))?;
+    if let Some(v) = f.get("user") {
+        if !v.is_string() {
+            return Err(ApiError::invalid(
+                "user",
+                format!("user must be a string, not {}", type_name(v)),
+            ));
+        }
+    }
+    Ok(ChatRequest {
+        model,
+        messages,
+        max_tokens,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        presence_penalty,
+        frequency_penalty,
+        repetition_penalty,
+        seed,
+        stop,
+        stream,
+        include_usage,
+        logprobs,
+        n: n.unwrap_or(1) as usize,
+        response_format,
+    })
+}
+
+fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+    let Some(v) = v else {
+        return Ok(ResponseFormat::Text);
+    };
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::invalid(
+            "response_format",
+            format!("response_format must be an object, not {}", type_name(v)),
+        )
+    })?;
+    match o.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let js = o
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format.json_schema",
+                        "response_format.json_schema must be an object with a `schema`",
+                    )
+                })?;
+            match js.get("schema") {
+                Some(s @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(s.clone())),
+                Some(Value::Bool(true)) | None => Ok(ResponseFormat::JsonObject),
+                Some(s) => Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    format!(
+                        "response_format.json_schema.schema must be an object, not {}",
+                        type_name(s)
+                    ),
+                )),
+            }
+        }
+        Some(t) => Err(ApiError::invalid(
+            "response_format.type",
+            format!("response_format.type {t:?} is not one of text, json_object, json_schema"),
+        )),
+        None => Err(ApiError::invalid(
+            "response_format.type",
+            "response_format.type must be one of text, json_object, json_schema",
+        )),
+    }
+}
+
+fn parse_messages(v: Option<&Value>, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+    let arr = match v {
+        None => return Err(ApiError::invalid("messages", "messages is required")),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::invalid("messages", "messages must not be empty"))
+        }
+        Some(Value::Array(a)) => a,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("messages must be an array, not {}", type_name(v)),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(arr.len());
+    let mut images = 0usize;
+    for (i, m) in arr.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let o = m.as_object().ok_or_else(|| {
+            ApiError::invalid(&at, format!("{at} must be an object, not {}", type_name(m)))
+        })?;
+        let role = match o.get("role") {
+            Some(Value::String(r))
+                if ["system", "user", "assistant", "developer"].contains(&r.as_str()) =>
+            {
+                // OpenAI's newer name for the system role.
+                if r == "developer" {
+                    "system".to_string()
+                } else {
+                    r.clone()
+                }
+            }
+            Some(Value::String(r)) => {
+                return Err(ApiError::invalid(
+                    format!("{at}.role"),
+                    format!("{at}.role {r:?} is not supported (system, user or assistant)"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{at}.role"),
+                    format!("{at}.role must be a string: system, user or assistant"),
+                ))
+            }
+        };
+        let parts = match o.get("content") {
+            None | Some(Value::Null) if role == "assistant" => Vec::new(),
+            Some(Value::String(s)) => vec![Part::Text(s.clone())],
+            Some(Value::Array(items)) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for (j, p) in items.iter().enumerate() {
+                    let pat = format!("{at}.content[{j}]");
+                    let po = p.as_object().ok_or_else(|| {
+                        ApiError::invalid(
+                            &pat,
+                            format!("{pat} must be an object, not {}", type_name(p)),
+                        )
+                    })?;
+                    match po.get("type").and_then(Value::as_str) {
+                        Some("text") => match po.get("text") {
+                            Some(Value::String(t)) => parts.push(Part::Text(t.clone())),
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    format!("{pat}.text"),
+                                    format!("{pat}.text must be a string"),
+                                ))
+                            }
+                        },
+                        Some("image_url") => {
+                            if role != "user" {
+                                return Err(ApiError::invalid(
+                                    &pat,
+                                    format!("{pat}: images are only supported in user messages"),
+                                ));
+                            }
+                            let url = match po.get("image_url") {
+                                Some(Value::String(u)) => u.clone(),
+                                Some(Value::Object(io)) => match io.get("url") {
+                                    Some(Value::String(u)) => u.clone(),
+                                    _ => {
+                                        return Err(ApiError::invalid(
+                                            format!("{pat}.image_url.url"),
+                                            format!("{pat}.image_url.url must be a string"),
+                                        ))
+                                    }
+                                },
+                                _ => {
+                                    return Err(ApiError::invalid(
+                                        format!("{pat}.image_url"),
+                                        format!("{pat}.image_url must be an object with a url"),
+                                    ))
+                                }
+                            };
+                            images += 1;
+                            if images > limits.max_images {
+                                return Err(ApiError::invalid(
+                                    "messages",
+                                    format!(
+                                        "the request has more than {} images, the limit of this server",
+                                        limits.max_images
+                                    ),
+                                ));
+                            }
+                            parts.push(Part::Image {
+                                url,
+                                param: format!("{pat}.image_url"),
+                            });
+                        }
+                        Some(t) => {
+                            return Err(ApiError::invalid(
+                                format!("{pat}.type"),
+                                format!("{pat}.type {t:?} is not supported (text or image_url)"),
+                            ))
+                        }
+                        None => {
+                            return Err(ApiError::invalid(
+                                format!("{pat}.type"),
+                                format!("{pat}.type must be a string: text or image_url"),
+                            ))
+                        }
+                    }
+                }
+                parts
+            }
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    format!("{at}.content"),
+                    format!(
+                        "{at}.content must be a string or an array of parts, not {}",
+                        type_name(v)
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    format!("{at}.content"),
+                    format!("{at}.content is required"),
+                ))
+            }
+        };
+        out.push(ChatMessage { role, parts });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(body: Value) -> ChatRequest {
+        parse_chat(&body, &Limits::default()).unwrap()
+    }
+
+    fn err(body: Value) -> ApiError {
+        parse_chat(&body, &Limits::default()).unwrap_err()
+    }
+
+    fn user(text: &str) -> Value {
+        json!([{"role": "user", "content": text}])
+    }
+
+    #[test]
+    fn a_full_request_parses() {
+        let r = ok(json!({
+            "model": "m", "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]},
+                {"role": "assistant", "content": null}
+            ],
+            "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": -1, "min_p": 0.1, "seed": -3,
+            "stop": ["\n\n", "END"], "stream": true, "stream_options": {"include_usage": true},
+            "logprobs": true, "top_logprobs": 3, "n": 2, "user": "u", "unknown_field": [1, 2],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+        }));
+        assert_eq!(r.max_tokens, Some(7));
+        assert_eq!(r.temperature, Some(0.5));
+        assert_eq!(r.top_k, Some(0));
+        assert_eq!(r.seed, Some((-3i64) as u64));
+        assert_eq!(r.stop.len(), 2);
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.logprobs, Some(3));
+        assert_eq!(r.n, 2);
+        assert_eq!(r.image_count(), 1);
+        assert_eq!(r.messages[2].parts, vec![]);
+        assert_eq!(
+            r.response_format,
+            ResponseFormat::JsonSchema(json!({"type": "object"}))
+        );
+        assert_eq!(
+            r.messages[1].parts[1],
+            Part::Image {
+                url: "data:image/png;base64,AAAA".into(),
+                param: "messages[1].content[1].image_url".into()
+            }
+        );
+        let r = ok(json!({"messages": user("hi"), "max_completion_tokens": 3, "stop": "x"}));
+        assert_eq!(
+            (r.max_tokens, r.stop, r.n, r.logprobs),
+            (Some(3), vec!["x".to_string()], 1, None)
+        );
+    }
+
+    /// Each bad field: a 400 naming it.
+    #[test]
+    fn bad_fields_are_named() {
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (
+                json!({"messages": user("a"), "max_tokens": 0}),
+                "max_tokens",
+                "at least 1",
+            ),
+            (
+                json!({"messages": user("a"), "max_tokens": 5000}),
+                "max_tokens",
+                "over the context",
+            ),
+            (
+                json!({"messages": user("a"), "max_tokens": "5"}),
+                "max_tokens",
+                "positive integer",
+            ),
+            (
+                json!({"messages": user("a"), "max_completion_tokens": -1}),
+                "max_completion_tokens",
+                "positive integer",
+            ),
+            (
+                json!({"messages": user("a"), "temperature": "hot"}),
+                "temperature",
+                "must be a number",
+            ),
+            (
+                json!({"messages": user("a"), "temperature": 2.5}),
+                "temperature",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "temperature": -0.1}),
+                "temperature",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "top_p": 0}),
+                "top_p",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "top_p": 1.01}),
+                "top_p",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "min_p": 2}),
+                "min_p",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "presence_penalty": 3}),
+                "presence_penalty",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "repetition_penalty": 0}),
+                "repetition_penalty",
+                "out of range",
+            ),
+            (
+                json!({"messages": user("a"), "top_k": 1.5}),
+                "top_k",
+                "integer",
+            ),
+            (
+                json!({"messages": user("a"), "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+                "0 to 20",
+            ),
+            (
+                json!({"messages": user("a"), "logprobs": 21}),
+                "logprobs",
+                "0 to 20",
+            ),
+            (
+                json!({"messages": user("a"), "logprobs": "yes"}),
+                "logprobs",
+                "boolean",
+            ),
+            (
+                json!({"messages": user("a"), "top_logprobs": 2}),
+                "top_logprobs",
+                "logprobs: true",
+            ),
+            (
+                json!({"messages": user("a"), "n": 0}),
+                "n",
+                "integer from 1",
+            ),
+            (json!({"messages": user("a"), "n": 9}), "n", "--parallel"),
+            (
+                json!({"messages": user("a"), "stream": "yes"}),
+                "stream",
+                "boolean",
+            ),
+            (
+                json!({"messages": user("a"), "stream_options": {"include_usage": 1}}),
+                "stream_options.include_usage",
+                "boolean",
+            ),
+            (
+                json!({"messages": user("a"), "stop": 5}),
+                "stop",
+                "string or an array",
+            ),
+            (
+                json!({"messages": user("a"), "stop": ["a", 1]}),
+                "stop[1]",
+                "must be a string",
+            ),
+            (
+                json!({"messages": user("a"), "seed": "x"}),
+                "seed",
+                "integer",
+            ),
+            (
+                json!({"messages": user("a"), "model": 3}),
+                "model",
+                "string",
+            ),
+            (json!({"messages": user("a"), "user": 3}), "user", "string"),
+            (
+                json!({"messages": user("a"), "response_format": {"type": "xml"}}),
+                "response_format.type",
+                "not one of",
+            ),
+            (
+                json!({"messages": user("a"), "response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+                "schema",
+            ),
+            (json!({}), "messages", "required"),
+            (json!({"messages": []}), "messages", "empty"),
+            (json!({"messages": "hi"}), "messages", "array"),
+            (json!({"messages": [3]}), "messages[0]", "object"),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].role",
+                "not supported",
+            ),
+            (
+                json!({"messages": [{"content": "x"}]}),
+                "messages[0].role",
+                "must be a string",
+            ),
+            (
+                json!({"messages": [{"role": "user"}]}),
+                "messages[0].content",
+                "required",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+                "string or an array",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+                "messages[0].content[0].type",
+                "not supported",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}),
+                "messages[0].content[0].text",
+                "string",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content[0].image_url",
+                "url",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": "data:,"}]}]}),
+                "messages[0].content[0]",
+                "user messages",
+            ),
+        ];
+        for (body, param, needle) in cases {
+            let e = err(body.clone());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{body}: {:?} lacks {needle:?}",
+                e.message
+            );
+            assert_eq!(e.body()["error"]["param"], json!(param));
+            assert_eq!(e.body()["error"]["type"], json!("invalid_request_error"));
+        }
+    }
+
+    #[test]
+    fn too_many_images_are_refused_before_decoding() {
+        let img = json!({"type": "image_url", "image_url": {"url": "not even a url"}});
+        let parts: Vec<Value> = (0..9).map(|_| img.clone()).collect();
+        let e = err(json!({"messages": [{"role": "user", "content": parts}]}));
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert!(e.message.contains("more than 8 images"), "{}", e.message);
+        let parts: Vec<Value> = (0..8).map(|_| img.clone()).collect();
+        assert_eq!(
+            ok(json!({"messages": [{"role": "user", "content": parts}]})).image_count(),
+            8
+        );
+    }
+
+    #[test]
+    fn body_that_is_not_json_or_not_an_object() {
+        let e = parse_json(br#"{"messages": [], "temperature": NaN}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("NaN and Infinity"), "{}", e.message);
+        let e = parse_json(b"{").unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = parse_chat(&json!([1]), &Limits::default()).unwrap_err();
+        assert!(e.message.contains("must be a JSON object"), "{}", e.message);
+    }
+
+    #[test]
+    fn stop_limits() {
+        let many: Vec<String> = (0..17).map(|i| i.to_string()).collect();
+        assert_eq!(
+            err(json!({"messages": user("a"), "stop": many}))
+                .param
+                .as_deref(),
+            Some("stop")
+        );
+        let long = "x".repeat(257);
+        assert_eq!(
+            err(json!({"messages": user("a"), "stop": [long]}))
+                .param
+                .as_deref(),
+            Some("stop[0]")
+        );
+    }
+}
