@@ -62,7 +62,18 @@ impl JsonGrammar {
         self: &Arc<Self>,
         schema: Option<serde_json::Value>,
     ) -> Result<Arc<dyn ConstraintFactory>, String> {
-        let schema = schema.unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let mut schema = schema.unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        // Fixed separators and no free whitespace (like OpenAI's strict mode): a weak model cannot then
+        // fill its budget with blank lines. A schema may set its own `x-guidance` options.
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("x-guidance").or_insert_with(|| {
+                serde_json::json!({
+                    "whitespace_flexible": false,
+                    "item_separator": ", ",
+                    "key_separator": ": ",
+                })
+            });
+        }
         let grammar = TopLevelGrammar::from_json_schema(schema);
         // Compile once now so a bad schema is refused before the request is queued.
         self.factory

@@ -296,13 +296,15 @@ pub fn parse_chat(body: &Value, limits: &Limits) -> Result<ChatRequest, ApiError
                         format!("{k} must be at least 1, not 0"),
                     ))
                 }
-                Some(n) if n as u128 > limits.context as u128 => return Err(ApiError::invalid(
-                    k,
-                    format!(
+                Some(n) if n as u128 > limits.context as u128 => {
+                    return Err(ApiError::invalid(
+                        k,
+                        format!(
                         "{k} = {n} is over the context of {} tokens (prompt and answer together)",
                         limits.context
                     ),
-                )),
+                    ))
+                }
                 Some(n) => {
                     max_tokens = Some(n as usize);
                     break;

@@ -338,6 +338,7 @@ fn load(state: &AppState, loader: Loader) -> Result<Ready, String> {
     let mut so = SchedulerOptions::new(kv_tokens);
     so.max_batch = o.parallel;
     so.prefill_chunk = o.prefill_chunk.max(1);
+    so.max_context = context;
     let scheduler = Scheduler::start(engine.clone(), so).map_err(|e| e.to_string())?;
     let limits = Limits {
         max_images: o.max_images,

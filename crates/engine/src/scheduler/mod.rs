@@ -48,6 +48,8 @@ pub struct SchedulerOptions {
     /// Bytes of vision-tower outputs kept by image content hash (0 = none): an image seen again (after
     /// other text, so the prefix cache does not cover it) is not encoded again.
     pub vision_cache_bytes: usize,
+    /// Longest sequence (prompt and answer) a request may have, in tokens; 0 = the model's context.
+    pub max_context: usize,
 }
 
 impl SchedulerOptions {
@@ -67,6 +69,7 @@ impl SchedulerOptions {
             prefill_chunk: 256,
             prefix_cache: true,
             vision_cache_bytes: 256 << 20,
+            max_context: 0,
         }
     }
 }
@@ -384,7 +387,11 @@ impl Scheduler {
         }
         let engine = &self.inner.engine;
         let budget = self.inner.opts.kv_tokens;
-        let capacity = engine.context_len().min(budget);
+        let context = match self.inner.opts.max_context {
+            0 => engine.context_len(),
+            c => c.min(engine.context_len()),
+        };
+        let capacity = context.min(budget);
         let prepared = engine
             .prepare(
                 &req.messages,
@@ -394,7 +401,7 @@ impl Scheduler {
                 capacity,
             )
             .map_err(|e| match e {
-                EngineError::Input(m) if capacity == budget && budget < engine.context_len() => {
+                EngineError::Input(m) if capacity == budget && budget < context => {
                     EngineError::Input(format!("{m} (the KV memory budget is {budget} tokens)"))
                 }
                 e => e,
