@@ -240,7 +240,10 @@ pub fn run(opts: &ServeBenchOptions) -> Result<ServeBenchReport, ServeBenchError
                     }
                     let body = request_body(opts, image.as_deref(), i);
                     let sample = one_request(agent, url, opts.api_key.as_deref(), &body);
-                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                    samples
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(sample);
                 })
                 .map_err(ServeBenchError::Thread)?;
         }
@@ -326,8 +329,11 @@ fn read_stream(mut r: impl BufRead, t0: Instant) -> Result<Timing, String> {
             return Err(format!("error in the stream: {}", v["error"]["message"]));
         }
         let has_content = v["choices"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()))
+            cs.iter().any(|c| {
+                c["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            })
         });
         if has_content {
             chunks += 1;
@@ -376,7 +382,12 @@ fn report(
             .sum()
     };
     let ms = |f: &dyn Fn(&Timing) -> Option<f64>| -> Percentiles {
-        Percentiles::of(&ok.iter().filter_map(|t| f(t)).map(|s| s * 1e3).collect::<Vec<_>>())
+        Percentiles::of(
+            &ok.iter()
+                .filter_map(|t| f(t))
+                .map(|s| s * 1e3)
+                .collect::<Vec<_>>(),
+        )
     };
     let total_output_tokens: usize = ok.iter().map(|t| t.output_tokens).sum();
     let failed = samples.len() - ok.len();
@@ -478,14 +489,23 @@ mod tests {
     #[test]
     fn completions_url_from_base_or_full() {
         for (given, want) in [
-            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1/chat/completions"),
+            (
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8080/v1/chat/completions",
+            ),
             ("http://h:1/", "http://h:1/v1/chat/completions"),
             ("http://h:1/v1", "http://h:1/v1/chat/completions"),
-            ("http://h:1/v1/chat/completions", "http://h:1/v1/chat/completions"),
+            (
+                "http://h:1/v1/chat/completions",
+                "http://h:1/v1/chat/completions",
+            ),
         ] {
             assert_eq!(completions_url(given).unwrap(), want);
         }
-        assert!(matches!(completions_url("127.0.0.1:8080"), Err(ServeBenchError::BadUrl(_))));
+        assert!(matches!(
+            completions_url("127.0.0.1:8080"),
+            Err(ServeBenchError::BadUrl(_))
+        ));
     }
 
     #[test]
@@ -501,7 +521,12 @@ mod tests {
         assert!(t.ttft <= t.e2e);
         // Without usage the content chunks are counted.
         let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n";
-        assert_eq!(read_stream(sse.as_bytes(), Instant::now()).unwrap().output_tokens, 1);
+        assert_eq!(
+            read_stream(sse.as_bytes(), Instant::now())
+                .unwrap()
+                .output_tokens,
+            1
+        );
     }
 
     #[test]
@@ -554,7 +579,10 @@ mod tests {
             err("503"),
         ];
         let r = report(&opts, "http://h/v1/chat/completions", &samples, 2.0);
-        assert_eq!((r.completed, r.failed, r.rejected_429, r.server_errors_5xx), (2, 3, 2, 1));
+        assert_eq!(
+            (r.completed, r.failed, r.rejected_429, r.server_errors_5xx),
+            (2, 3, 2, 1)
+        );
         assert_eq!(r.errors["429"], 2);
         assert_eq!(r.total_output_tokens, 5);
         assert_eq!(r.output_token_throughput, 2.5);
