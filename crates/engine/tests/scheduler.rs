@@ -231,3 +231,116 @@ fn vision_cache_reuses_an_image_after_other_text() {
         "cached and encoded features give different answers"
     );
 }
+
+/// The tokens of a finished handle.
+fn tokens_of(h: qwen3vl_engine::RequestHandle) -> Vec<u32> {
+    h.wait().unwrap().tokens
+}
+
+#[test]
+fn n_answers_fork_after_one_prefill_and_match_single_requests_with_their_seeds() {
+    use qwen3vl_engine::SeqOptions;
+    let e = engine();
+    let s = Scheduler::start(e.clone(), SchedulerOptions::new(4096)).unwrap();
+    let mut params = greedy(8);
+    params.sampling = SamplingParams {
+        temperature: 1.0,
+        seed: 40,
+        ..SamplingParams::default()
+    };
+    let req = Request {
+        messages: vec![user(0, "Tell me a story about a cat.")],
+        images: vec![],
+        params: params.clone(),
+    };
+    let opts = SeqOptions {
+        n: 3,
+        logprobs: Some(2),
+        ..Default::default()
+    };
+    let steps0 = s.load().steps;
+    let handles = s.submit_with(req.clone(), opts).unwrap();
+    assert_eq!(handles.len(), 3);
+    // Answer k samples with seed 40 + k: the same tokens as a single request with that seed.
+    let mut got = Vec::new();
+    for h in handles {
+        let mut lps = 0;
+        let mut done = None;
+        while let Some(ev) = h.recv() {
+            match ev {
+                Event::Token(lp) => {
+                    assert_eq!(lp.top.len(), 2);
+                    assert!(lp.logprob <= 0.0);
+                    lps += 1;
+                }
+                Event::Done { tokens, .. } => done = Some(tokens),
+                Event::Text(_) => {}
+                Event::Error(m) => panic!("{m}"),
+            }
+        }
+        let tokens = done.unwrap();
+        assert_eq!(lps, tokens.len());
+        got.push(tokens);
+    }
+    // One prefill step (the prompt fits one chunk) then 8 decode steps for all three together.
+    let steps = s.load().steps - steps0;
+    assert!(steps <= 9, "{steps} steps for 3 answers of 8 tokens");
+    for (k, tokens) in got.iter().enumerate() {
+        let mut p = params.clone();
+        p.sampling.seed = 40 + k as u64;
+        let alone = tokens_of(
+            s.submit(Request {
+                params: p,
+                ..req.clone()
+            })
+            .unwrap(),
+        );
+        assert_eq!(&alone, tokens, "answer {k}");
+    }
+    assert_ne!(got[0], got[1]);
+    // More answers than run at once: refused at submit, naming n.
+    let mut small = SchedulerOptions::new(4096);
+    small.max_batch = 2;
+    let s2 = Scheduler::start(e, small).unwrap();
+    let err = s2
+        .submit_with(
+            req,
+            SeqOptions {
+                n: 3,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("n = 3"), "{err}");
+}
+
+#[test]
+fn a_dropped_handle_frees_its_sequence_at_the_next_step() {
+    let e = engine();
+    let s = Scheduler::start(e, SchedulerOptions::new(4096)).unwrap();
+    let h = s
+        .submit(Request {
+            messages: vec![user(0, "Go on.")],
+            images: vec![],
+            params: greedy(2000),
+        })
+        .unwrap();
+    // Wait until it decodes, then drop it.
+    while !matches!(h.recv(), Some(Event::Text(_))) {}
+    let steps_at_drop = s.load().steps;
+    drop(h);
+    let t = std::time::Instant::now();
+    while s.load().cancelled == 0 {
+        assert!(t.elapsed().as_secs() < 10);
+        std::thread::yield_now();
+    }
+    let l = s.load();
+    assert_eq!((l.running, l.waiting, l.finished), (0, 0, 0));
+    assert!(
+        l.steps - steps_at_drop <= 2,
+        "{} steps after the drop",
+        l.steps - steps_at_drop
+    );
+}

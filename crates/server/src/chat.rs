@@ -143,19 +143,7 @@ async fn constraint_for(
     let st = st.clone();
     tokio::task::spawn_blocking(move || {
         let ready = st.ready()?;
-        let grammar = ready
-            .json
-            .get_or_init(|| {
-                let e = &ready.engine;
-                let eos = e
-                    .processor
-                    .tokenizer()
-                    .token_to_id("<|im_end|>")
-                    .or_else(|| e.generation_config.eos_token_ids.first().copied())
-                    .unwrap_or(0);
-                JsonGrammar::new(&e.token_bytes, e.model.vocab_size(), eos).map(Arc::new)
-            })
-            .clone()
+        let grammar = json_grammar(ready)
             .map_err(|e| ApiError::new(500, "server_error", format!("structured output: {e}")))?;
         let is_schema = schema.is_some();
         grammar.for_schema(schema).map(Some).map_err(|e| {
@@ -171,6 +159,23 @@ async fn constraint_for(
     })
     .await
     .map_err(|e| ApiError::new(500, "server_error", format!("internal error: {e}")))?
+}
+
+/// The token trie for structured output, built once per model (blocking).
+pub(crate) fn json_grammar(ready: &Ready) -> Result<Arc<JsonGrammar>, String> {
+    ready
+        .json
+        .get_or_init(|| {
+            let e = &ready.engine;
+            let eos = e
+                .processor
+                .tokenizer()
+                .token_to_id("<|im_end|>")
+                .or_else(|| e.generation_config.eos_token_ids.first().copied())
+                .unwrap_or(0);
+            JsonGrammar::new(&e.token_bytes, e.model.vocab_size(), eos).map(Arc::new)
+        })
+        .clone()
 }
 
 /// Fetches and preprocesses the images, then submits through the engine's one request path.
