@@ -281,4 +281,42 @@ pub(crate) enum BenchCmd {
         #[arg(long, allow_hyphen_values = true)]
         threads: Option<usize>,
     },
+    /// Load-test a running OpenAI-compatible server (`qwen3vl serve`, llama-server, ...): N clients
+    /// stream chat completions; reports time to first token, time per output token and end-to-end
+    /// latency (p50/p90/p99), throughput, and errors by HTTP status.
+    Serve(BenchServeArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchServeArgs {
+    /// The server's base URL (`http://127.0.0.1:8080`) or its chat-completions URL.
+    #[arg(long)]
+    pub(crate) url: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) concurrency: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) requests: usize,
+    /// An image sent with every request (as a data: URI).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) image: Option<PathBuf>,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_tokens: usize,
+    /// The user text (each request appends its number, so that prompts differ).
+    #[arg(long, default_value = "Write a short story about a lighthouse keeper.")]
+    pub(crate) prompt: String,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    pub(crate) api_key: Option<String>,
+    /// The `model` field of the requests.
+    #[arg(long, default_value = "qwen3vl")]
+    pub(crate) model: String,
+    /// Most seconds one request may take.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -573,6 +573,29 @@ fn parse_image_size(s: &str) -> Result<Option<(u32, u32)>> {
     Ok(Some((w, h)))
 }
 
+/// `bench serve`: the load generator of the server crate, its report as a table or JSON on stdout.
+fn bench_serve(a: &args::BenchServeArgs) -> Result<()> {
+    use qwen3vl_server::bench::{run, ServeBenchOptions};
+    let report = run(&ServeBenchOptions {
+        url: a.url.clone(),
+        concurrency: a.concurrency,
+        requests: a.requests,
+        image: a.image.clone(),
+        max_tokens: a.max_tokens,
+        prompt: a.prompt.clone(),
+        api_key: a.api_key.clone(),
+        model: a.model.clone(),
+        timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+    })?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", report.table())?;
+    }
+    Ok(())
+}
+
 fn cmd_bench(b: &BenchArgs) -> Result<()> {
     match &b.cmd {
         Some(BenchCmd::Roofline { json }) => return bench_kernels::roofline(*json),
@@ -580,6 +603,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
             check_threads(threads.unwrap_or(0))?;
             return bench_kernels::matmul(*json, *threads);
         }
+        Some(BenchCmd::Serve(a)) => return bench_serve(a),
         None => {}
     }
     let Some(model) = &b.model else {

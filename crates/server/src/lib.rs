@@ -10,6 +10,7 @@
 //! ([`media`]) and shapes responses ([`chat`]).
 
 pub mod api;
+pub mod bench;
 mod chat;
 pub mod media;
 pub mod metrics;
