@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod eval;
 pub mod generate;
 pub mod generation_config;
 pub mod grounding;

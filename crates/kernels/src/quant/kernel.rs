@@ -7,10 +7,10 @@
 //! end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4, RN = 2
 //! (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of AVX2). Rows of x are taken in chunks of
 //! `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while the weight rows stream past it.
-#![allow(clippy::missing_safety_doc)] // the contract is `q8_range`'s
+#![allow(clippy::missing_safety_doc)] // the contracts are `q8_range`'s and `q4_range`'s
 
-use super::QArgs;
-use crate::simd::int::{SimdInt, BLOCK};
+use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER_BYTES};
+use crate::simd::int::{SimdInt, SimdQ4, BLOCK};
 
 /// Rows of x per L2-resident chunk.
 const MC: usize = 64;
@@ -73,6 +73,94 @@ pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
                     3 => tile_rows::<S, 3>(s, a, rm, i, c),
                     2 => tile_rows::<S, 2>(s, a, rm, i, c),
                     _ => tile_rows::<S, 1>(s, a, rm, i, c),
+                }
+                i += rm;
+            }
+            c += rn;
+        }
+    }
+}
+
+/// q4 register tile: RM rows of x × RN weight rows. Per super-block, the scalar part first: each pair's
+/// combined scales d·sc_j·d_x (8) and its minimum term Σ_j dmin·mn_j·s_x (into `macc`); then per
+/// sub-block the RN weight blocks are unpacked once and every x block once, and each pair adds its
+/// integer dot product times its scale into its accumulator vector.
+#[inline(always)]
+unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i: usize, c: usize) {
+    let (nsb, nb) = (a.nsb, a.nsb * Q4_SUBS);
+    let (kp, rb) = (nb * BLOCK, nsb * Q4_SUPER_BYTES);
+    let mut acc = [[s.zero(); RN]; RM];
+    let mut macc = [[0f32; RN]; RM];
+    for sb in 0..nsb {
+        let wb: [*const u8; RN] =
+            std::array::from_fn(|r| unsafe { a.wq.add((c + r) * rb + sb * Q4_SUPER_BYTES) });
+        let mut scale = [[[0f32; Q4_SUBS]; RN]; RM];
+        for r in 0..RN {
+            let wd = a.wd.add((c + r) * 2 * nsb + 2 * sb);
+            let (d, dmin) = (*wd, *wd.add(1));
+            let ds: [f32; Q4_SUBS] = std::array::from_fn(|j| unsafe { d * *wb[r].add(j) as f32 });
+            let ms: [f32; Q4_SUBS] =
+                std::array::from_fn(|j| unsafe { dmin * *wb[r].add(Q4_SUBS + j) as f32 });
+            for ii in 0..RM {
+                let xd = a.xd.add((i + ii) * nb + sb * Q4_SUBS);
+                let xs = a.xs.add((i + ii) * nb + sb * Q4_SUBS);
+                let mut m = 0f32;
+                for j in 0..Q4_SUBS {
+                    scale[ii][r][j] = ds[j] * *xd.add(j);
+                    m += ms[j] * *xs.add(j);
+                }
+                macc[ii][r] += m;
+            }
+        }
+        for j in 0..Q4_SUBS {
+            let w: [S::W4; RN] =
+                std::array::from_fn(|r| unsafe { s.ld_w4(wb[r].add(2 * Q4_SUBS + j * BLOCK / 2)) });
+            for (ii, acc) in acc.iter_mut().enumerate() {
+                let x = s.ld_x8(a.xq.add((i + ii) * kp + (sb * Q4_SUBS + j) * BLOCK));
+                for r in 0..RN {
+                    acc[r] = s.mul_add(s.dot4(w[r], x), s.splat(scale[ii][r][j]), acc[r]);
+                }
+            }
+        }
+    }
+    for (ii, acc) in acc.iter().enumerate() {
+        for (r, &v) in acc.iter().enumerate() {
+            let mut y = s.reduce_sum(v) - macc[ii][r];
+            if !a.bias.is_null() {
+                y += *a.bias.add(c + r);
+            }
+            *a.y.add((i + ii) * a.n + c + r) = y;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn tile4_rows<S: SimdQ4, const RN: usize>(s: S, a: &Q4Args, rm: usize, i: usize, c: usize) {
+    match rm {
+        1 => tile4::<S, 1, RN>(s, a, i, c),
+        2 => tile4::<S, 2, RN>(s, a, i, c),
+        3 => tile4::<S, 3, RN>(s, a, i, c),
+        _ => tile4::<S, 4, RN>(s, a, i, c),
+    }
+}
+
+/// y (m, c0..c1) for every row of x; the contract of `scalar::q4_range`.
+#[inline(always)]
+pub unsafe fn q4_range<S: SimdQ4>(s: S, a: &Q4Args, c0: usize, c1: usize) {
+    let rn_max = if a.m <= 3 { 4 } else { 2 };
+    for i0 in (0..a.m).step_by(MC) {
+        let i1 = (i0 + MC).min(a.m);
+        let mut c = c0;
+        while c < c1 {
+            let rn = (c1 - c).min(rn_max);
+            let mut i = i0;
+            while i < i1 {
+                let rm = (i1 - i).min(4);
+                match rn {
+                    4 => tile4_rows::<S, 4>(s, a, rm, i, c),
+                    3 => tile4_rows::<S, 3>(s, a, rm, i, c),
+                    2 => tile4_rows::<S, 2>(s, a, rm, i, c),
+                    _ => tile4_rows::<S, 1>(s, a, rm, i, c),
                 }
                 i += rm;
             }

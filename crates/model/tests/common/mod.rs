@@ -203,3 +203,8 @@ pub fn argmax(x: &[f32]) -> usize {
 pub const Q8_MIN_COSINE: f64 = 0.9995;
 /// `--quant q8`: same top-1 token at this fraction of positions at least.
 pub const Q8_MIN_TOP1: f64 = 0.95;
+/// `--quant q4` (decoder weights in q4, lm head q8): cosine of the logits against transformers fp32, and
+/// against our own unquantized model.
+pub const Q4_MIN_COSINE: f64 = 0.98;
+/// `--quant q4`: same top-1 token at this fraction of positions at least (against either).
+pub const Q4_MIN_TOP1: f64 = 0.80;
