@@ -81,35 +81,34 @@ pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
     }
 }
 
-/// q4 register tile: RM rows of x × RN weight rows. Per super-block, the scalar part first: each pair's
-/// combined scales d·sc_j·d_x (8) and its minimum term Σ_j dmin·mn_j·s_x (into `macc`); then per
-/// sub-block the RN weight blocks are unpacked once and every x block once, and each pair adds its
-/// integer dot product times its scale into its accumulator vector.
+/// q4 register tile: RM rows of x × RN weight rows. Per super-block, the vector prologue first: for each
+/// pair the 8 combined scales d·sc_j·d_x (to a stack array) and the minimum terms −dmin·mn_j·s_x, added
+/// lane-wise into the pair's accumulator (only its lane sum matters); then per sub-block the RN weight
+/// blocks are unpacked once and every x block once, and each pair adds its integer dot product times its
+/// scale into its accumulator.
 #[inline(always)]
 unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i: usize, c: usize) {
     let (nsb, nb) = (a.nsb, a.nsb * Q4_SUBS);
     let (kp, rb) = (nb * BLOCK, nsb * Q4_SUPER_BYTES);
     let mut acc = [[s.zero(); RN]; RM];
-    let mut macc = [[0f32; RN]; RM];
+    let mut scale = [[[0f32; Q4_SUBS]; RN]; RM];
     for sb in 0..nsb {
         let wb: [*const u8; RN] =
             std::array::from_fn(|r| unsafe { a.wq.add((c + r) * rb + sb * Q4_SUPER_BYTES) });
-        let mut scale = [[[0f32; Q4_SUBS]; RN]; RM];
         for r in 0..RN {
             let wd = a.wd.add((c + r) * 2 * nsb + 2 * sb);
-            let (d, dmin) = (*wd, *wd.add(1));
-            let ds: [f32; Q4_SUBS] = std::array::from_fn(|j| unsafe { d * *wb[r].add(j) as f32 });
-            let ms: [f32; Q4_SUBS] =
-                std::array::from_fn(|j| unsafe { dmin * *wb[r].add(Q4_SUBS + j) as f32 });
-            for ii in 0..RM {
-                let xd = a.xd.add((i + ii) * nb + sb * Q4_SUBS);
-                let xs = a.xs.add((i + ii) * nb + sb * Q4_SUBS);
-                let mut m = 0f32;
-                for j in 0..Q4_SUBS {
-                    scale[ii][r][j] = ds[j] * *xd.add(j);
-                    m += ms[j] * *xs.add(j);
+            let (d, nmin) = (s.splat(*wd), s.splat(-*wd.add(1)));
+            for l in (0..Q4_SUBS).step_by(S::LANES) {
+                let sc = s.mul(s.ld_u8(wb[r].add(l)), d);
+                let mn = s.mul(s.ld_u8(wb[r].add(Q4_SUBS + l)), nmin);
+                for ii in 0..RM {
+                    let o = (i + ii) * nb + sb * Q4_SUBS + l;
+                    s.st(
+                        scale[ii][r].as_mut_ptr().add(l),
+                        s.mul(sc, s.ld(a.xd.add(o))),
+                    );
+                    acc[ii][r] = s.mul_add(mn, s.ld(a.xs.add(o)), acc[ii][r]);
                 }
-                macc[ii][r] += m;
             }
         }
         for j in 0..Q4_SUBS {
@@ -125,7 +124,7 @@ unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i
     }
     for (ii, acc) in acc.iter().enumerate() {
         for (r, &v) in acc.iter().enumerate() {
-            let mut y = s.reduce_sum(v) - macc[ii][r];
+            let mut y = s.reduce_sum(v);
             if !a.bias.is_null() {
                 y += *a.bias.add(c + r);
             }

@@ -95,6 +95,11 @@ impl SimdQ4 for Sse41 {
             _mm_cvtepi32_ps(_mm_madd_epi16(p, _mm_set1_epi16(1)))
         }
     }
+    #[inline(always)]
+    unsafe fn ld_u8(self, p: *const u8) -> __m128 {
+        let v = _mm_cvtsi32_si128((p as *const i32).read_unaligned());
+        _mm_cvtepi32_ps(_mm_cvtepu8_epi32(v))
+    }
 }
 
 impl SimdQ4 for Avx2 {
@@ -103,8 +108,10 @@ impl SimdQ4 for Avx2 {
     type X8 = __m256i;
     #[inline(always)]
     unsafe fn ld_w4(self, p: *const u8) -> __m256i {
-        let v = _mm_loadu_si128(p as *const __m128i);
-        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+        // the 16 bytes in both halves, the high half shifted right by 4 (per 32-bit lane: each byte's low
+        // nibble then holds its own high nibble), then masked
+        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        let both = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
         _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
     }
     #[inline(always)]
@@ -117,6 +124,11 @@ impl SimdQ4 for Avx2 {
             let p = _mm256_maddubs_epi16(w, x);
             _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
         }
+    }
+    #[inline(always)]
+    unsafe fn ld_u8(self, p: *const u8) -> __m256 {
+        let v = _mm_loadl_epi64(p as *const __m128i);
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
     }
 }
 

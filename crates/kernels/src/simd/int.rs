@@ -50,4 +50,6 @@ pub trait SimdQ4: Simd {
     /// Σ w·x over the block, as f32 lanes whose sum is the integer dot product (exact i32 lane sums, at
     /// most 32 · 15 · 127 in magnitude, each rounded once to f32 — exactly, being below 2^24).
     fn dot4(self, w: Self::W4, x: Self::X8) -> Self::V;
+    /// `LANES` unsigned bytes widened to f32 lanes. Safety: `p..p+LANES` is readable.
+    unsafe fn ld_u8(self, p: *const u8) -> Self::V;
 }
