@@ -111,6 +111,7 @@ unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i
                 }
             }
         }
+        #[allow(clippy::needless_range_loop)] // j indexes the weight bytes, x and the scales alike
         for j in 0..Q4_SUBS {
             let w: [S::W4; RN] =
                 std::array::from_fn(|r| unsafe { s.ld_w4(wb[r].add(2 * Q4_SUBS + j * BLOCK / 2)) });

@@ -261,7 +261,7 @@ impl QuantWeight {
     fn zeroed(format: QuantFormat, n: usize, k: usize) -> Result<QuantWeight, KernelError> {
         const OP: &str = "quantize";
         let rb = format.row_bytes(k);
-        debug_assert!(rb % 4 == 0);
+        debug_assert!(rb.is_multiple_of(4));
         let len = n.checked_mul(rb).ok_or_else(|| KernelError::Invalid {
             op: OP,
             msg: format!("size {n}*{rb} overflows"),
@@ -464,6 +464,9 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// A row quantizer: (x row, values, scales).
+type QuantizeRowFn<T> = dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync;
+
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
 
@@ -511,7 +514,7 @@ impl Kernels {
         m: usize,
         k: usize,
         kp: usize,
-        f: &(dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync),
+        f: &QuantizeRowFn<T>,
     ) -> (Vec<T>, Vec<f32>) {
         let nb = kp / BLOCK;
         let mut q = vec![T::default(); m * kp];

@@ -29,11 +29,12 @@ pub fn round_small(v: f32) -> f32 {
 }
 
 /// Candidate grids of the q4 sub-block fit: inverse scales (15 + Q4_GRID0 + Q4_GRID_STEP·i) / (max − min)
-/// for i in 0..=Q4_GRID_STEPS (ggml's Q4_K tries 21 around 15; 11 measured within 1% of its error here
-/// at half the load time).
+/// for i in 0..=Q4_GRID_STEPS (ggml's Q4_K tries 21 around 15). Here 6 (+ the min/max grid): on the
+/// test's weights 20.0% less squared error than min/max rounding, against 20.4% with 11 candidates at
+/// twice the quantization time (which the fit dominates: 2B q4 took 517 s with 11 on a loaded 2-core host).
 const Q4_GRID0: f32 = -1.0;
-const Q4_GRID_STEP: f32 = 0.2;
-const Q4_GRID_STEPS: usize = 10;
+const Q4_GRID_STEP: f32 = 0.4;
+const Q4_GRID_STEPS: usize = 5;
 
 /// The least-squares (scale, min) of one sub-block: x ≈ s·L − m with L ∈ 0..=15, s ≥ 0, m ≥ 0. For each
 /// candidate grid the values are rounded onto it, then (s, −m) is the least-squares line through the
@@ -85,7 +86,7 @@ pub fn fit_q4_sub(x: &[f32]) -> (f32, f32) {
             b = 0.0;
             a = sxl / sl2;
         }
-        if !(a > 0.0) || !a.is_finite() || !b.is_finite() {
+        if a.is_nan() || a <= 0.0 || !a.is_finite() || !b.is_finite() {
             continue;
         }
         let (s, m) = (a as f32, (-b) as f32);
