@@ -102,8 +102,8 @@ pub(crate) enum Cmd {
         /// Checkpoint directory to read, or a Hugging Face Hub id owner/name[@revision].
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
-        /// Format of the text decoder's linear weights (`q8`); the lm head is q8.
-        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        /// Format of the text decoder's linear weights (`q8` or `q4`); the lm head is q8.
+        #[arg(long, alias = "format", value_name = "FORMAT", value_parser = crate::quant::parse_format)]
         quant: qwen3vl_model::QuantFormat,
         /// Also quantize the vision tower's linear weights (`q8`).
         #[arg(long = "vision-quant", value_name = "FORMAT", value_parser = crate::quant::parse_format)]
@@ -111,6 +111,34 @@ pub(crate) enum Cmd {
         /// Output directory (created; must be empty).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Quantization quality: run the unquantized model and the quantized one over the same tokens and
+    /// print the KL divergence of their next-token distributions (mean, median, p99, max), top-1
+    /// agreement and both perplexities, as `llama-perplexity --kl-divergence` does.
+    Eval {
+        /// The reference checkpoint (loaded as stored), or a Hugging Face Hub id owner/name[@revision].
+        #[arg(long, value_name = "DIR|ID")]
+        model: PathBuf,
+        /// Quantize the compared model's text linears at load (`q8` or `q4`).
+        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        quant: Option<qwen3vl_model::QuantFormat>,
+        /// Compare against this (quantized) checkpoint instead of `--model` quantized at load.
+        #[arg(long, value_name = "DIR")]
+        quantized: Option<PathBuf>,
+        /// The text to score (UTF-8, tokenized without a chat template).
+        #[arg(long, value_name = "FILE")]
+        text: Option<PathBuf>,
+        /// Score at most this many tokens (without --text: this many seeded pseudo-random ids).
+        #[arg(long, value_name = "N")]
+        prompt_tokens: Option<usize>,
+        /// Tokens per chunk; the second half of each chunk is scored.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
         /// Worker threads (default: all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,

@@ -155,6 +155,36 @@ fn run(cli: Cli) -> Result<()> {
             out,
             threads,
         } => quant::cmd_quantize(&hub::resolve(&model)?, quant, vision_quant, &out, threads),
+        Cmd::Eval {
+            model,
+            quant,
+            quantized,
+            text,
+            prompt_tokens,
+            ctx,
+            precision,
+            threads,
+        } => {
+            let text = match text {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let r = qwen3vl_engine::eval::evaluate(&qwen3vl_engine::eval::EvalOptions {
+                model_dir: hub::resolve(&model)?,
+                quantized_dir: quantized,
+                quant,
+                text,
+                prompt_tokens,
+                ctx,
+                precision: precision.into(),
+                threads,
+            })?;
+            println!("{r}");
+            Ok(())
+        }
         Cmd::InitRandom {
             preset,
             layers,

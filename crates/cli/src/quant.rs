@@ -11,11 +11,12 @@ use qwen3vl_model::QuantFormat;
 /// Which weights to quantize at load, and to what.
 #[derive(Args, Clone, Copy, Default)]
 pub(crate) struct QuantArgs {
-    /// Quantize the text decoder's linear weights at load: `q8` (8-bit, one scale per block of 32). The lm
-    /// head (and tied embeddings) are q8 for any format. Off by default (bf16).
+    /// Quantize the text decoder's linear weights at load: `q8` (8-bit, one scale per block of 32) or `q4`
+    /// (4-bit, a scale and a minimum per sub-block of 32, 4.75 bits/weight). The lm head (and tied
+    /// embeddings) are q8 for any format. Off by default (bf16).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub(crate) quant: Option<QuantFormat>,
-    /// Quantize the vision tower's linear weights at load (`q8`). Off by default (bf16).
+    /// Quantize the vision tower's linear weights at load (`q8` or `q4`). Off by default (bf16).
     #[arg(long = "vision-quant", value_name = "FORMAT", value_parser = parse_format)]
     pub(crate) vision_quant: Option<QuantFormat>,
 }

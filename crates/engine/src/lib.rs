@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod constraint;
 pub mod cpu;
+pub mod eval;
 pub mod generate;
 pub mod generation_config;
 pub mod grounding;

@@ -21,7 +21,11 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn quantized(geometry: &str) -> PathBuf {
-    let out = tmp(geometry);
+    quantized_as(geometry, QuantFormat::Q8)
+}
+
+fn quantized_as(geometry: &str, format: QuantFormat) -> PathBuf {
+    let out = tmp(&format!("{geometry}-{format}"));
     let src = if geometry == "bad" {
         "untied"
     } else {
@@ -31,8 +35,8 @@ fn quantized(geometry: &str) -> PathBuf {
         &QuantizeOptions {
             model_dir: testdata().join(format!("model-tiny-{src}")),
             out_dir: out.clone(),
-            quant: QuantFormat::Q8,
-            vision_quant: Some(QuantFormat::Q8),
+            quant: format,
+            vision_quant: Some(format),
         },
         &Kernels::detect().unwrap(),
     )
@@ -48,7 +52,7 @@ fn quantized(geometry: &str) -> PathBuf {
         assert!(w.is_quantized(key), "{key} not quantized");
         assert_eq!(
             w.metadata_of(key, &Weights::quant_meta_key(key)),
-            Some("q8")
+            Some(format.name())
         );
     }
     assert!(!w.is_quantized("model.language_model.norm.weight"));
@@ -73,20 +77,22 @@ fn logits(dir: &Path, quant: Option<QuantFormat>) -> Vec<f32> {
 
 #[test]
 fn quantized_checkpoint_gives_the_logits_of_quantize_at_load() {
-    for geometry in ["tied", "untied"] {
-        let q = quantized(geometry);
-        let at_load = logits(
-            &testdata().join(format!("model-tiny-{geometry}")),
-            Some(QuantFormat::Q8),
-        );
-        let from_file = logits(&q, None);
-        assert_eq!(at_load.len(), from_file.len());
-        let same = at_load
-            .iter()
-            .zip(&from_file)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{geometry}: logits differ");
-        let _ = std::fs::remove_dir_all(&q);
+    for format in QuantFormat::ALL {
+        for geometry in ["tied", "untied"] {
+            let q = quantized_as(geometry, format);
+            let at_load = logits(
+                &testdata().join(format!("model-tiny-{geometry}")),
+                Some(format),
+            );
+            let from_file = logits(&q, None);
+            assert_eq!(at_load.len(), from_file.len());
+            let same = at_load
+                .iter()
+                .zip(&from_file)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{format} {geometry}: logits differ");
+            let _ = std::fs::remove_dir_all(&q);
+        }
     }
 }
 
@@ -191,6 +197,76 @@ fn bad_quantized_files_are_refused_naming_the_tensor() {
         meta.push((Weights::quant_meta_key(nkey), "q8".into()));
     });
     assert!(e.contains(nkey) && e.contains("U8"), "{e}");
+    restore();
+
+    assert_eq!(load_edited(&q, |_, _| {}), "loaded");
+    let _ = std::fs::remove_dir_all(&q);
+}
+
+#[test]
+fn bad_q4_files_are_refused_naming_the_tensor() {
+    let q = quantized_as("bad", QuantFormat::Q4);
+    let original = std::fs::read(q.join("model.safetensors")).unwrap();
+    let restore = || std::fs::write(q.join("model.safetensors"), &original).unwrap();
+    let key = "model.language_model.layers.1.self_attn.o_proj.weight";
+    let skey = format!("{key}_scale");
+
+    // one super-block too many per row: the values' shape, then the scales' shape
+    let e = load_edited(&q, |ts, _| {
+        let t = ts.iter_mut().find(|t| t.0 == key).unwrap();
+        t.2[1] += 144;
+        t.3.extend(vec![0u8; t.2[0] * 144]);
+    });
+    assert!(e.contains(key) && e.contains("shape"), "{e}");
+    restore();
+    let e = load_edited(&q, |ts, _| {
+        let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+        t.2[1] += 2;
+        t.3.extend(vec![0u8; t.2[0] * 8]);
+    });
+    assert!(e.contains(&skey) && e.contains("shape"), "{e}");
+    restore();
+
+    // a NaN minimum scale, an infinite scale, a negative minimum
+    for (at, bad) in [(4, f32::NAN), (0, f32::INFINITY), (4, -2.0)] {
+        let e = load_edited(&q, |ts, _| {
+            let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+            t.3[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+        });
+        assert!(e.contains(&skey) && e.contains("finite"), "{bad}: {e}");
+        restore();
+    }
+
+    // the metadata says q8 for q4 bytes: the shapes do not fit the format, an error naming the tensor
+    let e = load_edited(&q, |_, meta| {
+        let m = meta
+            .iter_mut()
+            .find(|m| m.0 == Weights::quant_meta_key(key))
+            .unwrap();
+        m.1 = "q8".into();
+    });
+    assert!(e.contains(key) && e.contains("shape"), "{e}");
+    restore();
+
+    // parts of one fused weight in different formats (q_proj q4, k_proj claimed q8 with q8 shapes)
+    let kkey = "model.language_model.layers.0.self_attn.k_proj.weight";
+    let e = load_edited(&q, |ts, meta| {
+        // k = hidden = 8 (one q8 block per row); n rows as stored
+        let k = 8usize;
+        let t = ts.iter_mut().find(|t| t.0 == kkey).unwrap();
+        let n = t.2[0];
+        (t.2, t.3) = (vec![n, 32], vec![0u8; n * 32]);
+        let s = ts
+            .iter_mut()
+            .find(|t| t.0 == format!("{kkey}_scale"))
+            .unwrap();
+        (s.2, s.3) = (vec![n, k.div_ceil(32)], vec![0u8; n * 4]);
+        meta.iter_mut()
+            .find(|m| m.0 == Weights::quant_meta_key(kkey))
+            .unwrap()
+            .1 = "q8".into();
+    });
+    assert!(e.contains(kkey) && e.contains("format"), "{e}");
     restore();
 
     assert_eq!(load_edited(&q, |_, _| {}), "loaded");

@@ -1,4 +1,4 @@
-//! q8 matmul against the packed bf16 matmul on Qwen3-VL-2B shapes, same process, alternating runs.
+//! q8 and q4 matmuls against the packed bf16 matmul on Qwen3-VL-2B shapes, same process, alternating runs.
 //! `cargo run --release -p qwen3vl-kernels --example quant_bench [-- THREADS]`
 //!
 //! GEMV (m = 1) streams weight copies totalling ≥ 160 MiB (nothing served from L3) and prints GB/s of
@@ -51,6 +51,12 @@ fn main() {
                     .unwrap()
             })
             .collect();
+        let q4: Vec<QuantWeight> = (0..copies)
+            .map(|_| {
+                k.quantize_weight(QuantFormat::Q4, Weight::Bf16(&w), n, kk)
+                    .unwrap()
+            })
+            .collect();
         drop(w);
         let x: Vec<f32> = (0..m * kk)
             .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
@@ -67,25 +73,40 @@ fn main() {
                 k.matmul_quant(&x, m, q, None, &mut y).unwrap();
             }
         }) / copies as f64;
-        let (bb, bq) = (packed[0].bytes() as f64, quant[0].bytes() as f64);
+        let t4 = best(runs, || {
+            for q in &q4 {
+                k.matmul_quant(&x, m, q, None, &mut y).unwrap();
+            }
+        }) / copies as f64;
+        let (bb, bq, b4) = (
+            packed[0].bytes() as f64,
+            quant[0].bytes() as f64,
+            q4[0].bytes() as f64,
+        );
         if m == 1 {
             println!(
-                "GEMV {m}x{kk}->{n}: bf16 {:.2} ms ({:.1} GB/s), q8 {:.2} ms ({:.1} GB/s), q8 {:.2}x faster",
+                "GEMV {m}x{kk}->{n}: bf16 {:.2} ms ({:.1} GB/s), q8 {:.2} ms ({:.1} GB/s, {:.2}x), q4 {:.2} ms ({:.1} GB/s, {:.2}x)",
                 tb * 1e3,
                 bb / tb / 1e9,
                 tq * 1e3,
                 bq / tq / 1e9,
-                tb / tq
+                tb / tq,
+                t4 * 1e3,
+                b4 / t4 / 1e9,
+                tb / t4
             );
         } else {
             let ops = 2.0 * (m * n * kk) as f64;
             println!(
-                "GEMM {m}x{kk}->{n}: bf16 {:.1} ms ({:.0} GFLOP/s), q8 {:.1} ms ({:.0} GOP/s), q8 {:.2}x faster",
+                "GEMM {m}x{kk}->{n}: bf16 {:.1} ms ({:.0} GFLOP/s), q8 {:.1} ms ({:.0} GOP/s, {:.2}x), q4 {:.1} ms ({:.0} GOP/s, {:.2}x)",
                 tb * 1e3,
                 ops / tb / 1e9,
                 tq * 1e3,
                 ops / tq / 1e9,
-                tb / tq
+                tb / tq,
+                t4 * 1e3,
+                ops / t4 / 1e9,
+                tb / t4
             );
         }
     }

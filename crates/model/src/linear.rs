@@ -344,6 +344,16 @@ impl<'a> Vb<'a> {
                 Some(p) => p,
                 None => packer.insert(self.k.quant_packer(format, n, inp).ctx(key)?),
             };
+            if p.format() != format {
+                return Err(ModelError::Dtype {
+                    key: key.clone(),
+                    msg: format!(
+                        "stored in format {format} while {} is {} (parts of one fused weight must match)",
+                        keys[0].0,
+                        p.format()
+                    ),
+                });
+            }
             p.push_quantized(t.bytes(), &d, *rows).ctx(key)?;
             self.tick(&t);
             t.release();

@@ -142,18 +142,21 @@ impl Model {
                     let swiglu = matches!(l.weight, LinearWeight::QuantSwiGlu(_));
                     (
                         format!(
-                            "int matmul {:?} (q8 weights x int16 activations, quantized per block of {}){}, {} threads",
+                            "int matmul {:?} ({} weights x {} activations, quantized per block of 32){}, {} threads",
                             k.isa().min(Isa::Avx2),
-                            w.format().block(),
+                            w.format(),
+                            w.format().activations(),
                             if swiglu { " + swiglu" } else { "" },
                             k.threads()
                         ),
                         format!(
-                            "{} rows ({}x{}, k padded to {}), f32 scale per block{}",
+                            "{} rows ({}x{}, k padded to {}), {} ({} bits/weight){}",
                             w.format(),
                             w.n(),
                             w.k(),
-                            w.blocks() * w.format().block(),
+                            w.format().padded(w.k()),
+                            w.format().describe(),
+                            w.format().bits_per_weight(),
                             if swiglu {
                                 ", gate rows then up rows"
                             } else {

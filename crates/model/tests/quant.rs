@@ -25,6 +25,28 @@ fn load(geometry: &str, quant: Option<QuantFormat>, vision: Option<QuantFormat>)
     .expect("load")
 }
 
+/// All logits (l, V) of one case.
+fn all_logits(model: &Model, geometry: &str, case: &str) -> Vec<f32> {
+    let name = format!("{geometry}_{case}");
+    let r = Reference::load(&name);
+    let ims = images(&name, &r);
+    let ids = r.input_ids();
+    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
+    let mut cache = KvCache::new(&model.config().text, ids.len());
+    let mut st = RunState::new();
+    model
+        .forward(
+            &ids,
+            r.positions().as_ref(),
+            vis.as_ref(),
+            &mut cache,
+            &mut st,
+            Logits::All,
+        )
+        .expect("forward")
+        .to_vec()
+}
+
 /// (cosine of the sampled logits, top-1 hits, positions) of one case.
 fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
     let name = format!("{geometry}_{case}");
@@ -106,4 +128,64 @@ fn vision_quant_q8_quantizes_only_the_vision_tower() {
     let (cos, h, n) = run(&model, "untied", "image1");
     println!("untied_image1 with --vision-quant q8: cosine {cos:.6}, top-1 {h}/{n}");
     assert!(cos >= Q8_MIN_COSINE, "cosine {cos}");
+}
+
+#[test]
+fn q4_logits_parity_with_transformers_fp32_and_the_unquantized_model() {
+    for geometry in ["tied", "untied"] {
+        let model = load(geometry, Some(QuantFormat::Q4), None);
+        let base = load(geometry, None, None);
+        let t = &model.language_model;
+        for l in &t.layers {
+            for lin in [
+                &l.self_attn.qkv_proj,
+                &l.self_attn.o_proj,
+                &l.mlp.gate_up_proj,
+                &l.mlp.down_proj,
+            ] {
+                assert_eq!(lin.weight.quant_format(), Some(QuantFormat::Q4));
+            }
+        }
+        // the lm head (and tied embeddings) stay q8
+        assert_eq!(model.lm_head.weight.quant_format(), Some(QuantFormat::Q8));
+        let v = model.vocab_size();
+        let (mut hits, mut hits_base, mut total) = (0, 0, 0);
+        for case in CASES {
+            let (cos, h, n) = run(&model, geometry, case);
+            let (q, b) = (
+                all_logits(&model, geometry, case),
+                all_logits(&base, geometry, case),
+            );
+            let cos_base = cosine(&q, &b);
+            let hb = (0..n)
+                .filter(|&i| argmax(&q[i * v..(i + 1) * v]) == argmax(&b[i * v..(i + 1) * v]))
+                .count();
+            println!(
+                "{geometry}_{case}: q4 logits cosine {cos:.6} vs transformers, {cos_base:.6} vs unquantized; \
+                 top-1 {h}/{n} vs transformers, {hb}/{n} vs unquantized"
+            );
+            for (what, c) in [
+                ("transformers fp32", cos),
+                ("the unquantized model", cos_base),
+            ] {
+                assert!(
+                    c >= Q4_MIN_COSINE,
+                    "{geometry}_{case}: q4 logits cosine {c} against {what} < {Q4_MIN_COSINE}"
+                );
+            }
+            hits += h;
+            hits_base += hb;
+            total += n;
+        }
+        for (what, h) in [
+            ("transformers fp32", hits),
+            ("the unquantized model", hits_base),
+        ] {
+            let frac = h as f64 / total as f64;
+            assert!(
+                frac >= Q4_MIN_TOP1,
+                "{geometry}: q4 top-1 agreement with {what} {h}/{total} < {Q4_MIN_TOP1}"
+            );
+        }
+    }
 }

@@ -1,15 +1,29 @@
-//! Quantized linear layers: `y (m, n) = x (m, k) · Wᵀ + b` with W stored in 8 bits and int8 dot products.
+//! Quantized linear layers: `y (m, n) = x (m, k) · Wᵀ + b` with W stored in 8 or 4 bits and integer dot
+//! products. Every row of W (n, k) is quantized on its own, its k zero-padded to whole blocks of the format.
 //!
-//! Format **q8**: each row of W (n, k) is cut into blocks of 32 along k (the last one zero-padded, so any k
-//! works); a block stores 32 signed bytes q and one f32 scale d = max|w| / 127, w ≈ q·d (round to nearest
-//! even: |w - q·d| ≤ d/2). 9 bits per weight (ggml's Q8_0 stores an f16 scale: 8.5). Layout: `qs` (n, nb·32)
-//! bytes row-major, `d` (n, nb) f32, nb = ⌈k/32⌉.
+//! Format **q8**: blocks of 32 along k; a block stores 32 signed bytes q and one f32 scale d = max|w| / 127,
+//! w ≈ q·d (round to nearest even: |w - q·d| ≤ d/2). 9 bits per weight (ggml's Q8_0 stores an f16 scale:
+//! 8.5). Layout: `qs` (n, nb·32) bytes row-major, `d` (n, nb) f32, nb = ⌈k/32⌉.
 //!
-//! The matmul quantizes each row of x once per call, per block of 32 too, to int16 (d_x = max|x| / 32767:
-//! W8A16 with dynamic per-block activation scales; why not int8 is in `simd/int.rs`) and computes
-//! `y[i][c] = Σ_b d_w[c][b] · d_x[i][b] · Σ_{block b} q_w · q_x` with exact integer block sums. Decode (GEMV)
-//! and prefill (GEMM) run the same register-tiled kernel (`kernel.rs`), threaded over output columns.
-//! Error against the float product of the *unquantized* x and W: ≤ Σ_b (d_w/2 · Σ|x| + d_x/2 · Σ|w| +
+//! Format **q4** (the technique of ggml's Q4_K, our own layout): super-blocks of 256 along k, each 8
+//! sub-blocks of 32 values. A sub-block j stores 4-bit values L ∈ 0..=15 with its own scale and minimum,
+//! w ≈ (d·sc_j)·L − (dmin·mn_j), where sc_j, mn_j are bytes and d, dmin f32 per super-block. The
+//! sub-block's (scale, min) is the least-squares fit over a few candidate grids (see
+//! `scalar::quantize_row_q4`), which is what makes Q4_K more accurate than plain min/max rounding. Layout
+//! per row: ⌈k/256⌉ super-blocks of 144 bytes read front to back by the kernels — 8 bytes sc, 8 bytes mn,
+//! then 8 × 16 bytes of nibbles (byte t of sub-block j holds L_t in its low and L_{t+16} in its high
+//! nibble) — and `d` (n, 2·⌈k/256⌉) f32 as (d, dmin) pairs. 4.75 bits per weight (Q4_K: 4.5, its sub-scales
+//! in 6 bits and d, dmin in f16).
+//!
+//! The matmul quantizes each row of x once per call, per block of 32: for q8 to int16 (d_x = max|x| /
+//! 32767: W8A16, why in `simd/int.rs`); for q4 to int8 (d_x = max|x| / 127, W4A8: unsigned 4-bit weights
+//! times signed bytes never saturate `pmaddubsw`'s i16 pairs, 2·15·127 < 2^15, so one instruction does 32
+//! products) with the block sums s_x = d_x·Σq_x for the minimums. Then
+//! q8: `y[i][c] = Σ_b d_w[c][b] · d_x[i][b] · Σ_{block b} q_w · q_x`;
+//! q4: `y[i][c] = Σ_b (d·sc_b · d_x[i][b] · Σ_{block b} L · q_x − dmin·mn_b · s_x[i][b])`,
+//! with exact integer block sums. Decode (GEMV) and prefill (GEMM) run the same register-tiled kernels
+//! (`kernel.rs`), threaded over output columns.
+//! q8 error against the float product of the *unquantized* x and W: ≤ Σ_b (d_w/2 · Σ|x| + d_x/2 · Σ|w| +
 //! d_w·d_x/4 · 32) over the blocks of each output, plus f32 accumulation (tested against f64).
 //!
 //! Every level has a scalar twin (`scalar.rs`); AVX-512 CPUs run the AVX2 instantiation for now.
@@ -33,15 +47,23 @@ use crate::{KernelError, Kernels};
 pub enum QuantFormat {
     /// 8-bit, one f32 scale per block of 32 along k.
     Q8,
+    /// 4-bit with a scale and a minimum per sub-block of 32 (bytes), f32 (d, dmin) per super-block of 256.
+    Q4,
 }
 
+/// q4: values of k per super-block, sub-blocks per super-block, bytes per super-block.
+pub const Q4_SUPER: usize = 256;
+pub const Q4_SUBS: usize = Q4_SUPER / BLOCK;
+pub const Q4_SUPER_BYTES: usize = 2 * Q4_SUBS + Q4_SUPER / 2;
+
 impl QuantFormat {
-    pub const ALL: [QuantFormat; 1] = [QuantFormat::Q8];
+    pub const ALL: [QuantFormat; 2] = [QuantFormat::Q8, QuantFormat::Q4];
 
     /// The spelling of the CLI and of checkpoint metadata.
     pub const fn name(self) -> &'static str {
         match self {
             QuantFormat::Q8 => "q8",
+            QuantFormat::Q4 => "q4",
         }
     }
 
@@ -49,19 +71,57 @@ impl QuantFormat {
         QuantFormat::ALL.into_iter().find(|f| f.name() == s)
     }
 
-    /// Values of k per block.
+    /// Values of k per unit of storage: a row's k is zero-padded to a multiple of this.
     pub const fn block(self) -> usize {
-        BLOCK
+        match self {
+            QuantFormat::Q8 => BLOCK,
+            QuantFormat::Q4 => Q4_SUPER,
+        }
+    }
+
+    /// k padded to whole blocks.
+    pub const fn padded(self, k: usize) -> usize {
+        k.div_ceil(self.block()) * self.block()
     }
 
     /// Bytes of quantized values per row of k values (padded to whole blocks).
     pub const fn row_bytes(self, k: usize) -> usize {
-        k.div_ceil(BLOCK) * BLOCK
+        match self {
+            QuantFormat::Q8 => k.div_ceil(BLOCK) * BLOCK,
+            QuantFormat::Q4 => k.div_ceil(Q4_SUPER) * Q4_SUPER_BYTES,
+        }
     }
 
-    /// Scales per row of k values.
+    /// f32 scales per row of k values.
     pub const fn row_scales(self, k: usize) -> usize {
-        k.div_ceil(BLOCK)
+        match self {
+            QuantFormat::Q8 => k.div_ceil(BLOCK),
+            QuantFormat::Q4 => 2 * k.div_ceil(Q4_SUPER),
+        }
+    }
+
+    /// Bits of storage per weight (values and scales) when k is a multiple of the block.
+    pub fn bits_per_weight(self) -> f64 {
+        let k = self.block();
+        (self.row_bytes(k) * 8 + self.row_scales(k) * 32) as f64 / k as f64
+    }
+
+    /// The integer type the matmul quantizes activations to (per block of 32).
+    pub const fn activations(self) -> &'static str {
+        match self {
+            QuantFormat::Q8 => "int16",
+            QuantFormat::Q4 => "int8",
+        }
+    }
+
+    /// What the scales are, for plans and errors.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            QuantFormat::Q8 => "int8 values, f32 scale per block of 32",
+            QuantFormat::Q4 => {
+                "4-bit values, byte scale and min per sub-block of 32, f32 (d, dmin) per super-block of 256"
+            }
+        }
     }
 }
 
@@ -71,15 +131,18 @@ impl fmt::Display for QuantFormat {
     }
 }
 
-/// Range function of one level: output columns c0..c1 for every row of x.
+/// Range functions of one level: output columns c0..c1 for every row of x.
 pub(crate) type QRangeFn = unsafe fn(&QArgs, usize, usize);
+pub(crate) type Q4RangeFn = unsafe fn(&Q4Args, usize, usize);
 
 pub(crate) struct QTable {
     pub q8_range: QRangeFn,
+    pub q4_range: Q4RangeFn,
 }
 
 static SCALAR: QTable = QTable {
     q8_range: scalar::q8_range,
+    q4_range: scalar::q4_range,
 };
 
 fn table(isa: Isa) -> &'static QTable {
@@ -99,7 +162,7 @@ fn table(isa: Isa) -> &'static QTable {
     }
 }
 
-/// The operands of one quantized matmul as the range functions see them. Raw pointers: the tasks of one
+/// The operands of one q8 matmul as the range functions see them. Raw pointers: the tasks of one
 /// call share it and write disjoint columns of `y`.
 pub(crate) struct QArgs {
     /// (m, nb·32) quantized x
@@ -122,14 +185,39 @@ pub(crate) struct QArgs {
 unsafe impl Sync for QArgs {}
 unsafe impl Send for QArgs {}
 
-/// A weight (n, k) quantized for this crate's int8 kernels (see the module docs for the layout).
+/// The operands of one q4 matmul (see the module docs for the layout).
+pub(crate) struct Q4Args {
+    /// (m, nsb·256) x quantized to int8 per block of 32
+    pub xq: *const i8,
+    /// (m, nsb·8) scales of x
+    pub xd: *const f32,
+    /// (m, nsb·8) block sums of x, d_x·Σq_x
+    pub xs: *const f32,
+    pub m: usize,
+    pub n: usize,
+    /// super-blocks per row
+    pub nsb: usize,
+    /// (n, nsb·144)
+    pub wq: *const u8,
+    /// (n, nsb·2) (d, dmin) pairs
+    pub wd: *const f32,
+    /// (n) or null
+    pub bias: *const f32,
+    /// (m, n), row stride n
+    pub y: *mut f32,
+}
+// Safety: as QArgs.
+unsafe impl Sync for Q4Args {}
+unsafe impl Send for Q4Args {}
+
+/// A weight (n, k) quantized for this crate's integer kernels (see the module docs for the layouts).
 pub struct QuantWeight {
     format: QuantFormat,
     n: usize,
     k: usize,
-    /// (n, nb·32) bytes, viewed as i8; stored as u32 for alignment
+    /// (n, row bytes); stored as u32 for alignment (row bytes are a multiple of 4 in every format)
     qs: AlignedBuf<u32>,
-    /// (n, nb)
+    /// (n, row scales)
     d: AlignedBuf<f32>,
 }
 
@@ -145,30 +233,26 @@ impl QuantWeight {
     pub fn k(&self) -> usize {
         self.k
     }
-    /// Blocks per row.
+    /// Blocks of 32 per row (k padded to the format's block, over 32).
     pub fn blocks(&self) -> usize {
-        self.format.row_scales(self.k)
+        self.format.padded(self.k) / BLOCK
     }
     /// Bytes held (values and scales).
     pub fn bytes(&self) -> usize {
         self.qs.len() * 4 + self.d.len() * 4
     }
-    /// The quantized values (n, nb·32) as bytes (two's complement i8).
+    /// The quantized values (n, row bytes) as stored (q8: two's complement i8; q4: see the module docs).
     pub fn qs_bytes(&self) -> &[u8] {
         // Safety: u32 storage viewed as its bytes; every bit pattern is a valid u8.
         unsafe { std::slice::from_raw_parts(self.qs.as_ptr() as *const u8, self.qs.len() * 4) }
     }
-    fn qs_i8(&self) -> &[i8] {
-        // Safety: as `qs_bytes`.
-        unsafe { std::slice::from_raw_parts(self.qs.as_ptr() as *const i8, self.qs.len() * 4) }
-    }
-    fn qs_i8_mut(&mut self) -> &mut [i8] {
+    fn qs_bytes_mut(&mut self) -> &mut [u8] {
         // Safety: as `qs_bytes`, exclusively borrowed.
         unsafe {
-            std::slice::from_raw_parts_mut(self.qs.as_mut_ptr() as *mut i8, self.qs.len() * 4)
+            std::slice::from_raw_parts_mut(self.qs.as_mut_ptr() as *mut u8, self.qs.len() * 4)
         }
     }
-    /// The scales (n, nb).
+    /// The scales (n, row scales).
     pub fn scales(&self) -> &[f32] {
         &self.d
     }
@@ -177,6 +261,7 @@ impl QuantWeight {
     fn zeroed(format: QuantFormat, n: usize, k: usize) -> Result<QuantWeight, KernelError> {
         const OP: &str = "quantize";
         let rb = format.row_bytes(k);
+        debug_assert!(rb.is_multiple_of(4));
         let len = n.checked_mul(rb).ok_or_else(|| KernelError::Invalid {
             op: OP,
             msg: format!("size {n}*{rb} overflows"),
@@ -190,8 +275,8 @@ impl QuantWeight {
         })
     }
 
-    /// A weight from stored parts (a quantized checkpoint): `qs` (n, nb·32) bytes and `d` (n, nb) scales,
-    /// which must be finite and ≥ 0. The bytes are copied into aligned storage.
+    /// A weight from stored parts (a quantized checkpoint): `qs` (n, row bytes) and `d` (n, row scales)
+    /// scales, which must be finite and ≥ 0. The bytes are copied into aligned storage.
     pub fn from_parts(
         format: QuantFormat,
         n: usize,
@@ -208,7 +293,7 @@ impl QuantWeight {
         p.finish()
     }
 
-    /// Row `r` dequantized (k values): q·d.
+    /// Row `r` dequantized (k values): the values the matmul multiplies by.
     pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
         const OP: &str = "quantized row_f32";
         check_len(OP, "out (k)", self.k, out.len())?;
@@ -218,11 +303,19 @@ impl QuantWeight {
                 msg: format!("row {r} of a weight with n = {} rows", self.n),
             });
         }
-        let (rb, nb) = (self.format.row_bytes(self.k), self.blocks());
-        let q = &self.qs_i8()[r * rb..];
-        let d = &self.d[r * nb..];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = q[i] as f32 * d[i / BLOCK];
+        let (rb, ns) = (
+            self.format.row_bytes(self.k),
+            self.format.row_scales(self.k),
+        );
+        let q = &self.qs_bytes()[r * rb..(r + 1) * rb];
+        let d = &self.d[r * ns..(r + 1) * ns];
+        match self.format {
+            QuantFormat::Q8 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = q[i] as i8 as f32 * d[i / BLOCK];
+                }
+            }
+            QuantFormat::Q4 => scalar::dequantize_row_q4(q, d, out),
         }
         Ok(())
     }
@@ -237,6 +330,11 @@ pub struct QuantPacker {
 }
 
 impl QuantPacker {
+    /// The format rows are quantized to.
+    pub fn format(&self) -> QuantFormat {
+        self.w.format
+    }
+
     /// Quantizes the next `rows` rows (part: (rows, k)), threaded over rows.
     pub fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
         const OP: &str = "quantize";
@@ -256,9 +354,10 @@ impl QuantPacker {
                 ),
             });
         }
-        let (rb, nb, r0) = (self.w.format.row_bytes(k), self.w.blocks(), self.rows);
-        let qs = SendPtr(self.w.qs_i8_mut()[r0 * rb..].as_mut_ptr());
-        let d = SendPtr(self.w.d[r0 * nb..].as_mut_ptr());
+        let format = self.w.format;
+        let (rb, ns, r0) = (format.row_bytes(k), format.row_scales(k), self.rows);
+        let qs = SendPtr(self.w.qs_bytes_mut()[r0 * rb..].as_mut_ptr());
+        let d = SendPtr(self.w.d[r0 * ns..].as_mut_ptr());
         let per = 64usize;
         self.kern.parallel_for(rows.div_ceil(per), &|t| {
             let mut row = vec![0f32; k];
@@ -275,10 +374,19 @@ impl QuantPacker {
                 let (q, dd) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.get().add(r * rb), rb),
-                        std::slice::from_raw_parts_mut(d.get().add(r * nb), nb),
+                        std::slice::from_raw_parts_mut(d.get().add(r * ns), ns),
                     )
                 };
-                scalar::quantize_row_q8(&row, q, dd);
+                match format {
+                    QuantFormat::Q8 => {
+                        // Safety: i8 and u8 have the same layout.
+                        let q = unsafe {
+                            std::slice::from_raw_parts_mut(q.as_mut_ptr() as *mut i8, q.len())
+                        };
+                        scalar::quantize_row_q8(&row, q, dd)
+                    }
+                    QuantFormat::Q4 => scalar::quantize_row_q4(&row, q, dd),
+                }
             }
         });
         self.rows += rows;
@@ -286,12 +394,14 @@ impl QuantPacker {
     }
 
     /// Appends `rows` rows already quantized in this format (a quantized checkpoint): values `qs`
-    /// (rows, row bytes) and scales `d` (rows, blocks), which must be finite and ≥ 0. Copied as they are.
+    /// (rows, row bytes) and scales `d` (rows, row scales), which must be finite and ≥ 0. Copied as they
+    /// are (every byte pattern of the values is valid in both formats).
     pub fn push_quantized(&mut self, qs: &[u8], d: &[f32], rows: usize) -> Result<(), KernelError> {
         const OP: &str = "quantized weight";
-        let (rb, nb, r0) = (
-            self.w.format.row_bytes(self.w.k),
-            self.w.blocks(),
+        let format = self.w.format;
+        let (rb, ns, r0) = (
+            format.row_bytes(self.w.k),
+            format.row_scales(self.w.k),
             self.rows,
         );
         check_len(
@@ -302,8 +412,8 @@ impl QuantPacker {
         )?;
         check_len(
             OP,
-            "scales (rows * blocks)",
-            rows.saturating_mul(nb),
+            "scales (rows * row scales)",
+            rows.saturating_mul(ns),
             d.len(),
         )?;
         if r0 + rows > self.w.n {
@@ -317,22 +427,22 @@ impl QuantPacker {
             });
         }
         if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            let (row, s) = (i / ns.max(1), i % ns.max(1));
+            let which = match format {
+                QuantFormat::Q8 => format!("scale of row {row} block {s}"),
+                QuantFormat::Q4 => format!(
+                    "{} of row {row} super-block {}",
+                    if s % 2 == 0 { "scale" } else { "min scale" },
+                    s / 2
+                ),
+            };
             return Err(KernelError::Invalid {
                 op: OP,
-                msg: format!(
-                    "scale of row {} block {} is {} (scales must be finite and >= 0)",
-                    i / nb.max(1),
-                    i % nb.max(1),
-                    d[i]
-                ),
+                msg: format!("{which} is {} (scales must be finite and >= 0)", d[i]),
             });
         }
-        // Safety: u32 storage viewed as bytes, exclusively borrowed.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.w.qs.as_mut_ptr() as *mut u8, self.w.qs.len() * 4)
-        };
-        dst[r0 * rb..(r0 + rows) * rb].copy_from_slice(qs);
-        self.w.d[r0 * nb..(r0 + rows) * nb].copy_from_slice(d);
+        self.w.qs_bytes_mut()[r0 * rb..(r0 + rows) * rb].copy_from_slice(qs);
+        self.w.d[r0 * ns..(r0 + rows) * ns].copy_from_slice(d);
         self.rows += rows;
         Ok(())
     }
@@ -354,8 +464,19 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// A row quantizer: (x row, values, scales).
+type QuantizeRowFn<T> = dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync;
+
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
+
+/// x (m, k) quantized per row and block of 32 for the q4 kernels: values (m, kp) int8, scales (m, kp/32)
+/// and block sums d_x·Σq_x (m, kp/32), kp = k padded to whole super-blocks.
+pub struct ActQ8 {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
 
 impl Kernels {
     /// A packer that quantizes the rows of an (n, k) weight part by part into `format`.
@@ -385,11 +506,18 @@ impl Kernels {
         p.finish()
     }
 
-    /// x (m, k) quantized to int16 per row and block of 32 (see `scalar::quantize_row_a16`): (values
-    /// (m, nb·32), scales (m, nb)). Threaded over rows.
-    pub fn quantize_rows_a16(&self, x: &[f32], m: usize, k: usize) -> (Vec<i16>, Vec<f32>) {
-        let (rb, nb) = (k.div_ceil(BLOCK) * BLOCK, k.div_ceil(BLOCK));
-        let mut q = vec![0i16; m * rb];
+    /// Runs `f(row, x row, values, scales)` for every row of x (m, k) into buffers of `kp` values and
+    /// `kp/32` scales per row, threaded over rows.
+    fn quantize_rows<T: Copy + Default + Send>(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        kp: usize,
+        f: &QuantizeRowFn<T>,
+    ) -> (Vec<T>, Vec<f32>) {
+        let nb = kp / BLOCK;
+        let mut q = vec![T::default(); m * kp];
         let mut d = vec![0f32; m * nb];
         let (qp, dp) = (SendPtr(q.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
         let per = (1usize << 16).div_ceil(k.max(1)).max(1);
@@ -398,17 +526,41 @@ impl Kernels {
                 // Safety: task t writes rows t·per.. only; q and d hold m rows.
                 let (qr, dr) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(qp.get().add(r * rb), rb),
+                        std::slice::from_raw_parts_mut(qp.get().add(r * kp), kp),
                         std::slice::from_raw_parts_mut(dp.get().add(r * nb), nb),
                     )
                 };
-                scalar::quantize_row_a16(&x[r * k..(r + 1) * k], qr, dr);
+                f(&x[r * k..(r + 1) * k], qr, dr);
             }
         });
         (q, d)
     }
 
-    /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)) on a quantized W, x quantized to int8 per row and block once
+    /// x (m, k) quantized to int16 per row and block of 32 (see `scalar::quantize_row_a16`): (values
+    /// (m, nb·32), scales (m, nb)). Threaded over rows.
+    pub fn quantize_rows_a16(&self, x: &[f32], m: usize, k: usize) -> (Vec<i16>, Vec<f32>) {
+        self.quantize_rows(x, m, k, k.div_ceil(BLOCK) * BLOCK, &|x, q, d| {
+            scalar::quantize_row_a16(x, q, d)
+        })
+    }
+
+    /// x (m, k) quantized to int8 per row and block of 32 with block sums, padded to whole q4
+    /// super-blocks (see [`ActQ8`] and `scalar::quantize_row_q8`). Threaded over rows.
+    pub fn quantize_rows_a8(&self, x: &[f32], m: usize, k: usize) -> ActQ8 {
+        let kp = QuantFormat::Q4.padded(k);
+        let (q, d) = self.quantize_rows(x, m, k, kp, &|x, q, d| {
+            let nb = x.len().div_ceil(BLOCK);
+            scalar::quantize_row_q8(x, &mut q[..nb * BLOCK], &mut d[..nb]);
+        });
+        let s = q
+            .chunks_exact(BLOCK)
+            .zip(&d)
+            .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+            .collect();
+        ActQ8 { q, d, s }
+    }
+
+    /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)) on a quantized W, x quantized per row and block once
     /// (see the module docs). Threaded over output columns.
     pub fn matmul_quant(
         &self,
@@ -432,30 +584,58 @@ impl Kernels {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (xq, xd) = self.quantize_rows_a16(x, m, k);
-        let a = QArgs {
-            xq: xq.as_ptr(),
-            xd: xd.as_ptr(),
-            m,
-            n,
-            nb: w.blocks(),
-            wq: w.qs_i8().as_ptr(),
-            wd: w.d.as_ptr(),
-            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-            y: y.as_mut_ptr(),
-        };
-        let f = table(self.isa()).q8_range;
+        let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+        match w.format {
+            QuantFormat::Q8 => {
+                let (xq, xd) = self.quantize_rows_a16(x, m, k);
+                let a = QArgs {
+                    xq: xq.as_ptr(),
+                    xd: xd.as_ptr(),
+                    m,
+                    n,
+                    nb: w.blocks(),
+                    wq: w.qs_bytes().as_ptr() as *const i8,
+                    wd: w.d.as_ptr(),
+                    bias,
+                    y: y.as_mut_ptr(),
+                };
+                let f = table(self.isa()).q8_range;
+                // Safety: the level's table is only reached on a CPU that has it (Kernels was made
+                // after detection); all sizes were checked above; tasks write disjoint columns.
+                self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
+            }
+            QuantFormat::Q4 => {
+                let xa = self.quantize_rows_a8(x, m, k);
+                let a = Q4Args {
+                    xq: xa.q.as_ptr(),
+                    xd: xa.d.as_ptr(),
+                    xs: xa.s.as_ptr(),
+                    m,
+                    n,
+                    nsb: w.blocks() / Q4_SUBS,
+                    wq: w.qs_bytes().as_ptr(),
+                    wd: w.d.as_ptr(),
+                    bias,
+                    y: y.as_mut_ptr(),
+                };
+                let f = table(self.isa()).q4_range;
+                // Safety: as for q8.
+                self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f(c0, c1)` over the output columns 0..n in the matmul's guided ranges (large first, ~32K
+    /// multiply-adds last), in multiples of the widest register tile.
+    fn for_columns(&self, n: usize, work: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let units = n.div_ceil(COL_UNIT);
-        // The matmul's guided ranges: large first, ~32K multiply-adds last.
-        let bounds = crate::matmul::chunks(units, self.threads(), m * n * k.max(1));
+        let bounds = crate::matmul::chunks(units, self.threads(), work);
         self.parallel_for(bounds.len() - 1, &|t| {
             let (c0, c1) = (bounds[t] * COL_UNIT, (bounds[t + 1] * COL_UNIT).min(n));
             if c0 < c1 {
-                // Safety: the level's table is only reached on a CPU that has it (Kernels was made after
-                // detection); all sizes were checked above; tasks write disjoint columns.
-                unsafe { f(&a, c0, c1) }
+                f(c0, c1)
             }
         });
-        Ok(())
     }
 }
