@@ -482,7 +482,7 @@ fn wait_handle(h: &RequestHandle, cancel: &AtomicBool) -> Result<Answer, EngineE
             return Err(interrupted());
         }
         match h.recv() {
-            Some(Event::Text(_)) => {}
+            Some(Event::Text(_) | Event::Token(_)) => {}
             Some(Event::Done {
                 tokens,
                 text,
