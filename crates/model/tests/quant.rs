@@ -137,11 +137,12 @@ fn q4_logits_parity_with_transformers_fp32_and_the_unquantized_model() {
         let base = load(geometry, None, None);
         let t = &model.language_model;
         for l in &t.layers {
+            let mlp = l.mlp.dense().expect("a dense model");
             for lin in [
                 &l.self_attn.qkv_proj,
                 &l.self_attn.o_proj,
-                &l.mlp.gate_up_proj,
-                &l.mlp.down_proj,
+                &mlp.gate_up_proj,
+                &mlp.down_proj,
             ] {
                 assert_eq!(lin.weight.quant_format(), Some(QuantFormat::Q4));
             }
