@@ -147,6 +147,12 @@ pub(crate) fn error_response(e: &ApiError) -> Response {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
+    if e.status == 413 {
+        // The body was not read to its end: the connection cannot carry another request. Say so, or a
+        // client's pool reuses it and its next request meets a closed socket.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
