@@ -217,6 +217,7 @@ fn cmd_cpu(json: bool) -> Result<()> {
     writeln!(out, "features:  {}", r.features.join(" "))?;
     writeln!(out, "available: {}", r.available.join(" "))?;
     writeln!(out, "level:     {} ({})", r.level, r.reason)?;
+    writeln!(out, "bf16 dot:  {}", r.bf16_dot)?;
     let lanes: Vec<String> = r
         .f32_lanes
         .iter()

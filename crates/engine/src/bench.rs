@@ -213,7 +213,10 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
 
     // The compute peak of the arithmetic the model runs (bandwidth was probed during decode).
     let peak = opts.roofline.then(|| match model.precision() {
-        Precision::Fast => roofline::bf16_dot_peak(&k).unwrap_or_else(|| roofline::fma_peak(&k)),
+        Precision::Fast if k.bf16_dot() => {
+            roofline::bf16_dot_peak(&k).unwrap_or_else(|| roofline::fma_peak(&k))
+        }
+        Precision::Fast => roofline::fma_peak(&k),
         Precision::F32 => roofline::fma_peak(&k),
     });
     let pct = |x: f64, lim: Option<f64>| lim.filter(|l| *l > 0.0).map(|l| 100.0 * x / l);

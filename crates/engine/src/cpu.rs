@@ -1,6 +1,7 @@
 //! What `qwen3vl cpu` reports: the CPU's name, its SIMD features and the level the kernels will use.
 
-use qwen3vl_kernels::isa::{Features, Isa, IsaError, SimdConfig};
+use qwen3vl_kernels::isa::{Bf16Dot, Features, Isa, IsaError, SimdConfig};
+use qwen3vl_kernels::{roofline, Kernels};
 
 /// The host CPU as the kernels see it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -15,6 +16,8 @@ pub struct CpuReport {
     pub reason: String,
     /// Levels this CPU supports, lowest first.
     pub available: Vec<&'static str>,
+    /// Whether the `fast` precision runs on the bf16 dot product (`vdpbf16ps`), and why.
+    pub bf16_dot: String,
     /// f32 lanes of one vector register, per level (all levels, supported or not).
     pub f32_lanes: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -22,13 +25,30 @@ pub struct CpuReport {
 impl CpuReport {
     /// Detect the host. An error only if `QWEN3VL_SIMD` names an unknown or unsupported level.
     pub fn detect() -> Result<CpuReport, IsaError> {
-        let sel = SimdConfig::from_env()?.select()?;
+        let config = SimdConfig::from_env()?;
+        let sel = config.select()?;
         let f = Features::detect();
+        let used = Kernels::with_config(&config)?.bf16_dot();
+        let bf16_dot = match (roofline::bf16_dot_ratio(), config.bf16_dot) {
+            _ if sel.isa != Isa::Avx512 || !f.avx512_bf16 => {
+                "not used (needs the avx512 level with avx512_bf16)".to_string()
+            }
+            (_, Bf16Dot::On | Bf16Dot::Off) => format!(
+                "{} (forced by QWEN3VL_BF16_DOT)",
+                if used { "used" } else { "not used" }
+            ),
+            (Some(r), Bf16Dot::Auto) => format!(
+                "{}: its throughput is {r:.2}x f32 FMA's on this CPU",
+                if used { "used" } else { "not used (fast = the exact f32 kernels)" }
+            ),
+            (None, Bf16Dot::Auto) => "not used".to_string(),
+        };
         Ok(CpuReport {
             cpu: cpu_name(),
             features: f.names(),
             level: sel.isa.name(),
             reason: sel.reason,
+            bf16_dot,
             available: f.available().iter().map(|i| i.name()).collect(),
             f32_lanes: Isa::ALL.iter().map(|i| (i.name(), i.f32_lanes())).collect(),
         })

@@ -25,7 +25,7 @@ pub mod simd;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
-use isa::{Features, Isa, IsaError, SimdConfig};
+use isa::{Bf16Dot, Features, Isa, IsaError, SimdConfig};
 
 /// A bad argument to a kernel's public API.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,13 +46,18 @@ pub enum KernelError {
 pub struct Kernels {
     isa: Isa,
     features: Features,
+    /// The `Fast` paths run on `vdpbf16ps` (see [`Bf16Dot`]).
+    bf16_dot: bool,
     pub(crate) vec: &'static ops::VecTable,
     pool: &'static pool::ThreadPool,
 }
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+        f.debug_struct("Kernels")
+            .field("isa", &self.isa)
+            .field("bf16_dot", &self.bf16_dot)
+            .finish()
     }
 }
 
@@ -60,7 +65,7 @@ impl Kernels {
     /// The kernels of `isa`; an error if this CPU does not support it.
     pub fn new(isa: Isa) -> Result<Kernels, IsaError> {
         let sel = SimdConfig::default().force(isa).select()?;
-        Ok(Kernels::from_selection(sel.isa, sel.features))
+        Ok(Kernels::from_selection(sel.isa, sel.features, Bf16Dot::Auto))
     }
 
     /// The kernels chosen by `QWEN3VL_SIMD` if set, else the best level of this CPU.
@@ -71,13 +76,21 @@ impl Kernels {
     /// The kernels chosen by `config` on this CPU.
     pub fn with_config(config: &SimdConfig) -> Result<Kernels, IsaError> {
         let sel = config.select()?;
-        Ok(Kernels::from_selection(sel.isa, sel.features))
+        Ok(Kernels::from_selection(sel.isa, sel.features, config.bf16_dot))
     }
 
-    fn from_selection(isa: Isa, features: Features) -> Kernels {
+    fn from_selection(isa: Isa, features: Features, dot: Bf16Dot) -> Kernels {
+        let can = isa == Isa::Avx512 && features.avx512_bf16;
+        let bf16_dot = can
+            && match dot {
+                Bf16Dot::On => true,
+                Bf16Dot::Off => false,
+                Bf16Dot::Auto => roofline::bf16_dot_pays(),
+            };
         Kernels {
             isa,
             features,
+            bf16_dot,
             vec: ops::table(isa),
             pool: pool::ThreadPool::default_pool(),
         }
@@ -92,11 +105,38 @@ impl Kernels {
             .collect()
     }
 
+    /// [`Kernels::all_available`], with the AVX-512 level twice where the CPU has AVX512_BF16: the bf16
+    /// dot product on, then off (whichever the probe would choose), so that tests run both paths.
+    pub fn test_variants() -> Vec<Kernels> {
+        let mut v = Vec::new();
+        for k in Kernels::all_available() {
+            if k.with_bf16_dot(true).bf16_dot() {
+                v.extend([k.with_bf16_dot(true), k.with_bf16_dot(false)]);
+            } else {
+                v.push(k);
+            }
+        }
+        v
+    }
+
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
     pub fn features(&self) -> Features {
         self.features
+    }
+
+    /// Whether the `Fast` matmul and attention paths run on the bf16 dot product (`vdpbf16ps`): the CPU
+    /// has it (AVX-512 level with AVX512_BF16) and it pays here (see [`Bf16Dot`]).
+    pub fn bf16_dot(&self) -> bool {
+        self.bf16_dot
+    }
+
+    /// These kernels with the bf16 dot product on or off (on only where the CPU has it): to test and
+    /// measure both paths on one machine.
+    pub fn with_bf16_dot(mut self, on: bool) -> Kernels {
+        self.bf16_dot = on && self.isa == Isa::Avx512 && self.features.avx512_bf16;
+        self
     }
 }

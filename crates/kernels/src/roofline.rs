@@ -126,6 +126,50 @@ pub fn bf16_dot_peak(k: &Kernels) -> Option<f64> {
     None
 }
 
+/// Whether `vdpbf16ps` outruns f32 FMA on this CPU (decided once per process): one thread times short
+/// bursts of each (≈ 0.25 ms, alternating, best of 4), and the bf16 dot product is used when its
+/// throughput is at least 0.9× the FMA's (with equal peaks it still wins: the exact kernels spend integer
+/// ops widening the bf16 weights). The two differ by 2× either way on the CPUs seen so far (Zen 4: 2×
+/// in favour of the dot product; an Intel Xeon with AVX512_BF16: 0.5×), far outside the probe's noise.
+pub fn bf16_dot_pays() -> bool {
+    bf16_dot_ratio().is_some_and(|r| r >= 0.9)
+}
+
+/// The bf16 dot product's throughput over f32 FMA's on one thread, as probed once per process (see
+/// [`bf16_dot_pays`]); None when the CPU has no AVX512_BF16.
+pub fn bf16_dot_ratio() -> Option<f64> {
+    static RATIO: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *RATIO.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = crate::isa::Features::detect();
+            if f.avx512f && f.avx512_bf16 {
+                let (dot, fma) = dot_and_fma_rates();
+                return Some(dot / fma.max(1e-9));
+            }
+        }
+        None
+    })
+}
+
+/// (bf16 dot, f32 FMA) flops per second of one thread, best of 4 alternating bursts.
+#[cfg(target_arch = "x86_64")]
+fn dot_and_fma_rates() -> (f64, f64) {
+    const ITERS: u64 = 2000; // 12 chains × 2000 iterations: ≈ 0.25 ms at 1 instruction per cycle
+    let rate = |f: &dyn Fn(u64) -> f64| {
+        let t0 = Instant::now();
+        let flops = f(ITERS);
+        flops / t0.elapsed().as_secs_f64().max(1e-9)
+    };
+    let (mut dot, mut fma) = (0f64, 0f64);
+    for _ in 0..4 {
+        // Safety: the caller checked AVX-512 F and AVX512_BF16.
+        dot = dot.max(rate(&|n| unsafe { x86::dp_loop(n) }));
+        fma = fma.max(rate(&|n| unsafe { x86::fma512(n) }));
+    }
+    (dot, fma)
+}
+
 /// Runs `f(iters)` (which returns the flops it did) on every thread; best of 5 rounds of ~40 ms.
 fn compute_peak(k: &Kernels, f: &(dyn Fn(u64) -> f64 + Sync)) -> f64 {
     let threads = k.threads();

@@ -115,7 +115,7 @@ fn make(m: usize, k: usize, n: usize, seed: u64) -> Case {
 }
 
 fn uses_bf16_dot(kern: &Kernels) -> bool {
-    kern.isa() == Isa::Avx512 && kern.features().avx512_bf16
+    kern.bf16_dot()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,7 +168,7 @@ fn run_shape(m: usize, k: usize, n: usize, big: bool) {
     let (ref_f, mag_f) = reference(&c, &|i| c.w_f32[i] as f64);
     let mut combo = 0usize;
     let mut runs = 0usize;
-    for base in Kernels::all_available() {
+    for base in Kernels::test_variants() {
         for path in [MatmulPath::Exact, MatmulPath::Fast] {
             for bf in [true, false] {
                 for packed in [true, false] {
@@ -223,7 +223,7 @@ fn run_shape(m: usize, k: usize, n: usize, big: bool) {
             }
         }
     }
-    assert!(runs >= Kernels::all_available().len(), "{runs} runs");
+    assert!(runs >= Kernels::test_variants().len(), "{runs} runs");
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn large_shape() {
 fn exact_bf16_matches_widened_f32_closely() {
     let c = make(6, 300, 70, 5);
     let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
-    for kern in Kernels::all_available() {
+    for kern in Kernels::test_variants() {
         let mut y1 = vec![0.0; 6 * 70];
         let mut y2 = vec![0.0; 6 * 70];
         let p1 = kern.pack_weight(Weight::Bf16(&c.w_bf16), 70, 300).unwrap();
@@ -291,7 +291,7 @@ fn exact_bf16_matches_widened_f32_closely() {
 fn nan_propagates_per_row() {
     let mut c = make(5, 40, 37, 9);
     c.x[2 * 40 + 3] = f32::NAN;
-    for kern in Kernels::all_available() {
+    for kern in Kernels::test_variants() {
         for path in [MatmulPath::Exact, MatmulPath::Fast] {
             let p = kern.pack_weight(Weight::Bf16(&c.w_bf16), 37, 40).unwrap();
             let mut y1 = vec![0.0; 5 * 37];
@@ -386,7 +386,7 @@ fn bad_lengths_are_errors() {
         .matmul_unpacked(&x, usize::MAX, Weight::Bf16(&w), 6, 4, None, &mut y, path)
         .is_err());
     // A weight packed for another level is rejected.
-    let all = Kernels::all_available();
+    let all = Kernels::test_variants();
     if all.len() > 1 {
         let other = all[0].pack_weight(Weight::Bf16(&w), 6, 4).unwrap();
         let r = all[all.len() - 1].matmul(&x, 2, &other, None, &mut y, path);
@@ -401,7 +401,7 @@ fn pack_parts_matches_concatenation() {
     let (k, n) = (37usize, 150usize);
     let c = make(5, k, n, 21);
     let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
-    for kern in Kernels::all_available() {
+    for kern in Kernels::test_variants() {
         for splits in [
             &[150usize][..],
             &[1, 149],
@@ -510,7 +510,7 @@ fn swiglu_epilogue_matches_unfused() {
         }
         let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
         let half = i_out * k;
-        for base in Kernels::all_available() {
+        for base in Kernels::test_variants() {
             for threads in [1usize, 2] {
                 let kern = base.with_threads(threads);
                 for bf in [true, false] {
@@ -596,7 +596,7 @@ fn swiglu_pair_errors() {
 /// silu(0)·0 = 0 for a SwiGLU pair).
 #[test]
 fn zero_input_features() {
-    for kern in Kernels::all_available() {
+    for kern in Kernels::test_variants() {
         let p = kern
             .pack_swiglu(Weight::Bf16(&[]), Weight::Bf16(&[]), 3, 0)
             .unwrap();
@@ -647,7 +647,7 @@ fn blocked_gemm_matches_row_by_row() {
             }
         }
         let wf: Vec<f32> = c.w_bf16.iter().map(|&b| widen(b)).collect();
-        for base in Kernels::all_available() {
+        for base in Kernels::test_variants() {
             for threads in [1usize, 2] {
                 let kern = base.with_threads(threads);
                 for bf in [true, false] {
@@ -696,5 +696,5 @@ fn blocked_gemm_matches_row_by_row() {
             }
         }
     }
-    assert!(runs >= 5 * 2 * 2 * 2 * Kernels::all_available().len());
+    assert!(runs >= 5 * 2 * 2 * 2 * Kernels::test_variants().len());
 }

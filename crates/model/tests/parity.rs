@@ -194,6 +194,15 @@ fn parity_f32_every_isa_level() {
     }
 }
 
+/// `Fast` meets its tolerance with the bf16 dot product on and off where the CPU has it (which one a
+/// machine uses by default is its probe's choice), and at every other level.
+#[test]
+fn parity_fast_every_variant() {
+    for k in Kernels::test_variants() {
+        check_with("tied", Precision::Fast, k);
+    }
+}
+
 #[test]
 fn parity_fast_tied() {
     check("tied", Precision::Fast);

@@ -450,8 +450,7 @@ const BF16_MIN_ROWS: usize = 16;
 fn bf16_kernel(k: &Kernels, p: &AttnParams, plan: &Plan, group: usize) -> Option<TaskFn> {
     #[cfg(target_arch = "x86_64")]
     if p.path == MatmulPath::Fast
-        && k.isa() == Isa::Avx512
-        && k.features().avx512_bf16
+        && k.bf16_dot()
         && plan.heads == 1
         && plan.tile_rows * group >= BF16_MIN_ROWS
     {

@@ -22,7 +22,8 @@
 //!
 //! Paths ([`MatmulPath`]):
 //! - `Exact`: f32 arithmetic on widened weights. Error ≤ 2(k+2)·2⁻²⁴·Σ|x·w| per output (+ bias rounding).
-//! - `Fast`: on CPUs with AVX512_BF16 and bf16 packed weights, x is rounded to bf16 (RNE, relative error
+//! - `Fast`: where the bf16 dot product pays ([`Kernels::bf16_dot`]: AVX512_BF16 and faster than f32 FMA)
+//!   and with bf16 packed weights, x is rounded to bf16 (RNE, relative error
 //!   ≤ 2⁻⁸: 8 significant bits) and products are accumulated by `vdpbf16ps` in f32: error ≤ (2⁻⁸ + 2(k+2)·2⁻²⁴)·Σ|x·w|
 //!   (+ denormals flushed). Elsewhere `Fast` runs the exact path.
 //!
@@ -445,7 +446,7 @@ const GEMV_MAX_M: usize = 8;
 
 impl Kernels {
     fn mm(&self) -> &'static MmTable {
-        table(self.isa(), self.features().avx512_bf16)
+        table(self.isa(), self.bf16_dot())
     }
 
     /// Repacks `w` (n, k) into the layout of this level's microkernel (threaded). Do this once at load.
