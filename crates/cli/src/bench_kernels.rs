@@ -240,7 +240,8 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
         } = *row;
         let gbps = bytes / time / 1e9;
         let gflops = 2.0 * (m * n * kk) as f64 / time / 1e9;
-        let uses_dot = path == MatmulPath::Fast && dtype == "bf16" && k.bf16_dot() && r.bf16_gflops.is_some();
+        let uses_dot =
+            path == MatmulPath::Fast && dtype == "bf16" && k.bf16_dot() && r.bf16_gflops.is_some();
         let pct = if kind == "gemv" {
             100.0 * gbps / read_gbps.unwrap_or(r.read_gbps)
         } else if uses_dot {

@@ -39,7 +39,11 @@ impl CpuReport {
             ),
             (Some(r), Bf16Dot::Auto) => format!(
                 "{}: its throughput is {r:.2}x f32 FMA's on this CPU",
-                if used { "used" } else { "not used (fast = the exact f32 kernels)" }
+                if used {
+                    "used"
+                } else {
+                    "not used (fast = the exact f32 kernels)"
+                }
             ),
             (None, Bf16Dot::Auto) => "not used".to_string(),
         };

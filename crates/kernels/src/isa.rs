@@ -354,7 +354,10 @@ mod tests {
         assert_eq!(Bf16Dot::parse(" ON ").unwrap(), Bf16Dot::On);
         assert_eq!(Bf16Dot::parse("0").unwrap(), Bf16Dot::Off);
         let e = Bf16Dot::parse("maybe").unwrap_err();
-        assert_eq!(e.to_string(), "QWEN3VL_BF16_DOT=\"maybe\": expected auto, on or off");
+        assert_eq!(
+            e.to_string(),
+            "QWEN3VL_BF16_DOT=\"maybe\": expected auto, on or off"
+        );
     }
 
     #[test]

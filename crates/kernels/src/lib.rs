@@ -65,7 +65,11 @@ impl Kernels {
     /// The kernels of `isa`; an error if this CPU does not support it.
     pub fn new(isa: Isa) -> Result<Kernels, IsaError> {
         let sel = SimdConfig::default().force(isa).select()?;
-        Ok(Kernels::from_selection(sel.isa, sel.features, Bf16Dot::Auto))
+        Ok(Kernels::from_selection(
+            sel.isa,
+            sel.features,
+            Bf16Dot::Auto,
+        ))
     }
 
     /// The kernels chosen by `QWEN3VL_SIMD` if set, else the best level of this CPU.
@@ -76,7 +80,11 @@ impl Kernels {
     /// The kernels chosen by `config` on this CPU.
     pub fn with_config(config: &SimdConfig) -> Result<Kernels, IsaError> {
         let sel = config.select()?;
-        Ok(Kernels::from_selection(sel.isa, sel.features, config.bf16_dot))
+        Ok(Kernels::from_selection(
+            sel.isa,
+            sel.features,
+            config.bf16_dot,
+        ))
     }
 
     fn from_selection(isa: Isa, features: Features, dot: Bf16Dot) -> Kernels {

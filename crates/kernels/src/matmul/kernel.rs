@@ -218,6 +218,18 @@ unsafe fn packed_bf16_e<S: MmSimd, const MR: usize, const NV: usize, const E: bo
         let wg = w.as_ptr().add(j * gsize);
         let (c0, cols) = a.group_cols(j, g);
         let mut i = 0;
+        // 5 to 8 rows (batched decode): one tile of all of them, a few vectors of the group at a time, so
+        // that each weight is widened once for every row instead of once per MR rows.
+        while a.m - i > MR && a.m - i >= SPLIT_MIN_ROWS {
+            let r = (a.m - i).min(8);
+            match r {
+                5 => tile_bf16_split::<S, 5, NV, E>(s, a, wg, i, c0, cols),
+                6 => tile_bf16_split::<S, 6, NV, E>(s, a, wg, i, c0, cols),
+                7 => tile_bf16_split::<S, 7, NV, E>(s, a, wg, i, c0, cols),
+                _ => tile_bf16_split::<S, 8, NV, E>(s, a, wg, i, c0, cols),
+            }
+            i += r;
+        }
         while i + MR <= a.m {
             tile_bf16::<S, MR, NV, E>(s, a, wg, i, c0, cols);
             i += MR;
@@ -230,6 +242,115 @@ unsafe fn packed_bf16_e<S: MmSimd, const MR: usize, const NV: usize, const E: bo
             4 => tile_bf16::<S, 4, NV, E>(s, a, wg, i, c0, cols),
             5 => tile_bf16::<S, 5, NV, E>(s, a, wg, i, c0, cols),
             _ => unreachable!("MR <= 6"),
+        }
+    }
+}
+
+/// Rows of x from which [`tile_bf16_split`] takes a block of rows (up to 8) instead of MR-row tiles.
+const SPLIT_MIN_ROWS: usize = 5;
+
+/// Bytes ahead of the pair being read at which the packed weight is prefetched: the weight is one
+/// sequential stream (groups are contiguous), and decode reads it from memory; ~2 KiB in flight per
+/// thread hides the DRAM latency that the hardware prefetcher's shorter reach leaves exposed while the
+/// FMAs of a batched step keep the core busy.
+const PREFETCH_BYTES: usize = 2048;
+
+/// Prefetches the cache lines `PREFETCH_BYTES` ahead of a pair row of `bytes` bytes at `p` (a pair row
+/// is 4·G bytes: one line at AVX2, four at AVX-512; a line is never requested twice per row).
+#[inline(always)]
+unsafe fn prefetch(p: *const u16, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
+        let mut off = 0;
+        while off < bytes {
+            // a hint: an address past the weight's end is never dereferenced
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off));
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
+/// One R × G tile (5 ≤ R ≤ 8) computed VC vectors of the group at a time: R·VC accumulators + 2·VC
+/// widened weights + 1 broadcast fit the register file (AVX2: 8 + 2 + 1 of 16 with VC = 1; AVX-512: VC = 2,
+/// 16 + 4 + 1 of 32), and each pair load is widened once for all R rows. The first pass reads the group
+/// from memory (prefetched ahead), the others from L2. Each accumulator sums the same products in the
+/// same order as [`tile_bf16`]: the same bits.
+#[inline(always)]
+unsafe fn tile_bf16_split<S: MmSimd, const R: usize, const NV: usize, const E: bool>(
+    s: S,
+    a: &Args,
+    wg: *const u16,
+    i0: usize,
+    c0: usize,
+    cols: usize,
+) {
+    let k = a.k;
+    let g = NV * S::LANES;
+    let x = a.x.as_ptr().add(i0 * k);
+    let vc = if S::LANES >= 16 { 2 } else { 1 };
+    let mut out = [[s.zero(); NV]; R];
+    let mut v0 = 0;
+    while v0 < NV {
+        match (NV - v0).min(vc) {
+            1 => split_pass::<S, R, 1, NV>(s, x, k, wg, g, v0, &mut out),
+            _ => split_pass::<S, R, 2, NV>(s, x, k, wg, g, v0, &mut out),
+        }
+        v0 += vc;
+    }
+    store_tile::<S, R, NV, E>(s, a, &out, i0, c0, cols);
+}
+
+/// Vectors v0..v0+VC of the tile over all of k, into `out[..][v0..v0+VC]`.
+#[inline(always)]
+unsafe fn split_pass<S: MmSimd, const R: usize, const VC: usize, const NV: usize>(
+    s: S,
+    x: *const f32,
+    k: usize,
+    wg: *const u16,
+    g: usize,
+    v0: usize,
+    out: &mut [[S::V; NV]; R],
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); VC]; R];
+    for p in 0..k / 2 {
+        let wp = wg.add(p * g * 2 + v0 * l * 2);
+        if v0 == 0 {
+            prefetch(wg.add(p * g * 2), g * 4);
+        }
+        let mut we = [s.zero(); VC];
+        let mut wo = [s.zero(); VC];
+        for v in 0..VC {
+            (we[v], wo[v]) = s.widen_pairs(wp.add(v * l * 2));
+        }
+        for m in 0..R {
+            let xe = s.splat(*x.add(m * k + 2 * p));
+            for v in 0..VC {
+                acc[m][v] = s.mul_add(xe, we[v], acc[m][v]);
+            }
+            let xo = s.splat(*x.add(m * k + 2 * p + 1));
+            for v in 0..VC {
+                acc[m][v] = s.mul_add(xo, wo[v], acc[m][v]);
+            }
+        }
+    }
+    if k % 2 == 1 {
+        let p = k / 2;
+        let wp = wg.add(p * g * 2 + v0 * l * 2);
+        for v in 0..VC {
+            let (we, _) = s.widen_pairs(wp.add(v * l * 2));
+            for m in 0..R {
+                acc[m][v] = s.mul_add(s.splat(*x.add(m * k + 2 * p)), we, acc[m][v]);
+            }
+        }
+    }
+    for m in 0..R {
+        for v in 0..VC {
+            out[m][v0 + v] = acc[m][v];
         }
     }
 }
@@ -252,6 +373,7 @@ unsafe fn tile_bf16<S: MmSimd, const MR: usize, const NV: usize, const E: bool>(
     // pairs of k: one load per vector, widened to the even-k and odd-k weights
     for p in 0..k / 2 {
         let wp = wg.add(p * g * 2);
+        prefetch(wp, g * 4);
         let mut xe = [s.zero(); MR];
         let mut xo = [s.zero(); MR];
         for m in 0..MR {
