@@ -197,6 +197,38 @@ fn handles_are_shared_across_threads() {
     send::<qwen3vl_engine::RequestHandle>();
 }
 
+/// An image request joining while another sequence decodes has its vision tower run one block per step
+/// (the running sequence keeps getting tokens), and answers as it does alone; alone, the tower runs whole.
+#[test]
+fn vision_runs_between_decode_steps_of_the_others() {
+    let e = engine();
+    let blocks = e.model.vision_blocks();
+    assert!(blocks > 1, "the tiny checkpoint has {blocks} vision blocks");
+    let img = Request {
+        messages: vec![user(1, "Describe this image.")],
+        images: vec![image(&e, "img_96x64.png")],
+        params: greedy(3),
+    };
+    let long = Request {
+        messages: vec![user(0, "Count to a thousand.")],
+        images: vec![],
+        params: greedy(400),
+    };
+    let mut opts = SchedulerOptions::new(4096);
+    opts.prefix_cache = false;
+    opts.vision_cache_bytes = 0;
+    let s = Scheduler::start(e.clone(), opts).unwrap();
+    let alone = s.submit(img.clone()).unwrap().wait().unwrap();
+    assert_eq!(alone.stats.vision_steps, 1, "{:?}", alone.stats);
+    let l = s.submit(long).unwrap();
+    // the long request decodes: its first piece of text has come
+    while !matches!(l.recv(), Some(Event::Text(_))) {}
+    let joined = s.submit(img).unwrap().wait().unwrap();
+    assert_eq!(joined.stats.vision_steps, blocks, "{:?}", joined.stats);
+    assert_eq!(joined.tokens, alone.tokens);
+    l.cancel();
+}
+
 /// An image seen again after different text (so no shared prefix covers it) comes from the vision cache,
 /// and the answer is the one of a run without any cache.
 #[test]

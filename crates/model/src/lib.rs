@@ -45,6 +45,7 @@ pub use plan::{Plan, PlanOp};
 pub use qwen3vl_kernels::quant::QuantFormat;
 pub use state::RunState;
 pub use trace::{Trace, TraceMap};
+pub use vision::VisionEncoding;
 
 /// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::state::RunState;
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
-use crate::vision::VisionModel;
+use crate::vision::{VisionEncoding, VisionModel};
 use crate::weights::{Dtype, Weights};
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
@@ -167,6 +167,28 @@ impl Model {
     /// Runs the vision tower over all images of one prompt (in prompt order).
     pub fn encode_images(&self, images: &[VisionInput]) -> Result<VisionOutput, ModelError> {
         self.encode_images_traced(images, None)
+    }
+
+    /// [`Model::encode_images`] in steps: this runs the patch and position embeddings, then
+    /// [`Model::encode_step`] runs one block at a time and [`Model::encode_finish`] the merger. The same
+    /// arithmetic as `encode_images` (the same bits); a scheduler interleaves it with decode steps.
+    pub fn begin_images(&self, images: &[VisionInput]) -> Result<VisionEncoding, ModelError> {
+        self.visual.begin(&self.ctx, images, &mut Tracer(None))
+    }
+
+    /// Runs the next vision block of `e` (and its DeepStack merger); returns whether all blocks have run.
+    pub fn encode_step(&self, e: &mut VisionEncoding) -> Result<bool, ModelError> {
+        self.visual.step(&self.ctx, e, &mut Tracer(None))
+    }
+
+    /// Blocks of the vision tower.
+    pub fn vision_blocks(&self) -> usize {
+        self.visual.blocks.len()
+    }
+
+    /// The merged visual tokens of a finished encoding (an error if blocks are left).
+    pub fn encode_finish(&self, e: VisionEncoding) -> Result<VisionOutput, ModelError> {
+        self.visual.finish(&self.ctx, e, &mut Tracer(None))
     }
 
     /// [`Model::encode_images`], recording each stage into `trace`.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use qwen3vl_model::{Model, VisionInput, VisionOutput};
+use qwen3vl_model::{Model, VisionEncoding, VisionInput, VisionOutput};
 
 use crate::session::EngineError;
 
@@ -65,45 +65,106 @@ fn vision_bytes(v: &VisionOutput) -> usize {
     4 * (v.embeds.len() + v.deepstack.iter().map(Vec::len).sum::<usize>())
 }
 
-/// The features of `images` (in order), each image taken from `cache` by content hash or encoded alone
-/// and added to it (least recently used dropped beyond `cap` bytes). Images are independent in the vision
-/// tower (attention within each image), so encoding them one at a time gives the same features. Returns
-/// the concatenated features and how many images came from the cache.
-pub(super) fn encode_cached(
-    model: &Model,
-    images: &[VisionInput],
-    cache: &mut Vec<(u64, Arc<VisionOutput>)>,
-    cap: usize,
-) -> Result<(VisionOutput, usize), EngineError> {
-    if cap == 0 {
-        return Ok((model.encode_images(images)?, 0));
-    }
-    let mut parts = Vec::with_capacity(images.len());
-    let mut hits = 0;
-    for im in images {
-        let h = content_hash(im);
-        let part = match cache.iter().position(|(k, _)| *k == h) {
-            Some(i) => {
+/// The features of one sequence's images (in order), each image taken from the vision cache by content
+/// hash or encoded alone and added to it (least recently used dropped beyond `cap` bytes; `cap` 0: no
+/// cache). Images are independent in the vision tower (attention within each image), so encoding them one
+/// at a time gives the same features. The encoding advances a few blocks per call ([`VisionJob::advance`]),
+/// so that a scheduler runs it between decode steps instead of stalling the running sequences for the
+/// whole tower.
+pub(super) struct VisionJob {
+    /// Each image's features, once known.
+    parts: Vec<Option<Arc<VisionOutput>>>,
+    /// (image index, its encoding in progress)
+    current: Option<(usize, VisionEncoding)>,
+    /// Images that came from the cache.
+    hits: usize,
+    /// Calls to `advance` so far.
+    pub(super) calls: usize,
+}
+
+impl VisionJob {
+    /// Looks every image up in `cache` (hits become the most recently used).
+    pub(super) fn new(
+        images: &[VisionInput],
+        cache: &mut Vec<(u64, Arc<VisionOutput>)>,
+        cap: usize,
+    ) -> VisionJob {
+        let mut hits = 0;
+        let parts = images
+            .iter()
+            .map(|im| {
+                if cap == 0 {
+                    return None;
+                }
+                let h = content_hash(im);
+                let i = cache.iter().position(|(k, _)| *k == h)?;
                 hits += 1;
                 let e = cache.remove(i);
                 cache.push(e.clone());
-                e.1
-            }
-            None => {
-                let v = Arc::new(model.encode_images(std::slice::from_ref(im))?);
-                if vision_bytes(&v) <= cap {
-                    cache.push((h, v.clone()));
-                    while cache.iter().map(|(_, v)| vision_bytes(v)).sum::<usize>() > cap {
-                        cache.remove(0);
-                    }
-                }
-                v
-            }
-        };
-        parts.push(part);
+                Some(e.1)
+            })
+            .collect();
+        VisionJob {
+            parts,
+            current: None,
+            hits,
+            calls: 0,
+        }
     }
-    if parts.len() == 1 {
-        return Ok(((*parts[0]).clone(), hits));
+
+    /// Runs up to `blocks` vision blocks (at least one when any image is left to encode; `usize::MAX`: to
+    /// the end). Returns the concatenated features and how many images came from the cache once every
+    /// image is done.
+    pub(super) fn advance(
+        &mut self,
+        model: &Model,
+        images: &[VisionInput],
+        cache: &mut Vec<(u64, Arc<VisionOutput>)>,
+        cap: usize,
+        blocks: usize,
+    ) -> Result<Option<(VisionOutput, usize)>, EngineError> {
+        self.calls += 1;
+        let mut left = blocks.max(1);
+        loop {
+            if self.current.is_none() {
+                let Some(next) = self.parts.iter().position(Option::is_none) else {
+                    let parts: Vec<Arc<VisionOutput>> =
+                        self.parts.iter().flatten().cloned().collect();
+                    return Ok(Some((concat(&parts), self.hits)));
+                };
+                let e = model.begin_images(std::slice::from_ref(&images[next]))?;
+                self.current = Some((next, e));
+            }
+            let (idx, e) = self.current.as_mut().expect("set above");
+            let idx = *idx;
+            let mut done = e.blocks_done() >= model.vision_blocks();
+            while !done && left > 0 {
+                done = model.encode_step(e)?;
+                left -= 1;
+            }
+            if !done {
+                return Ok(None);
+            }
+            let (_, e) = self.current.take().expect("set above");
+            let v = Arc::new(model.encode_finish(e)?);
+            if cap > 0 && vision_bytes(&v) <= cap {
+                cache.push((content_hash(&images[idx]), v.clone()));
+                while cache.iter().map(|(_, v)| vision_bytes(v)).sum::<usize>() > cap {
+                    cache.remove(0);
+                }
+            }
+            self.parts[idx] = Some(v);
+            if left == 0 && self.parts.iter().any(Option::is_none) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// The features of several images, concatenated in order (rows of `embeds` and of each DeepStack level).
+fn concat(parts: &[Arc<VisionOutput>]) -> VisionOutput {
+    if let [one] = parts {
+        return (**one).clone();
     }
     let mut out = VisionOutput {
         embeds: parts
@@ -121,7 +182,7 @@ pub(super) fn encode_cached(
                 .collect(),
         );
     }
-    Ok((out, hits))
+    out
 }
 
 #[cfg(test)]

@@ -139,6 +139,9 @@ pub struct SeqStats {
     pub image_tokens: usize,
     /// Images whose features came from the vision cache (not encoded).
     pub cached_images: usize,
+    /// Scheduler steps its images' vision encoding was spread over (one block per step while other
+    /// sequences decode; 1 when it ran whole; 0 without images to encode).
+    pub vision_steps: usize,
     /// Submit to first token, seconds (waiting, vision, prefill).
     pub ttft_seconds: f64,
     /// Tokens generated (including a final EOS id).

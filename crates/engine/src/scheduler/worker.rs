@@ -9,12 +9,16 @@ use std::time::Instant;
 
 use qwen3vl_model::{KvCache, Logits, RunState, Seq, VisionOutput, VisionRows};
 
-use super::cache::{encode_cached, token_keys};
+use super::cache::{token_keys, VisionJob};
 use super::{Counters, Event, Job, SchedulerOptions, SeqStats};
 use crate::generate::{Generator, LoopError, Next};
 use crate::sampling::Sampler;
 use crate::session::Engine;
 use crate::stream::StreamDecoder;
+
+/// Vision blocks run per scheduler step while other sequences decode (one block of a 640×480 image on
+/// the 2B model costs about as much as a decode step).
+const VISION_BLOCKS_PER_STEP: usize = 1;
 
 /// A sequence in the batch.
 struct Running {
@@ -23,6 +27,8 @@ struct Running {
     cache: KvCache,
     gen: Generator,
     vision: Option<VisionOutput>,
+    /// Its images' encoding while in progress.
+    vision_job: Option<VisionJob>,
     /// Prompt tokens in the cache, image tokens among them.
     done: usize,
     image_rows: usize,
@@ -254,6 +260,7 @@ impl<'e> Worker<'e> {
             cache,
             gen,
             vision: None,
+            vision_job: None,
             done,
             image_rows,
             next_id: 0,
@@ -274,17 +281,38 @@ impl<'e> Worker<'e> {
             .running
             .iter()
             .position(|r| r.done < r.job.prepared.tokens.len());
+        let mut pre = pre;
         if let Some(i) = pre {
+            // While other sequences decode, the vision tower runs a few blocks per step (their tokens keep
+            // coming); alone, it runs whole.
+            let others_decode = self
+                .running
+                .iter()
+                .enumerate()
+                .any(|(j, s)| j != i && s.done >= s.job.prepared.tokens.len());
             let r = &mut self.running[i];
             let rest_has_images = r.job.prepared.tokens[r.done..].contains(&img);
             if r.vision.is_none() && rest_has_images {
                 let (vision_cache, cap) = (&mut self.vision_cache, self.opts.vision_cache_bytes);
-                match encode_cached(model, &r.job.prepared.vision, vision_cache, cap) {
-                    Ok((v, cached)) => {
+                let images = &r.job.prepared.vision;
+                let job = r
+                    .vision_job
+                    .get_or_insert_with(|| VisionJob::new(images, vision_cache, cap));
+                let blocks = if others_decode {
+                    VISION_BLOCKS_PER_STEP
+                } else {
+                    usize::MAX
+                };
+                match job.advance(model, images, vision_cache, cap, blocks) {
+                    Ok(Some((v, cached))) => {
                         r.stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
                         r.stats.cached_images = cached;
+                        r.stats.vision_steps = job.calls;
                         r.vision = Some(v);
+                        r.vision_job = None;
                     }
+                    // not yet: this step decodes the others only
+                    Ok(None) => pre = None,
                     Err(e) => {
                         let r = self.running.remove(i);
                         let _ = r.job.events.send(Event::Error(e.to_string()));
@@ -478,6 +506,7 @@ impl<'e> Worker<'e> {
                 cache,
                 gen,
                 vision: None,
+                vision_job: None,
                 done: p.done,
                 image_rows: p.image_rows,
                 next_id: 0,

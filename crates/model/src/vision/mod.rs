@@ -45,6 +45,27 @@ impl VisionOutput {
     }
 }
 
+/// A vision encoding in progress ([`crate::Model::begin_images`]): the hidden states after the blocks run so
+/// far, so that a scheduler can run the tower a few blocks at a time between decode steps.
+pub struct VisionEncoding {
+    n: usize,
+    /// (n, D)
+    x: Vec<f32>,
+    segments: Vec<usize>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: block::VisionScratch,
+    deepstack: Vec<Vec<f32>>,
+    next_block: usize,
+}
+
+impl VisionEncoding {
+    /// Blocks run so far.
+    pub fn blocks_done(&self) -> usize {
+        self.next_block
+    }
+}
+
 impl VisionModel {
     pub(crate) fn load(vb: &Vb, cfg: &VisionConfig) -> Result<VisionModel, ModelError> {
         let blocks = (0..cfg.depth)
@@ -99,10 +120,21 @@ impl VisionModel {
         images: &[VisionInput],
         trace: &mut Tracer,
     ) -> Result<VisionOutput, ModelError> {
+        let mut e = self.begin(c, images, trace)?;
+        while !self.step(c, &mut e, trace)? {}
+        self.finish(c, e, trace)
+    }
+
+    /// Steps 1–3 of [`VisionModel::forward`]: the encoding of `images` up to its first block.
+    pub(crate) fn begin(
+        &self,
+        c: &Ctx,
+        images: &[VisionInput],
+        trace: &mut Tracer,
+    ) -> Result<VisionEncoding, ModelError> {
         let cfg = &self.cfg;
         let n = self.check(images)?;
-        let (d, o, merge) = (cfg.hidden_size, cfg.out_hidden_size, cfg.spatial_merge_size);
-        let n_tok = n / cfg.merge_unit();
+        let (d, merge) = (cfg.hidden_size, cfg.spatial_merge_size);
         let grids: Vec<[usize; 3]> = images.iter().map(|im| im.grid_thw).collect();
         // One attention segment per frame group of each image (cu_seqlens).
         let segments: Vec<usize> = grids
@@ -136,35 +168,79 @@ impl VisionModel {
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         self.rotary_pos_emb
             .cos_sin(&grids, merge, &mut cos, &mut sin);
-        let inp = block::VisionInputs {
-            segments: &segments,
-            cos: &cos,
-            sin: &sin,
+        Ok(VisionEncoding {
+            n,
+            x,
+            segments,
+            cos,
+            sin,
+            scratch: block::VisionScratch::default(),
+            deepstack: Vec::with_capacity(self.deepstack_merger_list.len()),
+            next_block: 0,
+        })
+    }
+
+    /// Step 4 of [`VisionModel::forward`] for one block: block `e.next_block`, then its DeepStack merger
+    /// if it has one. Returns whether every block has run.
+    pub(crate) fn step(
+        &self,
+        c: &Ctx,
+        e: &mut VisionEncoding,
+        trace: &mut Tracer,
+    ) -> Result<bool, ModelError> {
+        let cfg = &self.cfg;
+        let i = e.next_block;
+        let Some(blk) = self.blocks.get(i) else {
+            return Ok(true);
         };
-
+        let (n, d, o) = (e.n, cfg.hidden_size, cfg.out_hidden_size);
+        let n_tok = n / cfg.merge_unit();
         // 4. blocks; after block deepstack_visual_indexes[j], deepstack_merger_list[j](x)  (n/4, O)
-        let mut scratch = block::VisionScratch::default();
-        let mut deepstack = Vec::with_capacity(self.deepstack_merger_list.len());
-        for (i, blk) in self.blocks.iter().enumerate() {
-            blk.forward(c, &mut x, n, &inp, &mut scratch)?;
-            trace.rec(|| format!("visual.blocks.{i}"), &[n, d], &x);
-            if let Some(j) = cfg.deepstack_visual_indexes.iter().position(|&b| b == i) {
-                let mut f = vec![0f32; n_tok * o];
-                self.deepstack_merger_list[j].forward(c, &x, n_tok, &mut f)?;
-                trace.rec(
-                    || format!("visual.deepstack_merger_list.{j}"),
-                    &[n_tok, o],
-                    &f,
-                );
-                deepstack.push(f);
-            }
+        let inp = block::VisionInputs {
+            segments: &e.segments,
+            cos: &e.cos,
+            sin: &e.sin,
+        };
+        blk.forward(c, &mut e.x, n, &inp, &mut e.scratch)?;
+        trace.rec(|| format!("visual.blocks.{i}"), &[n, d], &e.x);
+        if let Some(j) = cfg.deepstack_visual_indexes.iter().position(|&b| b == i) {
+            let mut f = vec![0f32; n_tok * o];
+            self.deepstack_merger_list[j].forward(c, &e.x, n_tok, &mut f)?;
+            trace.rec(
+                || format!("visual.deepstack_merger_list.{j}"),
+                &[n_tok, o],
+                &f,
+            );
+            e.deepstack.push(f);
         }
-        drop(scratch);
+        e.next_block += 1;
+        Ok(e.next_block >= self.blocks.len())
+    }
 
+    /// Step 5 of [`VisionModel::forward`], after every block has run.
+    pub(crate) fn finish(
+        &self,
+        c: &Ctx,
+        e: VisionEncoding,
+        trace: &mut Tracer,
+    ) -> Result<VisionOutput, ModelError> {
+        let cfg = &self.cfg;
+        if e.next_block < self.blocks.len() {
+            return Err(ModelError::Input(format!(
+                "vision encoding finished after {} of {} blocks",
+                e.next_block,
+                self.blocks.len()
+            )));
+        }
+        let n_tok = e.n / cfg.merge_unit();
+        let o = cfg.out_hidden_size;
         // 5. embeds = merger(x)                                      (n/4, O)
         let mut embeds = vec![0f32; n_tok * o];
-        self.merger.forward(c, &x, n_tok, &mut embeds)?;
+        self.merger.forward(c, &e.x, n_tok, &mut embeds)?;
         trace.rec(|| "visual.merger".into(), &[n_tok, o], &embeds);
-        Ok(VisionOutput { embeds, deepstack })
+        Ok(VisionOutput {
+            embeds,
+            deepstack: e.deepstack,
+        })
     }
 }
