@@ -69,6 +69,31 @@ fn fma_peak() -> f64 {
     f64::NAN
 }
 
+/// One thread's AVX-512 FMA peak in GFLOP per CPU second (NaN without AVX-512 F).
+fn fma512_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn chains(iters: u64) -> f32 {
+            use std::arch::x86_64::*;
+            let mut a = [_mm512_set1_ps(1.0); 12];
+            let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            for _ in 0..iters {
+                for v in a.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, b, c);
+                }
+            }
+            a.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+        }
+        let iters = 10_000_000u64;
+        return best(iters as f64 * 12.0 * 32.0, 0.5, &mut || {
+            // Safety: avx512f detected just above.
+            std::hint::black_box(unsafe { chains(std::hint::black_box(iters)) });
+        });
+    }
+    f64::NAN
+}
+
 fn main() {
     let k1 = Kernels::detect().unwrap().with_threads(1);
     let shapes: Vec<(usize, usize, usize)> = {
@@ -91,9 +116,14 @@ fn main() {
                 .collect()
         }
     };
-    let peak = fma_peak();
+    let peak256 = fma_peak();
+    let peak = if k1.isa() == qwen3vl_kernels::isa::Isa::Avx512 {
+        fma512_peak()
+    } else {
+        peak256
+    };
     println!(
-        "level {}; one-thread AVX2 FMA peak {peak:.1} GFLOP/cpu-s",
+        "level {}; one-thread FMA peak {peak:.1} GFLOP/cpu-s at this level (AVX2: {peak256:.1})",
         k1.isa()
     );
     for (m, k, n) in shapes {
