@@ -180,7 +180,9 @@ fn rng_vec(len: usize, seed: u64) -> Vec<f32> {
 }
 
 fn to_bf16(x: &[f32]) -> Vec<u16> {
-    x.iter().map(|v| (v.to_bits() >> 16) as u16).collect()
+    x.iter()
+        .map(|&v| qwen3vl_kernels::scalar::bf16_from_f32(v))
+        .collect()
 }
 
 /// `qwen3vl bench matmul [--json] [--threads N]`

@@ -918,12 +918,7 @@ fn fill_bf16(rng: &mut Rng, init: Init, n: usize, buf: &mut Vec<u8>) {
     }
 }
 
-/// Round to nearest even (values here are finite).
-fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let round = 0x7FFF + ((b >> 16) & 1);
-    (b.wrapping_add(round) >> 16) as u16
-}
+use qwen3vl_kernels::scalar::bf16_from_f32 as f32_to_bf16;
 
 #[cfg(test)]
 mod tests {

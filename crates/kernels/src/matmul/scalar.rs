@@ -13,15 +13,7 @@ pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// f32 -> bf16 bits, round to nearest even; NaN stays NaN (quiet).
-#[inline]
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
+pub use crate::scalar::bf16_from_f32 as f32_to_bf16;
 
 /// out[i] = bf16(x[i]) (RNE). Lengths equal (checked by the caller).
 pub fn to_bf16(x: &[f32], out: &mut [u16]) {

@@ -59,6 +59,7 @@ pub unsafe fn max(x: *const f32, n: usize) -> f32 {
 }
 
 /// One f32 to bf16 bits: round to nearest even; NaN becomes a quiet NaN with the same sign and top payload.
+#[inline]
 pub fn bf16_from_f32(x: f32) -> u16 {
     let b = x.to_bits();
     if x.is_nan() {
