@@ -134,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             quant,
             out,
-        } => qwen3vl_engine::logits::run_logits(&qwen3vl_engine::logits::LogitsOptions {
+        } => qwen3vl_engine::dev::logits::run_logits(&qwen3vl_engine::dev::logits::LogitsOptions {
             model_dir: hub::resolve(&model)?,
             images,
             system,
@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             shard_size_mb,
             force,
         } => {
-            let opts = qwen3vl_engine::init_random::InitOptions {
+            let opts = qwen3vl_engine::dev::init_random::InitOptions {
                 seed,
                 force,
                 layers,
@@ -231,9 +231,9 @@ fn cmd_init_random(
     preset: &str,
     out: &std::path::Path,
     shard_size_mb: u64,
-    opts: qwen3vl_engine::init_random::InitOptions,
+    opts: qwen3vl_engine::dev::init_random::InitOptions,
 ) -> Result<()> {
-    use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
+    use qwen3vl_engine::dev::init_random::{write_checkpoint, InitOptions, Preset};
     let preset = Preset::parse(preset)?;
     if shard_size_mb == 0 {
         anyhow::bail!("--shard-size-mb must be at least 1");

@@ -1,16 +1,15 @@
 //! qwen3vl-engine: what sits between the model and a user — CPU report, sampling, generation defaults,
-//! streaming detokenization, sessions with a KV cache, the generation loop, benchmarks and random
-//! checkpoints for trying the engine without weights.
+//! streaming detokenization, sessions with a KV cache, the generation loop, the scheduler and benchmarks;
+//! developer tools (random checkpoints, the logits dump) in [`dev`].
 
 pub mod bench;
 pub mod constraint;
 pub mod cpu;
+pub mod dev;
 pub mod eval;
 pub mod generate;
 pub mod generation_config;
 pub mod grounding;
-pub mod init_random;
-pub mod logits;
 pub mod media;
 pub mod quantize;
 pub mod request;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
+use qwen3vl_engine::dev::init_random::{write_checkpoint, InitOptions, Preset};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("qwen3vl-init-{tag}-{}", std::process::id()));

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
+use qwen3vl_engine::dev::init_random::{write_checkpoint, InitOptions, Preset};
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::text::ExpertLayout;
 use qwen3vl_model::{

@@ -1,6 +1,6 @@
 //! A random checkpoint written by `init_random` loads in the model and gives finite, varied activations.
 
-use qwen3vl_engine::init_random::{write_checkpoint, InitOptions, Preset};
+use qwen3vl_engine::dev::init_random::{write_checkpoint, InitOptions, Preset};
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
     KvCache, LoadOptions, Logits, Model, Positions, Precision, RunState, VisionInput,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qwen3vl_engine::logits::{compute_logits, LogitsOptions};
+use qwen3vl_engine::dev::logits::{compute_logits, LogitsOptions};
 use qwen3vl_engine::quantize::{quantize_checkpoint, QuantizeOptions};
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};

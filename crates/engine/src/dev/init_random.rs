@@ -40,11 +40,11 @@ use qwen3vl_model::QuantFormat;
 use crate::generation_config::GenerationConfig;
 use crate::sampling::Rng;
 
-const TOKENIZER_JSON: &[u8] = include_bytes!("../../../testdata/tokenizer/tokenizer.json");
+const TOKENIZER_JSON: &[u8] = include_bytes!("../../../../testdata/tokenizer/tokenizer.json");
 const TOKENIZER_CONFIG_JSON: &[u8] =
-    include_bytes!("../../../testdata/tokenizer/tokenizer_config.json");
+    include_bytes!("../../../../testdata/tokenizer/tokenizer_config.json");
 const CHAT_TEMPLATE: &str =
-    include_str!("../../processor/src/chat_template.qwen3vl-instruct.jinja");
+    include_str!("../../../processor/src/chat_template.qwen3vl-instruct.jinja");
 
 /// Default largest shard, like the Hub's.
 pub const DEFAULT_SHARD_BYTES: u64 = 2_000_000_000;
