@@ -509,10 +509,7 @@ fn parse_media_io_kwargs(v: Option<&Value>) -> Result<Option<usize>, ApiError> {
         return Ok(None);
     };
     let o = v.as_object().ok_or_else(|| {
-        ApiError::invalid(
-            K,
-            format!("{K} must be an object, not {}", type_name(v)),
-        )
+        ApiError::invalid(K, format!("{K} must be an object, not {}", type_name(v)))
     })?;
     let video = match o.get("video") {
         None | Some(Value::Null) => return Ok(None),
@@ -604,10 +601,12 @@ mod tests {
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": [
                     {"type": "text", "text": "what is this"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "video_url", "video_url": {"url": "file:///v/clip.gif"}}
                 ]},
                 {"role": "assistant", "content": null}
             ],
+            "media_io_kwargs": {"video": {"num_frames": 16, "fps": 2}, "image": {}},
             "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": -1, "min_p": 0.1, "seed": -3,
             "stop": ["\n\n", "END"], "stream": true, "stream_options": {"include_usage": true},
             "logprobs": true, "top_logprobs": 3, "n": 2, "user": "u", "unknown_field": [1, 2],
@@ -622,6 +621,15 @@ mod tests {
         assert_eq!(r.logprobs, Some(3));
         assert_eq!(r.n, 2);
         assert_eq!(r.image_count(), 1);
+        assert_eq!(r.video_count(), 1);
+        assert_eq!(r.video_frames, Some(16));
+        assert_eq!(
+            r.messages[1].parts[2],
+            Part::Video {
+                url: "file:///v/clip.gif".into(),
+                param: "messages[1].content[2].video_url".into()
+            }
+        );
         assert_eq!(r.messages[2].parts, vec![]);
         assert_eq!(
             r.response_format,
@@ -636,8 +644,8 @@ mod tests {
         );
         let r = ok(json!({"messages": user("hi"), "max_completion_tokens": 3, "stop": "x"}));
         assert_eq!(
-            (r.max_tokens, r.stop, r.n, r.logprobs),
-            (Some(3), vec!["x".to_string()], 1, None)
+            (r.max_tokens, r.stop, r.n, r.logprobs, r.video_frames),
+            (Some(3), vec!["x".to_string()], 1, None, None)
         );
     }
 
@@ -821,6 +829,41 @@ mod tests {
                 "messages[0].content[0]",
                 "user messages",
             ),
+            (
+                json!({"messages": [{"role": "system", "content": [{"type": "video_url", "video_url": {"url": "data:,"}}]}]}),
+                "messages[0].content[0]",
+                "videos are only supported in user messages",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "video_url"}]}]}),
+                "messages[0].content[1].video_url",
+                "must be an object with a url",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": 7}}]}]}),
+                "messages[0].content[0].video_url.url",
+                "must be a string",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": {"num_frames": 0}}}),
+                "media_io_kwargs.video.num_frames",
+                "integer from 1 to 768",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": {"num_frames": "8"}}}),
+                "media_io_kwargs.video.num_frames",
+                "must be an integer",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": 8}}),
+                "media_io_kwargs.video",
+                "must be an object",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": []}),
+                "media_io_kwargs",
+                "must be an object",
+            ),
         ];
         for (body, param, needle) in cases {
             let e = err(body.clone());
@@ -847,6 +890,19 @@ mod tests {
         assert_eq!(
             ok(json!({"messages": [{"role": "user", "content": parts}]})).image_count(),
             8
+        );
+        // Videos count with the images.
+        let vid = json!({"type": "video_url", "video_url": {"url": "not even a url"}});
+        let mut parts: Vec<Value> = (0..7).map(|_| img.clone()).collect();
+        parts.push(vid.clone());
+        let r = ok(json!({"messages": [{"role": "user", "content": parts.clone()}]}));
+        assert_eq!((r.image_count(), r.video_count()), (7, 1));
+        parts.push(vid);
+        let e = err(json!({"messages": [{"role": "user", "content": parts}]}));
+        assert!(
+            e.message.contains("more than 8 images and videos"),
+            "{}",
+            e.message
         );
     }
 

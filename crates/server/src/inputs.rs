@@ -26,7 +26,10 @@ pub(crate) fn load(
     let mut messages = Vec::with_capacity(msgs.len());
     let p = &ready.engine.processor;
     let undecodable = |param: &str, what: &str, e: &dyn std::fmt::Display| {
-        ApiError::invalid(param, format!("{param}: the {what} could not be decoded: {e}"))
+        ApiError::invalid(
+            param,
+            format!("{param}: the {what} could not be decoded: {e}"),
+        )
     };
     for m in msgs {
         let mut content = Vec::with_capacity(m.parts.len());

@@ -252,7 +252,9 @@ pub fn vetted_addrs(
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => (policy.lookup.0)(bare, port).map_err(|e| format!("cannot resolve {bare}: {e}"))?,
+        Err(_) => {
+            (policy.lookup.0)(bare, port).map_err(|e| format!("cannot resolve {bare}: {e}"))?
+        }
     };
     if addrs.is_empty() {
         return Err(format!("{bare} resolves to no address"));
@@ -289,9 +291,8 @@ impl ureq::unversioned::resolver::Resolver for Vetted {
         _config: &ureq::config::Config,
         _timeout: ureq::unversioned::transport::NextTimeout,
     ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let checked = host_port(&uri.to_string()).and_then(|(host, port)| {
-            vetted_addrs(&host, port, &self.policy)
-        });
+        let checked = host_port(&uri.to_string())
+            .and_then(|(host, port)| vetted_addrs(&host, port, &self.policy));
         match checked {
             Ok(addrs) => {
                 let mut out = self.empty();
@@ -535,7 +536,10 @@ mod tests {
         let lookup = Lookup::new(move |host, port| {
             assert_eq!(host, "media.test");
             let n = c.fetch_add(1, Ordering::SeqCst);
-            Ok(vec![SocketAddr::new(if n == 0 { first } else { later }, port)])
+            Ok(vec![SocketAddr::new(
+                if n == 0 { first } else { later },
+                port,
+            )])
         });
         (lookup, calls)
     }
@@ -552,9 +556,16 @@ mod tests {
             ..Default::default()
         };
         let e = fetch(&url, "messages[0].content[0].video_url", &remote).unwrap_err();
-        assert!(e.message.contains("127.0.0.1, a private, loopback"), "{}", e.message);
+        assert!(
+            e.message.contains("127.0.0.1, a private, loopback"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].video_url"));
-        assert_eq!((calls.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)), (1, 0));
+        assert_eq!(
+            (calls.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)),
+            (1, 0)
+        );
 
         // Rebinding: the first answer (checked) is 127.0.0.1, every later one 127.0.0.2, where another
         // server listens on the same port. Only the checked address may be connected to, and the name is
@@ -573,6 +584,12 @@ mod tests {
         };
         assert_eq!(fetch(&url, "i", &lan).unwrap(), b"vetted");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!((hits.load(Ordering::SeqCst), other_hits.load(Ordering::SeqCst)), (1, 0));
+        assert_eq!(
+            (
+                hits.load(Ordering::SeqCst),
+                other_hits.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
     }
 }

@@ -101,7 +101,10 @@ fn parse_role(o: &Map<String, Value>, at: &str) -> Result<String, ApiError> {
 /// One content part at `pat` (`messages[i].content[j]`) of a message of `role`.
 fn parse_part(p: &Value, pat: &str, role: &str) -> Result<Part, ApiError> {
     let po = p.as_object().ok_or_else(|| {
-        ApiError::invalid(pat, format!("{pat} must be an object, not {}", type_name(p)))
+        ApiError::invalid(
+            pat,
+            format!("{pat} must be an object, not {}", type_name(p)),
+        )
     })?;
     let kind = match po.get("type").and_then(Value::as_str) {
         Some("text") => {
