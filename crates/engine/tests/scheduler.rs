@@ -369,8 +369,8 @@ fn a_video_request_matches_a_session_and_is_reused_from_the_prefix_cache() {
         .session(4096)
         .generate_media(
             &messages,
-            &[img.clone()],
-            &[video.clone()],
+            std::slice::from_ref(&img),
+            std::slice::from_ref(&video),
             &params,
             &mut |_| Ok(()),
         )
