@@ -376,3 +376,62 @@ fn a_dropped_handle_frees_its_sequence_at_the_next_step() {
         l.steps - steps_at_drop
     );
 }
+
+/// A prompt with a video between an image and text, through the scheduler in chunks of 5 (the visual
+/// rows of the image and of the video's frame groups split across steps): the tokens a session generates
+/// for it; and again from the prefix cache, whose reuse covers the video's tokens.
+#[test]
+fn a_video_request_matches_a_session_and_is_reused_from_the_prefix_cache() {
+    use qwen3vl_processor::VideoOptions;
+    let e = engine();
+    let clip = std::fs::read(testdata().join("video/clips/gif_33x47_10f.gif")).unwrap();
+    let video = e.load_video_bytes(&clip, &VideoOptions::default()).unwrap();
+    let img = image(&e, "img_64x96.png");
+    let messages = vec![Message::new(
+        "user",
+        vec![
+            Content::Image,
+            Content::Text("and then".into()),
+            Content::Video,
+            Content::Text("What happens?".into()),
+        ],
+    )];
+    let params = greedy(6);
+    let want = e
+        .session(4096)
+        .generate_media(
+            &messages,
+            std::slice::from_ref(&img),
+            std::slice::from_ref(&video),
+            &params,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+    let mut opts = SchedulerOptions::new(4096);
+    opts.prefill_chunk = 5;
+    let s = Scheduler::start(e.clone(), opts).unwrap();
+    let req = Request {
+        messages,
+        images: vec![img],
+        params,
+    };
+    let run = || {
+        let mut h = s
+            .submit_media(req.clone(), vec![video.clone()], Default::default())
+            .unwrap();
+        h.pop().unwrap().wait().unwrap()
+    };
+    let cold = run();
+    assert_eq!(cold.tokens, want.tokens);
+    assert_eq!(cold.stats.cached_tokens, 0);
+    // The image's tokens and the video's 2 (4 frames of 33x47: 2 groups of one merged patch), encoded.
+    let n = |g: [usize; 3]| g.iter().product::<usize>() / 4;
+    assert_eq!(n(video.visual.grid_thw), 2);
+    assert_eq!(
+        cold.stats.image_tokens,
+        n(req.images[0].grid_thw) + n(video.visual.grid_thw)
+    );
+    let warm = run();
+    assert_eq!(warm.tokens, want.tokens);
+    assert_eq!(warm.stats.cached_tokens, cold.stats.prompt_tokens - 1);
+}

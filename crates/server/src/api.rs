@@ -77,7 +77,7 @@ impl std::fmt::Display for ApiError {
 /// Limits the validation enforces (from the server's options).
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Most images in one request (counted before any is fetched or decoded).
+    /// Most images and videos in one request (counted before any is fetched or decoded).
     pub max_images: usize,
     /// Most answers per request (`n`): the sequences that run at once.
     pub max_n: usize,
@@ -103,12 +103,21 @@ impl Default for Limits {
 /// Most alternatives per token (`top_logprobs`), as in OpenAI's API.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// Largest `media_io_kwargs.video.num_frames` (transformers' default `max_frames` for Qwen3-VL; the
+/// checkpoint's own limit applies below it).
+pub const MAX_VIDEO_FRAMES: usize = 768;
+
 /// One part of a message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Part {
     Text(String),
     /// The `image_url.url` (a `data:` URI, `file://` path or `http(s)` URL), and its field path for errors.
     Image {
+        url: String,
+        param: String,
+    },
+    /// The `video_url.url` (same sources as images), and its field path for errors.
+    Video {
         url: String,
         param: String,
     },
@@ -151,6 +160,8 @@ pub struct ChatRequest {
     pub logprobs: Option<usize>,
     pub n: usize,
     pub response_format: ResponseFormat,
+    /// Most frames sampled per video (`media_io_kwargs.video.num_frames`); None: the checkpoint's limit.
+    pub video_frames: Option<usize>,
 }
 
 impl ChatRequest {
@@ -159,6 +170,14 @@ impl ChatRequest {
             .iter()
             .flat_map(|m| &m.parts)
             .filter(|p| matches!(p, Part::Image { .. }))
+            .count()
+    }
+
+    pub fn video_count(&self) -> usize {
+        self.messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .filter(|p| matches!(p, Part::Video { .. }))
             .count()
     }
 }
@@ -176,7 +195,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -188,7 +207,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// Field accessors that name the field and what it should be.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl Fields<'_> {
     /// The field, None when absent or null.
@@ -283,7 +302,8 @@ pub fn parse_chat(body: &Value, limits: &Limits) -> Result<ChatRequest, ApiError
             ))
         }
     };
-    let messages = parse_messages(f.get("messages"), limits)?;
+    let messages = crate::messages::parse_messages(f.get("messages"), limits)?;
+    let video_frames = parse_media_io_kwargs(f.get("media_io_kwargs"))?;
 
     // max_tokens (or its newer name): at least 1, at most the context.
     let mut max_tokens = None;
@@ -477,7 +497,38 @@ pub fn parse_chat(body: &Value, limits: &Limits) -> Result<ChatRequest, ApiError
         logprobs,
         n: n.unwrap_or(1) as usize,
         response_format,
+        video_frames,
     })
+}
+
+/// vLLM's per-request media options: `{"video": {"num_frames": N}}` caps the frames sampled from each
+/// video (the checkpoint's `video_preprocessor_config.json` sets the rest). Other keys are ignored.
+fn parse_media_io_kwargs(v: Option<&Value>) -> Result<Option<usize>, ApiError> {
+    const K: &str = "media_io_kwargs";
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::invalid(K, format!("{K} must be an object, not {}", type_name(v)))
+    })?;
+    let video = match o.get("video") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(video)) => video,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("{K}.video"),
+                format!("{K}.video must be an object, not {}", type_name(v)),
+            ))
+        }
+    };
+    Fields(video)
+        .uint("num_frames", 1, MAX_VIDEO_FRAMES as u64)
+        .map(|n| n.map(|n| n as usize))
+        .map_err(|e| ApiError {
+            param: Some(format!("{K}.video.num_frames")),
+            message: format!("{K}.video.{}", e.message),
+            ..e
+        })
 }
 
 fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> {
@@ -526,151 +577,6 @@ fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> 
     }
 }
 
-fn parse_messages(v: Option<&Value>, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
-    let arr = match v {
-        None => return Err(ApiError::invalid("messages", "messages is required")),
-        Some(Value::Array(a)) if a.is_empty() => {
-            return Err(ApiError::invalid("messages", "messages must not be empty"))
-        }
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("messages must be an array, not {}", type_name(v)),
-            ))
-        }
-    };
-    let mut out = Vec::with_capacity(arr.len());
-    let mut images = 0usize;
-    for (i, m) in arr.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let o = m.as_object().ok_or_else(|| {
-            ApiError::invalid(&at, format!("{at} must be an object, not {}", type_name(m)))
-        })?;
-        let role = match o.get("role") {
-            Some(Value::String(r))
-                if ["system", "user", "assistant", "developer"].contains(&r.as_str()) =>
-            {
-                // OpenAI's newer name for the system role.
-                if r == "developer" {
-                    "system".to_string()
-                } else {
-                    r.clone()
-                }
-            }
-            Some(Value::String(r)) => {
-                return Err(ApiError::invalid(
-                    format!("{at}.role"),
-                    format!("{at}.role {r:?} is not supported (system, user or assistant)"),
-                ))
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("{at}.role"),
-                    format!("{at}.role must be a string: system, user or assistant"),
-                ))
-            }
-        };
-        let parts = match o.get("content") {
-            None | Some(Value::Null) if role == "assistant" => Vec::new(),
-            Some(Value::String(s)) => vec![Part::Text(s.clone())],
-            Some(Value::Array(items)) => {
-                let mut parts = Vec::with_capacity(items.len());
-                for (j, p) in items.iter().enumerate() {
-                    let pat = format!("{at}.content[{j}]");
-                    let po = p.as_object().ok_or_else(|| {
-                        ApiError::invalid(
-                            &pat,
-                            format!("{pat} must be an object, not {}", type_name(p)),
-                        )
-                    })?;
-                    match po.get("type").and_then(Value::as_str) {
-                        Some("text") => match po.get("text") {
-                            Some(Value::String(t)) => parts.push(Part::Text(t.clone())),
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    format!("{pat}.text"),
-                                    format!("{pat}.text must be a string"),
-                                ))
-                            }
-                        },
-                        Some("image_url") => {
-                            if role != "user" {
-                                return Err(ApiError::invalid(
-                                    &pat,
-                                    format!("{pat}: images are only supported in user messages"),
-                                ));
-                            }
-                            let url = match po.get("image_url") {
-                                Some(Value::String(u)) => u.clone(),
-                                Some(Value::Object(io)) => match io.get("url") {
-                                    Some(Value::String(u)) => u.clone(),
-                                    _ => {
-                                        return Err(ApiError::invalid(
-                                            format!("{pat}.image_url.url"),
-                                            format!("{pat}.image_url.url must be a string"),
-                                        ))
-                                    }
-                                },
-                                _ => {
-                                    return Err(ApiError::invalid(
-                                        format!("{pat}.image_url"),
-                                        format!("{pat}.image_url must be an object with a url"),
-                                    ))
-                                }
-                            };
-                            images += 1;
-                            if images > limits.max_images {
-                                return Err(ApiError::invalid(
-                                    "messages",
-                                    format!(
-                                        "the request has more than {} images, the limit of this server",
-                                        limits.max_images
-                                    ),
-                                ));
-                            }
-                            parts.push(Part::Image {
-                                url,
-                                param: format!("{pat}.image_url"),
-                            });
-                        }
-                        Some(t) => {
-                            return Err(ApiError::invalid(
-                                format!("{pat}.type"),
-                                format!("{pat}.type {t:?} is not supported (text or image_url)"),
-                            ))
-                        }
-                        None => {
-                            return Err(ApiError::invalid(
-                                format!("{pat}.type"),
-                                format!("{pat}.type must be a string: text or image_url"),
-                            ))
-                        }
-                    }
-                }
-                parts
-            }
-            Some(v) => {
-                return Err(ApiError::invalid(
-                    format!("{at}.content"),
-                    format!(
-                        "{at}.content must be a string or an array of parts, not {}",
-                        type_name(v)
-                    ),
-                ))
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    format!("{at}.content"),
-                    format!("{at}.content is required"),
-                ))
-            }
-        };
-        out.push(ChatMessage { role, parts });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,10 +601,12 @@ mod tests {
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": [
                     {"type": "text", "text": "what is this"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "video_url", "video_url": {"url": "file:///v/clip.gif"}}
                 ]},
                 {"role": "assistant", "content": null}
             ],
+            "media_io_kwargs": {"video": {"num_frames": 16, "fps": 2}, "image": {}},
             "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": -1, "min_p": 0.1, "seed": -3,
             "stop": ["\n\n", "END"], "stream": true, "stream_options": {"include_usage": true},
             "logprobs": true, "top_logprobs": 3, "n": 2, "user": "u", "unknown_field": [1, 2],
@@ -713,6 +621,15 @@ mod tests {
         assert_eq!(r.logprobs, Some(3));
         assert_eq!(r.n, 2);
         assert_eq!(r.image_count(), 1);
+        assert_eq!(r.video_count(), 1);
+        assert_eq!(r.video_frames, Some(16));
+        assert_eq!(
+            r.messages[1].parts[2],
+            Part::Video {
+                url: "file:///v/clip.gif".into(),
+                param: "messages[1].content[2].video_url".into()
+            }
+        );
         assert_eq!(r.messages[2].parts, vec![]);
         assert_eq!(
             r.response_format,
@@ -727,8 +644,8 @@ mod tests {
         );
         let r = ok(json!({"messages": user("hi"), "max_completion_tokens": 3, "stop": "x"}));
         assert_eq!(
-            (r.max_tokens, r.stop, r.n, r.logprobs),
-            (Some(3), vec!["x".to_string()], 1, None)
+            (r.max_tokens, r.stop, r.n, r.logprobs, r.video_frames),
+            (Some(3), vec!["x".to_string()], 1, None, None)
         );
     }
 
@@ -912,6 +829,41 @@ mod tests {
                 "messages[0].content[0]",
                 "user messages",
             ),
+            (
+                json!({"messages": [{"role": "system", "content": [{"type": "video_url", "video_url": {"url": "data:,"}}]}]}),
+                "messages[0].content[0]",
+                "videos are only supported in user messages",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "video_url"}]}]}),
+                "messages[0].content[1].video_url",
+                "must be an object with a url",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": 7}}]}]}),
+                "messages[0].content[0].video_url.url",
+                "must be a string",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": {"num_frames": 0}}}),
+                "media_io_kwargs.video.num_frames",
+                "integer from 1 to 768",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": {"num_frames": "8"}}}),
+                "media_io_kwargs.video.num_frames",
+                "must be an integer",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": {"video": 8}}),
+                "media_io_kwargs.video",
+                "must be an object",
+            ),
+            (
+                json!({"messages": user("a"), "media_io_kwargs": []}),
+                "media_io_kwargs",
+                "must be an object",
+            ),
         ];
         for (body, param, needle) in cases {
             let e = err(body.clone());
@@ -938,6 +890,19 @@ mod tests {
         assert_eq!(
             ok(json!({"messages": [{"role": "user", "content": parts}]})).image_count(),
             8
+        );
+        // Videos count with the images.
+        let vid = json!({"type": "video_url", "video_url": {"url": "not even a url"}});
+        let mut parts: Vec<Value> = (0..7).map(|_| img.clone()).collect();
+        parts.push(vid.clone());
+        let r = ok(json!({"messages": [{"role": "user", "content": parts.clone()}]}));
+        assert_eq!((r.image_count(), r.video_count()), (7, 1));
+        parts.push(vid);
+        let e = err(json!({"messages": [{"role": "user", "content": parts}]}));
+        assert!(
+            e.message.contains("more than 8 images and videos"),
+            "{}",
+            e.message
         );
     }
 

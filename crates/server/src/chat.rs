@@ -1,5 +1,5 @@
 //! `POST /v1/chat/completions` and `POST /tokenize`: a checked request becomes a scheduler request (images
-//! fetched and preprocessed on a blocking thread), and the scheduler's events become an OpenAI response —
+//! and videos fetched and preprocessed on a blocking thread), and the scheduler's events become an OpenAI response —
 //! one JSON body, or SSE chunks ending with `data: [DONE]`.
 
 use std::collections::VecDeque;
@@ -17,11 +17,10 @@ use qwen3vl_engine::{
     ConstraintFactory, EngineError, Event, FinishReason, GenerateParams, JsonGrammar,
     Request as EngineRequest, SeqOptions, TokenLogprob,
 };
-use qwen3vl_processor::{Content, ImageInput, Message};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::api::{self, ApiError, ChatRequest, Part, ResponseFormat};
+use crate::api::{self, ApiError, ChatRequest, ResponseFormat};
 use crate::{error_response, read_body, since, AppState, Ready, Slot};
 
 /// Cancels the request's sequences when dropped (the response finished, failed, or the client went away)
@@ -178,14 +177,14 @@ pub(crate) fn json_grammar(ready: &Ready) -> Result<Arc<JsonGrammar>, String> {
         .clone()
 }
 
-/// Fetches and preprocesses the images, then submits through the engine's one request path.
+/// Fetches and preprocesses the images and videos, then submits through the engine's one request path.
 fn submit(
     st: &AppState,
     creq: ChatRequest,
     constraint: Option<Arc<dyn ConstraintFactory>>,
 ) -> Result<Vec<qwen3vl_engine::RequestHandle>, ApiError> {
     let ready = st.ready()?;
-    let (messages, images) = messages_and_images(st, ready, &creq.messages)?;
+    let inputs = crate::inputs::load(st, ready, &creq.messages, creq.video_frames)?;
     let params = generate_params(ready, &creq);
     let opts = SeqOptions {
         n: creq.n,
@@ -194,51 +193,16 @@ fn submit(
     };
     ready
         .scheduler
-        .submit_with(
+        .submit_media(
             EngineRequest {
-                messages,
-                images,
+                messages: inputs.messages,
+                images: inputs.images,
                 params,
             },
+            inputs.videos,
             opts,
         )
         .map_err(engine_error)
-}
-
-/// The engine's messages with their images fetched, decoded (under the processor's limits) and
-/// preprocessed, in order.
-fn messages_and_images(
-    st: &AppState,
-    ready: &Ready,
-    msgs: &[api::ChatMessage],
-) -> Result<(Vec<Message>, Vec<ImageInput>), ApiError> {
-    let mut images = Vec::new();
-    let mut messages = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let mut content = Vec::with_capacity(m.parts.len());
-        for p in &m.parts {
-            match p {
-                Part::Text(t) => content.push(Content::Text(t.clone())),
-                Part::Image { url, param } => {
-                    let bytes = crate::media::fetch(url, param, &st.opts.media)?;
-                    let p = &ready.engine.processor;
-                    let img = p
-                        .load_image_bytes(&bytes)
-                        .and_then(|img| p.preprocess_image(&img))
-                        .map_err(|e| {
-                            ApiError::invalid(
-                                param.as_str(),
-                                format!("{param}: the image could not be decoded: {e}"),
-                            )
-                        })?;
-                    images.push(img);
-                    content.push(Content::Image);
-                }
-            }
-        }
-        messages.push(Message::new(&m.role, content));
-    }
-    Ok((messages, images))
 }
 
 /// The request's settings over the checkpoint's defaults (generation_config.json).
@@ -345,6 +309,8 @@ fn usage_and_timings(stats: &[&SeqStats]) -> (Value, Value) {
         "prompt_tokens_details": {"cached_tokens": first.cached_tokens},
     });
     let prefilled = prompt.saturating_sub(first.cached_tokens);
+    // Time to first token less the wait behind other requests: vision and prefill of this prompt.
+    let prompt_s = (first.ttft_seconds - first.queue_seconds).max(0.0);
     let decode_s = stats.iter().map(|s| s.decode_seconds).fold(0.0, f64::max);
     let decoded: usize = stats
         .iter()
@@ -354,8 +320,9 @@ fn usage_and_timings(stats: &[&SeqStats]) -> (Value, Value) {
     let timings = json!({
         "prompt_n": prefilled,
         "prompt_cached_n": first.cached_tokens,
-        "prompt_ms": first.ttft_seconds * 1e3,
-        "prompt_per_second": rate(prefilled, first.ttft_seconds),
+        "queue_ms": first.queue_seconds * 1e3,
+        "prompt_ms": prompt_s * 1e3,
+        "prompt_per_second": rate(prefilled, prompt_s),
         "predicted_n": completion,
         "predicted_ms": decode_s * 1e3,
         "predicted_per_second": rate(decoded, decode_s),
@@ -679,11 +646,12 @@ fn tokenize_blocking(st: &AppState, v: &Value) -> Result<Vec<u32>, ApiError> {
         o.remove("max_completion_tokens");
     }
     let creq = api::parse_chat(&body, &ready.limits)?;
-    let (messages, images) = messages_and_images(st, ready, &creq.messages)?;
+    let inputs = crate::inputs::load(st, ready, &creq.messages, creq.video_frames)?;
     let p = engine
-        .prepare(
-            &messages,
-            images,
+        .prepare_media(
+            &inputs.messages,
+            inputs.images,
+            inputs.videos,
             qwen3vl_engine::History::default(),
             Some(1),
             ready.limits.context,

@@ -12,7 +12,9 @@
 pub mod api;
 pub mod bench;
 mod chat;
+mod inputs;
 pub mod media;
+mod messages;
 pub mod metrics;
 
 use std::net::SocketAddr;

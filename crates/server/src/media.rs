@@ -1,24 +1,61 @@
-//! Image sources of a request: `data:` URIs (base64), `file://` paths inside `--allowed-media-dir`, and
-//! `http(s)` URLs only with `--allow-remote-media` (size, time and redirect limits; private, loopback and
-//! link-local addresses refused). Returns the encoded bytes; decoding is the processor's (with its limits).
+//! Image and video sources of a request: `data:` URIs (base64), `file://` paths inside
+//! `--allowed-media-dir`, and `http(s)` URLs only with `--allow-remote-media` (size, time and redirect
+//! limits; private, loopback and link-local addresses refused). Returns the encoded bytes; decoding is the
+//! processor's (with its limits).
+//!
+//! A host name is resolved once per connection, every address is checked, and the connection goes to the
+//! checked addresses (the HTTP client's resolver is [`Vetted`]): a name that resolves to a public address
+//! for the check and to a private one for the connection (DNS rebinding) cannot reach the private one.
 
 use std::io::Read;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 
 use crate::api::ApiError;
 
-/// Where images may come from.
+/// Host name and port to socket addresses: the system resolver, or a stand-in (tests).
+#[derive(Clone)]
+pub struct Lookup(Arc<LookupFn>);
+
+type LookupFn = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Lookup {
+    pub fn new(
+        f: impl Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Lookup {
+        Lookup(Arc::new(f))
+    }
+}
+
+impl Default for Lookup {
+    /// The system resolver (`getaddrinfo`).
+    fn default() -> Self {
+        Lookup::new(|host, port| Ok((host, port).to_socket_addrs()?.collect()))
+    }
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lookup")
+    }
+}
+
+/// Where images and videos may come from.
 #[derive(Clone, Debug)]
 pub struct MediaPolicy {
     /// `file://` URLs are served only from inside this directory.
     pub allowed_dir: Option<PathBuf>,
     /// `http(s)` URLs are fetched only when set.
     pub allow_remote: bool,
-    /// Largest encoded image accepted (data URI, file or download), in bytes.
+    /// Also fetch from private, loopback and link-local addresses (a media server on the LAN; tests).
+    pub allow_private: bool,
+    /// How host names are resolved (once per connection; the connection uses the checked addresses).
+    pub lookup: Lookup,
+    /// Largest encoded image or video accepted (data URI, file or download), in bytes.
     pub max_bytes: u64,
     /// Whole-download time limit.
     pub timeout: Duration,
@@ -31,6 +68,8 @@ impl Default for MediaPolicy {
         MediaPolicy {
             allowed_dir: None,
             allow_remote: false,
+            allow_private: false,
+            lookup: Lookup::default(),
             max_bytes: 20 << 20,
             timeout: Duration::from_secs(10),
             max_redirects: 3,
@@ -38,9 +77,15 @@ impl Default for MediaPolicy {
     }
 }
 
-/// The encoded bytes of the image at `url`; `param` names the field for errors.
+/// The encoded bytes of the image or video at `url`; `param` names the field for errors
+/// (`messages[0].content[1].video_url`: its last word says which kind of media it is).
 pub fn fetch(url: &str, param: &str, policy: &MediaPolicy) -> Result<Vec<u8>, ApiError> {
     let bad = |m: String| ApiError::invalid(param, format!("{param}: {m}"));
+    let what = if param.ends_with("video_url") {
+        "video"
+    } else {
+        "image"
+    };
     if let Some(rest) = url.strip_prefix("data:") {
         return decode_data_uri(rest, policy.max_bytes).map_err(bad);
     }
@@ -51,15 +96,16 @@ pub fn fetch(url: &str, param: &str, policy: &MediaPolicy) -> Result<Vec<u8>, Ap
     if lower.starts_with("http://") || lower.starts_with("https:/") {
         if !policy.allow_remote {
             return Err(bad(
-                "http(s) image URLs are disabled on this server (start it with --allow-remote-media); send \
-                 the image as a data: URI"
-                    .into(),
+                format!(
+                    "http(s) {what} URLs are disabled on this server (start it with --allow-remote-media); \
+                     send the {what} as a data: URI"
+                ),
             ));
         }
         return download(url, policy).map_err(bad);
     }
     Err(bad(format!(
-        "unsupported image URL {:?}: use a data: URI (base64), a file:// path or an http(s) URL",
+        "unsupported {what} URL {:?}: use a data: URI (base64), a file:// path or an http(s) URL",
         url.chars().take(40).collect::<String>()
     )))
 }
@@ -70,12 +116,15 @@ fn decode_data_uri(rest: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
         return Err("the data URI has no comma before its data".into());
     };
     if !meta.split(';').any(|p| p.eq_ignore_ascii_case("base64")) {
-        return Err("the data URI is not base64 (expected data:image/...;base64,...)".into());
+        return Err(
+            "the data URI is not base64 (expected data:image/...;base64,... or data:video/...;base64,...)"
+                .into(),
+        );
     }
     // Decoded size is 3/4 of the text: refuse before decoding.
     if payload.len() as u64 / 4 * 3 > max_bytes {
         return Err(format!(
-            "the image is about {} bytes, over the limit of {max_bytes} bytes",
+            "the data is about {} bytes, over the limit of {max_bytes} bytes",
             payload.len() / 4 * 3
         ));
     }
@@ -92,7 +141,7 @@ fn decode_data_uri(rest: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
 fn read_file(path: &Path, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
     let Some(dir) = &policy.allowed_dir else {
         return Err(
-            "file:// image URLs are disabled on this server (start it with --allowed-media-dir DIR)"
+            "file:// media URLs are disabled on this server (start it with --allowed-media-dir DIR)"
                 .into(),
         );
     };
@@ -118,9 +167,9 @@ fn read_limited(r: impl Read, max: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     r.take(max + 1)
         .read_to_end(&mut out)
-        .map_err(|e| format!("reading the image: {e}"))?;
+        .map_err(|e| format!("reading the data: {e}"))?;
     if out.len() as u64 > max {
-        return Err(format!("the image is over the limit of {max} bytes"));
+        return Err(format!("the data is over the limit of {max} bytes"));
     }
     Ok(out)
 }
@@ -193,39 +242,106 @@ fn host_port(url: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// Every address `url`'s host resolves to must be public.
-pub fn check_remote(url: &str) -> Result<(), String> {
-    let (host, port) = host_port(url)?;
-    let addrs: Vec<_> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
+/// The addresses to connect to for `host:port`: resolved once with `policy.lookup` (an IP literal is
+/// taken as is), every one public unless `policy.allow_private`.
+pub fn vetted_addrs(
+    host: &str,
+    port: u16,
+    policy: &MediaPolicy,
+) -> Result<Vec<SocketAddr>, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            (policy.lookup.0)(bare, port).map_err(|e| format!("cannot resolve {bare}: {e}"))?
+        }
+    };
     if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
+        return Err(format!("{bare} resolves to no address"));
     }
-    if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
-        return Err(format!(
-            "{host} resolves to {}, a private, loopback or reserved address: refused",
-            a.ip()
-        ));
+    if !policy.allow_private {
+        if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(format!(
+                "{bare} resolves to {}, a private, loopback or reserved address: refused",
+                a.ip()
+            ));
+        }
     }
-    Ok(())
+    Ok(addrs)
+}
+
+/// Every address `url`'s host resolves to must be public (or `policy.allow_private`).
+pub fn check_remote(url: &str, policy: &MediaPolicy) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = host_port(url)?;
+    vetted_addrs(&host, port, policy)
+}
+
+/// The HTTP client's resolver: [`vetted_addrs`], so the addresses checked are the addresses connected to.
+/// A refusal's message is kept in `refused` for the error (the client's own error type loses it).
+#[derive(Debug)]
+struct Vetted {
+    policy: MediaPolicy,
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for Vetted {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let checked = host_port(&uri.to_string())
+            .and_then(|(host, port)| vetted_addrs(&host, port, &self.policy));
+        match checked {
+            Ok(addrs) => {
+                let mut out = self.empty();
+                // At most the client's 16 addresses; the rest are as vetted but unused.
+                for a in addrs {
+                    if out.try_push(a).is_err() {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+            Err(m) => {
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                Err(ureq::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    m,
+                )))
+            }
+        }
+    }
 }
 
 fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let refused = Arc::new(Mutex::new(None::<String>));
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(policy.timeout))
         .max_redirects(0)
         .http_status_as_error(false)
-        .build()
-        .into();
+        // A proxy would be resolved instead of the media host: connect directly.
+        .proxy(None)
+        .build();
+    let agent = ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        Vetted {
+            policy: policy.clone(),
+            refused: refused.clone(),
+        },
+    );
     let mut url = url.to_string();
     for _ in 0..=policy.max_redirects {
-        check_remote(&url)?;
-        let mut resp = agent
-            .get(&url)
-            .call()
-            .map_err(|e| format!("fetching the image: {e}"))?;
+        // Scheme and host checked before any lookup (the resolver checks the addresses).
+        host_port(&url)?;
+        let mut resp = agent.get(&url).call().map_err(|e| {
+            match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(m) => m,
+                None => format!("fetching {url}: {e}"),
+            }
+        })?;
         let status = resp.status().as_u16();
         if (300..400).contains(&status) {
             let loc = resp
@@ -244,7 +360,7 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
             continue;
         }
         if status != 200 {
-            return Err(format!("fetching the image: HTTP {status}"));
+            return Err(format!("fetching {url}: HTTP {status}"));
         }
         if let Some(len) = resp
             .headers()
@@ -254,7 +370,7 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
         {
             if len > policy.max_bytes {
                 return Err(format!(
-                    "the image is {len} bytes, over the limit of {} bytes",
+                    "{url} is {len} bytes, over the limit of {} bytes",
                     policy.max_bytes
                 ));
             }
@@ -262,7 +378,7 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
         return read_limited(resp.body_mut().as_reader(), policy.max_bytes);
     }
     Err(format!(
-        "more than {} redirects fetching the image",
+        "more than {} redirects fetching {url}",
         policy.max_redirects
     ))
 }
@@ -270,6 +386,7 @@ fn download(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn data_uris() {
@@ -357,21 +474,122 @@ mod tests {
             "http://0.0.0.0/",
             "http://100.64.0.1/",
         ] {
-            let e = check_remote(bad).unwrap_err();
+            let e = check_remote(bad, &p).unwrap_err();
             assert!(e.contains("refused"), "{bad}: {e}");
         }
+        let lan = MediaPolicy {
+            allow_private: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_remote("http://[::1]:81/", &lan).unwrap(),
+            vec!["[::1]:81".parse::<SocketAddr>().unwrap()]
+        );
         let on = MediaPolicy {
             allow_remote: true,
             ..Default::default()
         };
         let e = fetch("http://127.0.0.1:9/x.png", "i", &on).unwrap_err();
         assert!(e.message.contains("refused"), "{}", e.message);
-        assert!(check_remote("http://8.8.8.8/").is_ok());
-        assert!(check_remote("https://[2606:4700::1111]:8443/x").is_ok());
+        assert!(check_remote("http://8.8.8.8/", &p).is_ok());
+        assert!(check_remote("https://[2606:4700::1111]:8443/x", &p).is_ok());
         assert!(is_public("1.1.1.1".parse().unwrap()));
         assert!(!is_public("198.18.0.1".parse().unwrap()));
         assert_eq!(host_port("http://user@h:81/x").unwrap(), ("h".into(), 81));
         assert_eq!(host_port("https://h?q").unwrap(), ("h".into(), 443));
         assert!(host_port("gopher://h").is_err());
+    }
+
+    /// A one-file HTTP server on `ip` (port 0 picks one): answers every request with `body`, counting
+    /// the connections it accepts.
+    fn serve(ip: &str, port: u16, body: &'static [u8]) -> (u16, Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind((ip, port)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                h.fetch_add(1, Ordering::SeqCst);
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = c.write_all(body);
+            }
+        });
+        (port, hits)
+    }
+
+    /// A lookup answering `first` on its first call and `later` after (a rebinding DNS server), counting
+    /// its calls.
+    fn rebinding(first: &str, later: &str) -> (Lookup, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let (first, later): (IpAddr, IpAddr) = (first.parse().unwrap(), later.parse().unwrap());
+        let lookup = Lookup::new(move |host, port| {
+            assert_eq!(host, "media.test");
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![SocketAddr::new(
+                if n == 0 { first } else { later },
+                port,
+            )])
+        });
+        (lookup, calls)
+    }
+
+    #[test]
+    fn a_name_is_resolved_once_and_the_connection_goes_to_the_checked_address() {
+        let (port, hits) = serve("127.0.0.1", 0, b"vetted");
+        let url = format!("http://media.test:{port}/clip.gif");
+        // Loopback behind a name: refused before any connection, unless private addresses are allowed.
+        let (lookup, calls) = rebinding("127.0.0.1", "127.0.0.1");
+        let remote = MediaPolicy {
+            allow_remote: true,
+            lookup,
+            ..Default::default()
+        };
+        let e = fetch(&url, "messages[0].content[0].video_url", &remote).unwrap_err();
+        assert!(
+            e.message.contains("127.0.0.1, a private, loopback"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].video_url"));
+        assert_eq!(
+            (calls.load(Ordering::SeqCst), hits.load(Ordering::SeqCst)),
+            (1, 0)
+        );
+
+        // Rebinding: the first answer (checked) is 127.0.0.1, every later one 127.0.0.2, where another
+        // server listens on the same port. Only the checked address may be connected to, and the name is
+        // not resolved again ("media.test" is no name the system resolver knows either).
+        let Ok((_, other_hits)) = std::panic::catch_unwind(|| serve("127.0.0.2", port, b"rebound"))
+        else {
+            eprintln!("skipped the rebinding half: cannot listen on 127.0.0.2:{port}");
+            return;
+        };
+        let (lookup, calls) = rebinding("127.0.0.1", "127.0.0.2");
+        let lan = MediaPolicy {
+            allow_remote: true,
+            allow_private: true,
+            lookup,
+            ..Default::default()
+        };
+        assert_eq!(fetch(&url, "i", &lan).unwrap(), b"vetted");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            (
+                hits.load(Ordering::SeqCst),
+                other_hits.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
     }
 }

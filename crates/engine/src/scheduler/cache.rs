@@ -1,5 +1,5 @@
-//! The scheduler's caches: token keys for prefix matching (image tokens keyed by content hash) and the
-//! vision features of recently seen images.
+//! The scheduler's caches: token keys for prefix matching (image and video tokens keyed by content hash)
+//! and the vision features of recently seen images and videos.
 
 use std::sync::Arc;
 
@@ -7,11 +7,13 @@ use qwen3vl_model::{Model, VisionEncoding, VisionInput, VisionOutput};
 
 use crate::session::EngineError;
 
-/// Key of each token for prefix matching: the id for text, the image's content hash (and the token's index
-/// in the image) with the top bit set for image tokens, so the same placeholders of different images differ.
+/// Key of each token for prefix matching: the id for text; for visual tokens (`visual_ids`: the image and
+/// video placeholders) the content hash of the image or video they stand for (and the token's index among
+/// the visual tokens) with the top bit set, so the same placeholders of different media differ. `vision`
+/// holds the images and videos in prompt order, as their tokens appear.
 pub(super) fn token_keys(
     tokens: &[u32],
-    image_token_id: u32,
+    visual_ids: [u32; 2],
     merge2: usize,
     vision: &[VisionInput],
 ) -> Vec<u64> {
@@ -20,7 +22,7 @@ pub(super) fn token_keys(
     tokens
         .iter()
         .map(|&t| {
-            if t == image_token_id {
+            if visual_ids.contains(&t) {
                 // Rows of image j follow each other; hash + global row index is unique enough per image.
                 let h = hashes
                     .get(img_of(img, merge2, vision))
@@ -35,7 +37,7 @@ pub(super) fn token_keys(
         .collect()
 }
 
-/// Which image the `n`-th image token belongs to (t·h·w/merge² tokens per image).
+/// Which image or video the `n`-th visual token belongs to (t·h·w/merge² tokens each).
 fn img_of(n: usize, merge2: usize, vision: &[VisionInput]) -> usize {
     let mut left = n;
     for (j, v) in vision.iter().enumerate() {
@@ -196,14 +198,48 @@ mod tests {
             grid_thw: [1, 4, 4],
         };
         let toks = [1u32, 9, 9, 9, 9, 2];
-        let a = token_keys(&toks, 9, 4, &[im(0.5)]);
-        let b = token_keys(&toks, 9, 4, &[im(0.25)]);
+        let a = token_keys(&toks, [9, 8], 4, &[im(0.5)]);
+        let b = token_keys(&toks, [9, 8], 4, &[im(0.25)]);
         assert_eq!(a[0], 1);
         assert_eq!(a[5], 2);
-        assert_eq!(a, token_keys(&toks, 9, 4, &[im(0.5)]));
+        assert_eq!(a, token_keys(&toks, [9, 8], 4, &[im(0.5)]));
         assert_ne!(a[1..5], b[1..5]);
         assert!(a[1..5].iter().all(|k| k >> 63 == 1));
         assert_eq!(img_of(3, 4, &[im(0.5), im(0.5)]), 0);
         assert_eq!(img_of(4, 4, &[im(0.5), im(0.5)]), 1);
+    }
+
+    #[test]
+    fn video_tokens_are_keyed_by_content_in_prompt_order() {
+        // A video of 2 frame groups (t = 2, 4 tokens each) then an image: video pads are 8, image pads 9.
+        let vid = |x: f32| VisionInput {
+            pixel_values: vec![x; 32 * 4],
+            grid_thw: [2, 4, 4],
+        };
+        let im = VisionInput {
+            pixel_values: vec![0.5; 16 * 4],
+            grid_thw: [1, 4, 4],
+        };
+        let mut toks = vec![1u32];
+        toks.extend([8; 4]);
+        toks.push(3);
+        toks.extend([8; 4]);
+        toks.extend([9; 4]);
+        let a = token_keys(&toks, [9, 8], 4, &[vid(0.5), im.clone()]);
+        let b = token_keys(&toks, [9, 8], 4, &[vid(0.25), im.clone()]);
+        assert_eq!((a[0], a[5]), (1, 3));
+        assert!(a[1..5].iter().chain(&a[6..]).all(|k| k >> 63 == 1));
+        // Another video: its tokens differ, the text before it does not.
+        assert_eq!(a[0], b[0]);
+        assert_ne!(a[1..5], b[1..5]);
+        assert_ne!(a[6..10], b[6..10]);
+        // The image after it is the same image: keyed the same either way.
+        assert_eq!(a[10..], b[10..]);
+        // Each of the video's rows has its own key (no two equal).
+        let mut rows: Vec<u64> = a[1..5].iter().chain(&a[6..10]).copied().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        assert_eq!(rows.len(), 8);
+        assert_eq!(img_of(7, 4, &[vid(0.5), im]), 0);
     }
 }

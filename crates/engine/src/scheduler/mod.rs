@@ -13,7 +13,7 @@
 //! submit, one that does not fit now waits (in order) until running sequences finish.
 //!
 //! Prefix cache: a finished sequence's keys and values are kept (within the budget, least recently used
-//! evicted first) with the key of each token (image tokens keyed by the image's content hash). A new request
+//! evicted first) with the key of each token (image and video tokens keyed by their content hash). A new request
 //! whose tokens start with a kept sequence's copies those rows and runs only the rest — a chat client that
 //! resends the whole history each turn pays only for the new turn, and an image whose tokens are all in the
 //! reused prefix is not encoded again.
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use qwen3vl_processor::{ImageInput, Message};
+use qwen3vl_processor::{ImageInput, Message, VideoInput};
 
 use crate::constraint::ConstraintFactory;
 use crate::generate::{FinishReason, TokenLogprob};
@@ -144,6 +144,9 @@ pub struct SeqStats {
     pub vision_steps: usize,
     /// Submit to first token, seconds (waiting, vision, prefill).
     pub ttft_seconds: f64,
+    /// Submit to the first step that worked on this sequence (vision or prefill), seconds: the part of
+    /// `ttft_seconds` spent waiting behind other sequences (for KV budget, a batch slot or their prefill).
+    pub queue_seconds: f64,
     /// Tokens generated (including a final EOS id).
     pub generated_tokens: usize,
     /// First token to the last, seconds.
@@ -381,6 +384,18 @@ impl Scheduler {
         req: Request,
         opts: SeqOptions,
     ) -> Result<Vec<RequestHandle>, EngineError> {
+        self.submit_media(req, Vec::new(), opts)
+    }
+
+    /// [`Scheduler::submit_with`] for messages with video items: `videos` are their preprocessed videos,
+    /// in order (see [`Engine::load_video_bytes`]). Video tokens count against the context and the KV
+    /// budget like image tokens, and the prefix and vision caches key them by content the same way.
+    pub fn submit_media(
+        &self,
+        req: Request,
+        videos: Vec<VideoInput>,
+        opts: SeqOptions,
+    ) -> Result<Vec<RequestHandle>, EngineError> {
         let n = opts.n.max(1);
         let max_batch = self.inner.opts.max_batch;
         if n > max_batch {
@@ -396,9 +411,10 @@ impl Scheduler {
         };
         let capacity = context.min(budget);
         let prepared = engine
-            .prepare(
+            .prepare_media(
                 &req.messages,
                 req.images,
+                videos,
                 History::default(),
                 req.params.max_tokens,
                 capacity,

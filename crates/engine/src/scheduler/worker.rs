@@ -29,9 +29,11 @@ struct Running {
     vision: Option<VisionOutput>,
     /// Its images' encoding while in progress.
     vision_job: Option<VisionJob>,
-    /// Prompt tokens in the cache, image tokens among them.
+    /// Prompt tokens in the cache, visual (image and video) tokens among them.
     done: usize,
     image_rows: usize,
+    /// When a step first worked on this sequence (the end of its wait in the queue).
+    started: Option<Instant>,
     next_id: u32,
     next_pos: i64,
     stats: SeqStats,
@@ -159,7 +161,7 @@ impl<'e> Worker<'e> {
             let merge = cfg.vision.spatial_merge_size;
             let keys = token_keys(
                 &job.prepared.tokens,
-                cfg.image_token_id,
+                [cfg.image_token_id, cfg.video_token_id],
                 merge * merge,
                 &job.prepared.vision,
             );
@@ -244,10 +246,11 @@ impl<'e> Worker<'e> {
         gen: Generator,
     ) -> Running {
         let engine = self.engine;
-        let img = engine.model.config().image_token_id;
+        let cfg = engine.model.config();
+        let visual = [cfg.image_token_id, cfg.video_token_id];
         let image_rows = job.prepared.tokens[..done]
             .iter()
-            .filter(|&&t| t == img)
+            .filter(|t| visual.contains(t))
             .count();
         let stats = SeqStats {
             prompt_tokens: job.prepared.tokens.len(),
@@ -263,6 +266,7 @@ impl<'e> Worker<'e> {
             vision_job: None,
             done,
             image_rows,
+            started: None,
             next_id: 0,
             next_pos: 0,
             stats,
@@ -274,9 +278,9 @@ impl<'e> Worker<'e> {
     fn step(&mut self) {
         let engine = self.engine;
         let model = &engine.model;
-        let img = model.config().image_token_id;
-        // The first sequence still prefilling gets this step's chunk; its images are encoded first (unless
-        // every image token is already in its cache).
+        let visual = [model.config().image_token_id, model.config().video_token_id];
+        // The first sequence still prefilling gets this step's chunk; its images and videos are encoded
+        // first (unless every visual token is already in its cache).
         let pre = self
             .running
             .iter()
@@ -291,7 +295,14 @@ impl<'e> Worker<'e> {
                 .enumerate()
                 .any(|(j, s)| j != i && s.done >= s.job.prepared.tokens.len());
             let r = &mut self.running[i];
-            let rest_has_images = r.job.prepared.tokens[r.done..].contains(&img);
+            if r.started.is_none() {
+                let now = Instant::now();
+                r.started = Some(now);
+                r.stats.queue_seconds = (now - r.job.submitted).as_secs_f64();
+            }
+            let rest_has_images = r.job.prepared.tokens[r.done..]
+                .iter()
+                .any(|t| visual.contains(t));
             if r.vision.is_none() && rest_has_images {
                 let (vision_cache, cap) = (&mut self.vision_cache, self.opts.vision_cache_bytes);
                 let images = &r.job.prepared.vision;
@@ -334,7 +345,7 @@ impl<'e> Worker<'e> {
                 let end = (r.done + chunk).min(p.tokens.len());
                 let ids = &p.tokens[r.done..end];
                 let last = end == p.tokens.len();
-                let n_img = ids.iter().filter(|&&t| t == img).count();
+                let n_img = ids.iter().filter(|t| visual.contains(t)).count();
                 seqs.push(Seq {
                     ids,
                     positions: p.positions.slice(r.done, end),
@@ -509,6 +520,7 @@ impl<'e> Worker<'e> {
                 vision_job: None,
                 done: p.done,
                 image_rows: p.image_rows,
+                started: p.started,
                 next_id: 0,
                 next_pos: 0,
                 stats: p.stats.clone(),

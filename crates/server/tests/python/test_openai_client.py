@@ -129,6 +129,8 @@ def test_timings_extension(server, image_png):
     if timings is None:
         pytest.skip("the server sends no `timings` extension")
     assert any(isinstance(v, (int, float)) and v > 0 for v in timings.values()), timings
+    # The wait for a slot is reported apart from the prompt's own time.
+    assert timings["queue_ms"] >= 0 and timings["prompt_ms"] > 0, timings
 
 
 # ---- the same answers as the command line -------------------------------------------------------------
