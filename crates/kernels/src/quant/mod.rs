@@ -32,10 +32,12 @@ pub(crate) mod kernel;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512;
 
 use std::fmt;
 
-use crate::isa::Isa;
+use crate::isa::{Features, Isa};
 use crate::matmul::buf::AlignedBuf;
 use crate::matmul::Weight;
 use crate::ops::check_len;
@@ -138,26 +140,111 @@ pub(crate) type Q4RangeFn = unsafe fn(&Q4Args, usize, usize);
 pub(crate) struct QTable {
     pub q8_range: QRangeFn,
     pub q4_range: Q4RangeFn,
+    /// The `group` of [`group_activations`] `q4_range` reads x in.
+    pub q4_group: usize,
 }
 
 static SCALAR: QTable = QTable {
     q8_range: scalar::q8_range,
     q4_range: scalar::q4_range,
+    q4_group: 1,
 };
 
-fn table(isa: Isa) -> &'static QTable {
+/// Reorders int8 activations (rows of whole q4 super-blocks) for kernels that hold one sub-block per
+/// 128-bit lane: per group of `group` sub-blocks of 32, first values 0..16 of each, then values 16..32
+/// of each — the order of the low and the high nibbles of the group's stored weight bytes (see
+/// `SimdQ4`). `group` 1 is the stored order.
+pub(crate) fn group_activations(q: &mut [i8], group: usize) {
+    if group <= 1 {
+        return;
+    }
+    let mut tmp = [0i8; 4 * BLOCK];
+    let half = BLOCK / 2;
+    for c in q.chunks_exact_mut(group * BLOCK) {
+        tmp[..c.len()].copy_from_slice(c);
+        for l in 0..group {
+            for h in 0..2 {
+                let src = &tmp[l * BLOCK + h * half..l * BLOCK + (h + 1) * half];
+                c[(h * group + l) * half..(h * group + l + 1) * half].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// One implementation of the quantized matmuls: a level, and where the CPU has VNNI the q4 kernel on
+/// `vpdpwssd` (it fuses the i16 × scale multiply and the i32 add of each step). q8 runs the level's
+/// kernel in both (its int16 activations gain nothing from VNNI: `vpdpwssd` would replace `vpmaddwd`
+/// one for one, as every block has its own f32 scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantKernel {
+    Scalar,
+    Sse41,
+    Avx2,
+    /// AVX2 with AVX-VNNI (the VEX `vpdpwssd`, e.g. Alder Lake, Zen 5).
+    Avx2Vnni,
+    Avx512,
+    /// AVX-512 with AVX512_VNNI.
+    Avx512Vnni,
+}
+
+impl QuantKernel {
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuantKernel::Scalar => "scalar",
+            QuantKernel::Sse41 => "sse4.1",
+            QuantKernel::Avx2 => "avx2",
+            QuantKernel::Avx2Vnni => "avx2+avx_vnni",
+            QuantKernel::Avx512 => "avx512",
+            QuantKernel::Avx512Vnni => "avx512+avx512_vnni",
+        }
+    }
+
+    /// The level this kernel belongs to.
+    pub const fn isa(self) -> Isa {
+        match self {
+            QuantKernel::Scalar => Isa::Scalar,
+            QuantKernel::Sse41 => Isa::Sse41,
+            QuantKernel::Avx2 | QuantKernel::Avx2Vnni => Isa::Avx2,
+            QuantKernel::Avx512 | QuantKernel::Avx512Vnni => Isa::Avx512,
+        }
+    }
+
+    /// The kernels of a level on a CPU with `f` (which supports the level), the best last.
+    fn of_level(isa: Isa, f: &Features) -> &'static [QuantKernel] {
+        use QuantKernel::*;
+        match isa {
+            Isa::Scalar => &[Scalar],
+            Isa::Sse41 => &[Sse41],
+            Isa::Avx2 if f.avx_vnni => &[Avx2, Avx2Vnni],
+            Isa::Avx2 => &[Avx2],
+            Isa::Avx512 if f.avx512_vnni => &[Avx512, Avx512Vnni],
+            Isa::Avx512 => &[Avx512],
+        }
+    }
+}
+
+impl fmt::Display for QuantKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The range functions of a kernel; only reached for kernels of `QuantKernel::of_level` on this CPU.
+fn table(kernel: QuantKernel) -> &'static QTable {
     #[cfg(target_arch = "x86_64")]
     {
-        match isa {
-            Isa::Scalar => &SCALAR,
-            Isa::Sse41 => &x86::SSE41,
-            // AVX-512 CPUs have AVX2: they run its instantiation (see the module docs).
-            Isa::Avx2 | Isa::Avx512 => &x86::AVX2,
+        match kernel {
+            QuantKernel::Scalar => &SCALAR,
+            QuantKernel::Sse41 => &x86::SSE41,
+            QuantKernel::Avx2 => &x86::AVX2,
+            QuantKernel::Avx2Vnni => &x86::AVX2_VNNI,
+            QuantKernel::Avx512 => &x86_512::AVX512,
+            QuantKernel::Avx512Vnni => &x86_512::AVX512_VNNI,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = isa;
+        let _ = kernel;
         &SCALAR
     }
 }
@@ -187,9 +274,9 @@ unsafe impl Send for QArgs {}
 
 /// The operands of one q4 matmul (see the module docs for the layout).
 pub(crate) struct Q4Args {
-    /// (m, nsb·256) x quantized to int8 per block of 32
+    /// (m, nsb·256) x quantized to int8 per super-block of 256
     pub xq: *const i8,
-    /// (m, nsb·8) scales of x
+    /// (m, nsb) scales of x
     pub xd: *const f32,
     /// (m, nsb·8) block sums of x, d_x·Σq_x
     pub xs: *const f32,
@@ -470,8 +557,9 @@ type QuantizeRowFn<T> = dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync;
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
 
-/// x (m, k) quantized per row and block of 32 for the q4 kernels: values (m, kp) int8, scales (m, kp/32)
-/// and block sums d_x·Σq_x (m, kp/32), kp = k padded to whole super-blocks.
+/// x (m, k) quantized per row and super-block of 256 for the q4 kernels: values (m, kp) int8, scales
+/// (m, kp/256) and the sums of every block of 32 times its scale, d_x·Σq_x (m, kp/32), kp = k padded to
+/// whole super-blocks.
 pub struct ActQ8 {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
@@ -506,17 +594,15 @@ impl Kernels {
         p.finish()
     }
 
-    /// Runs `f(row, x row, values, scales)` for every row of x (m, k) into buffers of `kp` values and
-    /// `kp/32` scales per row, threaded over rows.
+    /// Runs `f(x row, values, scales)` for every row of x (m, k) into buffers of `kp` values and `nb`
+    /// scales per row, threaded over rows.
     fn quantize_rows<T: Copy + Default + Send>(
         &self,
         x: &[f32],
-        m: usize,
-        k: usize,
-        kp: usize,
+        (m, k): (usize, usize),
+        (kp, nb): (usize, usize),
         f: &QuantizeRowFn<T>,
     ) -> (Vec<T>, Vec<f32>) {
-        let nb = kp / BLOCK;
         let mut q = vec![T::default(); m * kp];
         let mut d = vec![0f32; m * nb];
         let (qp, dp) = (SendPtr(q.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
@@ -539,25 +625,37 @@ impl Kernels {
     /// x (m, k) quantized to int16 per row and block of 32 (see `scalar::quantize_row_a16`): (values
     /// (m, nb·32), scales (m, nb)). Threaded over rows.
     pub fn quantize_rows_a16(&self, x: &[f32], m: usize, k: usize) -> (Vec<i16>, Vec<f32>) {
-        self.quantize_rows(x, m, k, k.div_ceil(BLOCK) * BLOCK, &|x, q, d| {
+        let nb = k.div_ceil(BLOCK);
+        self.quantize_rows(x, (m, k), (nb * BLOCK, nb), &|x, q, d| {
             scalar::quantize_row_a16(x, q, d)
         })
     }
 
-    /// x (m, k) quantized to int8 per row and block of 32 with block sums, padded to whole q4
-    /// super-blocks (see [`ActQ8`] and `scalar::quantize_row_q8`). Threaded over rows.
+    /// x (m, k) quantized to int8 per row and super-block of 256, with the scaled sums of its blocks of
+    /// 32 (see [`ActQ8`] and `scalar::quantize_row_a8`). Threaded over rows.
     pub fn quantize_rows_a8(&self, x: &[f32], m: usize, k: usize) -> ActQ8 {
         let kp = QuantFormat::Q4.padded(k);
-        let (q, d) = self.quantize_rows(x, m, k, kp, &|x, q, d| {
-            let nb = x.len().div_ceil(BLOCK);
-            scalar::quantize_row_q8(x, &mut q[..nb * BLOCK], &mut d[..nb]);
+        let (q, d) = self.quantize_rows(x, (m, k), (kp, kp / Q4_SUPER), &|x, q, d| {
+            let nsb = x.len().div_ceil(Q4_SUPER);
+            scalar::quantize_row_a8(x, &mut q[..nsb * Q4_SUPER], &mut d[..nsb]);
         });
         let s = q
             .chunks_exact(BLOCK)
-            .zip(&d)
-            .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+            .enumerate()
+            .map(|(b, q)| d[b / Q4_SUBS] * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
             .collect();
         ActQ8 { q, d, s }
+    }
+
+    /// The quantized-matmul kernel [`Kernels::matmul_quant`] runs: the best of this level on this CPU.
+    pub fn quant_kernel(&self) -> QuantKernel {
+        let all = QuantKernel::of_level(self.isa(), &self.features());
+        all[all.len() - 1]
+    }
+
+    /// Every quantized-matmul kernel of this level this CPU runs, the best last (tests, benchmarks).
+    pub fn quant_kernels(&self) -> Vec<QuantKernel> {
+        QuantKernel::of_level(self.isa(), &self.features()).to_vec()
     }
 
     /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)) on a quantized W, x quantized per row and block once
@@ -570,7 +668,31 @@ impl Kernels {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.matmul_quant_with(self.quant_kernel(), x, m, w, bias, y)
+    }
+
+    /// [`Kernels::matmul_quant`] on a chosen kernel, one of [`Kernels::quant_kernels`] (else an error).
+    pub fn matmul_quant_with(
+        &self,
+        kernel: QuantKernel,
+        x: &[f32],
+        m: usize,
+        w: &QuantWeight,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
         const OP: &str = "matmul_quant";
+        let ok = QuantKernel::of_level(self.isa(), &self.features());
+        if !ok.contains(&kernel) {
+            let names: Vec<&str> = ok.iter().map(|k| k.name()).collect();
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "kernel {kernel} is not one of this level's on this CPU ({})",
+                    names.join(", ")
+                ),
+            });
+        }
         let (n, k) = (w.n, w.k);
         let mk = m.checked_mul(k).ok_or_else(|| KernelError::Invalid {
             op: OP,
@@ -599,13 +721,15 @@ impl Kernels {
                     bias,
                     y: y.as_mut_ptr(),
                 };
-                let f = table(self.isa()).q8_range;
+                let f = table(kernel).q8_range;
                 // Safety: the level's table is only reached on a CPU that has it (Kernels was made
                 // after detection); all sizes were checked above; tasks write disjoint columns.
                 self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
             }
             QuantFormat::Q4 => {
-                let xa = self.quantize_rows_a8(x, m, k);
+                let mut xa = self.quantize_rows_a8(x, m, k);
+                let t = table(kernel);
+                group_activations(&mut xa.q, t.q4_group);
                 let a = Q4Args {
                     xq: xa.q.as_ptr(),
                     xd: xa.d.as_ptr(),
@@ -618,7 +742,7 @@ impl Kernels {
                     bias,
                     y: y.as_mut_ptr(),
                 };
-                let f = table(self.isa()).q4_range;
+                let f = t.q4_range;
                 // Safety: as for q8.
                 self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
             }
