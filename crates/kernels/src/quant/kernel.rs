@@ -1,12 +1,13 @@
-//! The quantized matmul written once over [`SimdInt`]; `x86.rs` instantiates it per level inside
-//! `#[target_feature]` functions.
+//! The quantized matmuls written once over [`SimdInt`] (q8) and [`SimdQ4`] (q4); `x86.rs` and
+//! `x86_512.rs` instantiate them per level inside `#[target_feature]` functions.
 //!
-//! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. Per block of 32 along k
-//! the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its integer
-//! dot product (as f32 lanes) times d_w · d_x into its accumulator; one horizontal sum per output at the
-//! end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4, RN = 2
-//! (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of AVX2). Rows of x are taken in chunks of
-//! `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while the weight rows stream past it.
+//! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. q8, per block of 32
+//! along k: the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its
+//! integer dot product (as f32 lanes) times d_w · d_x into its accumulator. q4: see [`tile4`]. One
+//! horizontal sum per output at the end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight
+//! streams); larger m runs RM = 4, RN = 2 (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of
+//! AVX2). Rows of x are taken in chunks of `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while
+//! the weight rows stream past it.
 #![allow(clippy::missing_safety_doc)] // the contracts are `q8_range`'s and `q4_range`'s
 
 use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
@@ -82,10 +83,11 @@ pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
 }
 
 /// q4 register tile: RM rows of x × RN weight rows. Per super-block: for every step of `S::GROUP`
-/// sub-blocks the RN weight steps are unpacked once (with their scale multipliers) and every x step loaded
-/// once (x in group order, see [`SimdQ4`]); each pair adds Σ_j sc_j · (L·q_x)_j to its i32 lanes. After the 8 sub-blocks, each pair converts
-/// those lanes once and adds them times d·d_x into its f32 accumulator, then the minimum terms
-/// −dmin·mn_j · s_x[j] (one FMA). One horizontal sum per output at the end.
+/// sub-blocks the RN weight steps are unpacked once (with their scale multipliers) and every x step
+/// loaded once (x in group order, see [`SimdQ4`]); each pair adds Σ_j sc_j · (L·q_x)_j to its i32 lanes.
+/// After the 8 sub-blocks each pair converts those lanes once and adds them times d·d_x into its f32
+/// accumulator, then its minimum terms −dmin·mn_j · s_x[j] (one FMA). One horizontal sum per output at
+/// the end.
 #[inline(always)]
 unsafe fn tile4<S: SimdQ4, const VNNI: bool, const RM: usize, const RN: usize>(
     s: S,

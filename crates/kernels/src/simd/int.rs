@@ -13,7 +13,7 @@
 //! q4 is the other way round: its weights are unsigned 4-bit (0..=15), so `pmaddubsw` takes them as the
 //! unsigned operand and the int8 activations as the signed one with no sign trick, and its i16 pair sums
 //! cannot saturate (2 · 15 · 127 < 2^15): one instruction does 32 products, twice the int16 route's rate.
-//! The weight error (4 bits) dominates the activation error (8 bits) there.
+//! The weight error (4 bits) dominates the activation error (8 bits, one scale per 256) there.
 #![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
 use super::Simd;
