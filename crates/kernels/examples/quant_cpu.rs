@@ -2,7 +2,7 @@
 //! `gemm_cpu`): GEMV-sized calls (m = 1, 4, 8) print GB of weight bytes per CPU second, m = 64 GOP per CPU
 //! second (2·m·n·k). Every q4/q8 kernel variant this host runs is timed (`QWEN3VL_SIMD` picks the level).
 //! `cargo run --release -p qwen3vl-kernels --example quant_cpu [-- n,k ...]` (a small n·k, e.g. 256,2048,
-//! stays in L2 and shows the compute rate)
+//! stays in L2 and shows the compute rate; `QUANT_CPU_M=1,4` times only those m)
 //! The weights (≈ 12–25 MB per shape) do not fit the caches of a small machine, so GEMV is read-bound on
 //! one thread only where the kernel is fast enough.
 
@@ -50,13 +50,19 @@ fn main() {
                 .collect()
         }
     };
+    // QUANT_CPU_M=1,4 times those m only
+    let ms: Vec<usize> = std::env::var("QUANT_CPU_M").map_or(vec![1, 4, 8, 64], |v| {
+        v.split(',')
+            .map(|x| x.parse().expect("QUANT_CPU_M"))
+            .collect()
+    });
     for &(n, kk) in &shapes {
         let w: Vec<u16> = (0..n * kk)
             .map(|i| (((i as u32).wrapping_mul(2654435761) >> 20) as u16 & 0x7f) | 0x3c00)
             .collect();
         for f in QuantFormat::ALL {
             let q: QuantWeight = k1.quantize_weight(f, Weight::Bf16(&w), n, kk).unwrap();
-            for m in [1usize, 4, 8, 64] {
+            for &m in &ms {
                 let x: Vec<f32> = (0..m * kk)
                     .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
                     .collect();
