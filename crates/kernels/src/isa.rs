@@ -95,6 +95,8 @@ pub struct Features {
     pub avx512_bf16: bool,
     /// `vpdpbusd` (AVX512_VNNI).
     pub avx512_vnni: bool,
+    /// The VEX `vpdpbusd`/`vpdpwssd` on ymm (AVX-VNNI: Alder Lake, Sapphire Rapids, Zen 5).
+    pub avx_vnni: bool,
 }
 
 impl Features {
@@ -117,6 +119,7 @@ impl Features {
             avx512dq: is_x86_feature_detected!("avx512dq"),
             avx512_bf16: is_x86_feature_detected!("avx512bf16"),
             avx512_vnni: is_x86_feature_detected!("avx512vnni"),
+            avx_vnni: is_x86_feature_detected!("avxvnni"),
         }
     }
 
@@ -183,6 +186,7 @@ impl Features {
             (self.avx512dq, "avx512dq"),
             (self.avx512_bf16, "avx512_bf16"),
             (self.avx512_vnni, "avx512_vnni"),
+            (self.avx_vnni, "avx_vnni"),
         ];
         all.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect()
     }
@@ -345,6 +349,7 @@ mod tests {
             avx512dq: true,
             avx512_bf16: true,
             avx512_vnni: true,
+            avx_vnni: false,
         }
     }
 

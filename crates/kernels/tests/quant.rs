@@ -177,21 +177,33 @@ fn check_level(kern: &Kernels, what: &str, y: &[f32], r: &Ref, nb: usize) {
     }
 }
 
-#[test]
-fn q8_matmul_every_level_against_scalar_and_f64() {
-    let mut rng = Rng::new(11);
-    let scalar_k = common::scalar();
-    for &(m, n, k) in &[
+/// The awkward shapes: every m of decode (1..=9) against n 1/15/17 and k off the block, and a few larger
+/// or degenerate ones.
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = vec![
         (1, 1, 1),
         (1, 65, 31),
-        (1, 5, 33),
         (3, 65, 100),
         (17, 65, 1023),
         (17, 1, 64),
         (4, 9, 32),
         (2, 130, 2048),
         (65, 7, 47),
-    ] {
+        (3, 0, 64),
+    ];
+    for m in 1..=9 {
+        for (t, n) in [1, 15, 17].into_iter().enumerate() {
+            v.push((m, n, [33, 100, 300, 513][(m + t) % 4]));
+        }
+    }
+    v
+}
+
+#[test]
+fn q8_matmul_every_level_against_scalar_and_f64() {
+    let mut rng = Rng::new(11);
+    let scalar_k = common::scalar();
+    for (m, n, k) in shapes() {
         let x = rng.vec(m * k, -2.0, 2.0);
         let wf: Vec<f32> = rng.vec(n * k, -0.1, 0.1);
         let wb: Vec<u16> = wf.iter().map(|&v| bf16(v)).collect();
@@ -211,6 +223,7 @@ fn q8_matmul_every_level_against_scalar_and_f64() {
                 let r = reference(&scalar_k, &x, wvals, &w, b, m);
                 let mut ys = vec![0f32; m * n];
                 scalar_k.matmul_quant(&x, m, &w, b, &mut ys).unwrap();
+                check_level(&scalar_k, "scalar", &ys, &r, w.blocks());
                 for kern in levels() {
                     for threads in [1, 2] {
                         let kk = kern.with_threads(threads);

@@ -2,9 +2,11 @@
 //! activations): the quantizer against f64 and a plain min/max reference, and every level of the matmul on
 //! the host against the scalar twin and f64 on awkward shapes.
 //!
-//! Bounds, per output y[i][c] = Σ_b (d·sc_b·dx_b·s_b − dmin·mn_b·sx_b) (s_b the exact integer dot product):
-//! - against the f64 value of that sum: |y − ref| ≤ (2·nb + 32) · 2^-24 · Σ_b |terms| (+ bias): the integer
-//!   sums are exact at every level; the scale products and the f32 accumulation order differ;
+//! Bounds, per output y[i][c] = Σ_sb (d·dx_sb·Σ_j sc_j·s_j − Σ_j dmin·mn_j·sx_j) (s_j the exact integer dot
+//! product of sub-block j, dx one activation scale per super-block):
+//! - against the f64 value of that sum: |y − ref| ≤ (2·nb + 32) · 2^-24 · Σ |terms| (+ bias): the integer
+//!   sums are exact at every level; the scale products and the f32 accumulation order differ (and with
+//!   integer operands every kernel is exact: tested too);
 //! - against the f64 product of the unquantized x and W: w·x − ŵ·x̂ = (w − ŵ)·x + ŵ·(x − x̂), so
 //!   |y − x·w| ≤ Σ |w − ŵ|·|x| + Σ |ŵ|·dx·(1/2 + 2^-15), plus the above.
 
@@ -12,7 +14,9 @@ mod common;
 
 use common::{levels, Rng};
 use qwen3vl_kernels::matmul::Weight;
-use qwen3vl_kernels::quant::{scalar, QuantFormat, QuantWeight, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
+use qwen3vl_kernels::quant::{
+    scalar, QuantFormat, QuantKernel, QuantWeight, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES,
+};
 use qwen3vl_kernels::Kernels;
 
 const B: usize = 32;
@@ -155,7 +159,7 @@ fn reference(
     m: usize,
 ) -> Ref {
     let (n, k, nb) = (w.n(), w.k(), w.blocks());
-    let kp = nb * B;
+    let (kp, nsb) = (nb * B, nb / Q4_SUBS);
     let xa = kern.quantize_rows_a8(x, m, k);
     let (qs, wd) = (w.qs_bytes(), w.scales());
     let rb = QuantFormat::Q4.row_bytes(k);
@@ -172,21 +176,26 @@ fn reference(
     for i in 0..m {
         for c in 0..n {
             let (mut e, mut mag) = (0f64, 0f64);
-            for b in 0..nb {
-                let (sb, j) = (b / Q4_SUBS, b % Q4_SUBS);
+            for sb in 0..nsb {
                 let qb = &qs[c * rb + sb * Q4_SUPER_BYTES..];
-                let s: i64 = (0..B)
-                    .map(|t| {
-                        let l = (qb[2 * Q4_SUBS + j * 16 + t % 16] >> (4 * (t / 16))) & 15;
-                        l as i64 * xa.q[i * kp + b * B + t] as i64
-                    })
-                    .sum();
-                let scale = wd[c * 2 * (nb / Q4_SUBS) + 2 * sb] as f64 * qb[j] as f64;
-                let min = wd[c * 2 * (nb / Q4_SUBS) + 2 * sb + 1] as f64 * qb[Q4_SUBS + j] as f64;
-                let t1 = scale * xa.d[i * nb + b] as f64 * s as f64;
-                let t2 = min * xa.s[i * nb + b] as f64;
-                e += t1 - t2;
-                mag += t1.abs() + t2.abs();
+                let mut sumi = 0i64;
+                for j in 0..Q4_SUBS {
+                    let b = sb * Q4_SUBS + j;
+                    let s: i64 = (0..B)
+                        .map(|t| {
+                            let l = (qb[2 * Q4_SUBS + j * 16 + t % 16] >> (4 * (t / 16))) & 15;
+                            l as i64 * xa.q[i * kp + b * B + t] as i64
+                        })
+                        .sum();
+                    sumi += qb[j] as i64 * s;
+                    let min = wd[c * 2 * nsb + 2 * sb + 1] as f64 * qb[Q4_SUBS + j] as f64;
+                    let t2 = min * xa.s[i * nb + b] as f64;
+                    e -= t2;
+                    mag += t2.abs();
+                }
+                let t1 = wd[c * 2 * nsb + 2 * sb] as f64 * xa.d[i * nsb + sb] as f64 * sumi as f64;
+                e += t1;
+                mag += t1.abs();
             }
             let (mut f, mut qb) = (0f64, 0f64);
             for t in 0..k {
@@ -196,7 +205,7 @@ fn reference(
                     deq[c * k + t] as f64,
                 );
                 f += xv * wv;
-                let dx = xa.d[i * nb + t / B] as f64;
+                let dx = xa.d[i * nsb + t / Q4_SUPER] as f64;
                 qb += (wv - wq).abs() * xv.abs() + wq.abs() * dx * (0.5 + 2f64.powi(-15));
             }
             let bv = bias.map_or(0.0, |b| b[c] as f64);
@@ -231,22 +240,33 @@ fn check_level(kern: &Kernels, what: &str, y: &[f32], r: &Ref, nb: usize) {
     }
 }
 
+/// The awkward shapes: every m of decode (1..=9) against n 1/15/17 and k off the super-block, and a few
+/// larger or degenerate ones.
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = vec![
+        (1, 1, 1),
+        (1, 65, 31),
+        (3, 65, 100),
+        (17, 65, 1023),
+        (17, 1, 256),
+        (2, 130, 2048),
+        (65, 7, 47),
+        (5, 3, 0),
+        (3, 0, 300),
+    ];
+    for m in 1..=9 {
+        for (t, n) in [1, 15, 17].into_iter().enumerate() {
+            v.push((m, n, [33, 300, 513, 700][(m + t) % 4]));
+        }
+    }
+    v
+}
+
 #[test]
 fn q4_matmul_every_level_against_scalar_and_f64() {
     let mut rng = Rng::new(23);
     let scalar_k = common::scalar();
-    for &(m, n, k) in &[
-        (1, 1, 1),
-        (1, 65, 31),
-        (1, 5, 33),
-        (3, 65, 100),
-        (17, 65, 1023),
-        (17, 1, 256),
-        (4, 9, 257),
-        (2, 130, 2048),
-        (65, 7, 47),
-        (5, 3, 0),
-    ] {
+    for (m, n, k) in shapes() {
         let x = rng.vec(m * k, -2.0, 2.0);
         let wf = weights(&mut rng, n * k, 0.05);
         let bias = rng.vec(n, -1.0, 1.0);
@@ -259,21 +279,100 @@ fn q4_matmul_every_level_against_scalar_and_f64() {
             scalar_k.matmul_quant(&x, m, &w, b, &mut ys).unwrap();
             check_level(&scalar_k, "scalar", &ys, &r, w.blocks());
             for kern in levels() {
-                for threads in [1, 2] {
-                    let kk = kern.with_threads(threads);
-                    // the weight quantized at this level is the same bytes (one quantizer)
-                    let wl = kk
-                        .quantize_weight(QuantFormat::Q4, Weight::F32(&wf), n, k)
-                        .unwrap();
-                    assert_eq!(wl.qs_bytes(), w.qs_bytes());
-                    assert_eq!(wl.scales(), w.scales());
-                    let mut y = vec![f32::NAN; m * n];
-                    kk.matmul_quant(&x, m, &wl, b, &mut y).unwrap();
-                    let what = format!("m {m} n {n} k {k} bias {} threads {threads}", b.is_some());
-                    check_level(&kk, &what, &y, &r, w.blocks());
+                // the weight quantized at this level is the same bytes (one quantizer)
+                let wl = kern
+                    .quantize_weight(QuantFormat::Q4, Weight::F32(&wf), n, k)
+                    .unwrap();
+                assert_eq!(wl.qs_bytes(), w.qs_bytes());
+                assert_eq!(wl.scales(), w.scales());
+                for qk in kern.quant_kernels() {
+                    for threads in [1, 2] {
+                        let kk = kern.with_threads(threads);
+                        let mut y = vec![f32::NAN; m * n];
+                        kk.matmul_quant_with(qk, &x, m, &wl, b, &mut y).unwrap();
+                        let what = format!(
+                            "{qk}: m {m} n {n} k {k} bias {} threads {threads}",
+                            b.is_some()
+                        );
+                        check_level(&kk, &what, &y, &r, w.blocks());
+                    }
                 }
             }
         }
+    }
+}
+
+#[test]
+fn q4_matmul_integer_operands_are_exact_at_every_kernel() {
+    // d = dmin = 1, small byte scales and mins, activations integers with 127 in every super-block (so
+    // dx = 1, q = x, s_x = Σx): every term and partial sum is an integer below 2^24, so every kernel's
+    // f32 result must equal the exact integer
+    let mut rng = Rng::new(29);
+    let f = QuantFormat::Q4;
+    for (m, n, k) in [(1, 17, 300), (4, 15, 513), (9, 5, 700), (3, 6, 2048)] {
+        let (rb, nsb) = (f.row_bytes(k), k.div_ceil(Q4_SUPER));
+        let mut qs: Vec<u8> = (0..n * rb).map(|_| (rng.next_u64() >> 32) as u8).collect();
+        for c in 0..n {
+            for sb in 0..nsb {
+                let o = c * rb + sb * Q4_SUPER_BYTES;
+                for b in &mut qs[o..o + 2 * Q4_SUBS] {
+                    *b %= 4;
+                }
+                // values past k are zero in a quantized row
+                for t in k.max(sb * Q4_SUPER)..(sb + 1) * Q4_SUPER {
+                    let (j, u) = ((t % Q4_SUPER) / B, t % B);
+                    qs[o + 2 * Q4_SUBS + j * 16 + u % 16] &= if u < 16 { 0xf0 } else { 0x0f };
+                }
+            }
+        }
+        let w = QuantWeight::from_parts(f, n, k, &qs, &vec![1.0; n * 2 * nsb]).unwrap();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                if (i % k) % Q4_SUPER == 0 {
+                    127.0
+                } else {
+                    ((rng.next_u64() >> 32) % 255) as f32 - 127.0
+                }
+            })
+            .collect();
+        let mut deq = vec![0f32; k];
+        let mut want = vec![0f64; m * n];
+        for c in 0..n {
+            w.row_f32(c, &mut deq).unwrap();
+            for i in 0..m {
+                let (mut e, mut mag) = (0f64, 0f64);
+                for t in 0..k {
+                    e += deq[t] as f64 * x[i * k + t] as f64;
+                    mag += (deq[t] as f64 * x[i * k + t] as f64).abs();
+                }
+                assert!(mag < (1 << 24) as f64, "test precondition: {mag}");
+                want[i * n + c] = e;
+            }
+        }
+        for kern in levels().into_iter().chain([common::scalar()]) {
+            for qk in kern.quant_kernels() {
+                let mut y = vec![f32::NAN; m * n];
+                kern.matmul_quant_with(qk, &x, m, &w, None, &mut y).unwrap();
+                for (j, (&v, &e)) in y.iter().zip(&want).enumerate() {
+                    assert_eq!(v as f64, e, "{qk}: m {m} n {n} k {k}: y[{j}]");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_matmul_rejects_a_kernel_of_another_level() {
+    let f = QuantFormat::Q4;
+    let w = QuantWeight::from_parts(f, 1, 32, &[0; 144], &[0.0; 2]).unwrap();
+    let mut y = [0f32];
+    let e = common::scalar()
+        .matmul_quant_with(QuantKernel::Avx2, &[0.0; 32], 1, &w, None, &mut y)
+        .unwrap_err();
+    assert!(e.to_string().contains("kernel avx2 is not one of"), "{e}");
+    for kern in levels() {
+        assert_eq!(kern.quant_kernels().last(), Some(&kern.quant_kernel()));
+        assert!(kern.quant_kernels().iter().all(|q| q.isa() == kern.isa()));
     }
 }
 
@@ -288,17 +387,20 @@ fn q4_matmul_extreme_values_do_not_overflow() {
     let x: Vec<f32> = (0..m * k)
         .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
         .collect();
-    for kern in levels().into_iter().chain([common::scalar()]) {
+    for (kern, qk) in levels()
+        .into_iter()
+        .chain([common::scalar()])
+        .flat_map(|k| k.quant_kernels().into_iter().map(move |q| (k, q)))
+    {
         let mut y = vec![0f32; m * n];
-        kern.matmul_quant(&x, m, &w, None, &mut y).unwrap();
+        kern.matmul_quant_with(qk, &x, m, &w, None, &mut y).unwrap();
         for i in 0..m {
             let want: f64 = (0..k).map(|t| 3570.0 * x[i * k + t] as f64).sum();
             for c in 0..n {
                 let got = y[i * n + c] as f64;
                 assert!(
                     (got - want).abs() <= 1e-5 * 3570.0 * k as f64,
-                    "{:?}: row {i} col {c}: {got} vs {want}",
-                    kern.isa()
+                    "{qk}: row {i} col {c}: {got} vs {want}"
                 );
             }
         }

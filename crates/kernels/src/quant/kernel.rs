@@ -1,15 +1,16 @@
-//! The quantized matmul written once over [`SimdInt`]; `x86.rs` instantiates it per level inside
-//! `#[target_feature]` functions.
+//! The quantized matmuls written once over [`SimdInt`] (q8) and [`SimdQ4`] (q4); `x86.rs` and
+//! `x86_512.rs` instantiate them per level inside `#[target_feature]` functions.
 //!
-//! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. Per block of 32 along k
-//! the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its integer
-//! dot product (as f32 lanes) times d_w · d_x into its accumulator; one horizontal sum per output at the
-//! end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight streams); prefill runs RM = 4, RN = 2
-//! (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of AVX2). Rows of x are taken in chunks of
-//! `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while the weight rows stream past it.
+//! Register tile: RM rows of x × RN weight rows, one f32 accumulator vector each. q8, per block of 32
+//! along k: the RN weight blocks are loaded (widened to i16) once, each x block once; every pair adds its
+//! integer dot product (as f32 lanes) times d_w · d_x into its accumulator. q4: see [`tile4`]. One
+//! horizontal sum per output at the end. Decode (m ≤ 3) runs RM = m, RN = 4 (four independent weight
+//! streams); larger m runs RM = 4, RN = 2 (8 accumulators + 4 weight registers + 2 for x fit the 16 ymm of
+//! AVX2). Rows of x are taken in chunks of `MC` so a chunk of quantized x (MC · k bytes) stays in L2 while
+//! the weight rows stream past it.
 #![allow(clippy::missing_safety_doc)] // the contracts are `q8_range`'s and `q4_range`'s
 
-use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER_BYTES};
+use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
 use crate::simd::int::{SimdInt, SimdQ4, BLOCK};
 
 /// Rows of x per L2-resident chunk.
@@ -81,45 +82,46 @@ pub unsafe fn q8_range<S: SimdInt>(s: S, a: &QArgs, c0: usize, c1: usize) {
     }
 }
 
-/// q4 register tile: RM rows of x × RN weight rows. Per super-block, the vector prologue first: for each
-/// pair the 8 combined scales d·sc_j·d_x (to a stack array) and the minimum terms −dmin·mn_j·s_x, added
-/// lane-wise into the pair's accumulator (only its lane sum matters); then per sub-block the RN weight
-/// blocks are unpacked once and every x block once, and each pair adds its integer dot product times its
-/// scale into its accumulator.
+/// q4 register tile: RM rows of x × RN weight rows. Per super-block: for every step of `S::GROUP`
+/// sub-blocks the RN weight steps are unpacked once (with their scale multipliers) and every x step
+/// loaded once (x in group order, see [`SimdQ4`]); each pair adds Σ_j sc_j · (L·q_x)_j to its i32 lanes.
+/// After the 8 sub-blocks each pair converts those lanes once and adds them times d·d_x into its f32
+/// accumulator, then its minimum terms −dmin·mn_j · s_x[j] (one FMA). One horizontal sum per output at
+/// the end.
 #[inline(always)]
-unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i: usize, c: usize) {
+unsafe fn tile4<S: SimdQ4, const VNNI: bool, const RM: usize, const RN: usize>(
+    s: S,
+    a: &Q4Args,
+    i: usize,
+    c: usize,
+) {
     let (nsb, nb) = (a.nsb, a.nsb * Q4_SUBS);
     let (kp, rb) = (nb * BLOCK, nsb * Q4_SUPER_BYTES);
     let mut acc = [[s.zero(); RN]; RM];
-    let mut scale = [[[0f32; Q4_SUBS]; RN]; RM];
     for sb in 0..nsb {
         let wb: [*const u8; RN] =
             std::array::from_fn(|r| unsafe { a.wq.add((c + r) * rb + sb * Q4_SUPER_BYTES) });
-        for r in 0..RN {
-            let wd = a.wd.add((c + r) * 2 * nsb + 2 * sb);
-            let (d, nmin) = (s.splat(*wd), s.splat(-*wd.add(1)));
-            for l in (0..Q4_SUBS).step_by(S::LANES) {
-                let sc = s.mul(s.ld_u8(wb[r].add(l)), d);
-                let mn = s.mul(s.ld_u8(wb[r].add(Q4_SUBS + l)), nmin);
-                for ii in 0..RM {
-                    let o = (i + ii) * nb + sb * Q4_SUBS + l;
-                    s.st(
-                        scale[ii][r].as_mut_ptr().add(l),
-                        s.mul(sc, s.ld(a.xd.add(o))),
-                    );
-                    acc[ii][r] = s.mul_add(mn, s.ld(a.xs.add(o)), acc[ii][r]);
+        let sc: [S::Sc8; RN] = std::array::from_fn(|r| unsafe { s.ld_sc8(wb[r]) });
+        let mut isum = [[s.izero(); RN]; RM];
+        for t in 0..Q4_SUBS / S::GROUP {
+            let w: [S::W4; RN] = std::array::from_fn(|r| unsafe {
+                s.ld_w4(wb[r].add(2 * Q4_SUBS + t * S::GROUP * BLOCK / 2))
+            });
+            let scs: [S::Sc; RN] = std::array::from_fn(|r| s.sc_step(sc[r], t));
+            for (ii, isum) in isum.iter_mut().enumerate() {
+                let x = s.ld_x8(a.xq.add((i + ii) * kp + sb * Q4_SUPER + t * S::GROUP * BLOCK));
+                for r in 0..RN {
+                    isum[r] = s.dot4::<VNNI>(isum[r], w[r], x, scs[r]);
                 }
             }
         }
-        #[allow(clippy::needless_range_loop)] // j indexes the weight bytes, x and the scales alike
-        for j in 0..Q4_SUBS {
-            let w: [S::W4; RN] =
-                std::array::from_fn(|r| unsafe { s.ld_w4(wb[r].add(2 * Q4_SUBS + j * BLOCK / 2)) });
-            for (ii, acc) in acc.iter_mut().enumerate() {
-                let x = s.ld_x8(a.xq.add((i + ii) * kp + (sb * Q4_SUBS + j) * BLOCK));
-                for r in 0..RN {
-                    acc[r] = s.mul_add(s.dot4(w[r], x), s.splat(scale[ii][r][j]), acc[r]);
-                }
+        for r in 0..RN {
+            let wd = a.wd.add((c + r) * 2 * nsb + 2 * sb);
+            let (d, mn) = (*wd, s.ld_mn(wb[r].add(Q4_SUBS), -*wd.add(1)));
+            for ii in 0..RM {
+                let dx = *a.xd.add((i + ii) * nsb + sb);
+                let v = s.mul_add(s.cvt_i(isum[ii][r]), s.splat(d * dx), acc[ii][r]);
+                acc[ii][r] = s.min_fma(mn, a.xs.add((i + ii) * nb + sb * Q4_SUBS), v);
             }
         }
     }
@@ -135,18 +137,24 @@ unsafe fn tile4<S: SimdQ4, const RM: usize, const RN: usize>(s: S, a: &Q4Args, i
 }
 
 #[inline(always)]
-unsafe fn tile4_rows<S: SimdQ4, const RN: usize>(s: S, a: &Q4Args, rm: usize, i: usize, c: usize) {
+unsafe fn tile4_rows<S: SimdQ4, const VNNI: bool, const RN: usize>(
+    s: S,
+    a: &Q4Args,
+    rm: usize,
+    i: usize,
+    c: usize,
+) {
     match rm {
-        1 => tile4::<S, 1, RN>(s, a, i, c),
-        2 => tile4::<S, 2, RN>(s, a, i, c),
-        3 => tile4::<S, 3, RN>(s, a, i, c),
-        _ => tile4::<S, 4, RN>(s, a, i, c),
+        1 => tile4::<S, VNNI, 1, RN>(s, a, i, c),
+        2 => tile4::<S, VNNI, 2, RN>(s, a, i, c),
+        3 => tile4::<S, VNNI, 3, RN>(s, a, i, c),
+        _ => tile4::<S, VNNI, 4, RN>(s, a, i, c),
     }
 }
 
-/// y (m, c0..c1) for every row of x; the contract of `scalar::q4_range`.
+/// y (m, c0..c1) for every row of x; the contract of `scalar::q4_range`. `VNNI`: see [`SimdQ4::dot4`].
 #[inline(always)]
-pub unsafe fn q4_range<S: SimdQ4>(s: S, a: &Q4Args, c0: usize, c1: usize) {
+pub unsafe fn q4_range<S: SimdQ4, const VNNI: bool>(s: S, a: &Q4Args, c0: usize, c1: usize) {
     let rn_max = if a.m <= 3 { 4 } else { 2 };
     for i0 in (0..a.m).step_by(MC) {
         let i1 = (i0 + MC).min(a.m);
@@ -157,10 +165,10 @@ pub unsafe fn q4_range<S: SimdQ4>(s: S, a: &Q4Args, c0: usize, c1: usize) {
             while i < i1 {
                 let rm = (i1 - i).min(4);
                 match rn {
-                    4 => tile4_rows::<S, 4>(s, a, rm, i, c),
-                    3 => tile4_rows::<S, 3>(s, a, rm, i, c),
-                    2 => tile4_rows::<S, 2>(s, a, rm, i, c),
-                    _ => tile4_rows::<S, 1>(s, a, rm, i, c),
+                    4 => tile4_rows::<S, VNNI, 4>(s, a, rm, i, c),
+                    3 => tile4_rows::<S, VNNI, 3>(s, a, rm, i, c),
+                    2 => tile4_rows::<S, VNNI, 2>(s, a, rm, i, c),
+                    _ => tile4_rows::<S, VNNI, 1>(s, a, rm, i, c),
                 }
                 i += rm;
             }

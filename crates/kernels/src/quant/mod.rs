@@ -15,28 +15,37 @@
 //! nibble) — and `d` (n, 2·⌈k/256⌉) f32 as (d, dmin) pairs. 4.75 bits per weight (Q4_K: 4.5, its sub-scales
 //! in 6 bits and d, dmin in f16).
 //!
-//! The matmul quantizes each row of x once per call, per block of 32: for q8 to int16 (d_x = max|x| /
-//! 32767: W8A16, why in `simd/int.rs`); for q4 to int8 (d_x = max|x| / 127, W4A8: unsigned 4-bit weights
-//! times signed bytes never saturate `pmaddubsw`'s i16 pairs, 2·15·127 < 2^15, so one instruction does 32
-//! products) with the block sums s_x = d_x·Σq_x for the minimums. Then
+//! The matmul quantizes each row of x once per call: for q8 to int16 per block of 32 (d_x = max|x| /
+//! 32767: W8A16, why in `simd/int.rs`); for q4 to int8 per super-block of 256 (d_x = max|x| / 127, as
+//! ggml's Q8_K; W4A8: unsigned 4-bit weights times signed bytes never saturate `pmaddubsw`'s i16 pairs,
+//! 2·15·127 < 2^15) with the sums s_x = d_x·Σq_x of its blocks of 32 for the minimums. Then
 //! q8: `y[i][c] = Σ_b d_w[c][b] · d_x[i][b] · Σ_{block b} q_w · q_x`;
-//! q4: `y[i][c] = Σ_b (d·sc_b · d_x[i][b] · Σ_{block b} L · q_x − dmin·mn_b · s_x[i][b])`,
-//! with exact integer block sums. Decode (GEMV) and prefill (GEMM) run the same register-tiled kernels
-//! (`kernel.rs`), threaded over output columns.
+//! q4: `y[i][c] = Σ_sb (d · d_x[i][sb] · Σ_j sc_j · Σ_{sub-block j} L · q_x − Σ_j dmin·mn_j · s_x[i][j])`:
+//! the sub-block dot products, each times its byte scale, add up in i32 over a super-block (exact, below
+//! 2^31), then one conversion and one FMA per super-block and pair, and one FMA for its 8 minimum terms.
+//! Decode (GEMV) and prefill (GEMM) run the same register-tiled kernels (`kernel.rs`), threaded over output
+//! columns.
 //! q8 error against the float product of the *unquantized* x and W: ≤ Σ_b (d_w/2 · Σ|x| + d_x/2 · Σ|w| +
 //! d_w·d_x/4 · 32) over the blocks of each output, plus f32 accumulation (tested against f64).
 //!
-//! Every level has a scalar twin (`scalar.rs`); AVX-512 CPUs run the AVX2 instantiation for now.
+//! Every level has a scalar twin (`scalar.rs`); [`QuantKernel`] names the implementations (SSE4.1, AVX2,
+//! AVX-512, and for q4 the VNNI `vpdpwssd` variants of AVX2 and AVX-512), one chosen per call by the
+//! level and the CPU's features.
 
 pub(crate) mod kernel;
 pub mod scalar;
+mod weight;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_512;
 
 use std::fmt;
 
-use crate::isa::Isa;
-use crate::matmul::buf::AlignedBuf;
+use weight::SendPtr;
+pub use weight::{QuantPacker, QuantWeight};
+
+use crate::isa::{Features, Isa};
 use crate::matmul::Weight;
 use crate::ops::check_len;
 use crate::simd::int::BLOCK;
@@ -138,26 +147,111 @@ pub(crate) type Q4RangeFn = unsafe fn(&Q4Args, usize, usize);
 pub(crate) struct QTable {
     pub q8_range: QRangeFn,
     pub q4_range: Q4RangeFn,
+    /// The `group` of [`group_activations`] `q4_range` reads x in.
+    pub q4_group: usize,
 }
 
 static SCALAR: QTable = QTable {
     q8_range: scalar::q8_range,
     q4_range: scalar::q4_range,
+    q4_group: 1,
 };
 
-fn table(isa: Isa) -> &'static QTable {
+/// Reorders int8 activations (rows of whole q4 super-blocks) for kernels that hold one sub-block per
+/// 128-bit lane: per group of `group` sub-blocks of 32, first values 0..16 of each, then values 16..32
+/// of each — the order of the low and the high nibbles of the group's stored weight bytes (see
+/// `SimdQ4`). `group` 1 is the stored order.
+pub(crate) fn group_activations(q: &mut [i8], group: usize) {
+    if group <= 1 {
+        return;
+    }
+    let mut tmp = [0i8; 4 * BLOCK];
+    let half = BLOCK / 2;
+    for c in q.chunks_exact_mut(group * BLOCK) {
+        tmp[..c.len()].copy_from_slice(c);
+        for l in 0..group {
+            for h in 0..2 {
+                let src = &tmp[l * BLOCK + h * half..l * BLOCK + (h + 1) * half];
+                c[(h * group + l) * half..(h * group + l + 1) * half].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// One implementation of the quantized matmuls: a level, and where the CPU has VNNI the q4 kernel on
+/// `vpdpwssd` (it fuses the i16 × scale multiply and the i32 add of each step). q8 runs the level's
+/// kernel in both (its int16 activations gain nothing from VNNI: `vpdpwssd` would replace `vpmaddwd`
+/// one for one, as every block has its own f32 scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantKernel {
+    Scalar,
+    Sse41,
+    Avx2,
+    /// AVX2 with AVX-VNNI (the VEX `vpdpwssd`, e.g. Alder Lake, Zen 5).
+    Avx2Vnni,
+    Avx512,
+    /// AVX-512 with AVX512_VNNI.
+    Avx512Vnni,
+}
+
+impl QuantKernel {
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuantKernel::Scalar => "scalar",
+            QuantKernel::Sse41 => "sse4.1",
+            QuantKernel::Avx2 => "avx2",
+            QuantKernel::Avx2Vnni => "avx2+avx_vnni",
+            QuantKernel::Avx512 => "avx512",
+            QuantKernel::Avx512Vnni => "avx512+avx512_vnni",
+        }
+    }
+
+    /// The level this kernel belongs to.
+    pub const fn isa(self) -> Isa {
+        match self {
+            QuantKernel::Scalar => Isa::Scalar,
+            QuantKernel::Sse41 => Isa::Sse41,
+            QuantKernel::Avx2 | QuantKernel::Avx2Vnni => Isa::Avx2,
+            QuantKernel::Avx512 | QuantKernel::Avx512Vnni => Isa::Avx512,
+        }
+    }
+
+    /// The kernels of a level on a CPU with `f` (which supports the level), the best last.
+    fn of_level(isa: Isa, f: &Features) -> &'static [QuantKernel] {
+        use QuantKernel::*;
+        match isa {
+            Isa::Scalar => &[Scalar],
+            Isa::Sse41 => &[Sse41],
+            Isa::Avx2 if f.avx_vnni => &[Avx2, Avx2Vnni],
+            Isa::Avx2 => &[Avx2],
+            Isa::Avx512 if f.avx512_vnni => &[Avx512, Avx512Vnni],
+            Isa::Avx512 => &[Avx512],
+        }
+    }
+}
+
+impl fmt::Display for QuantKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The range functions of a kernel; only reached for kernels of `QuantKernel::of_level` on this CPU.
+fn table(kernel: QuantKernel) -> &'static QTable {
     #[cfg(target_arch = "x86_64")]
     {
-        match isa {
-            Isa::Scalar => &SCALAR,
-            Isa::Sse41 => &x86::SSE41,
-            // AVX-512 CPUs have AVX2: they run its instantiation (see the module docs).
-            Isa::Avx2 | Isa::Avx512 => &x86::AVX2,
+        match kernel {
+            QuantKernel::Scalar => &SCALAR,
+            QuantKernel::Sse41 => &x86::SSE41,
+            QuantKernel::Avx2 => &x86::AVX2,
+            QuantKernel::Avx2Vnni => &x86::AVX2_VNNI,
+            QuantKernel::Avx512 => &x86_512::AVX512,
+            QuantKernel::Avx512Vnni => &x86_512::AVX512_VNNI,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = isa;
+        let _ = kernel;
         &SCALAR
     }
 }
@@ -187,9 +281,9 @@ unsafe impl Send for QArgs {}
 
 /// The operands of one q4 matmul (see the module docs for the layout).
 pub(crate) struct Q4Args {
-    /// (m, nsb·256) x quantized to int8 per block of 32
+    /// (m, nsb·256) x quantized to int8 per super-block of 256
     pub xq: *const i8,
-    /// (m, nsb·8) scales of x
+    /// (m, nsb) scales of x
     pub xd: *const f32,
     /// (m, nsb·8) block sums of x, d_x·Σq_x
     pub xs: *const f32,
@@ -210,268 +304,15 @@ pub(crate) struct Q4Args {
 unsafe impl Sync for Q4Args {}
 unsafe impl Send for Q4Args {}
 
-/// A weight (n, k) quantized for this crate's integer kernels (see the module docs for the layouts).
-pub struct QuantWeight {
-    format: QuantFormat,
-    n: usize,
-    k: usize,
-    /// (n, row bytes); stored as u32 for alignment (row bytes are a multiple of 4 in every format)
-    qs: AlignedBuf<u32>,
-    /// (n, row scales)
-    d: AlignedBuf<f32>,
-}
-
-impl QuantWeight {
-    pub fn format(&self) -> QuantFormat {
-        self.format
-    }
-    /// Output rows.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-    /// Input length.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    /// Blocks of 32 per row (k padded to the format's block, over 32).
-    pub fn blocks(&self) -> usize {
-        self.format.padded(self.k) / BLOCK
-    }
-    /// Bytes held (values and scales).
-    pub fn bytes(&self) -> usize {
-        self.qs.len() * 4 + self.d.len() * 4
-    }
-    /// The quantized values (n, row bytes) as stored (q8: two's complement i8; q4: see the module docs).
-    pub fn qs_bytes(&self) -> &[u8] {
-        // Safety: u32 storage viewed as its bytes; every bit pattern is a valid u8.
-        unsafe { std::slice::from_raw_parts(self.qs.as_ptr() as *const u8, self.qs.len() * 4) }
-    }
-    fn qs_bytes_mut(&mut self) -> &mut [u8] {
-        // Safety: as `qs_bytes`, exclusively borrowed.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.qs.as_mut_ptr() as *mut u8, self.qs.len() * 4)
-        }
-    }
-    /// The scales (n, row scales).
-    pub fn scales(&self) -> &[f32] {
-        &self.d
-    }
-
-    /// An all-zero weight of this format and shape, to be filled.
-    fn zeroed(format: QuantFormat, n: usize, k: usize) -> Result<QuantWeight, KernelError> {
-        const OP: &str = "quantize";
-        let rb = format.row_bytes(k);
-        debug_assert!(rb.is_multiple_of(4));
-        let len = n.checked_mul(rb).ok_or_else(|| KernelError::Invalid {
-            op: OP,
-            msg: format!("size {n}*{rb} overflows"),
-        })?;
-        Ok(QuantWeight {
-            format,
-            n,
-            k,
-            qs: AlignedBuf::zeroed(OP, len / 4)?,
-            d: AlignedBuf::zeroed(OP, n * format.row_scales(k))?,
-        })
-    }
-
-    /// A weight from stored parts (a quantized checkpoint): `qs` (n, row bytes) and `d` (n, row scales)
-    /// scales, which must be finite and ≥ 0. The bytes are copied into aligned storage.
-    pub fn from_parts(
-        format: QuantFormat,
-        n: usize,
-        k: usize,
-        qs: &[u8],
-        d: &[f32],
-    ) -> Result<QuantWeight, KernelError> {
-        let mut p = QuantPacker {
-            kern: Kernels::new(Isa::Scalar).expect("scalar is always available"),
-            rows: 0,
-            w: QuantWeight::zeroed(format, n, k)?,
-        };
-        p.push_quantized(qs, d, n)?;
-        p.finish()
-    }
-
-    /// Row `r` dequantized (k values): the values the matmul multiplies by.
-    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
-        const OP: &str = "quantized row_f32";
-        check_len(OP, "out (k)", self.k, out.len())?;
-        if r >= self.n {
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!("row {r} of a weight with n = {} rows", self.n),
-            });
-        }
-        let (rb, ns) = (
-            self.format.row_bytes(self.k),
-            self.format.row_scales(self.k),
-        );
-        let q = &self.qs_bytes()[r * rb..(r + 1) * rb];
-        let d = &self.d[r * ns..(r + 1) * ns];
-        match self.format {
-            QuantFormat::Q8 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = q[i] as i8 as f32 * d[i / BLOCK];
-                }
-            }
-            QuantFormat::Q4 => scalar::dequantize_row_q4(q, d, out),
-        }
-        Ok(())
-    }
-}
-
-/// Quantizes the rows of a weight that arrive in parts (q|k|v, gate|up), straight into the quantized
-/// storage: no concatenated or widened copy of the whole weight.
-pub struct QuantPacker {
-    kern: Kernels,
-    rows: usize,
-    w: QuantWeight,
-}
-
-impl QuantPacker {
-    /// The format rows are quantized to.
-    pub fn format(&self) -> QuantFormat {
-        self.w.format
-    }
-
-    /// Quantizes the next `rows` rows (part: (rows, k)), threaded over rows.
-    pub fn push(&mut self, part: Weight, rows: usize) -> Result<(), KernelError> {
-        const OP: &str = "quantize";
-        let k = self.w.k;
-        let len = match part {
-            Weight::F32(w) => w.len(),
-            Weight::Bf16(w) => w.len(),
-        };
-        check_len(OP, "part (rows*k)", rows.saturating_mul(k), len)?;
-        if self.rows + rows > self.w.n {
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!(
-                    "{} rows pushed into a weight of {} rows",
-                    self.rows + rows,
-                    self.w.n
-                ),
-            });
-        }
-        let format = self.w.format;
-        let (rb, ns, r0) = (format.row_bytes(k), format.row_scales(k), self.rows);
-        let qs = SendPtr(self.w.qs_bytes_mut()[r0 * rb..].as_mut_ptr());
-        let d = SendPtr(self.w.d[r0 * ns..].as_mut_ptr());
-        let per = 64usize;
-        self.kern.parallel_for(rows.div_ceil(per), &|t| {
-            let mut row = vec![0f32; k];
-            for r in t * per..((t + 1) * per).min(rows) {
-                match part {
-                    Weight::F32(w) => row.copy_from_slice(&w[r * k..(r + 1) * k]),
-                    Weight::Bf16(w) => {
-                        for (o, &b) in row.iter_mut().zip(&w[r * k..(r + 1) * k]) {
-                            *o = f32::from_bits((b as u32) << 16);
-                        }
-                    }
-                }
-                // Safety: task t writes rows t·per.. of this part only; the storage holds them.
-                let (q, dd) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qs.get().add(r * rb), rb),
-                        std::slice::from_raw_parts_mut(d.get().add(r * ns), ns),
-                    )
-                };
-                match format {
-                    QuantFormat::Q8 => {
-                        // Safety: i8 and u8 have the same layout.
-                        let q = unsafe {
-                            std::slice::from_raw_parts_mut(q.as_mut_ptr() as *mut i8, q.len())
-                        };
-                        scalar::quantize_row_q8(&row, q, dd)
-                    }
-                    QuantFormat::Q4 => scalar::quantize_row_q4(&row, q, dd),
-                }
-            }
-        });
-        self.rows += rows;
-        Ok(())
-    }
-
-    /// Appends `rows` rows already quantized in this format (a quantized checkpoint): values `qs`
-    /// (rows, row bytes) and scales `d` (rows, row scales), which must be finite and ≥ 0. Copied as they
-    /// are (every byte pattern of the values is valid in both formats).
-    pub fn push_quantized(&mut self, qs: &[u8], d: &[f32], rows: usize) -> Result<(), KernelError> {
-        const OP: &str = "quantized weight";
-        let format = self.w.format;
-        let (rb, ns, r0) = (
-            format.row_bytes(self.w.k),
-            format.row_scales(self.w.k),
-            self.rows,
-        );
-        check_len(
-            OP,
-            "values (rows * row bytes)",
-            rows.saturating_mul(rb),
-            qs.len(),
-        )?;
-        check_len(
-            OP,
-            "scales (rows * row scales)",
-            rows.saturating_mul(ns),
-            d.len(),
-        )?;
-        if r0 + rows > self.w.n {
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!(
-                    "{} rows pushed into a weight of {} rows",
-                    r0 + rows,
-                    self.w.n
-                ),
-            });
-        }
-        if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
-            let (row, s) = (i / ns.max(1), i % ns.max(1));
-            let which = match format {
-                QuantFormat::Q8 => format!("scale of row {row} block {s}"),
-                QuantFormat::Q4 => format!(
-                    "{} of row {row} super-block {}",
-                    if s % 2 == 0 { "scale" } else { "min scale" },
-                    s / 2
-                ),
-            };
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!("{which} is {} (scales must be finite and >= 0)", d[i]),
-            });
-        }
-        self.w.qs_bytes_mut()[r0 * rb..(r0 + rows) * rb].copy_from_slice(qs);
-        self.w.d[r0 * ns..(r0 + rows) * ns].copy_from_slice(d);
-        self.rows += rows;
-        Ok(())
-    }
-
-    pub fn finish(self) -> Result<QuantWeight, KernelError> {
-        check_len("quantize", "rows pushed", self.w.n, self.rows)?;
-        Ok(self.w)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// Safety: the tasks sharing one write disjoint elements.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 /// A row quantizer: (x row, values, scales).
 type QuantizeRowFn<T> = dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync;
 
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
 
-/// x (m, k) quantized per row and block of 32 for the q4 kernels: values (m, kp) int8, scales (m, kp/32)
-/// and block sums d_x·Σq_x (m, kp/32), kp = k padded to whole super-blocks.
+/// x (m, k) quantized per row and super-block of 256 for the q4 kernels: values (m, kp) int8, scales
+/// (m, kp/256) and the sums of every block of 32 times its scale, d_x·Σq_x (m, kp/32), kp = k padded to
+/// whole super-blocks.
 pub struct ActQ8 {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
@@ -506,17 +347,15 @@ impl Kernels {
         p.finish()
     }
 
-    /// Runs `f(row, x row, values, scales)` for every row of x (m, k) into buffers of `kp` values and
-    /// `kp/32` scales per row, threaded over rows.
+    /// Runs `f(x row, values, scales)` for every row of x (m, k) into buffers of `kp` values and `nb`
+    /// scales per row, threaded over rows.
     fn quantize_rows<T: Copy + Default + Send>(
         &self,
         x: &[f32],
-        m: usize,
-        k: usize,
-        kp: usize,
+        (m, k): (usize, usize),
+        (kp, nb): (usize, usize),
         f: &QuantizeRowFn<T>,
     ) -> (Vec<T>, Vec<f32>) {
-        let nb = kp / BLOCK;
         let mut q = vec![T::default(); m * kp];
         let mut d = vec![0f32; m * nb];
         let (qp, dp) = (SendPtr(q.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
@@ -539,25 +378,37 @@ impl Kernels {
     /// x (m, k) quantized to int16 per row and block of 32 (see `scalar::quantize_row_a16`): (values
     /// (m, nb·32), scales (m, nb)). Threaded over rows.
     pub fn quantize_rows_a16(&self, x: &[f32], m: usize, k: usize) -> (Vec<i16>, Vec<f32>) {
-        self.quantize_rows(x, m, k, k.div_ceil(BLOCK) * BLOCK, &|x, q, d| {
+        let nb = k.div_ceil(BLOCK);
+        self.quantize_rows(x, (m, k), (nb * BLOCK, nb), &|x, q, d| {
             scalar::quantize_row_a16(x, q, d)
         })
     }
 
-    /// x (m, k) quantized to int8 per row and block of 32 with block sums, padded to whole q4
-    /// super-blocks (see [`ActQ8`] and `scalar::quantize_row_q8`). Threaded over rows.
+    /// x (m, k) quantized to int8 per row and super-block of 256, with the scaled sums of its blocks of
+    /// 32 (see [`ActQ8`] and `scalar::quantize_row_a8`). Threaded over rows.
     pub fn quantize_rows_a8(&self, x: &[f32], m: usize, k: usize) -> ActQ8 {
         let kp = QuantFormat::Q4.padded(k);
-        let (q, d) = self.quantize_rows(x, m, k, kp, &|x, q, d| {
-            let nb = x.len().div_ceil(BLOCK);
-            scalar::quantize_row_q8(x, &mut q[..nb * BLOCK], &mut d[..nb]);
+        let (q, d) = self.quantize_rows(x, (m, k), (kp, kp / Q4_SUPER), &|x, q, d| {
+            let nsb = x.len().div_ceil(Q4_SUPER);
+            scalar::quantize_row_a8(x, &mut q[..nsb * Q4_SUPER], &mut d[..nsb]);
         });
         let s = q
             .chunks_exact(BLOCK)
-            .zip(&d)
-            .map(|(q, &d)| d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+            .enumerate()
+            .map(|(b, q)| d[b / Q4_SUBS] * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
             .collect();
         ActQ8 { q, d, s }
+    }
+
+    /// The quantized-matmul kernel [`Kernels::matmul_quant`] runs: the best of this level on this CPU.
+    pub fn quant_kernel(&self) -> QuantKernel {
+        let all = QuantKernel::of_level(self.isa(), &self.features());
+        all[all.len() - 1]
+    }
+
+    /// Every quantized-matmul kernel of this level this CPU runs, the best last (tests, benchmarks).
+    pub fn quant_kernels(&self) -> Vec<QuantKernel> {
+        QuantKernel::of_level(self.isa(), &self.features()).to_vec()
     }
 
     /// y (m, n) = x (m, k) · Wᵀ (+ bias (n)) on a quantized W, x quantized per row and block once
@@ -570,7 +421,31 @@ impl Kernels {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.matmul_quant_with(self.quant_kernel(), x, m, w, bias, y)
+    }
+
+    /// [`Kernels::matmul_quant`] on a chosen kernel, one of [`Kernels::quant_kernels`] (else an error).
+    pub fn matmul_quant_with(
+        &self,
+        kernel: QuantKernel,
+        x: &[f32],
+        m: usize,
+        w: &QuantWeight,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
         const OP: &str = "matmul_quant";
+        let ok = QuantKernel::of_level(self.isa(), &self.features());
+        if !ok.contains(&kernel) {
+            let names: Vec<&str> = ok.iter().map(|k| k.name()).collect();
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "kernel {kernel} is not one of this level's on this CPU ({})",
+                    names.join(", ")
+                ),
+            });
+        }
         let (n, k) = (w.n, w.k);
         let mk = m.checked_mul(k).ok_or_else(|| KernelError::Invalid {
             op: OP,
@@ -599,13 +474,15 @@ impl Kernels {
                     bias,
                     y: y.as_mut_ptr(),
                 };
-                let f = table(self.isa()).q8_range;
+                let f = table(kernel).q8_range;
                 // Safety: the level's table is only reached on a CPU that has it (Kernels was made
                 // after detection); all sizes were checked above; tasks write disjoint columns.
                 self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
             }
             QuantFormat::Q4 => {
-                let xa = self.quantize_rows_a8(x, m, k);
+                let mut xa = self.quantize_rows_a8(x, m, k);
+                let t = table(kernel);
+                group_activations(&mut xa.q, t.q4_group);
                 let a = Q4Args {
                     xq: xa.q.as_ptr(),
                     xd: xa.d.as_ptr(),
@@ -618,7 +495,7 @@ impl Kernels {
                     bias,
                     y: y.as_mut_ptr(),
                 };
-                let f = table(self.isa()).q4_range;
+                let f = t.q4_range;
                 // Safety: as for q8.
                 self.for_columns(n, m * n * k.max(1), &|c0, c1| unsafe { f(&a, c0, c1) });
             }

@@ -10,13 +10,21 @@ use crate::simd::int::BLOCK;
 /// Round trip: |x - q·d| ≤ d · (1/2 + 127 · 2^-22) for finite blocks (half a step, plus the rounding of
 /// x · (1/d); tested against f64).
 pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    quantize_row(x, q, d, 127.0, |v| v as i8)
+    quantize_row(x, q, d, BLOCK, 127.0, |v| v as i8)
+}
+
+/// The q4 kernels' activation quantizer of one row: as [`quantize_row_q8`] per super-block of 256
+/// (x (k) -> q (⌈k/256⌉·256), d (⌈k/256⌉)), one scale d = max|x| / 127 per super-block (ggml's Q8_K),
+/// so that a super-block's sub-block dot products add up in integers before one float multiply.
+/// |x - q·d| ≤ d · (1/2 + 127 · 2^-22).
+pub fn quantize_row_a8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    quantize_row(x, q, d, Q4_SUPER, 127.0, |v| v as i8)
 }
 
 /// The activation quantizer of one row: as [`quantize_row_q8`] with int16 values, d = max|x| / 32767;
 /// |x - q·d| ≤ d · (1/2 + 32767 · 2^-22).
 pub fn quantize_row_a16(x: &[f32], q: &mut [i16], d: &mut [f32]) {
-    quantize_row(x, q, d, 32767.0, |v| v as i16)
+    quantize_row(x, q, d, BLOCK, 32767.0, |v| v as i16)
 }
 
 /// Round to nearest, ties to even, for |v| < 2^22 (and NaN/±inf unchanged): adding and subtracting 1.5·2^23
@@ -166,20 +174,22 @@ pub fn dequantize_row_q4(q: &[u8], d: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Per block: d = amax / qmax, q = cast(round_ties_even(x · (1/d))) (`cast` saturates, NaN -> 0).
+/// Per block of `block` values: d = amax / qmax, q = cast(round_ties_even(x · (1/d))) (`cast` saturates,
+/// NaN -> 0).
 #[inline]
 fn quantize_row<T: Copy + Default>(
     x: &[f32],
     q: &mut [T],
     d: &mut [f32],
+    block: usize,
     qmax: f32,
     cast: impl Fn(f32) -> T,
 ) {
-    let nb = x.len().div_ceil(BLOCK);
-    debug_assert!(q.len() == nb * BLOCK && d.len() == nb);
+    let nb = x.len().div_ceil(block);
+    debug_assert!(q.len() == nb * block && d.len() == nb);
     for b in 0..nb {
-        let xs = &x[b * BLOCK..((b + 1) * BLOCK).min(x.len())];
-        let qs = &mut q[b * BLOCK..(b + 1) * BLOCK];
+        let xs = &x[b * block..((b + 1) * block).min(x.len())];
+        let qs = &mut q[b * block..(b + 1) * block];
         // amax, NaN-sticky: once NaN, `v > NaN` is false and it stays NaN
         let mut amax = 0.0f32;
         for &v in xs {
@@ -240,14 +250,15 @@ pub(crate) fn q4_values(qb: &[u8], j: usize) -> [u8; BLOCK] {
     std::array::from_fn(|t| (nib[t % 16] >> (4 * (t / 16))) & 15)
 }
 
-/// y[i][c] = Σ_b (d·sc_b · dx[i][b] · Σ_block L·qx − dmin·mn_b · sx[i][b]) (+ bias[c]) for every row i
-/// of x and the output columns c0..c1 (see the module docs). Safety: as [`q8_range`].
+/// y[i][c] = Σ_sb (d·dx[i][sb] · Σ_{j} sc_j · Σ_{sub-block j} L·qx − Σ_j dmin·mn_j · sx[i][sb·8+j])
+/// (+ bias[c]) for every row i of x and the output columns c0..c1 (see the module docs): the sub-block
+/// sums and their scaled sum per super-block are exact integers. Safety: as [`q8_range`].
 pub(crate) unsafe fn q4_range(a: &Q4Args, c0: usize, c1: usize) {
     let (nsb, nb) = (a.nsb, a.nsb * Q4_SUBS);
     let (kp, rb) = (nb * BLOCK, nsb * Q4_SUPER_BYTES);
     for i in 0..a.m {
         let xq = std::slice::from_raw_parts(a.xq.add(i * kp), kp);
-        let xd = std::slice::from_raw_parts(a.xd.add(i * nb), nb);
+        let xd = std::slice::from_raw_parts(a.xd.add(i * nsb), nsb);
         let xs = std::slice::from_raw_parts(a.xs.add(i * nb), nb);
         for c in c0..c1 {
             let wq = std::slice::from_raw_parts(a.wq.add(c * rb), rb);
@@ -255,16 +266,20 @@ pub(crate) unsafe fn q4_range(a: &Q4Args, c0: usize, c1: usize) {
             let mut acc = 0.0f32;
             for sb in 0..nsb {
                 let qb = &wq[sb * Q4_SUPER_BYTES..(sb + 1) * Q4_SUPER_BYTES];
+                let mut sumi = 0i32;
                 for j in 0..Q4_SUBS {
                     let b = sb * Q4_SUBS + j;
-                    let l = q4_values(qb, j);
-                    let dot: i32 = l
+                    let dot: i32 = q4_values(qb, j)
                         .iter()
                         .zip(&xq[b * BLOCK..(b + 1) * BLOCK])
                         .map(|(&l, &x)| l as i32 * x as i32)
                         .sum();
-                    acc += wd[2 * sb] * qb[j] as f32 * xd[b] * dot as f32;
-                    acc -= wd[2 * sb + 1] * qb[Q4_SUBS + j] as f32 * xs[b];
+                    sumi += qb[j] as i32 * dot;
+                }
+                acc += wd[2 * sb] * xd[sb] * sumi as f32;
+                let nmin = -wd[2 * sb + 1];
+                for j in 0..Q4_SUBS {
+                    acc += qb[Q4_SUBS + j] as f32 * nmin * xs[sb * Q4_SUBS + j];
                 }
             }
             if !a.bias.is_null() {

@@ -1,11 +1,11 @@
-//! The integer lanes ([`SimdInt`]) of the x86 levels and the `#[target_feature]` entry points of the
-//! quantized matmul. AVX-512 CPUs run the AVX2 instantiation (the same generic source; a 512-bit and a
-//! VNNI `vpdpwssd` instantiation are not written yet — this code has only been run on AVX2 machines).
+//! The integer lanes ([`SimdInt`], [`SimdQ4`]) of SSE4.1 and AVX2 and the `#[target_feature]` entry points
+//! of the quantized matmul at these levels (AVX-512: `x86_512.rs`).
 
 use std::arch::x86_64::*;
 
-use super::{kernel, Q4Args, QArgs, QTable};
+use super::{kernel, Q4Args, QArgs, QTable, Q4_SUBS};
 use crate::simd::int::{SimdInt, SimdQ4};
+use crate::simd::Simd;
 use crate::x86::avx2::Avx2;
 use crate::x86::sse41::Sse41;
 
@@ -66,10 +66,36 @@ impl SimdInt for Avx2 {
     }
 }
 
+/// `pshufb` controls that spread the i16 word t of a vector over all 8 words of a 128-bit lane; read as
+/// 16·G bytes from entry t·G, they give 128-bit lane l word t·G + l (the step multipliers of `SimdQ4`).
+pub(super) static WORD_CTRL: [[u8; 16]; Q4_SUBS] = {
+    let mut c = [[0u8; 16]; Q4_SUBS];
+    let mut t = 0;
+    while t < Q4_SUBS {
+        let mut b = 0;
+        while b < 16 {
+            c[t][b] = (2 * t + b % 2) as u8;
+            b += 1;
+        }
+        t += 1;
+    }
+    c
+};
+
 impl SimdQ4 for Sse41 {
+    const GROUP: usize = 1;
+    type I = __m128i;
     /// values 0..16, values 16..32
     type W4 = [__m128i; 2];
     type X8 = [__m128i; 2];
+    /// 8 × i16
+    type Sc8 = __m128i;
+    type Sc = __m128i;
+    type Mn = [__m128; 2];
+    #[inline(always)]
+    fn izero(self) -> __m128i {
+        unsafe { _mm_setzero_si128() }
+    }
     #[inline(always)]
     unsafe fn ld_w4(self, p: *const u8) -> [__m128i; 2] {
         let v = _mm_loadu_si128(p as *const __m128i);
@@ -87,48 +113,129 @@ impl SimdQ4 for Sse41 {
         ]
     }
     #[inline(always)]
-    fn dot4(self, w: [__m128i; 2], x: [__m128i; 2]) -> __m128 {
+    unsafe fn ld_sc8(self, p: *const u8) -> __m128i {
+        _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i))
+    }
+    #[inline(always)]
+    fn sc_step(self, sc: __m128i, t: usize) -> __m128i {
         unsafe {
-            // u8 × s8 pairs into i16 (|pair| ≤ 2·15·127), the two halves added (≤ 4·15·127 < 2^15), then
-            // pairs of i16 into i32
-            let p = _mm_add_epi16(_mm_maddubs_epi16(w[0], x[0]), _mm_maddubs_epi16(w[1], x[1]));
-            _mm_cvtepi32_ps(_mm_madd_epi16(p, _mm_set1_epi16(1)))
+            _mm_shuffle_epi8(
+                sc,
+                _mm_loadu_si128(WORD_CTRL.as_ptr().add(t) as *const __m128i),
+            )
         }
     }
     #[inline(always)]
-    unsafe fn ld_u8(self, p: *const u8) -> __m128 {
-        let v = _mm_cvtsi32_si128((p as *const i32).read_unaligned());
-        _mm_cvtepi32_ps(_mm_cvtepu8_epi32(v))
+    fn dot4<const VNNI: bool>(
+        self,
+        acc: __m128i,
+        w: [__m128i; 2],
+        x: [__m128i; 2],
+        sc: __m128i,
+    ) -> __m128i {
+        unsafe {
+            // u8 × s8 pairs into i16, the two halves added (≤ 4·15·127 < 2^15), then i16 × scale pairs
+            let p = _mm_add_epi16(_mm_maddubs_epi16(w[0], x[0]), _mm_maddubs_epi16(w[1], x[1]));
+            _mm_add_epi32(acc, _mm_madd_epi16(p, sc))
+        }
+    }
+    #[inline(always)]
+    fn cvt_i(self, v: __m128i) -> __m128 {
+        unsafe { _mm_cvtepi32_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn ld_mn(self, p: *const u8, nmin: f32) -> [__m128; 2] {
+        let v = _mm_loadl_epi64(p as *const __m128i);
+        let n = _mm_set1_ps(nmin);
+        [
+            _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(v)), n),
+            _mm_mul_ps(
+                _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_srli_si128::<4>(v))),
+                n,
+            ),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn min_fma(self, mn: [__m128; 2], p: *const f32, acc: __m128) -> __m128 {
+        self.mul_add(
+            mn[1],
+            self.ld(p.add(4)),
+            self.mul_add(mn[0], self.ld(p), acc),
+        )
     }
 }
 
 impl SimdQ4 for Avx2 {
-    /// the 32 values in order (low nibbles in the low 128 bits, high nibbles in the high)
-    type W4 = __m256i;
-    type X8 = __m256i;
+    const GROUP: usize = 2;
+    type I = __m256i;
+    type W4 = [__m256i; 2];
+    type X8 = [__m256i; 2];
+    type Sc8 = __m256i;
+    type Sc = __m256i;
+    type Mn = __m256;
     #[inline(always)]
-    unsafe fn ld_w4(self, p: *const u8) -> __m256i {
-        // the 16 bytes in both halves, the high half shifted right by 4 (per 32-bit lane: each byte's low
-        // nibble then holds its own high nibble), then masked
-        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
-        let both = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    fn izero(self) -> __m256i {
+        unsafe { _mm256_setzero_si256() }
     }
     #[inline(always)]
-    unsafe fn ld_x8(self, p: *const i8) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+    unsafe fn ld_w4(self, p: *const u8) -> [__m256i; 2] {
+        let v = _mm256_loadu_si256(p as *const __m256i);
+        let m = _mm256_set1_epi8(0x0f);
+        [
+            _mm256_and_si256(v, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        ]
     }
     #[inline(always)]
-    fn dot4(self, w: __m256i, x: __m256i) -> __m256 {
+    unsafe fn ld_x8(self, p: *const i8) -> [__m256i; 2] {
+        [
+            _mm256_loadu_si256(p as *const __m256i),
+            _mm256_loadu_si256(p.add(32) as *const __m256i),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn ld_sc8(self, p: *const u8) -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i)))
+    }
+    #[inline(always)]
+    fn sc_step(self, sc: __m256i, t: usize) -> __m256i {
         unsafe {
-            let p = _mm256_maddubs_epi16(w, x);
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+            let c = _mm256_loadu_si256(WORD_CTRL.as_ptr().add(2 * t) as *const __m256i);
+            _mm256_shuffle_epi8(sc, c)
         }
     }
     #[inline(always)]
-    unsafe fn ld_u8(self, p: *const u8) -> __m256 {
-        let v = _mm_loadl_epi64(p as *const __m128i);
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    fn dot4<const VNNI: bool>(
+        self,
+        acc: __m256i,
+        w: [__m256i; 2],
+        x: [__m256i; 2],
+        sc: __m256i,
+    ) -> __m256i {
+        unsafe {
+            let p = _mm256_add_epi16(
+                _mm256_maddubs_epi16(w[0], x[0]),
+                _mm256_maddubs_epi16(w[1], x[1]),
+            );
+            if VNNI {
+                _mm256_dpwssd_avx_epi32(acc, p, sc)
+            } else {
+                _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc))
+            }
+        }
+    }
+    #[inline(always)]
+    fn cvt_i(self, v: __m256i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn ld_mn(self, p: *const u8, nmin: f32) -> __m256 {
+        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(nmin))
+    }
+    #[inline(always)]
+    unsafe fn min_fma(self, mn: __m256, p: *const f32, acc: __m256) -> __m256 {
+        _mm256_fmadd_ps(mn, _mm256_loadu_ps(p), acc)
     }
 }
 
@@ -147,20 +254,33 @@ unsafe fn q8_range_avx2(a: &QArgs, c0: usize, c1: usize) {
 /// Safety: the CPU supports SSE4.1 (and SSSE3, which it implies); the contract of `scalar::q4_range`.
 #[target_feature(enable = "sse4.1")]
 unsafe fn q4_range_sse41(a: &Q4Args, c0: usize, c1: usize) {
-    kernel::q4_range(Sse41::new_unchecked(), a, c0, c1)
+    kernel::q4_range::<_, false>(Sse41::new_unchecked(), a, c0, c1)
 }
 
 /// Safety: the CPU supports AVX2 and FMA; the contract of `scalar::q4_range`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn q4_range_avx2(a: &Q4Args, c0: usize, c1: usize) {
-    kernel::q4_range(Avx2::new_unchecked(), a, c0, c1)
+    kernel::q4_range::<_, false>(Avx2::new_unchecked(), a, c0, c1)
+}
+
+/// Safety: the CPU supports AVX2, FMA and AVX-VNNI; the contract of `scalar::q4_range`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn q4_range_avx2_vnni(a: &Q4Args, c0: usize, c1: usize) {
+    kernel::q4_range::<_, true>(Avx2::new_unchecked(), a, c0, c1)
 }
 
 pub(crate) static SSE41: QTable = QTable {
     q8_range: q8_range_sse41,
     q4_range: q4_range_sse41,
+    q4_group: <Sse41 as SimdQ4>::GROUP,
 };
 pub(crate) static AVX2: QTable = QTable {
     q8_range: q8_range_avx2,
     q4_range: q4_range_avx2,
+    q4_group: <Avx2 as SimdQ4>::GROUP,
+};
+pub(crate) static AVX2_VNNI: QTable = QTable {
+    q8_range: q8_range_avx2,
+    q4_range: q4_range_avx2_vnni,
+    q4_group: <Avx2 as SimdQ4>::GROUP,
 };

@@ -13,7 +13,7 @@
 //! q4 is the other way round: its weights are unsigned 4-bit (0..=15), so `pmaddubsw` takes them as the
 //! unsigned operand and the int8 activations as the signed one with no sign trick, and its i16 pair sums
 //! cannot saturate (2 · 15 · 127 < 2^15): one instruction does 32 products, twice the int16 route's rate.
-//! The weight error (4 bits) dominates the activation error (8 bits) there.
+//! The weight error (4 bits) dominates the activation error (8 bits, one scale per 256) there.
 #![allow(clippy::missing_safety_doc)] // each unsafe fn states its contract in a "Safety:" line
 
 use super::Simd;
@@ -36,20 +36,56 @@ pub trait SimdInt: Simd {
     fn dot(self, w: Self::W, x: Self::X) -> Self::V;
 }
 
-/// 4-bit × int8 block primitives of one ISA level (q4).
+/// 4-bit × int8 primitives of one ISA level (q4), in steps of `GROUP` sub-blocks of 32 (see
+/// `quant/kernel.rs`). A vector holds one sub-block per 128-bit lane: the weights' bytes of GROUP
+/// sub-blocks are loaded as they are stored and split into low nibbles (values 0..16 of each sub-block)
+/// and high nibbles (values 16..32), and the activations are stored in the same order (`GROUP` is the
+/// `group` of `quant::group_activations`). Per super-block the sub-block dot products are scaled by their
+/// byte scales and summed in i32 lanes (`dot4`), then converted once and multiplied by d·d_x; the
+/// minimum terms are one f32 FMA (`min_fma`).
 pub trait SimdQ4: Simd {
-    /// One block of 32 weights 0..=15 (unsigned bytes) in registers.
+    /// Sub-blocks of 32 per step: 128-bit lanes per vector (1 SSE4.1, 2 AVX2, 4 AVX-512).
+    const GROUP: usize;
+    /// i32 accumulator lanes.
+    type I: Copy;
+    /// The 32·GROUP weights 0..=15 of one step, one unsigned byte each: [low nibbles, high nibbles].
     type W4: Copy;
-    /// One block of 32 int8 activations in registers.
+    /// The 32·GROUP int8 activations of one step in group order: [values 0..16, values 16..32] of each
+    /// sub-block (lane).
     type X8: Copy;
-    /// Load 16 bytes of nibbles: byte t holds value t in its low and value t+16 in its high nibble.
-    /// Safety: `p..p+16` is readable.
+    /// The 8 sub-block scales of a super-block as i16, in every 128-bit lane.
+    type Sc8: Copy;
+    /// The i16 multipliers of one step: lane l holds the scale of sub-block t·GROUP + l.
+    type Sc: Copy;
+    /// −dmin·mn_j of the 8 sub-blocks of a super-block as f32 lanes (lanes past 8 zero).
+    type Mn: Copy;
+    fn izero(self) -> Self::I;
+    /// Load the 16·GROUP bytes of nibbles of GROUP sub-blocks (byte t of a sub-block holds L_t in its low
+    /// and L_{t+16} in its high nibble). Safety: `p..p+16·GROUP` is readable.
     unsafe fn ld_w4(self, p: *const u8) -> Self::W4;
-    /// Load 32 int8 activations (each in -127..=127). Safety: `p..p+32` is readable.
+    /// Load 32·GROUP int8 activations (each in -127..=127) in group order. Safety: `p..p+32·GROUP` is
+    /// readable.
     unsafe fn ld_x8(self, p: *const i8) -> Self::X8;
-    /// Σ w·x over the block, as f32 lanes whose sum is the integer dot product (exact i32 lane sums, at
-    /// most 32 · 15 · 127 in magnitude, each rounded once to f32 — exactly, being below 2^24).
-    fn dot4(self, w: Self::W4, x: Self::X8) -> Self::V;
-    /// `LANES` unsigned bytes widened to f32 lanes. Safety: `p..p+LANES` is readable.
-    unsafe fn ld_u8(self, p: *const u8) -> Self::V;
+    /// Load the 8 scale bytes of a super-block. Safety: `p..p+8` is readable.
+    unsafe fn ld_sc8(self, p: *const u8) -> Self::Sc8;
+    /// The multipliers of step `t` < 8 / GROUP.
+    fn sc_step(self, sc: Self::Sc8, t: usize) -> Self::Sc;
+    /// acc + Σ over the step's sub-blocks j of sc_j · Σ_{sub-block j} w·x, spread over the i32 lanes:
+    /// `pmaddubsw` u8 × s8 pairs into i16 for both halves (≤ 2·15·127 each: no saturation), the halves
+    /// added (≤ 4·15·127 < 2^15), then i16 × scale pairs into i32 (by `vpdpwssd` when `VNNI`). A lane gains
+    /// at most 2·4·15·127·255 < 2^22 per step: exact. `VNNI` only where the entry point enables it.
+    fn dot4<const VNNI: bool>(
+        self,
+        acc: Self::I,
+        w: Self::W4,
+        x: Self::X8,
+        sc: Self::Sc,
+    ) -> Self::I;
+    /// i32 lanes to f32 (each rounded once; exact below 2^24, which holds for GROUP ≥ 2).
+    fn cvt_i(self, v: Self::I) -> Self::V;
+    /// The 8 minimum bytes at `p` times `nmin` (= −dmin). Safety: `p..p+8` is readable.
+    unsafe fn ld_mn(self, p: *const u8, nmin: f32) -> Self::Mn;
+    /// acc + mn · (the 8 f32 at `p`), lane by lane (only the lane sum of the result matters).
+    /// Safety: `p..p+8` is readable.
+    unsafe fn min_fma(self, mn: Self::Mn, p: *const f32, acc: Self::V) -> Self::V;
 }
