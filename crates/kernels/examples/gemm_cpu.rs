@@ -8,15 +8,8 @@
 use qwen3vl_kernels::matmul::{MatmulPath, Weight};
 use qwen3vl_kernels::Kernels;
 
-fn cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // Safety: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+mod cpu_time;
+use cpu_time::{best_seconds, cpu_seconds};
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -32,16 +25,7 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
 
 /// Best GFLOP per CPU second of `f` (doing `flops`) over runs totalling ≥ `budget` CPU seconds.
 fn best(flops: f64, budget: f64, f: &mut dyn FnMut()) -> f64 {
-    f();
-    let (mut best, mut spent) = (0f64, 0f64);
-    while spent < budget {
-        let t0 = cpu_seconds();
-        f();
-        let dt = cpu_seconds() - t0;
-        spent += dt;
-        best = best.max(flops / dt / 1e9);
-    }
-    best
+    flops / best_seconds(budget, f) / 1e9
 }
 
 /// One thread's AVX2 FMA peak in GFLOP per CPU second: 12 independent chains of 8-lane FMAs.

@@ -10,29 +10,8 @@ use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::quant::{QuantFormat, QuantWeight};
 use qwen3vl_kernels::Kernels;
 
-fn cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // Safety: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// Best CPU seconds of one call of `f` over runs totalling ≥ `budget` CPU seconds.
-fn best(budget: f64, f: &mut dyn FnMut()) -> f64 {
-    f();
-    let (mut best, mut spent) = (f64::INFINITY, 0f64);
-    while spent < budget {
-        let t0 = cpu_seconds();
-        f();
-        let dt = cpu_seconds() - t0;
-        spent += dt;
-        best = best.min(dt);
-    }
-    best
-}
+mod cpu_time;
+use cpu_time::best_seconds as best;
 
 fn main() {
     let k1 = Kernels::detect().unwrap().with_threads(1);
