@@ -41,6 +41,28 @@ pub enum KernelError {
     Invalid { op: &'static str, msg: String },
 }
 
+/// A raw pointer handed to the tasks of one threaded op, each of which reads or writes only its own
+/// disjoint elements (the owner of the memory outlives the fork/join). The one such wrapper of the crate.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// Safety: the tasks sharing one touch disjoint elements, and the memory outlives `parallel_for`.
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// For a shared input (only read through it).
+    pub(crate) fn from_const(p: *const T) -> SendPtr<T> {
+        SendPtr(p as *mut T)
+    }
+    /// (a method, so closures capture the Sync wrapper rather than its raw field)
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+    /// The pointer `i` elements on. Safety: in bounds of the allocation it came from.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
 /// The kernels of one SIMD level. Cheap to copy; make it once and pass it around.
 #[derive(Clone, Copy)]
 pub struct Kernels {

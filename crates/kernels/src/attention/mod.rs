@@ -57,6 +57,7 @@ mod x86;
 
 use crate::isa::Isa;
 pub use crate::matmul::MatmulPath;
+use crate::SendPtr;
 use crate::{KernelError, Kernels};
 use std::cell::RefCell;
 
@@ -222,8 +223,8 @@ impl Kernels {
                     vl,
                     p: *p,
                     group: p.n_q_heads / p.n_kv_heads,
-                    out: SyncPtr(out.as_mut_ptr()),
-                    partial: SyncPtr(std::ptr::null_mut()),
+                    out: SendPtr(out.as_mut_ptr()),
+                    partial: SendPtr(std::ptr::null_mut()),
                     slot_len: 0,
                     kb: &[],
                     vb: &[],
@@ -268,13 +269,6 @@ fn task_fn(isa: Isa) -> Option<TaskFn> {
     }
 }
 
-/// A raw pointer shared by the tasks, each of which writes its own disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(*mut f32);
-// Safety: tasks write disjoint ranges (see `emit`) and the owner outlives `parallel_for`.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-
 /// The validated arguments of one call, shared by its tasks.
 pub(crate) struct Job<'a> {
     pub q: &'a [f32],
@@ -287,10 +281,10 @@ pub(crate) struct Job<'a> {
     /// Query heads per kv head.
     pub group: usize,
     /// out: (q_len, n_q_heads, head_dim).
-    out: SyncPtr,
+    out: SendPtr<f32>,
     /// Split-KV partials: one slot per task, slot_len = (rows of the largest task)·(2 + head_dim) floats, each row
     /// [max, sum, unnormalized accumulator (head_dim)].
-    partial: SyncPtr,
+    partial: SendPtr<f32>,
     slot_len: usize,
     /// The bf16 kernel's packed K and V of every kv head (see `bf16.rs`); else empty.
     pub kb: &'a [u32],
@@ -478,7 +472,7 @@ fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>) -> (usize, usize) {
         buf.resize(kw + vw, 0);
     }
     let (kb, vb) = buf.split_at_mut(kw);
-    let (kb, vb) = (SyncPtrU32(kb.as_mut_ptr()), SyncPtrU32(vb.as_mut_ptr()));
+    let (kb, vb) = (SendPtr(kb.as_mut_ptr()), SendPtr(vb.as_mut_ptr()));
     let blocks = p.kv_len.div_ceil(PACK_KEYS);
     k.parallel_for(p.n_kv_heads * blocks, &|ti| {
         let (g, b) = (ti / blocks, ti % blocks);
@@ -488,22 +482,6 @@ fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>) -> (usize, usize) {
         unsafe { bf16::pack_kv(job, kb.get(), vb.get(), g, b * PACK_KEYS, j1) }
     });
     (kw, vw)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SyncPtrU32(*mut u32);
-// Safety: the packing tasks write disjoint ranges and the buffer outlives `parallel_for`.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SyncPtrU32 {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SyncPtrU32 {}
-#[cfg(target_arch = "x86_64")]
-impl SyncPtrU32 {
-    /// (a method, so closures capture the Sync wrapper rather than its raw field)
-    fn get(self) -> *mut u32 {
-        self.0
-    }
 }
 
 fn run_tasks(k: &Kernels, f: TaskFn, job: Job) {
@@ -571,7 +549,7 @@ fn run_plan(k: &Kernels, f: TaskFn, mut job: Job, pl: Plan, even: bool) {
     if chunks > 1 {
         job.slot_len = tile_rows * group * heads * (p.head_dim + 2);
         partial = vec![0.0f32; tasks.len() * job.slot_len];
-        job.partial = SyncPtr(partial.as_mut_ptr());
+        job.partial = SendPtr(partial.as_mut_ptr());
     }
 
     let job = &job;

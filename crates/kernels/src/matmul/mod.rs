@@ -39,6 +39,7 @@ pub(crate) mod x86;
 
 use crate::isa::Isa;
 use crate::ops::check_len;
+use crate::SendPtr;
 use crate::{KernelError, Kernels};
 pub use backward::MatmulGrads;
 use buf::AlignedBuf;
@@ -226,7 +227,7 @@ impl WeightPacker {
             (PackedData::Bf16(out), Weight::Bf16(src)) => {
                 // group j: for p in 0..kp, for r in 0..G: [w[jG+r][2p], w[jG+r][2p+1]] (0 outside)
                 let gsize = kp * g * 2;
-                let out = YPtrU16(out.as_mut_ptr());
+                let out = SendPtr(out.as_mut_ptr());
                 self.kern.run_ranges(rows, rows * k, &|i0, i1| {
                     let mut i = i0;
                     while i < i1 {
@@ -260,7 +261,7 @@ impl WeightPacker {
             (PackedData::F32(out), part) => {
                 // group j: for kk in 0..k, for r in 0..G: w[jG+r][kk] (0 outside)
                 let gsize = k * g;
-                let out = YPtr(out.as_mut_ptr());
+                let out = SendPtr(out.as_mut_ptr());
                 self.kern.run_ranges(rows, rows * k, &|i0, i1| {
                     let mut i = i0;
                     while i < i1 {
@@ -336,18 +337,6 @@ impl Place {
     }
 }
 
-/// A raw output pointer shared by the tasks of one matmul; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-pub(crate) struct YPtr(pub *mut f32);
-// Safety: as `Args`: the tasks sharing one write disjoint elements.
-unsafe impl Sync for YPtr {}
-unsafe impl Send for YPtr {}
-impl YPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The operands of one matmul, as seen by the range functions of a [`MmTable`].
 #[derive(Clone, Copy)]
 pub(crate) struct Args<'a> {
@@ -364,7 +353,7 @@ pub(crate) struct Args<'a> {
     /// (n)
     pub bias: Option<&'a [f32]>,
     /// (m, n), row stride n.
-    pub y: YPtr,
+    pub y: SendPtr<f32>,
     /// W is a SwiGLU pair (n = I outputs, G/2 per group): y = silu(gate)·up, no bias.
     pub swiglu: bool,
 }
@@ -596,7 +585,7 @@ impl Kernels {
             n,
             k,
             bias,
-            y: YPtr(y.as_mut_ptr()),
+            y: SendPtr(y.as_mut_ptr()),
             swiglu: w.swiglu,
         };
         let macs = m * n * k * if w.swiglu { 2 } else { 1 };
@@ -651,7 +640,7 @@ impl Kernels {
             n,
             k,
             bias,
-            y: YPtr(y.as_mut_ptr()),
+            y: SendPtr(y.as_mut_ptr()),
             swiglu: false,
         };
         let macs = m * n * k;
@@ -685,16 +674,6 @@ impl Kernels {
                 f(a, b)
             }
         });
-    }
-}
-
-#[derive(Clone, Copy)]
-struct YPtrU16(*mut u16);
-unsafe impl Sync for YPtrU16 {}
-unsafe impl Send for YPtrU16 {}
-impl YPtrU16 {
-    fn get(self) -> *mut u16 {
-        self.0
     }
 }
 
@@ -750,7 +729,7 @@ fn check_args(
 fn round_x_bf16(kern: &Kernels, t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
     let kp2 = k.div_ceil(2) * 2;
     let mut xb = vec![0u16; m * kp2];
-    let out = YPtrU16(xb.as_mut_ptr());
+    let out = SendPtr(xb.as_mut_ptr());
     // Threaded over rows once x is large (vision: 1200 × 4096).
     kern.run_ranges(m, m * k / 16, &|i0, i1| {
         for i in i0..i1 {

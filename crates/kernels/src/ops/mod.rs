@@ -7,6 +7,7 @@
 //! slice length and return [`KernelError`] on a mismatch, so no kernel ever runs on inconsistent lengths.
 
 use crate::isa::Isa;
+use crate::SendPtr;
 use crate::{KernelError, Kernels};
 
 /// The list of vector ops with their kernel signatures; calls `$m! { name(args) -> ret; ... }`.
@@ -152,7 +153,7 @@ macro_rules! unary_api {
         /// x, out: (n)
         pub fn $name(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
             check_len(stringify!($name), "out", x.len(), out.len())?;
-            let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.$name);
+            let (xp, op, f) = (SendPtr::from_const(x.as_ptr()), SendPtr(out.as_mut_ptr()), self.vec.$name);
             // Safety: `self.vec` belongs to a level this CPU supports; both slices hold x.len() elements.
             self.par(x.len(), 1, &|s, e| unsafe { f(xp.at(s), op.at(s), e - s) });
             Ok(())
@@ -160,7 +161,7 @@ macro_rules! unary_api {
         $(#[$doc])*
         /// In place. x: (n)
         pub fn $assign(&self, x: &mut [f32]) {
-            let (p, f) = (Sp(x.as_mut_ptr()), self.vec.$name);
+            let (p, f) = (SendPtr(x.as_mut_ptr()), self.vec.$name);
             // Safety: as above; the kernel reads element i before writing it.
             self.par(x.len(), 1, &|s, e| unsafe { f(p.at(s), p.at(s), e - s) });
         }
@@ -180,22 +181,6 @@ macro_rules! grad_api {
             Ok(())
         }
     )*};
-}
-
-/// A raw pointer handed to the tasks of one threaded op; each task reads and writes its own range only.
-#[derive(Clone, Copy)]
-struct Sp<T>(*mut T);
-// Safety: tasks of one op touch disjoint ranges of the outputs (see `Kernels::par`); inputs are shared reads.
-unsafe impl<T> Sync for Sp<T> {}
-unsafe impl<T> Send for Sp<T> {}
-impl<T> Sp<T> {
-    fn c(p: *const T) -> Sp<T> {
-        Sp(p as *mut T)
-    }
-    /// The pointer `i` elements on. Safety: in bounds of the slice it came from.
-    unsafe fn at(self, i: usize) -> *mut T {
-        self.0.add(i)
-    }
 }
 
 /// Below this many elements an op runs on the calling thread (a fork/join costs a few µs; 64K floats
@@ -240,9 +225,9 @@ impl Kernels {
         check_len("add", "b", a.len(), b.len())?;
         check_len("add", "out", a.len(), out.len())?;
         let (ap, bp, op, f) = (
-            Sp::c(a.as_ptr()),
-            Sp::c(b.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(a.as_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.add,
         );
         // Safety: `self.vec` belongs to a level this CPU supports (see `Kernels::new`); lengths checked;
@@ -256,7 +241,11 @@ impl Kernels {
     /// acc += b. acc, b: (n)
     pub fn add_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
         check_len("add_assign", "b", acc.len(), b.len())?;
-        let (p, bp, f) = (Sp(acc.as_mut_ptr()), Sp::c(b.as_ptr()), self.vec.add);
+        let (p, bp, f) = (
+            SendPtr(acc.as_mut_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+            self.vec.add,
+        );
         // Safety: supported level; lengths checked; the kernel reads element i before writing it.
         self.par(b.len(), 1, &|s, e| unsafe {
             f(p.at(s), bp.at(s), p.at(s), e - s)
@@ -269,9 +258,9 @@ impl Kernels {
         check_len("mul", "b", a.len(), b.len())?;
         check_len("mul", "out", a.len(), out.len())?;
         let (ap, bp, op, f) = (
-            Sp::c(a.as_ptr()),
-            Sp::c(b.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(a.as_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.mul,
         );
         // Safety: supported level; lengths checked.
@@ -284,7 +273,11 @@ impl Kernels {
     /// acc *= b. acc, b: (n)
     pub fn mul_assign(&self, acc: &mut [f32], b: &[f32]) -> Result<(), KernelError> {
         check_len("mul_assign", "b", acc.len(), b.len())?;
-        let (p, bp, f) = (Sp(acc.as_mut_ptr()), Sp::c(b.as_ptr()), self.vec.mul);
+        let (p, bp, f) = (
+            SendPtr(acc.as_mut_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+            self.vec.mul,
+        );
         // Safety: supported level; lengths checked; in place is allowed.
         self.par(b.len(), 1, &|s, e| unsafe {
             f(p.at(s), bp.at(s), p.at(s), e - s)
@@ -295,7 +288,11 @@ impl Kernels {
     /// out = x * s. x, out: (n)
     pub fn scale(&self, x: &[f32], s: f32, out: &mut [f32]) -> Result<(), KernelError> {
         check_len("scale", "out", x.len(), out.len())?;
-        let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.scale);
+        let (xp, op, f) = (
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
+            self.vec.scale,
+        );
         // Safety: supported level; lengths checked.
         self.par(x.len(), 1, &|a, e| unsafe {
             f(xp.at(a), s, op.at(a), e - a)
@@ -305,7 +302,7 @@ impl Kernels {
 
     /// x *= s. x: (n)
     pub fn scale_assign(&self, x: &mut [f32], s: f32) {
-        let (p, f) = (Sp(x.as_mut_ptr()), self.vec.scale);
+        let (p, f) = (SendPtr(x.as_mut_ptr()), self.vec.scale);
         // Safety: supported level; in place is allowed.
         self.par(x.len(), 1, &|a, e| unsafe { f(p.at(a), s, p.at(a), e - a) });
     }
@@ -333,8 +330,8 @@ impl Kernels {
     pub fn f32_to_bf16(&self, x: &[f32], out: &mut [u16]) -> Result<(), KernelError> {
         check_len("f32_to_bf16", "out", x.len(), out.len())?;
         let (xp, op, f) = (
-            Sp::c(x.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.f32_to_bf16,
         );
         // Safety: supported level; lengths checked.
@@ -346,8 +343,8 @@ impl Kernels {
     pub fn bf16_to_f32(&self, x: &[u16], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("bf16_to_f32", "out", x.len(), out.len())?;
         let (xp, op, f) = (
-            Sp::c(x.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.bf16_to_f32,
         );
         // Safety: supported level; lengths checked.
@@ -380,9 +377,9 @@ impl Kernels {
         check_len("swiglu", "out", gate.len(), out.len())?;
         // Safety: supported level; lengths checked.
         let (gp, up, op, f) = (
-            Sp::c(gate.as_ptr()),
-            Sp::c(up.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(gate.as_ptr()),
+            SendPtr::from_const(up.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.swiglu,
         );
         self.par(gate.len(), 1, &|s, e| unsafe {
@@ -394,7 +391,11 @@ impl Kernels {
     /// gate = silu(gate)·up. gate, up: (n)
     pub fn swiglu_assign(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
         check_len("swiglu_assign", "up", gate.len(), up.len())?;
-        let (p, upp, f) = (Sp(gate.as_mut_ptr()), Sp::c(up.as_ptr()), self.vec.swiglu);
+        let (p, upp, f) = (
+            SendPtr(gate.as_mut_ptr()),
+            SendPtr::from_const(up.as_ptr()),
+            self.vec.swiglu,
+        );
         // Safety: supported level; lengths checked; in place is allowed.
         self.par(up.len(), 1, &|s, e| unsafe {
             f(p.at(s), upp.at(s), p.at(s), e - s)

@@ -1,6 +1,7 @@
 //! The row-wise ops of [`Kernels`]: norms, softmax, RoPE (length-checked; dispatched through the table).
 
-use super::{causal_arg, check_len, rows_of, Sp};
+use super::{causal_arg, check_len, rows_of};
+use crate::SendPtr;
 use crate::{KernelError, Kernels};
 
 impl Kernels {
@@ -16,9 +17,9 @@ impl Kernels {
         check_len("rms_norm", "out", x.len(), out.len())?;
         let (n, xp, wp, op, f) = (
             w.len(),
-            Sp::c(x.as_ptr()),
-            Sp::c(w.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr::from_const(w.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
             self.vec.rms_norm,
         );
         // Safety: supported level; x and out hold rows·n elements, w holds n; rows [a, b) in bounds.
@@ -33,8 +34,8 @@ impl Kernels {
         let rows = rows_of("rms_norm_assign", x.len(), w.len())?;
         let (n, p, wp, f) = (
             w.len(),
-            Sp(x.as_mut_ptr()),
-            Sp::c(w.as_ptr()),
+            SendPtr(x.as_mut_ptr()),
+            SendPtr::from_const(w.as_ptr()),
             self.vec.rms_norm,
         );
         // Safety: as above; a row's statistics are read before any of it is written.
@@ -58,10 +59,10 @@ impl Kernels {
         check_len("layer_norm", "out", x.len(), out.len())?;
         let (n, f) = (w.len(), self.vec.layer_norm);
         let (xp, wp, bp, op) = (
-            Sp::c(x.as_ptr()),
-            Sp::c(w.as_ptr()),
-            Sp::c(b.as_ptr()),
-            Sp(out.as_mut_ptr()),
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr::from_const(w.as_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
         );
         // Safety: supported level; lengths checked; rows [r0, r1) in bounds.
         self.par(rows, n, &|r0, r1| unsafe {
@@ -89,7 +90,11 @@ impl Kernels {
         let rows = rows_of("layer_norm_assign", x.len(), w.len())?;
         check_len("layer_norm_assign", "b", w.len(), b.len())?;
         let (n, f) = (w.len(), self.vec.layer_norm);
-        let (p, wp, bp) = (Sp(x.as_mut_ptr()), Sp::c(w.as_ptr()), Sp::c(b.as_ptr()));
+        let (p, wp, bp) = (
+            SendPtr(x.as_mut_ptr()),
+            SendPtr::from_const(w.as_ptr()),
+            SendPtr::from_const(b.as_ptr()),
+        );
         // Safety: as above; in place is allowed.
         self.par(rows, n, &|r0, r1| unsafe {
             f(
@@ -121,7 +126,11 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let rows = rows_of("normalize", x.len(), n)?;
         check_len("normalize", "out", x.len(), out.len())?;
-        let (xp, op, f) = (Sp::c(x.as_ptr()), Sp(out.as_mut_ptr()), self.vec.normalize);
+        let (xp, op, f) = (
+            SendPtr::from_const(x.as_ptr()),
+            SendPtr(out.as_mut_ptr()),
+            self.vec.normalize,
+        );
         // Safety: supported level; lengths checked; rows [a, b) in bounds.
         self.par(rows, n, &|a, b| unsafe {
             f(xp.at(a * n), eps, op.at(a * n), b - a, n)
@@ -137,7 +146,7 @@ impl Kernels {
         eps: f32,
     ) -> Result<(), KernelError> {
         let rows = rows_of("normalize_rows_assign", x.len(), n)?;
-        let (p, f) = (Sp(x.as_mut_ptr()), self.vec.normalize);
+        let (p, f) = (SendPtr(x.as_mut_ptr()), self.vec.normalize);
         // Safety: supported level; lengths checked; in place is allowed.
         self.par(rows, n, &|a, b| unsafe {
             f(p.at(a * n), eps, p.at(a * n), b - a, n)
@@ -267,9 +276,9 @@ impl Kernels {
             )));
         }
         let (p, cp, sp, f) = (
-            Sp(x.as_mut_ptr()),
-            Sp::c(cos.as_ptr()),
-            Sp::c(sin.as_ptr()),
+            SendPtr(x.as_mut_ptr()),
+            SendPtr::from_const(cos.as_ptr()),
+            SendPtr::from_const(sin.as_ptr()),
             self.vec.rope_half,
         );
         // Safety: supported level; every row r < rows lies in x (checked above), its cos/sin row too;

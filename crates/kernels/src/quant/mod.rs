@@ -42,7 +42,7 @@ pub(crate) mod x86_512;
 
 use std::fmt;
 
-use weight::SendPtr;
+use crate::SendPtr;
 pub use weight::{QuantPacker, QuantWeight};
 
 use crate::isa::{Features, Isa};

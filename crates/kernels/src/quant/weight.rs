@@ -7,6 +7,7 @@ use crate::matmul::buf::AlignedBuf;
 use crate::matmul::Weight;
 use crate::ops::check_len;
 use crate::simd::int::BLOCK;
+use crate::SendPtr;
 use crate::{KernelError, Kernels};
 
 /// A weight (n, k) quantized for this crate's integer kernels (see the module docs for the layouts).
@@ -253,16 +254,5 @@ impl QuantPacker {
     pub fn finish(self) -> Result<QuantWeight, KernelError> {
         check_len("quantize", "rows pushed", self.w.n, self.rows)?;
         Ok(self.w)
-    }
-}
-
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr<T>(pub(super) *mut T);
-// Safety: the tasks sharing one write disjoint elements.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    pub(super) fn get(self) -> *mut T {
-        self.0
     }
 }
