@@ -107,7 +107,6 @@ impl Linear {
     }
 }
 
-
 /// Quantizes tensors stacked along the output dimension (as [`pack`]) into `format`, one source at a time.
 pub(crate) fn quantize(
     k: &Kernels,
@@ -263,8 +262,17 @@ impl<'a> Vb<'a> {
         swiglu: bool,
     ) -> Result<PackedWeight, ModelError> {
         let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-        let name = ts.iter().map(|t| t.key.as_str()).collect::<Vec<_>>().join("+");
-        let l = PackedLayout { n, k: kk, bf16, swiglu };
+        let name = ts
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let l = PackedLayout {
+            n,
+            k: kk,
+            bf16,
+            swiglu,
+        };
         self.cache.packed(&self.k, &name, l, || {
             let packer = match swiglu {
                 false => self.k.weight_packer(n, kk, bf16),
@@ -317,13 +325,23 @@ impl<'a> Vb<'a> {
                 push_all(self.k.quant_packer(f, n, kk).map_err(err)?, parts).map_err(err)?,
             ),
             (None, false) => {
-                let l = PackedLayout { n, k: kk, bf16, swiglu };
+                let l = PackedLayout {
+                    n,
+                    k: kk,
+                    bf16,
+                    swiglu,
+                };
                 LinearWeight::Packed(self.cache.packed(&self.k, what, l, || {
                     push_all(self.k.weight_packer(n, kk, bf16).map_err(err)?, parts).map_err(err)
                 })?)
             }
             (None, true) => {
-                let l = PackedLayout { n: n / 2, k: kk, bf16, swiglu };
+                let l = PackedLayout {
+                    n: n / 2,
+                    k: kk,
+                    bf16,
+                    swiglu,
+                };
                 LinearWeight::Packed(self.cache.packed(&self.k, what, l, || {
                     push_all(self.k.swiglu_packer(n / 2, kk, bf16).map_err(err)?, parts)
                         .map_err(err)

@@ -86,7 +86,12 @@ fn all_mapped(model: &Model) -> Option<bool> {
     see(&model.lm_head.weight);
     see(&model.visual.patch_embed.proj.weight);
     for b in &model.visual.blocks {
-        for l in [&b.attn.qkv, &b.attn.proj, &b.mlp.linear_fc1, &b.mlp.linear_fc2] {
+        for l in [
+            &b.attn.qkv,
+            &b.attn.proj,
+            &b.mlp.linear_fc1,
+            &b.mlp.linear_fc2,
+        ] {
             see(&l.weight);
         }
     }
@@ -111,17 +116,27 @@ fn written(model: &Model) -> PathBuf {
             assert!(note.starts_with("packed weights cached: "), "{note}");
             path.clone()
         }
-        o => panic!("expected a written cache, got {o:?} {:?}", model.weight_cache().notes),
+        o => panic!(
+            "expected a written cache, got {o:?} {:?}",
+            model.weight_cache().notes
+        ),
     }
 }
 
 fn hit(model: &Model) -> u64 {
     match &model.weight_cache().outcome {
         CacheOutcome::Hit { bytes, .. } => {
-            assert!(model.weight_cache().notes.is_empty(), "{:?}", model.weight_cache().notes);
+            assert!(
+                model.weight_cache().notes.is_empty(),
+                "{:?}",
+                model.weight_cache().notes
+            );
             *bytes
         }
-        o => panic!("expected a cache hit, got {o:?} {:?}", model.weight_cache().notes),
+        o => panic!(
+            "expected a cache hit, got {o:?} {:?}",
+            model.weight_cache().notes
+        ),
     }
 }
 
@@ -141,7 +156,12 @@ fn second_load_maps_the_cache_with_identical_logits() {
         if precision == Precision::Fast {
             let path = written(&first);
             assert_eq!(path, cache_file(&cdir));
-            assert!(path.file_name().unwrap().to_str().unwrap().ends_with(".qwpk"));
+            assert!(path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with(".qwpk"));
         } else {
             hit(&first);
         }
@@ -149,8 +169,17 @@ fn second_load_maps_the_cache_with_identical_logits() {
         let second = load(&ck, c, precision, None);
         let bytes = hit(&second);
         assert_eq!(all_mapped(&second), Some(true));
-        let packed: u64 = second.plan().ops.iter().filter(|o| o.layout.starts_with("packed")).map(|o| o.count as u64 * o.bytes).sum();
-        assert!(bytes > 0 && bytes <= packed, "{bytes} mapped, {packed} packed");
+        let packed: u64 = second
+            .plan()
+            .ops
+            .iter()
+            .filter(|o| o.layout.starts_with("packed"))
+            .map(|o| o.count as u64 * o.bytes)
+            .sum();
+        assert!(
+            bytes > 0 && bytes <= packed,
+            "{bytes} mapped, {packed} packed"
+        );
         assert_eq!(logits(&second), want, "{precision:?}");
     }
     // quantized text weights: another file; the vision tower's packed weights come from it next time
@@ -207,7 +236,9 @@ fn corrupt_or_truncated_cache_is_detected_and_rebuilt() {
         let m = load(&ck, c, Precision::F32, None);
         let notes = &m.weight_cache().notes;
         assert!(
-            notes[0].contains("ignored") && notes[0].contains(why) && notes[0].contains("rebuilding"),
+            notes[0].contains("ignored")
+                && notes[0].contains(why)
+                && notes[0].contains("rebuilding"),
             "{why}: {notes:?}"
         );
         assert_eq!(written(&m), path);
@@ -234,11 +265,15 @@ fn changed_checkpoint_invalidates_the_cache() {
     let st = ck.join("model.safetensors");
     let f = std::fs::File::options().write(true).open(&st).unwrap();
     let t = f.metadata().unwrap().modified().unwrap();
-    f.set_modified(t + std::time::Duration::from_secs(3)).unwrap();
+    f.set_modified(t + std::time::Duration::from_secs(3))
+        .unwrap();
     drop(f);
     let m = load(&ck, c, Precision::F32, None);
     let note = &m.weight_cache().notes[0];
-    assert!(note.contains("stale") && note.contains("file model.safetensors"), "{note}");
+    assert!(
+        note.contains("stale") && note.contains("file model.safetensors"),
+        "{note}"
+    );
     assert_eq!(written(&m), path);
     hit(&load(&ck, c, Precision::F32, None));
     // config.json rewritten with the same values (a trailing newline): still a new key
@@ -248,7 +283,10 @@ fn changed_checkpoint_invalidates_the_cache() {
     std::fs::write(&cfg, text).unwrap();
     let m = load(&ck, c, Precision::F32, None);
     let note = &m.weight_cache().notes[0];
-    assert!(note.contains("stale") && note.contains("config.json"), "{note}");
+    assert!(
+        note.contains("stale") && note.contains("config.json"),
+        "{note}"
+    );
     written(&m);
     assert_eq!(cache_file(&cdir), path);
     let _ = std::fs::remove_dir_all(&ck);
@@ -268,7 +306,14 @@ fn moe_experts_are_cached() {
         let mut cache = KvCache::new(&m.config().text, ids.len());
         let mut st = RunState::new();
         let l = m
-            .forward(&ids, r.positions().as_ref(), None, &mut cache, &mut st, Logits::All)
+            .forward(
+                &ids,
+                r.positions().as_ref(),
+                None,
+                &mut cache,
+                &mut st,
+                Logits::All,
+            )
             .unwrap();
         l.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     };

@@ -323,7 +323,10 @@ mod tests {
         let b = AlignedBuf::<u16>::shared("test", owner.clone(), 128, 1000).unwrap();
         assert!(b.is_shared());
         assert_eq!(b.as_ptr() as usize, src as usize + 128);
-        assert_eq!(b[3], u16::from_le_bytes([owner.bytes()[134], owner.bytes()[135]]));
+        assert_eq!(
+            b[3],
+            u16::from_le_bytes([owner.bytes()[134], owner.bytes()[135]])
+        );
         let c = b.clone();
         assert!(c.is_shared());
         assert_eq!(c.as_ptr(), b.as_ptr());
@@ -336,11 +339,19 @@ mod tests {
         assert_eq!(owner.bytes()[128..130], b[0].to_le_bytes());
         // past the end, misaligned, overflowing
         let e = AlignedBuf::<f32>::shared("load", owner.clone(), 64, 1009).unwrap_err();
-        assert!(e.to_string().contains("run past the end of the 4096-byte"), "{e}");
+        assert!(
+            e.to_string().contains("run past the end of the 4096-byte"),
+            "{e}"
+        );
         let e = AlignedBuf::<f32>::shared("load", owner.clone(), 4, 8).unwrap_err();
         assert!(e.to_string().contains("not 64-byte aligned"), "{e}");
         assert!(AlignedBuf::<f32>::shared("load", owner.clone(), 0, usize::MAX / 2).is_err());
-        assert_eq!(AlignedBuf::<f32>::shared("load", owner, 4096, 0).unwrap().len(), 0);
+        assert_eq!(
+            AlignedBuf::<f32>::shared("load", owner, 4096, 0)
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub struct PackedLayout {
 
 /// Elements of the panels of `l` with groups of `g` rows (bf16: groups × ⌈k/2⌉ pairs × G × 2; f32:
 /// groups × k × G).
-pub(super) fn packed_len(op: &'static str, g: usize, l: PackedLayout) -> Result<usize, KernelError> {
+pub(super) fn packed_len(
+    op: &'static str,
+    g: usize,
+    l: PackedLayout,
+) -> Result<usize, KernelError> {
     mul(op, mul(op, l.n, 2)?, l.k)?;
     let groups = l.n.div_ceil(if l.swiglu { g / 2 } else { g });
     if l.bf16 {
@@ -133,9 +137,13 @@ mod tests {
     #[test]
     fn shared_panels_match_the_packed_weight() {
         let (n, k, m) = (37usize, 13usize, 3usize);
-        let w32: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let w32: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
         let w16: Vec<u16> = w32.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
         for kern in Kernels::all_available() {
             let gate_up: Vec<u16> = w16.iter().chain(&w16).copied().collect();
             let cases = [

@@ -202,7 +202,10 @@ fn parse_table(t: &[u8], blobs_end: u64) -> Result<HashMap<String, Entry>, Strin
         }
     }
     if at != t.len() {
-        return Err(format!("{} bytes after the table's last entry", t.len() - at));
+        return Err(format!(
+            "{} bytes after the table's last entry",
+            t.len() - at
+        ));
     }
     Ok(entries)
 }
@@ -227,8 +230,13 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     }
 }
 
+/// `3.41 GB`, or `5.0 MB` below 1 GB.
 pub(super) fn gb(b: u64) -> String {
-    format!("{:.2} GB", b as f64 / 1e9)
+    if b >= 1_000_000_000 {
+        format!("{:.2} GB", b as f64 / 1e9)
+    } else {
+        format!("{:.1} MB", b as f64 / 1e6)
+    }
 }
 
 /// A cache file being written under a temporary name (removed on drop unless committed).
@@ -291,7 +299,8 @@ impl Writer {
         for v in [l.n as u64, l.k as u64] {
             self.table.extend_from_slice(&v.to_le_bytes());
         }
-        self.table.extend_from_slice(&[l.bf16 as u8, l.swiglu as u8]);
+        self.table
+            .extend_from_slice(&[l.bf16 as u8, l.swiglu as u8]);
         for v in [off, len] {
             self.table.extend_from_slice(&v.to_le_bytes());
         }
@@ -307,7 +316,11 @@ impl Writer {
     /// takes on disk).
     pub fn commit(mut self, key: &str) -> Result<(PathBuf, u64), String> {
         if key.len() as u64 > HEADER - 56 {
-            return Err(format!("the key is {} bytes, over {}", key.len(), HEADER - 56));
+            return Err(format!(
+                "the key is {} bytes, over {}",
+                key.len(),
+                HEADER - 56
+            ));
         }
         let mut table = self.count.to_le_bytes().to_vec();
         table.append(&mut self.table);
@@ -336,7 +349,10 @@ impl Writer {
         std::fs::rename(&self.tmp, &self.dest)
             .map_err(|e| format!("renaming {} into place: {e}", self.tmp.display()))?;
         self.committed = true;
-        Ok((self.dest.clone(), disk_usage(&self.dest).unwrap_or(file_len)))
+        Ok((
+            self.dest.clone(),
+            disk_usage(&self.dest).unwrap_or(file_len),
+        ))
     }
 }
 

@@ -44,7 +44,11 @@ impl WeightCache<'_> {
             WeightCache::Off => None,
             WeightCache::Dir(d) => Some(d.to_path_buf()),
             WeightCache::Auto => {
-                let env = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+                let env = |v: &str| {
+                    std::env::var_os(v)
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                };
                 let root = env("QWEN3VL_CACHE")
                     .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("qwen3vl")))
                     .or_else(|| env("HOME").map(|d| d.join(".cache").join("qwen3vl")))?;
@@ -111,7 +115,9 @@ impl Session {
         let key = match cache_key(dir, weights, kernels, opts) {
             Ok(k) => k,
             Err(e) => {
-                inner.notes.push(format!("packed-weight cache not used: {e}"));
+                inner
+                    .notes
+                    .push(format!("packed-weight cache not used: {e}"));
                 drop(inner);
                 return s;
             }
@@ -281,7 +287,13 @@ fn slot_name(dir: &Path, k: &Kernels, opts: &LoadOptions) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(48)
         .collect();
     let id = format!(
