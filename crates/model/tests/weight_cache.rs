@@ -262,6 +262,11 @@ fn changed_checkpoint_invalidates_the_cache() {
     let c = WeightCache::Dir(&cdir);
     let path = written(&load(&ck, c, Precision::F32, None));
     hit(&load(&ck, c, Precision::F32, None));
+    // a writer's temporary file: of a dead process (pid over Linux's limit) removed, of a live one kept
+    let tmp = |pid: u32| PathBuf::from(format!("{}.tmp{pid}", path.display()));
+    for pid in [4_294_967, 1] {
+        std::fs::write(tmp(pid), b"partial").unwrap();
+    }
     let st = ck.join("model.safetensors");
     let f = std::fs::File::options().write(true).open(&st).unwrap();
     let t = f.metadata().unwrap().modified().unwrap();
@@ -275,6 +280,9 @@ fn changed_checkpoint_invalidates_the_cache() {
         "{note}"
     );
     assert_eq!(written(&m), path);
+    #[cfg(target_os = "linux")]
+    assert!(!tmp(4_294_967).exists() && tmp(1).exists());
+    std::fs::remove_file(tmp(1)).unwrap();
     hit(&load(&ck, c, Precision::F32, None));
     // config.json rewritten with the same values (a trailing newline): still a new key
     let cfg = ck.join("config.json");

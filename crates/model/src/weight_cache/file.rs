@@ -230,6 +230,20 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     }
 }
 
+/// Ok if `free` bytes (None: unknown) hold `need` more and leave [`KEEP_FREE`]; else why not (`what`
+/// says what needs the room).
+pub(super) fn room(free: Option<u64>, need: u64, dir: &Path, what: &str) -> Result<(), String> {
+    match free {
+        Some(free) if free < need.saturating_add(KEEP_FREE) => Err(format!(
+            "{} free in {}, under the {} {what} + 1 GiB kept free",
+            gb(free),
+            dir.display(),
+            gb(need)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `3.41 GB`, or `5.0 MB` below 1 GB.
 pub(super) fn gb(b: u64) -> String {
     if b >= 1_000_000_000 {
@@ -278,16 +292,7 @@ impl Writer {
             .pos
             .next_multiple_of(if len >= HUGE { HUGE } else { 64 });
         let dir = self.dest.parent().unwrap_or(Path::new("."));
-        if let Some(free) = free_bytes(dir) {
-            if free < len + KEEP_FREE {
-                return Err(format!(
-                    "{} free in {}, under the {} the next weight needs + 1 GiB kept free",
-                    gb(free),
-                    dir.display(),
-                    gb(len)
-                ));
-            }
-        }
+        room(free_bytes(dir), len, dir, "the next weight needs")?;
         let io = |e: std::io::Error| format!("{}: {e}", self.tmp.display());
         self.file.seek(SeekFrom::Start(off)).map_err(io)?;
         self.file.write_all(bytes).map_err(io)?;
@@ -374,5 +379,33 @@ fn disk_usage(path: &Path) -> Option<u64> {
     #[cfg(not(unix))]
     {
         Some(std::fs::metadata(path).ok()?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write goes ahead only if it leaves 1 GiB free (or the free space is unknown).
+    #[test]
+    fn room_keeps_a_gib_free() {
+        let d = Path::new("/c");
+        let gib = 1u64 << 30;
+        assert!(room(Some(3 * gib), 2 * gib, d, "x").is_ok());
+        assert!(room(None, u64::MAX, d, "x").is_ok());
+        let e = room(Some(3 * gib - 1), 2 * gib, d, "they take").unwrap_err();
+        assert_eq!(
+            e,
+            "3.22 GB free in /c, under the 2.15 GB they take + 1 GiB kept free"
+        );
+        assert!(room(Some(u64::MAX - 1), u64::MAX, d, "x").is_err());
+    }
+
+    /// The checksum is FNV-1a 64 (its published test vectors).
+    #[test]
+    fn fnv64_vectors() {
+        assert_eq!(fnv64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

@@ -244,25 +244,20 @@ fn start_writer(
     remove_orphans(path);
     if opts.quant.is_none() && opts.vision_quant.is_none() {
         let need = weights.total_bytes();
-        if let Some(free) = file::free_bytes(cache_dir) {
-            if free < need + file::KEEP_FREE {
-                return Err(format!(
-                    "{} free in {}, under the ~{} they take + 1 GiB kept free",
-                    gb(free),
-                    cache_dir.display(),
-                    gb(need)
-                ));
-            }
-        }
+        file::room(file::free_bytes(cache_dir), need, cache_dir, "they take")?;
     }
     Writer::create(path)
 }
 
-/// Removes `<path>.tmp<pid>` files whose process is gone (a writer killed mid-load).
+/// Removes `<path>.tmp<pid>` files whose process is gone (a writer killed mid-load). Linux only (where
+/// `/proc` tells whether a process lives).
 fn remove_orphans(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
+    if !cfg!(target_os = "linux") {
+        return;
+    }
     let prefix = format!("{}.tmp", name.to_string_lossy());
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -272,8 +267,7 @@ fn remove_orphans(path: &Path) {
         let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        let alive = cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists();
-        if !alive && pid != std::process::id() {
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_file(e.path());
         }
     }
