@@ -25,6 +25,7 @@ venv="$(tools/ci/venv.sh)"
 py="$venv/bin/python"
 
 work="$(mktemp -d -t qwen3vl-server-tests.XXXXXX)"
+export QWEN3VL_CACHE="$work/cache"   # packed-weight cache of the servers started here, not in ~/.cache
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do

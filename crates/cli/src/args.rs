@@ -202,6 +202,45 @@ pub(crate) struct ModelArgs {
     pub(crate) context: Option<usize>,
     #[command(flatten)]
     pub(crate) quant: crate::quant::QuantArgs,
+    #[command(flatten)]
+    pub(crate) cache: WeightCacheArgs,
+}
+
+/// Where packed weights are cached between loads.
+#[derive(Args, Clone)]
+pub(crate) struct WeightCacheArgs {
+    /// Packed-weight cache: `auto` (`$QWEN3VL_CACHE/packed`, else `$XDG_CACHE_HOME/qwen3vl/packed`, else
+    /// `~/.cache/qwen3vl/packed`), `off`, or a directory. The first load writes the repacked weights there
+    /// (about the checkpoint's size; skipped if less than that + 1 GiB is free); later loads of the same
+    /// checkpoint map them instead of repacking.
+    #[arg(long, value_name = "auto|off|DIR", default_value = "auto", value_parser = parse_weight_cache)]
+    pub(crate) weight_cache: WeightCacheArg,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum WeightCacheArg {
+    Auto,
+    Off,
+    Dir(PathBuf),
+}
+
+fn parse_weight_cache(s: &str) -> Result<WeightCacheArg, String> {
+    Ok(match s {
+        "auto" => WeightCacheArg::Auto,
+        "off" => WeightCacheArg::Off,
+        "" => return Err("expected auto, off or a directory".into()),
+        d => WeightCacheArg::Dir(PathBuf::from(d)),
+    })
+}
+
+impl WeightCacheArgs {
+    pub(crate) fn get(&self) -> qwen3vl_model::WeightCache<'_> {
+        match &self.weight_cache {
+            WeightCacheArg::Auto => qwen3vl_model::WeightCache::Auto,
+            WeightCacheArg::Off => qwen3vl_model::WeightCache::Off,
+            WeightCacheArg::Dir(d) => qwen3vl_model::WeightCache::Dir(d),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -279,6 +318,8 @@ pub(crate) struct BenchArgs {
     pub(crate) precision: PrecisionArg,
     #[command(flatten)]
     pub(crate) quant: crate::quant::QuantArgs,
+    #[command(flatten)]
+    pub(crate) cache: WeightCacheArgs,
     /// Skip measuring the roofline (the percentages are then omitted).
     #[arg(long)]
     pub(crate) no_roofline: bool,

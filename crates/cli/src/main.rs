@@ -325,10 +325,14 @@ pub(crate) fn load_engine(args: &ModelArgs) -> Result<Engine> {
             progress: Some(&progress),
             quant: args.quant.quant,
             vision_quant: args.quant.vision_quant,
+            weight_cache: args.cache.get(),
         },
     )?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    for note in &engine.model.weight_cache().notes {
+        eprintln!("{note}");
     }
     Ok(engine)
 }
@@ -648,6 +652,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<()> {
         precision: b.precision,
         context: None,
         quant: b.quant,
+        cache: b.cache.clone(),
     })?;
     if let Some(n) = b.concurrency {
         return bench_concurrency(&engine, n, b);

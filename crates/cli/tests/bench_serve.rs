@@ -31,6 +31,10 @@ impl Server {
             .unwrap()
             .port();
         let child = Command::new(bin())
+            .env(
+                "QWEN3VL_CACHE",
+                std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+            )
             .args(["serve", "--model"])
             .arg(tiny_model())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -76,6 +80,10 @@ fn health(port: u16) -> Option<u16> {
 
 fn bench(url: &str, args: &[&str]) -> Value {
     let out = Command::new(bin())
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(["bench", "serve", "--url", url, "--json"])
         .args(args)
         .output()
@@ -197,6 +205,10 @@ fn bad_arguments_are_one_line_errors() {
         ),
     ] {
         let out = Command::new(bin())
+            .env(
+                "QWEN3VL_CACHE",
+                std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+            )
             .args(["bench", "serve"])
             .args(&args)
             .output()

@@ -4,6 +4,10 @@ use std::process::{Command, Output};
 
 fn qwen3vl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(args)
         .env_remove("QWEN3VL_SIMD")
         .output()
@@ -67,6 +71,10 @@ fn cpu_text_names_the_level() {
 #[test]
 fn forced_scalar_is_reported() {
     let o = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(["cpu", "--json"])
         .env("QWEN3VL_SIMD", "scalar")
         .output()
@@ -80,6 +88,10 @@ fn forced_scalar_is_reported() {
 #[test]
 fn unknown_simd_level_is_a_clean_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(["cpu"])
         .env("QWEN3VL_SIMD", "neon")
         .output()
@@ -448,6 +460,10 @@ fn chat_keeps_history_and_handles_commands() {
         "/../../testdata/model-reference/img_64x96.png"
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args([
             "chat",
             "--model",
@@ -643,6 +659,10 @@ fn prompt_from_stdin_equals_prompt_argument() {
     let a = qwen3vl(&args("Hello!"));
     assert!(a.status.success(), "{}", stderr(&a));
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(args("-"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -666,6 +686,10 @@ fn chat_refuses_a_turn_that_does_not_fit_and_goes_on() {
     use std::io::Write as _;
     let dir = tiny_checkpoint().to_str().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args([
             "chat",
             "--model",

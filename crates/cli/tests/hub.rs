@@ -24,6 +24,7 @@ fn temp_cache(name: &str) -> PathBuf {
 fn qwen3vl(args: &[&str], endpoint: &str, cache: &Path, offline: bool) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qwen3vl"));
     c.args(args)
+        .env("QWEN3VL_CACHE", cache.join("qwen3vl-cache"))
         .env_remove("QWEN3VL_SIMD")
         .env_remove("HF_TOKEN")
         .env_remove("HF_HOME")

@@ -7,6 +7,10 @@ use std::process::{Command, Output, Stdio};
 
 fn qwen3vl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(args)
         .env_remove("QWEN3VL_SIMD")
         .output()
@@ -125,6 +129,10 @@ fn each_fact_is_printed_once() {
 
 fn chat(args: &[&str], input: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .arg("chat")
         .args(args)
         .stdin(Stdio::piped())

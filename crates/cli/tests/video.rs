@@ -22,6 +22,10 @@ fn generate(extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(&args)
         .env_remove("QWEN3VL_SIMD")
         .output()
@@ -109,6 +113,10 @@ fn chat(extra: &[&str], input: &str) -> Output {
     ];
     args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+        .env(
+            "QWEN3VL_CACHE",
+            std::env::temp_dir().join("qwen3vl-cli-tests-cache"),
+        )
         .args(&args)
         .env_remove("QWEN3VL_SIMD")
         .stdin(std::process::Stdio::piped())

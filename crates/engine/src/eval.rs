@@ -126,6 +126,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                 progress: None,
                 quant,
                 vision_quant: None,
+                ..Default::default()
             },
         )
         .with_context(|| format!("loading {}", dir.display()))

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
-    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat, RunState,
+    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat,
+    RunState, WeightCache,
 };
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError, VideoInput, VideoOptions};
 
@@ -61,6 +62,8 @@ pub struct EngineOptions<'a> {
     pub quant: Option<QuantFormat>,
     /// Quantize the vision tower's linears at load.
     pub vision_quant: Option<QuantFormat>,
+    /// Where packed weights are cached between loads (off by default; the CLI's default is auto).
+    pub weight_cache: WeightCache<'a>,
 }
 
 /// A loaded checkpoint: model, processor, decoding defaults, detokenizer table.
@@ -124,6 +127,7 @@ impl Engine {
                 progress: opts.progress,
                 quant: opts.quant,
                 vision_quant: opts.vision_quant,
+                weight_cache: opts.weight_cache,
             },
         )?;
         let tok = processor.tokenizer();

@@ -34,6 +34,7 @@ mod state;
 pub mod text;
 pub mod trace;
 pub mod vision;
+mod weight_cache;
 pub mod weights;
 
 pub use config::{Config, TextConfig, VisionConfig};
@@ -46,6 +47,7 @@ pub use qwen3vl_kernels::quant::QuantFormat;
 pub use state::RunState;
 pub use trace::{Trace, TraceMap};
 pub use vision::VisionEncoding;
+pub use weight_cache::{CacheOutcome, WeightCache, WeightCacheReport};
 
 /// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,10 @@ use std::fmt::Display;
 use qwen3vl_kernels::Kernels;
 
 use crate::norm::{LayerNorm, RmsNorm};
+use crate::weight_cache::Session;
 use crate::weights::{Dtype, TensorRef, Weights};
 use crate::{KernelCtx, ModelError};
-use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight, WeightPacker};
+use qwen3vl_kernels::matmul::{MatmulPath, PackedLayout, PackedWeight, Weight, WeightPacker};
 use qwen3vl_kernels::quant::{QuantFormat, QuantPacker, QuantWeight};
 use qwen3vl_kernels::KernelError;
 
@@ -106,20 +107,6 @@ impl Linear {
     }
 }
 
-/// Packs tensors stacked along the output dimension: `ts[i]` is (n_i, kk) (trailing dims flattened into kk),
-/// n = Σ n_i. Each source is packed straight into the packed storage (bf16 from its mapping; other dtypes
-/// widened to f32 one tensor at a time), then its mapped pages are released: no concatenated or widened
-/// copy of the whole weight is ever held.
-pub(crate) fn pack(
-    k: &Kernels,
-    ts: &[&TensorRef],
-    n: usize,
-    kk: usize,
-) -> Result<LinearWeight, ModelError> {
-    let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-    pack_into(k.weight_packer(n, kk, bf16), ts).map(LinearWeight::Packed)
-}
-
 /// Quantizes tensors stacked along the output dimension (as [`pack`]) into `format`, one source at a time.
 pub(crate) fn quantize(
     k: &Kernels,
@@ -197,6 +184,8 @@ pub(crate) struct Vb<'a> {
     progress: Option<&'a dyn Fn(u64, u64)>,
     done: &'a Cell<u64>,
     total: u64,
+    /// the packed-weight cache of this load
+    cache: &'a Session,
 }
 
 impl<'a> Vb<'a> {
@@ -205,6 +194,7 @@ impl<'a> Vb<'a> {
         k: Kernels,
         progress: Option<&'a dyn Fn(u64, u64)>,
         done: &'a Cell<u64>,
+        cache: &'a Session,
     ) -> Vb<'a> {
         Vb {
             w,
@@ -214,6 +204,7 @@ impl<'a> Vb<'a> {
             progress,
             done,
             total: w.total_bytes(),
+            cache,
         }
     }
 
@@ -227,6 +218,7 @@ impl<'a> Vb<'a> {
             progress: self.progress,
             done: self.done,
             total: self.total,
+            cache: self.cache,
         }
     }
 
@@ -240,6 +232,7 @@ impl<'a> Vb<'a> {
             progress: self.progress,
             done: self.done,
             total: self.total,
+            cache: self.cache,
         }
     }
 
@@ -247,8 +240,46 @@ impl<'a> Vb<'a> {
     fn weight(&self, ts: &[&TensorRef], n: usize, kk: usize) -> Result<LinearWeight, ModelError> {
         match self.quant {
             Some(f) => quantize(&self.k, f, ts, n, kk).map(LinearWeight::Quant),
-            None => pack(&self.k, ts, n, kk),
+            None => self.pack(ts, n, kk),
         }
+    }
+
+    /// Packs tensors stacked along the output dimension: `ts[i]` is (n_i, kk) (trailing dims flattened
+    /// into kk), n = Σ n_i; or takes them from the packed-weight cache, reading none of the sources. Each
+    /// source is packed straight into the packed storage (bf16 from its mapping; other dtypes widened to
+    /// f32 one tensor at a time), then its mapped pages are released: no concatenated or widened copy of
+    /// the whole weight is ever held.
+    pub fn pack(&self, ts: &[&TensorRef], n: usize, kk: usize) -> Result<LinearWeight, ModelError> {
+        self.pack_as(ts, n, kk, false).map(LinearWeight::Packed)
+    }
+
+    /// [`Vb::pack`], or for `swiglu` the gate (n, kk) and up (n, kk) tensors as one SwiGLU pair.
+    fn pack_as(
+        &self,
+        ts: &[&TensorRef],
+        n: usize,
+        kk: usize,
+        swiglu: bool,
+    ) -> Result<PackedWeight, ModelError> {
+        let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
+        let name = ts
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let l = PackedLayout {
+            n,
+            k: kk,
+            bf16,
+            swiglu,
+        };
+        self.cache.packed(&self.k, &name, l, || {
+            let packer = match swiglu {
+                false => self.k.weight_packer(n, kk, bf16),
+                true => self.k.swiglu_packer(n, kk, bf16),
+            };
+            pack_into(packer, ts)
+        })
     }
 
     /// The full tensor key of `name` under this module.
@@ -293,13 +324,29 @@ impl<'a> Vb<'a> {
             (Some(f), true) => LinearWeight::QuantSwiGlu(
                 push_all(self.k.quant_packer(f, n, kk).map_err(err)?, parts).map_err(err)?,
             ),
-            (None, false) => LinearWeight::Packed(
-                push_all(self.k.weight_packer(n, kk, bf16).map_err(err)?, parts).map_err(err)?,
-            ),
-            (None, true) => LinearWeight::Packed(
-                push_all(self.k.swiglu_packer(n / 2, kk, bf16).map_err(err)?, parts)
-                    .map_err(err)?,
-            ),
+            (None, false) => {
+                let l = PackedLayout {
+                    n,
+                    k: kk,
+                    bf16,
+                    swiglu,
+                };
+                LinearWeight::Packed(self.cache.packed(&self.k, what, l, || {
+                    push_all(self.k.weight_packer(n, kk, bf16).map_err(err)?, parts).map_err(err)
+                })?)
+            }
+            (None, true) => {
+                let l = PackedLayout {
+                    n: n / 2,
+                    k: kk,
+                    bf16,
+                    swiglu,
+                };
+                LinearWeight::Packed(self.cache.packed(&self.k, what, l, || {
+                    push_all(self.k.swiglu_packer(n / 2, kk, bf16).map_err(err)?, parts)
+                        .map_err(err)
+                })?)
+            }
         })
     }
 
@@ -465,10 +512,7 @@ impl<'a> Vb<'a> {
         let ts = ts.iter().collect::<Vec<_>>();
         let weight = match self.quant {
             Some(f) => LinearWeight::QuantSwiGlu(quantize(&self.k, f, &ts, 2 * i, inp)?),
-            None => {
-                let bf16 = ts.iter().all(|t| t.dtype == Dtype::BF16);
-                LinearWeight::Packed(pack_into(self.k.swiglu_packer(i, inp, bf16), &ts)?)
-            }
+            None => LinearWeight::Packed(self.pack_as(&ts, i, inp, true)?),
         };
         Ok(Linear {
             weight,

@@ -8,11 +8,12 @@ use qwen3vl_kernels::Kernels;
 use crate::config::Config;
 use crate::input::{Logits, PositionsRef, Seq, VisionInput, VisionRows};
 use crate::kv_cache::KvCache;
-use crate::linear::{pack, quantize, Ctx, Linear, LinearWeight, Vb};
+use crate::linear::{quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::state::RunState;
 use crate::text::TextModel;
 use crate::trace::{Trace, Tracer};
 use crate::vision::{VisionEncoding, VisionModel};
+use crate::weight_cache::{Session, WeightCache, WeightCacheReport};
 use crate::weights::{Dtype, Weights};
 use crate::ModelError;
 use qwen3vl_kernels::matmul::MatmulPath;
@@ -40,6 +41,8 @@ pub struct LoadOptions<'a> {
     pub vision_quant: Option<QuantFormat>,
     /// Called as tensors are loaded with (bytes done, bytes total).
     pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// Where packed weights are cached between loads ([`Model::load`] only; off by default).
+    pub weight_cache: WeightCache<'a>,
 }
 
 pub struct Model {
@@ -48,6 +51,8 @@ pub struct Model {
     precision: Precision,
     /// Bytes of tensor data in the checkpoint the model was loaded from.
     checkpoint_bytes: u64,
+    /// What the packed-weight cache did at load.
+    weight_cache: WeightCacheReport,
     pub visual: VisionModel,
     pub language_model: TextModel,
     /// (V, H); a packed copy of embed_tokens when the embeddings are tied
@@ -59,18 +64,30 @@ impl Model {
     pub fn load(dir: &Path, kernels: Kernels, opts: &LoadOptions) -> Result<Model, ModelError> {
         let config = Config::from_file(&dir.join("config.json"))?;
         let weights = Weights::open_dir(dir)?;
-        Model::from_weights(config, &weights, kernels, opts)
+        let cache = Session::open(dir, &weights, &kernels, opts);
+        Model::build(config, &weights, kernels, opts, cache)
     }
 
-    /// Builds the model from a parsed config and opened weights.
+    /// Builds the model from a parsed config and opened weights (no packed-weight cache: it needs the
+    /// checkpoint directory; see [`Model::load`]).
     pub fn from_weights(
         config: Config,
         weights: &Weights,
         kernels: Kernels,
         opts: &LoadOptions,
     ) -> Result<Model, ModelError> {
+        Model::build(config, weights, kernels, opts, Session::off())
+    }
+
+    fn build(
+        config: Config,
+        weights: &Weights,
+        kernels: Kernels,
+        opts: &LoadOptions,
+        cache: Session,
+    ) -> Result<Model, ModelError> {
         let done = Cell::new(0u64);
-        let root = Vb::root(weights, kernels, opts.progress, &done);
+        let root = Vb::root(weights, kernels, opts.progress, &done, &cache);
         let vb = root.pp("model");
         let (v, h) = (config.text.vocab_size, config.text.hidden_size);
         // The lm head is packed first: packing holds a tensor's mapped source and its packed copy at once,
@@ -90,7 +107,7 @@ impl Model {
                         v,
                         h,
                     )?),
-                    (None, None) => pack(&kernels, &[&weights.float(key, &[v, h])?], v, h)?,
+                    (None, None) => root.pack(&[&weights.float(key, &[v, h])?], v, h)?,
                 },
                 bias: None,
                 out_features: v,
@@ -132,10 +149,16 @@ impl Model {
             ctx: Ctx { k: kernels, path },
             precision: opts.precision,
             checkpoint_bytes: weights.total_bytes(),
+            weight_cache: cache.finish(),
             visual,
             language_model,
             lm_head,
         })
+    }
+
+    /// What the packed-weight cache did at load, with its notes (for the caller to show).
+    pub fn weight_cache(&self) -> &WeightCacheReport {
+        &self.weight_cache
     }
 
     pub fn config(&self) -> &Config {

@@ -126,7 +126,7 @@ impl Model {
                             format!("matmul {path}, {} threads", k.threads())
                         },
                         format!(
-                            "packed {dt} panels for {:?} ({}x{}){}",
+                            "packed {dt} panels for {:?} ({}x{}){}{}",
                             w.isa(),
                             if w.is_swiglu() { 2 * w.n() } else { w.n() },
                             w.k(),
@@ -134,6 +134,11 @@ impl Model {
                                 ", gate|up rows interleaved per half-group"
                             } else {
                                 bias
+                            },
+                            if w.is_shared() {
+                                ", mapped from the weight cache"
+                            } else {
+                                ""
                             }
                         ),
                     )

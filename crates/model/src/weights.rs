@@ -545,6 +545,11 @@ impl Weights {
         }
     }
 
+    /// The safetensors files, in load order.
+    pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path())
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }

@@ -68,6 +68,7 @@ pub fn compute_logits(opts: &LogitsOptions) -> anyhow::Result<LogitsOutput> {
             progress: None,
             quant: opts.quant,
             vision_quant: opts.vision_quant,
+            ..Default::default()
         },
     )
     .with_context(|| format!("loading {}", dir.display()))?;

@@ -34,6 +34,7 @@ pub(crate) mod blocked;
 pub(crate) mod buf;
 pub(crate) mod kernel;
 pub(crate) mod scalar;
+mod shared;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
@@ -43,6 +44,8 @@ use crate::SendPtr;
 use crate::{KernelError, Kernels};
 pub use backward::MatmulGrads;
 use buf::AlignedBuf;
+pub use buf::StableBytes;
+pub use shared::PackedLayout;
 
 /// A weight matrix (n, k), row-major (`nn.Linear` layout).
 #[derive(Clone, Copy, Debug)]
@@ -517,16 +520,12 @@ impl Kernels {
         swiglu: bool,
     ) -> Result<WeightPacker, KernelError> {
         const OP: &str = "pack_weight";
-        mul(OP, mul(OP, n, 2)?, k)?;
         let g = self.mm().group;
-        let groups = n.div_ceil(if swiglu { g / 2 } else { g });
+        let len = shared::packed_len(OP, g, PackedLayout { n, k, bf16, swiglu })?;
         let data = if bf16 {
-            // groups × (k+1)/2 pairs × G rows × 2
-            let len = mul(OP, mul(OP, groups, k.div_ceil(2))?, g * 2)?;
             PackedData::Bf16(AlignedBuf::zeroed(OP, len)?)
         } else {
-            // groups × k × G
-            PackedData::F32(AlignedBuf::zeroed(OP, mul(OP, mul(OP, groups, k)?, g)?)?)
+            PackedData::F32(AlignedBuf::zeroed(OP, len)?)
         };
         Ok(WeightPacker {
             kern: *self,

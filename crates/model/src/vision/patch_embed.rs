@@ -1,7 +1,7 @@
 //! Qwen3VLVisionPatchEmbed: a Conv3d whose kernel equals its stride, i.e. one matmul (spec 3.1).
 
 use crate::config::VisionConfig;
-use crate::linear::{pack, Ctx, Linear, Vb};
+use crate::linear::{Ctx, Linear, Vb};
 use crate::ModelError;
 
 pub struct PatchEmbed {
@@ -24,7 +24,7 @@ impl PatchEmbed {
                 cfg.patch_size,
             ],
         )?;
-        let weight = pack(&vb.k, &[&t], d, cfg.patch_dim())?;
+        let weight = vb.pack(&[&t], d, cfg.patch_dim())?;
         let bias = Some(m.vec("bias", d)?);
         Ok(PatchEmbed {
             proj: Linear {

@@ -51,7 +51,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="qwen3vl-serve-", suffix=".log", delete=False)
         cmd = [qwen3vl_bin(), "serve", "--model", str(MODEL), "--host", "127.0.0.1",
-               "--port", str(self.port), *extra]
+               "--port", str(self.port), "--weight-cache", "off", *extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
