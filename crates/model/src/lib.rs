@@ -44,7 +44,7 @@ pub use model::{top_k, LoadOptions, Model, Precision, TopK, VisionOutput};
 pub use plan::{Plan, PlanOp};
 pub use qwen3vl_kernels::quant::QuantFormat;
 pub use state::RunState;
-pub use trace::{Trace, TraceMap};
+pub use trace::{Progress, Trace, TraceMap};
 
 /// Everything that can go wrong loading or running the model. Messages name the field, file or tensor key.
 #[derive(Debug, thiserror::Error)]
