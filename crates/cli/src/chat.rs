@@ -322,6 +322,7 @@ pub(crate) fn cmd_chat(
         } else {
             None
         };
+        crate::progress::observe(&mut session, &spinner);
         let mut out = std::io::stdout();
         let mut sink = |s: &str| -> Result<(), EngineError> {
             stop_spinner(&spinner);

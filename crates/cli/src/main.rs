@@ -5,6 +5,7 @@ mod args;
 mod bench_kernels;
 mod chat;
 mod hub;
+mod progress;
 mod quant;
 mod serve;
 mod video_args;
@@ -452,6 +453,7 @@ fn cmd_generate(
     let mut session = engine.session(prepared.kv_tokens());
     let image_tokens: usize = pixels_tokens;
     let spinner = working_spinner(prepared.tokens.len(), image_tokens);
+    progress::observe(&mut session, &spinner);
     let mut out = stdout_sink();
     let mut sink = |s: &str| {
         stop_spinner(&spinner);

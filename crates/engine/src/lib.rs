@@ -26,11 +26,14 @@ pub use qwen3vl_hub::resolve_model;
 pub use constraint::{ConstraintFactory, JsonGrammar, TokenConstraint};
 pub use generate::{FinishReason, TokenLogprob};
 pub use generation_config::GenerationConfig;
+pub use qwen3vl_model::Progress;
 pub use request::{History, Prepared};
 pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{
     CancelToken, Event, Request, RequestHandle, Scheduler, SchedulerLoad, SchedulerOptions,
     SeqOptions,
 };
-pub use session::{Engine, EngineError, EngineOptions, GenerateParams, Generation, Session};
+pub use session::{
+    Engine, EngineError, EngineOptions, GenerateParams, Generation, ProgressFn, Session,
+};
 pub use stream::{StopStrings, StreamDecoder, TokenBytes};

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
-    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, QuantFormat,
-    RunState, WeightCache,
+    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, Progress,
+    QuantFormat, RunState, WeightCache,
 };
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError, VideoInput, VideoOptions};
 
@@ -225,6 +225,7 @@ impl Engine {
             tokens: Vec::new(),
             rope_delta: 0,
             close: Vec::new(),
+            progress: None,
         }
     }
 }
@@ -292,7 +293,12 @@ pub struct Session<'e> {
     rope_delta: i64,
     /// Tokens to prepend to the next turn to close the previous answer.
     close: Vec<u32>,
+    /// Told how far the vision tower and the prefill of each turn have got (see [`Session::set_progress`]).
+    progress: Option<ProgressFn>,
 }
+
+/// An observer of [`Progress`] (the CLI draws it on a terminal).
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 impl Session<'_> {
     /// Tokens in the cache.
@@ -306,6 +312,12 @@ impl Session<'_> {
 
     pub fn max_len(&self) -> usize {
         self.cache.max_len()
+    }
+
+    /// Report the progress of each turn's vision tower (after each block) and prefill (after each decoder
+    /// layer) to `f`; None: report nothing. Decode steps are not reported.
+    pub fn set_progress(&mut self, f: Option<ProgressFn>) {
+        self.progress = f;
     }
 
     /// Forget the conversation.
@@ -413,7 +425,10 @@ impl Session<'_> {
             None
         } else {
             let t = Instant::now();
-            let v = model.encode_images(&images)?;
+            let v = match &self.progress {
+                Some(f) => model.encode_images_observed(&images, &**f)?,
+                None => model.encode_images(&images)?,
+            };
             stats.vision_seconds = t.elapsed().as_secs_f64();
             stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
             Some(v)
@@ -421,16 +436,15 @@ impl Session<'_> {
 
         // 2. Prefill.
         let t = Instant::now();
-        let logits = model
-            .forward(
-                &ids,
-                positions.as_ref(),
-                vision.as_ref(),
-                &mut self.cache,
-                &mut self.state,
-                Logits::Last,
-            )?
-            .to_vec();
+        let (pos, cache, state) = (positions.as_ref(), &mut self.cache, &mut self.state);
+        let logits = match &self.progress {
+            Some(f) => {
+                let l = Logits::Last;
+                model.forward_observed(&ids, pos, vision.as_ref(), cache, state, l, &**f)?
+            }
+            None => model.forward(&ids, pos, vision.as_ref(), cache, state, Logits::Last)?,
+        }
+        .to_vec();
         stats.prefill_seconds = t.elapsed().as_secs_f64();
         self.tokens.extend_from_slice(&ids);
         self.rope_delta = rope_delta;

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 pub const ALLOC_BUDGET: usize = 2 << 30;
 /// Longest one input may run.
 pub const TIME_LIMIT: Duration = Duration::from_secs(10);
+/// When set, each input is written to this file before it runs (to recover the input of a crash that
+/// ends the process, such as a stack overflow; rerun with the same seed).
+pub const LAST_INPUT_ENV: &str = "QWEN3VL_FUZZ_LAST";
 
 /// A failure found by the loop.
 #[derive(Debug)]
@@ -179,10 +182,15 @@ pub fn fuzz(
     for s in &seeds {
         run_one(t, s, &mut stats)?;
     }
+    // A crash that ends the process (a stack overflow aborts it) leaves its input in this file.
+    let last = std::env::var_os(LAST_INPUT_ENV).map(PathBuf::from);
     let mut result = Ok(());
     while stats.inputs < iterations && start.elapsed() < deadline {
         let base = &seeds[rng.below(seeds.len())];
         let input = mutate::mutate(&mut rng, base);
+        if let Some(p) = &last {
+            let _ = std::fs::write(p, &input);
+        }
         *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.clone()));
         let r = run_one(t, &input, &mut stats);
         *current.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -7,6 +7,10 @@ use std::sync::OnceLock;
 
 use qwen3vl_processor::{Content, ImageConfig, Message, Processor};
 
+mod quant;
+mod request;
+mod video;
+
 pub struct Target {
     pub name: &'static str,
     pub run: fn(&[u8]) -> bool,
@@ -77,6 +81,21 @@ pub const TARGETS: &[Target] = &[
                 b"{% for m in messages %}<|im_start|>{{ m.role }}\n{% for c in m.content %}{% if c.type == 'text' %}{{ c.text }}{% else %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".to_vec(),
             ]
         },
+    },
+    Target {
+        name: "quantized",
+        run: quant::run,
+        seeds: quant::seeds,
+    },
+    Target {
+        name: "request",
+        run: request::run,
+        seeds: request::seeds,
+    },
+    Target {
+        name: "video",
+        run: video::run,
+        seeds: video::seeds,
     },
 ];
 

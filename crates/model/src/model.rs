@@ -11,7 +11,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::state::RunState;
 use crate::text::TextModel;
-use crate::trace::{Trace, Tracer};
+use crate::trace::{Progress, Trace, Tracer};
 use crate::vision::{VisionEncoding, VisionModel};
 use crate::weight_cache::{Session, WeightCache, WeightCacheReport};
 use crate::weights::{Dtype, Weights};
@@ -196,12 +196,13 @@ impl Model {
     /// [`Model::encode_step`] runs one block at a time and [`Model::encode_finish`] the merger. The same
     /// arithmetic as `encode_images` (the same bits); a scheduler interleaves it with decode steps.
     pub fn begin_images(&self, images: &[VisionInput]) -> Result<VisionEncoding, ModelError> {
-        self.visual.begin(&self.ctx, images, &mut Tracer(None))
+        self.visual
+            .begin(&self.ctx, images, &mut Tracer(None, None))
     }
 
     /// Runs the next vision block of `e` (and its DeepStack merger); returns whether all blocks have run.
     pub fn encode_step(&self, e: &mut VisionEncoding) -> Result<bool, ModelError> {
-        self.visual.step(&self.ctx, e, &mut Tracer(None))
+        self.visual.step(&self.ctx, e, &mut Tracer(None, None))
     }
 
     /// Blocks of the vision tower.
@@ -211,7 +212,7 @@ impl Model {
 
     /// The merged visual tokens of a finished encoding (an error if blocks are left).
     pub fn encode_finish(&self, e: VisionEncoding) -> Result<VisionOutput, ModelError> {
-        self.visual.finish(&self.ctx, e, &mut Tracer(None))
+        self.visual.finish(&self.ctx, e, &mut Tracer(None, None))
     }
 
     /// [`Model::encode_images`], recording each stage into `trace`.
@@ -220,7 +221,18 @@ impl Model {
         images: &[VisionInput],
         trace: Option<&mut dyn Trace>,
     ) -> Result<VisionOutput, ModelError> {
-        self.visual.forward(&self.ctx, images, &mut Tracer(trace))
+        self.visual
+            .forward(&self.ctx, images, &mut Tracer(trace, None))
+    }
+
+    /// [`Model::encode_images`], reporting [`Progress::Vision`] to `progress` after each block.
+    pub fn encode_images_observed(
+        &self,
+        images: &[VisionInput],
+        progress: &dyn Fn(Progress),
+    ) -> Result<VisionOutput, ModelError> {
+        self.visual
+            .forward(&self.ctx, images, &mut Tracer(None, Some(progress)))
     }
 
     /// Runs `ids` (l) at M-RoPE `positions` (3 × l, absolute) through the decoder, appending to `cache`.
@@ -250,6 +262,46 @@ impl Model {
         logits: Logits,
         trace: Option<&mut dyn Trace>,
     ) -> Result<&'s [f32], ModelError> {
+        self.forward_one(
+            ids,
+            positions,
+            vision,
+            cache,
+            state,
+            logits,
+            Tracer(trace, None),
+        )
+    }
+
+    /// [`Model::forward`], reporting [`Progress::Decoder`] to `progress` after each decoder layer (for a
+    /// long prefill).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_observed<'s>(
+        &self,
+        ids: &[u32],
+        positions: PositionsRef,
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        state: &'s mut RunState,
+        logits: Logits,
+        progress: &dyn Fn(Progress),
+    ) -> Result<&'s [f32], ModelError> {
+        let tracer = Tracer(None, Some(progress));
+        self.forward_one(ids, positions, vision, cache, state, logits, tracer)
+    }
+
+    /// One sequence through [`Model::forward_batch`], its image tokens checked against `vision`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_one<'s>(
+        &self,
+        ids: &[u32],
+        positions: PositionsRef,
+        vision: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        state: &'s mut RunState,
+        logits: Logits,
+        mut tracer: Tracer,
+    ) -> Result<&'s [f32], ModelError> {
         let mut seq = [Seq {
             ids,
             positions,
@@ -271,7 +323,7 @@ impl Model {
                 )));
             }
         }
-        self.forward_batch_traced(&mut seq, state, trace)
+        self.forward_batch_inner(&mut seq, state, &mut tracer)
     }
 
     /// One forward pass over several sequences, each appending its tokens to its own cache: a batched decode
@@ -293,8 +345,16 @@ impl Model {
         state: &'s mut RunState,
         trace: Option<&mut dyn Trace>,
     ) -> Result<&'s [f32], ModelError> {
-        let mut tracer = Tracer(trace);
-        self.run_decoder(seqs, state, &mut tracer)?;
+        self.forward_batch_inner(seqs, state, &mut Tracer(trace, None))
+    }
+
+    fn forward_batch_inner<'s>(
+        &self,
+        seqs: &mut [Seq],
+        state: &'s mut RunState,
+        tracer: &mut Tracer,
+    ) -> Result<&'s [f32], ModelError> {
+        self.run_decoder(seqs, state, tracer)?;
 
         // logits = lm_head(norm(x)) for the requested rows
         let (h, vs) = (self.config.text.hidden_size, self.vocab_size());
@@ -426,7 +486,7 @@ impl Model {
             cache,
             logits: Logits::None,
         }];
-        self.run_decoder(&mut seq, state, &mut Tracer(None))?;
+        self.run_decoder(&mut seq, state, &mut Tracer(None, None))?;
         let (l, h, vs) = (ids.len(), self.config.text.hidden_size, self.vocab_size());
         let k = k.min(vs);
         let mut out = TopK {

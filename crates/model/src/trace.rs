@@ -26,10 +26,40 @@ impl Trace for TraceMap {
     }
 }
 
-/// An optional trace; the name is only formatted when something records.
-pub(crate) struct Tracer<'a>(pub Option<&'a mut dyn Trace>);
+/// How far a long call has got, reported as it goes (after each vision block, after each decoder layer);
+/// the caller decides what to show of it (the model knows nothing of terminals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// `done` of `total` vision blocks run over `patches` patches.
+    Vision {
+        patches: usize,
+        done: usize,
+        total: usize,
+    },
+    /// `done` of `total` decoder layers run over `tokens` rows (a prefill: every token passes each layer
+    /// together).
+    Decoder {
+        tokens: usize,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// An optional trace and an optional progress observer; the name is only formatted when something
+/// records.
+pub(crate) struct Tracer<'a>(
+    pub Option<&'a mut dyn Trace>,
+    pub Option<&'a dyn Fn(Progress)>,
+);
 
 impl Tracer<'_> {
+    /// Reports progress to the observer, if any.
+    pub fn progress(&self, p: Progress) {
+        if let Some(f) = self.1 {
+            f(p);
+        }
+    }
+
     pub fn rec(&mut self, name: impl FnOnce() -> String, shape: &[usize], data: &[f32]) {
         if let Some(t) = self.0.as_mut() {
             t.record(&name(), shape, data);

@@ -12,7 +12,7 @@ use crate::input::Seq;
 use crate::linear::{Ctx, LinearWeight, Vb};
 use crate::norm::RmsNorm;
 use crate::state::RunState;
-use crate::trace::Tracer;
+use crate::trace::{Progress, Tracer};
 use crate::weights::TensorRef;
 use crate::{KernelCtx, ModelError};
 
@@ -181,6 +181,11 @@ impl TextModel {
                 }
             }
             trace.rec(|| format!("language_model.layers.{li}"), &[m, hs], x);
+            trace.progress(Progress::Decoder {
+                tokens: m,
+                done: li + 1,
+                total: self.layers.len(),
+            });
         }
 
         // 5. x = norm(x)

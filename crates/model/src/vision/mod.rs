@@ -10,7 +10,7 @@ pub mod rotary;
 use crate::config::VisionConfig;
 use crate::input::VisionInput;
 use crate::linear::{Ctx, Vb};
-use crate::trace::Tracer;
+use crate::trace::{Progress, Tracer};
 use crate::{KernelCtx, ModelError};
 
 pub use block::VisionBlock;
@@ -203,6 +203,11 @@ impl VisionModel {
         };
         blk.forward(c, &mut e.x, n, &inp, &mut e.scratch)?;
         trace.rec(|| format!("visual.blocks.{i}"), &[n, d], &e.x);
+        trace.progress(Progress::Vision {
+            patches: n,
+            done: i + 1,
+            total: self.blocks.len(),
+        });
         if let Some(j) = cfg.deepstack_visual_indexes.iter().position(|&b| b == i) {
             let mut f = vec![0f32; n_tok * o];
             self.deepstack_merger_list[j].forward(c, &e.x, n_tok, &mut f)?;

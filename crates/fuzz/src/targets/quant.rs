@@ -1,0 +1,165 @@
+//! `quantized`: a quantized checkpoint's MLP (what `qwen3vl quantize` writes) loaded the way the model's
+//! loader loads it (`Vb::stored_quant` in crates/model/src/linear.rs, crate-private, mirrored here through
+//! the same public calls): `Weights::quantized` checks the format metadata, the U8 shape and the F32 scales,
+//! `QuantPacker::push_quantized` stacks the parts (gate|up) into one weight; then every row is dequantized
+//! and the MLP's matmuls run on the int8 kernels.
+
+use std::sync::OnceLock;
+
+use qwen3vl_kernels::matmul::Weight;
+use qwen3vl_kernels::quant::QuantWeight;
+use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
+use qwen3vl_model::QuantFormat;
+
+use super::{kernels, scratch};
+
+const PREFIX: &str = "model.language_model.layers.0.mlp.";
+/// Hidden size of the tiny checkpoint (testdata/model-tiny-tied).
+const H: usize = 8;
+/// Its intermediate size.
+const I: usize = 24;
+/// Rows of x through gate|up (2I, H) and down (H, I).
+const M: usize = 3;
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}_proj.weight")
+}
+
+/// Seeds: layer 0's MLP of the tiny checkpoint quantized with the quantizer of `qwen3vl quantize` and
+/// written by its writer: all three q8; gate and up kept bf16 with down q4.
+pub fn seeds() -> Vec<Vec<u8>> {
+    static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/model-tiny-tied");
+        let w = Weights::open_dir(&dir).expect("the tiny checkpoint opens");
+        let layouts: [[Option<QuantFormat>; 3]; 2] = [
+            [Some(QuantFormat::Q8); 3],
+            [None, None, Some(QuantFormat::Q4)],
+        ];
+        layouts.iter().map(|formats| seed(&w, formats)).collect()
+    })
+    .clone()
+}
+
+fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
+    let k = kernels();
+    let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
+    let mut meta = Vec::new();
+    for ((name, n, kk), f) in [("gate", I, H), ("up", I, H), ("down", H, I)]
+        .into_iter()
+        .zip(formats)
+    {
+        let key = key(name);
+        let t = w.float(&key, &[n, kk]).expect("tiny MLP weight");
+        match f {
+            None => owned.push((key, t.bytes().to_vec(), vec![n, kk], t.dtype)),
+            Some(f) => {
+                let q = k
+                    .quantize_weight(*f, Weight::F32(&t.to_f32().expect("f32")), n, kk)
+                    .expect("quantize");
+                let scales = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
+                owned.push((
+                    key.clone(),
+                    q.qs_bytes().to_vec(),
+                    vec![n, f.row_bytes(kk)],
+                    Dtype::U8,
+                ));
+                owned.push((
+                    format!("{key}_scale"),
+                    scales,
+                    vec![n, f.row_scales(kk)],
+                    Dtype::F32,
+                ));
+                meta.push((Weights::quant_meta_key(&key), f.name().to_string()));
+            }
+        }
+    }
+    meta.push(("format".into(), "pt".into()));
+    let out: Vec<OutTensor> = owned
+        .iter()
+        .map(|(name, data, shape, dtype)| OutTensor {
+            name,
+            dtype: *dtype,
+            shape: shape.clone(),
+            data: data.as_slice().into(),
+        })
+        .collect();
+    let p = scratch("quant-seed").join("model.safetensors");
+    write_safetensors_with_metadata(&p, &out, &meta).expect("seed written");
+    std::fs::read(&p).expect("seed read back")
+}
+
+/// A weight as the loader holds it: quantized, or floats (the float path is the other targets').
+enum Loaded {
+    Quant(QuantWeight),
+    Float,
+}
+
+/// The parts `(key, rows)` of one (Σ rows, inp) weight, as `Vb::stored_quant` loads them.
+fn load(w: &Weights, parts: &[(String, usize)], inp: usize) -> Option<Loaded> {
+    let quantized: Vec<bool> = parts.iter().map(|(k, _)| w.is_quantized(k)).collect();
+    if !quantized.iter().any(|&q| q) {
+        for (key, rows) in parts {
+            w.float(key, &[*rows, inp]).ok()?.to_f32().ok()?;
+        }
+        return Some(Loaded::Float);
+    }
+    if quantized.iter().any(|&q| !q) {
+        return None;
+    }
+    let n: usize = parts.iter().map(|p| p.1).sum();
+    let mut packer = None;
+    for (key, rows) in parts {
+        let (format, t, d) = w.quantized(key, *rows, inp).ok()?;
+        let p = match &mut packer {
+            Some(p) => p,
+            None => packer.insert(kernels().quant_packer(format, n, inp).ok()?),
+        };
+        if p.format() != format {
+            return None;
+        }
+        p.push_quantized(t.bytes(), &d, *rows).ok()?;
+    }
+    packer?.finish().ok().map(Loaded::Quant)
+}
+
+/// Dequantizes every row and runs x (M, k) through the weight.
+fn exercise(w: &QuantWeight) -> Vec<f32> {
+    let (n, k) = (w.n(), w.k());
+    let mut row = vec![0f32; k];
+    for r in 0..n {
+        w.row_f32(r, &mut row).expect("row in range");
+    }
+    let x: Vec<f32> = (0..M * k)
+        .map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0)
+        .collect();
+    let mut y = vec![0f32; M * n];
+    kernels()
+        .matmul_quant(&x, M, w, None, &mut y)
+        .expect("shapes of the loaded weight");
+    y
+}
+
+pub fn run(b: &[u8]) -> bool {
+    let d = scratch("quant");
+    if std::fs::write(d.join("model.safetensors"), b).is_err() {
+        return false;
+    }
+    let Ok(w) = Weights::open_dir(&d) else {
+        return false;
+    };
+    let Some(gate_up) = load(&w, &[(key("gate"), I), (key("up"), I)], H) else {
+        return false;
+    };
+    let Some(down) = load(&w, &[(key("down"), H)], I) else {
+        return false;
+    };
+    for l in [&gate_up, &down] {
+        if let Loaded::Quant(q) = l {
+            let y = exercise(q);
+            assert_eq!(y.len(), M * q.n());
+        }
+    }
+    true
+}
