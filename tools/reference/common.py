@@ -29,11 +29,9 @@ SPECIAL_IDS = {
     "vision_end_token_id": 151653,
 }
 
-# preprocessor_config.json of every Qwen3-VL checkpoint (spec 6.1).
-PREPROCESSOR_CONFIG = {
-    "image_processor_type": "Qwen2VLImageProcessorFast",
+# What the image and the video preprocessor configs of every Qwen3-VL checkpoint share (spec 6.1, 6.6).
+_PREPROCESSOR_COMMON = {
     "processor_class": "Qwen3VLProcessor",
-    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
     "patch_size": 16,
     "temporal_patch_size": 2,
     "merge_size": 2,
@@ -47,22 +45,18 @@ PREPROCESSOR_CONFIG = {
     "do_convert_rgb": True,
 }
 
+# preprocessor_config.json of every Qwen3-VL checkpoint (spec 6.1).
+PREPROCESSOR_CONFIG = {
+    **_PREPROCESSOR_COMMON,
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+}
+
 # video_preprocessor_config.json of every Qwen3-VL checkpoint (spec 6.6; fps/min_frames/max_frames unset).
 VIDEO_PREPROCESSOR_CONFIG = {
+    **_PREPROCESSOR_COMMON,
     "video_processor_type": "Qwen3VLVideoProcessor",
-    "processor_class": "Qwen3VLProcessor",
     "size": {"shortest_edge": 4096, "longest_edge": 25165824},
-    "patch_size": 16,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "do_rescale": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "do_convert_rgb": True,
     "do_sample_frames": True,
 }
 
@@ -87,6 +81,13 @@ def write_json(path: Path, obj) -> None:
         f.write("\n")
 
 
+def _c_array(v) -> np.ndarray:
+    """A numpy array (or torch tensor, detached to the CPU) as a C-contiguous numpy array."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.ascontiguousarray(v)
+
+
 def save_tensors(path: Path, tensors: dict) -> None:
     """Write numpy arrays (or torch tensors) as one safetensors file, keys sorted, no metadata.
 
@@ -97,10 +98,7 @@ def save_tensors(path: Path, tensors: dict) -> None:
 
     out = {}
     for k in sorted(tensors):
-        v = tensors[k]
-        if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
-        v = np.ascontiguousarray(v)
+        v = _c_array(tensors[k])
         assert v.dtype in (np.int64, np.uint8, np.float32, np.int32, np.uint16), (k, v.dtype)
         out[k] = v
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +107,7 @@ def save_tensors(path: Path, tensors: dict) -> None:
 
 def sha256(arr) -> str:
     """sha256 of the array's exact little-endian bytes in C order."""
-    if hasattr(arr, "detach"):
-        arr = arr.detach().cpu().numpy()
-    a = np.ascontiguousarray(arr)
+    a = _c_array(arr)
     if a.dtype.byteorder == ">":
         a = a.byteswap().view(a.dtype.newbyteorder("<"))
     return hashlib.sha256(a.tobytes()).hexdigest()

@@ -96,12 +96,30 @@ fn quantized_checkpoint_gives_the_logits_of_quantize_at_load() {
     }
 }
 
-/// Rewrites `dir/model.safetensors` with `edit` applied to its tensors and metadata, then loads it.
-fn load_edited(
-    dir: &Path,
-    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut Vec<(String, String)>),
-) -> String {
+/// A tensor as `load_edited` hands it out: (name, dtype, shape, bytes).
+type Tensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The tensor named `key` among `ts`.
+fn tensor<'a>(ts: &'a mut [Tensor], key: &str) -> &'a mut Tensor {
+    ts.iter_mut()
+        .find(|t| t.0 == key)
+        .unwrap_or_else(|| panic!("no tensor {key}"))
+}
+
+/// Sets the quantization format `key`'s metadata names.
+fn set_format(meta: &mut [(String, String)], key: &str, format: &str) {
+    let mk = Weights::quant_meta_key(key);
+    meta.iter_mut()
+        .find(|m| m.0 == mk)
+        .unwrap_or_else(|| panic!("no metadata {mk}"))
+        .1 = format.into();
+}
+
+/// Rewrites `dir/model.safetensors` with `edit` applied to its tensors and metadata, loads it, and puts
+/// the original file back; "loaded" or the load error.
+fn load_edited(dir: &Path, edit: impl Fn(&mut Vec<Tensor>, &mut Vec<(String, String)>)) -> String {
     let path = dir.join("model.safetensors");
+    let original = std::fs::read(&path).unwrap();
     let (mut ts, mut meta) = {
         let w = Weights::open_dir(dir).unwrap();
         let mut keys: Vec<String> = w.keys().map(str::to_string).collect();
@@ -133,49 +151,42 @@ fn load_edited(
         })
         .collect();
     write_safetensors_with_metadata(&path, &out, &meta).unwrap();
-    match Model::load(dir, Kernels::detect().unwrap(), &LoadOptions::default()) {
+    let loaded = match Model::load(dir, Kernels::detect().unwrap(), &LoadOptions::default()) {
         Ok(_) => "loaded".into(),
         Err(e) => e.to_string(),
-    }
+    };
+    std::fs::write(&path, original).unwrap();
+    loaded
 }
 
 #[test]
 fn bad_quantized_files_are_refused_naming_the_tensor() {
     let q = quantized("bad");
-    let original = std::fs::read(q.join("model.safetensors")).unwrap();
-    let restore = || std::fs::write(q.join("model.safetensors"), &original).unwrap();
     let key = "model.language_model.layers.0.mlp.down_proj.weight";
     let skey = format!("{key}_scale");
 
     // wrong block count: one scale too many per row
     let e = load_edited(&q, |ts, _| {
-        let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+        let t = tensor(ts, &skey);
         t.2[1] += 1;
         t.3.extend(vec![0u8; t.2[0] * 4]);
     });
     assert!(e.contains(&skey) && e.contains("shape"), "{e}");
-    restore();
 
     // NaN and inf scales
     for bad in [f32::NAN, f32::INFINITY] {
         let e = load_edited(&q, |ts, _| {
-            let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+            let t = tensor(ts, &skey);
             t.3[4..8].copy_from_slice(&bad.to_le_bytes());
         });
         assert!(e.contains(&skey) && e.contains("finite"), "{e}");
-        restore();
     }
 
     // a format we do not know
     let e = load_edited(&q, |_, meta| {
-        let m = meta
-            .iter_mut()
-            .find(|m| m.0 == Weights::quant_meta_key(key))
-            .unwrap();
-        m.1 = "q5".into();
+        set_format(meta, key, "q5");
     });
     assert!(e.contains(key) && e.contains("\"q5\" is not known"), "{e}");
-    restore();
 
     // no format at all
     let e = load_edited(&q, |_, meta| {
@@ -185,19 +196,17 @@ fn bad_quantized_files_are_refused_naming_the_tensor() {
         e.contains(key) && e.contains("without a quantization format"),
         "{e}"
     );
-    restore();
 
     // a quantized tensor where f32 is required (a norm weight)
     let nkey = "model.language_model.norm.weight";
     let e = load_edited(&q, |ts, meta| {
-        let t = ts.iter_mut().find(|t| t.0 == nkey).unwrap();
+        let t = tensor(ts, nkey);
         // same shape, U8 (its first bytes)
         t.1 = Dtype::U8;
         t.3.truncate(t.2[0]);
         meta.push((Weights::quant_meta_key(nkey), "q8".into()));
     });
     assert!(e.contains(nkey) && e.contains("U8"), "{e}");
-    restore();
 
     assert_eq!(load_edited(&q, |_, _| {}), "loaded");
     let _ = std::fs::remove_dir_all(&q);
@@ -206,68 +215,51 @@ fn bad_quantized_files_are_refused_naming_the_tensor() {
 #[test]
 fn bad_q4_files_are_refused_naming_the_tensor() {
     let q = quantized_as("bad", QuantFormat::Q4);
-    let original = std::fs::read(q.join("model.safetensors")).unwrap();
-    let restore = || std::fs::write(q.join("model.safetensors"), &original).unwrap();
     let key = "model.language_model.layers.1.self_attn.o_proj.weight";
     let skey = format!("{key}_scale");
 
     // one super-block too many per row: the values' shape, then the scales' shape
     let e = load_edited(&q, |ts, _| {
-        let t = ts.iter_mut().find(|t| t.0 == key).unwrap();
+        let t = tensor(ts, key);
         t.2[1] += 144;
         t.3.extend(vec![0u8; t.2[0] * 144]);
     });
     assert!(e.contains(key) && e.contains("shape"), "{e}");
-    restore();
     let e = load_edited(&q, |ts, _| {
-        let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+        let t = tensor(ts, &skey);
         t.2[1] += 2;
         t.3.extend(vec![0u8; t.2[0] * 8]);
     });
     assert!(e.contains(&skey) && e.contains("shape"), "{e}");
-    restore();
 
     // a NaN minimum scale, an infinite scale, a negative minimum
     for (at, bad) in [(4, f32::NAN), (0, f32::INFINITY), (4, -2.0)] {
         let e = load_edited(&q, |ts, _| {
-            let t = ts.iter_mut().find(|t| t.0 == skey).unwrap();
+            let t = tensor(ts, &skey);
             t.3[at..at + 4].copy_from_slice(&bad.to_le_bytes());
         });
         assert!(e.contains(&skey) && e.contains("finite"), "{bad}: {e}");
-        restore();
     }
 
     // the metadata says q8 for q4 bytes: the shapes do not fit the format, an error naming the tensor
     let e = load_edited(&q, |_, meta| {
-        let m = meta
-            .iter_mut()
-            .find(|m| m.0 == Weights::quant_meta_key(key))
-            .unwrap();
-        m.1 = "q8".into();
+        set_format(meta, key, "q8");
     });
     assert!(e.contains(key) && e.contains("shape"), "{e}");
-    restore();
 
     // parts of one fused weight in different formats (q_proj q4, k_proj claimed q8 with q8 shapes)
     let kkey = "model.language_model.layers.0.self_attn.k_proj.weight";
     let e = load_edited(&q, |ts, meta| {
         // k = hidden = 8 (one q8 block per row); n rows as stored
         let k = 8usize;
-        let t = ts.iter_mut().find(|t| t.0 == kkey).unwrap();
+        let t = tensor(ts, kkey);
         let n = t.2[0];
         (t.2, t.3) = (vec![n, 32], vec![0u8; n * 32]);
-        let s = ts
-            .iter_mut()
-            .find(|t| t.0 == format!("{kkey}_scale"))
-            .unwrap();
+        let s = tensor(ts, &format!("{kkey}_scale"));
         (s.2, s.3) = (vec![n, k.div_ceil(32)], vec![0u8; n * 4]);
-        meta.iter_mut()
-            .find(|m| m.0 == Weights::quant_meta_key(kkey))
-            .unwrap()
-            .1 = "q8".into();
+        set_format(meta, kkey, "q8");
     });
     assert!(e.contains(kkey) && e.contains("format"), "{e}");
-    restore();
 
     assert_eq!(load_edited(&q, |_, _| {}), "loaded");
     let _ = std::fs::remove_dir_all(&q);

@@ -212,6 +212,24 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| err(self.name(key), format!("must be true or false, got {v}")))
     }
 
+    /// A list of non-negative integers that `ok` accepts; anything else is "must be {what}, got {v}".
+    fn usize_list(
+        &self,
+        key: &str,
+        what: &str,
+        ok: impl Fn(&[usize]) -> bool,
+    ) -> Result<Vec<usize>, ModelError> {
+        let v = self.req(key)?;
+        v.as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .filter(|l| ok(l))
+            .ok_or_else(|| err(self.name(key), format!("must be {what}, got {v}")))
+    }
+
     fn obj(&self, key: &str, path: &'a str) -> Result<Obj<'a>, ModelError> {
         let v = self.req(key)?;
         let map = v
@@ -473,24 +491,14 @@ fn parse_text(tc: &Obj) -> Result<TextConfig, ModelError> {
             )));
         }
     }
-    let sec_v = rope.req("mrope_section")?;
-    let sec: Vec<usize> = sec_v
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .map(|x| x.as_u64().map(|x| x as usize))
-                .collect::<Option<Vec<_>>>()
-        })
-        .filter(|s| s.len() == 3 && s[0] > 0 && s.iter().all(|&x| x <= L::MAX_HEAD_DIM))
-        .ok_or_else(|| {
-            err(
-                rope.name("mrope_section"),
-                format!(
-                    "must be three non-negative integers (T, H, W) of at most {}, got {sec_v}",
-                    L::MAX_HEAD_DIM
-                ),
-            )
-        })?;
+    let sec = rope.usize_list(
+        "mrope_section",
+        &format!(
+            "three non-negative integers (T, H, W) of at most {}",
+            L::MAX_HEAD_DIM
+        ),
+        |s| s.len() == 3 && s[0] > 0 && s.iter().all(|&x| x <= L::MAX_HEAD_DIM),
+    )?;
 
     let eos_token_ids = match tc.get("eos_token_id") {
         None => Vec::new(),
@@ -545,20 +553,7 @@ fn parse_moe(tc: &Obj, layers: usize) -> Result<MoeConfig, ModelError> {
             format!("{num_experts_per_tok} is more than {experts_key} {num_experts}"),
         ));
     }
-    let list_v = tc.req("mlp_only_layers")?;
-    let mlp_only_layers = list_v
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| {
-            err(
-                tc.name("mlp_only_layers"),
-                format!("must be a list of layer indexes, got {list_v}"),
-            )
-        })?;
+    let mlp_only_layers = tc.usize_list("mlp_only_layers", "a list of layer indexes", |_| true)?;
     if let Some((j, &l)) = mlp_only_layers
         .iter()
         .enumerate()
@@ -591,20 +586,11 @@ fn parse_vision(vc: &Obj) -> Result<VisionConfig, ModelError> {
             format!("only \"gelu_pytorch_tanh\" is supported, got \"{act}\""),
         ));
     }
-    let ds_v = vc.req("deepstack_visual_indexes")?;
-    let deepstack_visual_indexes = ds_v
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .map(|x| x.as_u64().map(|x| x as usize))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| {
-            err(
-                "vision_config.deepstack_visual_indexes",
-                format!("must be a list of block indexes, got {ds_v}"),
-            )
-        })?;
+    let deepstack_visual_indexes = vc.usize_list(
+        "deepstack_visual_indexes",
+        "a list of block indexes",
+        |_| true,
+    )?;
     Ok(VisionConfig {
         depth: vc.pos("depth", L::MAX_LAYERS)?,
         hidden_size: vc.pos("hidden_size", L::MAX_HIDDEN_SIZE)?,

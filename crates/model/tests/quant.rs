@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{
-    KvCache, LinearWeight, LoadOptions, Logits, Model, Precision, QuantFormat, RunState,
-};
+use qwen3vl_model::{LinearWeight, LoadOptions, Model, Precision, QuantFormat};
 
 const CASES: [&str; 3] = ["text", "image1", "image2"];
 
@@ -28,45 +26,15 @@ fn load(geometry: &str, quant: Option<QuantFormat>, vision: Option<QuantFormat>)
 /// All logits (l, V) of one case.
 fn all_logits(model: &Model, geometry: &str, case: &str) -> Vec<f32> {
     let name = format!("{geometry}_{case}");
-    let r = Reference::load(&name);
-    let ims = images(&name, &r);
-    let ids = r.input_ids();
-    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
-    let mut cache = KvCache::new(&model.config().text, ids.len());
-    let mut st = RunState::new();
-    model
-        .forward(
-            &ids,
-            r.positions().as_ref(),
-            vis.as_ref(),
-            &mut cache,
-            &mut st,
-            Logits::All,
-        )
-        .expect("forward")
-        .to_vec()
+    forward_case(model, &name, &Reference::load(&name))
 }
 
 /// (cosine of the sampled logits, top-1 hits, positions) of one case.
 fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
     let name = format!("{geometry}_{case}");
     let r = Reference::load(&name);
-    let ims = images(&name, &r);
-    let ids = r.input_ids();
-    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
-    let mut cache = KvCache::new(&model.config().text, ids.len());
-    let mut st = RunState::new();
-    let logits = model
-        .forward(
-            &ids,
-            r.positions().as_ref(),
-            vis.as_ref(),
-            &mut cache,
-            &mut st,
-            Logits::All,
-        )
-        .expect("forward");
-    let (v, l) = (model.vocab_size(), ids.len());
+    let logits = &forward_case(model, &name, &r);
+    let (v, l) = (model.vocab_size(), r.input_ids().len());
     let ours = r.sampled_logits(logits, l, v);
     let cos = cosine(&ours, &r.get("logits.sample").f32);
     let top5 = &r.get("logits.top5_idx").i64;
@@ -76,23 +44,27 @@ fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
     (cos, hits, l)
 }
 
+/// Every decoder linear of the dense `model` is quantized to `format`.
+fn assert_decoder_linears_in(model: &Model, format: QuantFormat) {
+    for l in &model.language_model.layers {
+        let mlp = l.mlp.dense().expect("a dense model");
+        for lin in [
+            &l.self_attn.qkv_proj,
+            &l.self_attn.o_proj,
+            &mlp.gate_up_proj,
+            &mlp.down_proj,
+        ] {
+            assert_eq!(lin.weight.quant_format(), Some(format));
+        }
+    }
+}
+
 #[test]
 fn q8_logits_parity_with_transformers_fp32() {
     for geometry in ["tied", "untied"] {
         let model = load(geometry, Some(QuantFormat::Q8), None);
         // every decoder linear and the lm head are quantized; the vision tower is not
-        let t = &model.language_model;
-        for l in &t.layers {
-            let mlp = l.mlp.dense().expect("a dense model");
-            for lin in [
-                &l.self_attn.qkv_proj,
-                &l.self_attn.o_proj,
-                &mlp.gate_up_proj,
-                &mlp.down_proj,
-            ] {
-                assert_eq!(lin.weight.quant_format(), Some(QuantFormat::Q8));
-            }
-        }
+        assert_decoder_linears_in(&model, QuantFormat::Q8);
         assert_eq!(model.lm_head.weight.quant_format(), Some(QuantFormat::Q8));
         assert!(matches!(
             model.visual.blocks[0].attn.qkv.weight,
@@ -135,18 +107,7 @@ fn q4_logits_parity_with_transformers_fp32_and_the_unquantized_model() {
     for geometry in ["tied", "untied"] {
         let model = load(geometry, Some(QuantFormat::Q4), None);
         let base = load(geometry, None, None);
-        let t = &model.language_model;
-        for l in &t.layers {
-            let mlp = l.mlp.dense().expect("a dense model");
-            for lin in [
-                &l.self_attn.qkv_proj,
-                &l.self_attn.o_proj,
-                &mlp.gate_up_proj,
-                &mlp.down_proj,
-            ] {
-                assert_eq!(lin.weight.quant_format(), Some(QuantFormat::Q4));
-            }
-        }
+        assert_decoder_linears_in(&model, QuantFormat::Q4);
         // the lm head (and tied embeddings) stay q8
         assert_eq!(model.lm_head.weight.quant_format(), Some(QuantFormat::Q8));
         let v = model.vocab_size();

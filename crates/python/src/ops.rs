@@ -15,10 +15,6 @@ use qwen3vl_kernels::matmul::{MatmulGrads, MatmulPath, Weight};
 use qwen3vl_kernels::{KernelError, Kernels};
 
 type Arr<'py> = Bound<'py, PyArrayDyn<f32>>;
-/// An elementwise op of [`Kernels`]: (x, out).
-type UnaryOp = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), KernelError>;
-/// An elementwise backward op of [`Kernels`]: (x, dy, dx).
-type UnaryGrad = fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), KernelError>;
 
 /// A numpy input: its data in C order (borrowed when already C-contiguous, else copied) and its shape.
 struct In<'py, T: Element> {
@@ -130,30 +126,74 @@ fn data_mut<'a>(a: &'a Arr<'_>) -> &'a mut [f32] {
     unsafe { a.as_slice_mut() }.expect("a new array is contiguous")
 }
 
-/// Runs an elementwise kernel `f(k, x, out)` into a new array shaped like x.
-fn unary<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, f: UnaryOp) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let x = f32_in("x", x)?;
-    let out = new_out(py, x.shape());
-    let (xd, od) = (x.data(), data_mut(&out));
-    py.detach(|| f(&k, xd, od)).map_err(kerr)?;
-    Ok(out)
+/// How an op reads its first input ("the rows"): elementwise (any shape, 0-d too), or row-wise over the
+/// last axis (the row length is passed to the kernel; a 0-d array is a ValueError).
+#[derive(Clone, Copy, PartialEq)]
+enum Axis {
+    Elementwise,
+    Rows,
 }
 
-/// Runs an elementwise backward kernel `f(k, x, dy, dx)` into a new array shaped like x.
-fn unary_grad<'py>(
+/// A further float32 input of an op, checked against the first one.
+#[derive(Clone, Copy)]
+enum In2 {
+    /// Shaped like the first input (up of swiglu, dy of a backward).
+    Like,
+    /// A 1-d parameter of the row length (weight or bias of a norm).
+    Param,
+}
+
+/// An output of an op.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Shaped like the first input, fully written by the kernel.
+    Like,
+    /// (n,) zeros the kernel accumulates into (the gradient of a norm's parameter).
+    Param,
+}
+
+/// The float32 slices an op's kernel reads: the first input and the further ones.
+type Ins<'a, const I: usize> = (&'a [f32], [&'a [f32]; I]);
+
+/// Runs one float32 op: reads `first` (named `first.0` in messages) and the further inputs `rest` in
+/// order (type errors first), checks the row length (Rows) and each further input against `first`, makes
+/// `outs`, and runs `f(k, (first, rest), n, outs)` with the GIL released (n: the row length, 0 when
+/// elementwise); a kernel error is a ValueError. Returns the outputs.
+fn op<'py, const I: usize, const O: usize, F>(
     py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    dy: &Bound<'py, PyAny>,
-    f: UnaryGrad,
-) -> PyResult<Arr<'py>> {
+    axis: Axis,
+    first: (&str, &Bound<'py, PyAny>),
+    rest: [(&str, &Bound<'py, PyAny>, In2); I],
+    outs: [Out; O],
+    f: F,
+) -> PyResult<[Arr<'py>; O]>
+where
+    F: FnOnce(&Kernels, Ins<'_, I>, usize, [&mut [f32]; O]) -> Result<(), KernelError> + Send,
+{
     let k = crate::kernels()?;
-    let (x, dy) = (f32_in("x", x)?, f32_in("dy", dy)?);
-    same_shape("dy", dy.shape(), "x", x.shape())?;
-    let dx = new_out(py, x.shape());
-    let (xd, dyd, dxd) = (x.data(), dy.data(), data_mut(&dx));
-    py.detach(|| f(&k, xd, dyd, dxd)).map_err(kerr)?;
-    Ok(dx)
+    let x = f32_in(first.0, first.1)?;
+    let more = rest
+        .iter()
+        .map(|(name, obj, _)| f32_in(name, obj))
+        .collect::<PyResult<Vec<_>>>()?;
+    let n = match axis {
+        Axis::Rows => row_len(first.0, x.shape())?,
+        Axis::Elementwise => 0,
+    };
+    for ((name, _, role), a) in rest.iter().zip(&more) {
+        match role {
+            In2::Like => same_shape(name, a.shape(), first.0, x.shape())?,
+            In2::Param => vector_of(name, a.shape(), n)?,
+        }
+    }
+    let outs = outs.map(|o| match o {
+        Out::Like => new_out(py, x.shape()),
+        Out::Param => zeros(py, &[n]),
+    });
+    let ins = (x.data(), std::array::from_fn(|i| more[i].data()));
+    let od = outs.each_ref().map(|a| data_mut(a));
+    py.detach(|| f(&k, ins, n, od)).map_err(kerr)?;
+    Ok(outs)
 }
 
 macro_rules! activations {
@@ -161,7 +201,10 @@ macro_rules! activations {
         $(#[$doc])*
         #[pyfunction]
         fn $name<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Arr<'py>> {
-            unary(py, x, Kernels::$name)
+            let [out] = op(py, Axis::Elementwise, ("x", x), [], [Out::Like], |k, (x, []), _, [o]| {
+                k.$name(x, o)
+            })?;
+            Ok(out)
         }
         /// Backward: dx = dy · f'(x). x, dy: same shape.
         #[pyfunction]
@@ -170,7 +213,15 @@ macro_rules! activations {
             x: &Bound<'py, PyAny>,
             dy: &Bound<'py, PyAny>,
         ) -> PyResult<Arr<'py>> {
-            unary_grad(py, x, dy, Kernels::$grad)
+            let [dx] = op(
+                py,
+                Axis::Elementwise,
+                ("x", x),
+                [("dy", dy, In2::Like)],
+                [Out::Like],
+                |k, (x, [dy]), _, [dx]| k.$grad(x, dy, dx),
+            )?;
+            Ok(dx)
         }
     )*};
 }
@@ -193,12 +244,14 @@ fn swiglu<'py>(
     gate: &Bound<'py, PyAny>,
     up: &Bound<'py, PyAny>,
 ) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let (g, u) = (f32_in("gate", gate)?, f32_in("up", up)?);
-    same_shape("up", u.shape(), "gate", g.shape())?;
-    let out = new_out(py, g.shape());
-    let (gd, ud, od) = (g.data(), u.data(), data_mut(&out));
-    py.detach(|| k.swiglu(gd, ud, od)).map_err(kerr)?;
+    let [out] = op(
+        py,
+        Axis::Elementwise,
+        ("gate", gate),
+        [("up", up, In2::Like)],
+        [Out::Like],
+        |k, (g, [u]), _, [o]| k.swiglu(g, u, o),
+    )?;
     Ok(out)
 }
 
@@ -210,14 +263,14 @@ fn swiglu_backward<'py>(
     up: &Bound<'py, PyAny>,
     dy: &Bound<'py, PyAny>,
 ) -> PyResult<(Arr<'py>, Arr<'py>)> {
-    let k = crate::kernels()?;
-    let (g, u, d) = (f32_in("gate", gate)?, f32_in("up", up)?, f32_in("dy", dy)?);
-    same_shape("up", u.shape(), "gate", g.shape())?;
-    same_shape("dy", d.shape(), "gate", g.shape())?;
-    let (dg, du) = (new_out(py, g.shape()), new_out(py, g.shape()));
-    let (gd, ud, dd, dgd, dud) = (g.data(), u.data(), d.data(), data_mut(&dg), data_mut(&du));
-    py.detach(|| k.swiglu_backward(gd, ud, dd, dgd, dud))
-        .map_err(kerr)?;
+    let [dg, du] = op(
+        py,
+        Axis::Elementwise,
+        ("gate", gate),
+        [("up", up, In2::Like), ("dy", dy, In2::Like)],
+        [Out::Like, Out::Like],
+        |k, (g, [u, d]), _, [dg, du]| k.swiglu_backward(g, u, d, dg, du),
+    )?;
     Ok((dg, du))
 }
 
@@ -225,13 +278,14 @@ fn swiglu_backward<'py>(
 #[pyfunction]
 #[pyo3(signature = (x, eps = 1e-12))]
 fn normalize<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, eps: f32) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let x = f32_in("x", x)?;
-    let n = row_len("x", x.shape())?;
-    let out = new_out(py, x.shape());
-    let (xd, od) = (x.data(), data_mut(&out));
-    py.detach(|| k.normalize_rows(xd, n, eps, od))
-        .map_err(kerr)?;
+    let [out] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [],
+        [Out::Like],
+        |k, (x, []), n, [o]| k.normalize_rows(x, n, eps, o),
+    )?;
     Ok(out)
 }
 
@@ -244,14 +298,14 @@ fn normalize_backward<'py>(
     dy: &Bound<'py, PyAny>,
     eps: f32,
 ) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let (x, dy) = (f32_in("x", x)?, f32_in("dy", dy)?);
-    let n = row_len("x", x.shape())?;
-    same_shape("dy", dy.shape(), "x", x.shape())?;
-    let dx = new_out(py, x.shape());
-    let (xd, dyd, dxd) = (x.data(), dy.data(), data_mut(&dx));
-    py.detach(|| k.normalize_rows_backward(xd, n, eps, dyd, dxd))
-        .map_err(kerr)?;
+    let [dx] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [("dy", dy, In2::Like)],
+        [Out::Like],
+        |k, (x, [dy]), n, [dx]| k.normalize_rows_backward(x, n, eps, dy, dx),
+    )?;
     Ok(dx)
 }
 
@@ -264,13 +318,14 @@ fn rms_norm<'py>(
     weight: &Bound<'py, PyAny>,
     eps: f32,
 ) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let (x, w) = (f32_in("x", x)?, f32_in("weight", weight)?);
-    let n = row_len("x", x.shape())?;
-    vector_of("weight", w.shape(), n)?;
-    let out = new_out(py, x.shape());
-    let (xd, wd, od) = (x.data(), w.data(), data_mut(&out));
-    py.detach(|| k.rms_norm(xd, wd, eps, od)).map_err(kerr)?;
+    let [out] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [("weight", weight, In2::Param)],
+        [Out::Like],
+        |k, (x, [w]), _, [o]| k.rms_norm(x, w, eps, o),
+    )?;
     Ok(out)
 }
 
@@ -284,19 +339,14 @@ fn rms_norm_backward<'py>(
     dy: &Bound<'py, PyAny>,
     eps: f32,
 ) -> PyResult<(Arr<'py>, Arr<'py>)> {
-    let k = crate::kernels()?;
-    let (x, w, dy) = (
-        f32_in("x", x)?,
-        f32_in("weight", weight)?,
-        f32_in("dy", dy)?,
-    );
-    let n = row_len("x", x.shape())?;
-    vector_of("weight", w.shape(), n)?;
-    same_shape("dy", dy.shape(), "x", x.shape())?;
-    let (dx, dw) = (new_out(py, x.shape()), zeros(py, &[n]));
-    let (xd, wd, dyd, dxd, dwd) = (x.data(), w.data(), dy.data(), data_mut(&dx), data_mut(&dw));
-    py.detach(|| k.rms_norm_backward(xd, wd, eps, dyd, dxd, dwd))
-        .map_err(kerr)?;
+    let [dx, dw] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [("weight", weight, In2::Param), ("dy", dy, In2::Like)],
+        [Out::Like, Out::Param],
+        |k, (x, [w, dy]), _, [dx, dw]| k.rms_norm_backward(x, w, eps, dy, dx, dw),
+    )?;
     Ok((dx, dw))
 }
 
@@ -310,19 +360,14 @@ fn layer_norm<'py>(
     bias: &Bound<'py, PyAny>,
     eps: f32,
 ) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let (x, w, b) = (
-        f32_in("x", x)?,
-        f32_in("weight", weight)?,
-        f32_in("bias", bias)?,
-    );
-    let n = row_len("x", x.shape())?;
-    vector_of("weight", w.shape(), n)?;
-    vector_of("bias", b.shape(), n)?;
-    let out = new_out(py, x.shape());
-    let (xd, wd, bd, od) = (x.data(), w.data(), b.data(), data_mut(&out));
-    py.detach(|| k.layer_norm(xd, wd, bd, eps, od))
-        .map_err(kerr)?;
+    let [out] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [("weight", weight, In2::Param), ("bias", bias, In2::Param)],
+        [Out::Like],
+        |k, (x, [w, b]), _, [o]| k.layer_norm(x, w, b, eps, o),
+    )?;
     Ok(out)
 }
 
@@ -336,33 +381,28 @@ fn layer_norm_backward<'py>(
     dy: &Bound<'py, PyAny>,
     eps: f32,
 ) -> PyResult<(Arr<'py>, Arr<'py>, Arr<'py>)> {
-    let k = crate::kernels()?;
-    let (x, w, dy) = (
-        f32_in("x", x)?,
-        f32_in("weight", weight)?,
-        f32_in("dy", dy)?,
-    );
-    let n = row_len("x", x.shape())?;
-    vector_of("weight", w.shape(), n)?;
-    same_shape("dy", dy.shape(), "x", x.shape())?;
-    let (dx, dw, db) = (new_out(py, x.shape()), zeros(py, &[n]), zeros(py, &[n]));
-    let (xd, wd, dyd) = (x.data(), w.data(), dy.data());
-    let (dxd, dwd, dbd) = (data_mut(&dx), data_mut(&dw), data_mut(&db));
-    py.detach(|| k.layer_norm_backward(xd, wd, eps, dyd, dxd, dwd, dbd))
-        .map_err(kerr)?;
+    let [dx, dw, db] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [("weight", weight, In2::Param), ("dy", dy, In2::Like)],
+        [Out::Like, Out::Param, Out::Param],
+        |k, (x, [w, dy]), _, [dx, dw, db]| k.layer_norm_backward(x, w, eps, dy, dx, dw, db),
+    )?;
     Ok((dx, dw, db))
 }
 
 /// softmax over the last axis.
 #[pyfunction]
 fn softmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let x = f32_in("x", x)?;
-    let n = row_len("x", x.shape())?;
-    let out = new_out(py, x.shape());
-    let (xd, od) = (x.data(), data_mut(&out));
-    py.detach(|| k.softmax(xd, n, 1.0, None, od))
-        .map_err(kerr)?;
+    let [out] = op(
+        py,
+        Axis::Rows,
+        ("x", x),
+        [],
+        [Out::Like],
+        |k, (x, []), n, [o]| k.softmax(x, n, 1.0, None, o),
+    )?;
     Ok(out)
 }
 
@@ -373,14 +413,14 @@ fn softmax_backward<'py>(
     y: &Bound<'py, PyAny>,
     dy: &Bound<'py, PyAny>,
 ) -> PyResult<Arr<'py>> {
-    let k = crate::kernels()?;
-    let (y, dy) = (f32_in("y", y)?, f32_in("dy", dy)?);
-    let n = row_len("y", y.shape())?;
-    same_shape("dy", dy.shape(), "y", y.shape())?;
-    let dx = new_out(py, y.shape());
-    let (yd, dyd, dxd) = (y.data(), dy.data(), data_mut(&dx));
-    py.detach(|| k.softmax_backward(yd, n, dyd, dxd))
-        .map_err(kerr)?;
+    let [dx] = op(
+        py,
+        Axis::Rows,
+        ("y", y),
+        [("dy", dy, In2::Like)],
+        [Out::Like],
+        |k, (y, [dy]), n, [dx]| k.softmax_backward(y, n, dy, dx),
+    )?;
     Ok(dx)
 }
 

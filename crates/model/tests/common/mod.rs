@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use qwen3vl_model::{Positions, VisionInput};
+use qwen3vl_model::{KvCache, Logits, Model, Positions, RunState, VisionInput};
 use safetensors::{Dtype, SafeTensors};
 
 /// Precision::F32: every stage within this max-abs error relative to the stage's max |reference|.
@@ -159,6 +159,26 @@ pub fn images(case: &str, reference: &Reference) -> Vec<VisionInput> {
             }
         })
         .collect()
+}
+
+/// All logits (l, V) of the reference case `name` (its ids, positions and images) in one forward pass.
+pub fn forward_case(model: &Model, name: &str, r: &Reference) -> Vec<f32> {
+    let ims = images(name, r);
+    let ids = r.input_ids();
+    let vis = (!ims.is_empty()).then(|| model.encode_images(&ims).expect("vision"));
+    let mut cache = KvCache::new(&model.config().text, ids.len());
+    let mut st = RunState::new();
+    model
+        .forward(
+            &ids,
+            r.positions().as_ref(),
+            vis.as_ref(),
+            &mut cache,
+            &mut st,
+            Logits::All,
+        )
+        .expect("forward")
+        .to_vec()
 }
 
 /// Max |a − b|, where, and max |b|.
