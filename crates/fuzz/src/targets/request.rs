@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use qwen3vl_engine::{JsonGrammar, TokenBytes};
-use qwen3vl_processor::{Content, Message};
+use qwen3vl_processor::{Content, Message, VideoOptions};
 use qwen3vl_server::api::{self, Limits, Part, ResponseFormat};
 use qwen3vl_server::media::{self, MediaPolicy};
 
@@ -100,6 +100,7 @@ pub fn run(b: &[u8]) -> bool {
     let p = processor();
     let policy = MediaPolicy::default();
     let mut images = Vec::new();
+    let mut videos = Vec::new();
     let mut messages = Vec::new();
     for m in &req.messages {
         let mut content = Vec::new();
@@ -119,9 +120,19 @@ pub fn run(b: &[u8]) -> bool {
                     images.push(input);
                     content.push(Content::Image);
                 }
+                Part::Video { url, param } => {
+                    let Ok(bytes) = media::fetch(url, param, &policy) else {
+                        return false;
+                    };
+                    let Ok(v) = p.load_video_bytes(&bytes, &VideoOptions::default()) else {
+                        return false;
+                    };
+                    videos.push(v);
+                    content.push(Content::Video);
+                }
             }
         }
         messages.push(Message::new(&m.role, content));
     }
-    p.encode(&messages, &images, true).is_ok()
+    p.encode_media(&messages, &images, &videos, true).is_ok()
 }
