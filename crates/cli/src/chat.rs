@@ -184,9 +184,7 @@ pub(crate) fn cmd_chat(
     video: &VideoSourceArgs,
 ) -> Result<()> {
     use std::io::{IsTerminal, Write};
-    if sampling.max_tokens == Some(0) {
-        bail!("--max-tokens must be at least 1");
-    }
+    crate::check_sampling(sampling)?;
     if args.context == Some(0) {
         bail!("--context must be at least 1");
     }

@@ -39,6 +39,18 @@ pub(crate) fn generate_params(
     }
 }
 
+/// The sampling options checked before anything loads (a bad value fails in a moment, not after the
+/// model has loaded): each override against its range, on the defaults of an empty generation_config.
+pub(crate) fn check_sampling(a: &SamplingArgs) -> Result<()> {
+    if a.max_tokens == Some(0) {
+        bail!("--max-tokens must be at least 1");
+    }
+    generate_params(&GenerationConfig::default(), a, a.max_tokens)
+        .sampling
+        .validate()?;
+    Ok(())
+}
+
 /// The user message: images first, then the text.
 pub(crate) fn user_message(n_images: usize, text: &str) -> Message {
     let mut content = vec![Content::Image; n_images];
@@ -64,9 +76,7 @@ pub(crate) fn cmd_generate(
     print_ids: bool,
     video: &video_args::VideoArgs,
 ) -> Result<()> {
-    if sampling.max_tokens == Some(0) {
-        bail!("--max-tokens must be at least 1");
-    }
+    check_sampling(sampling)?;
     if args.context == Some(0) {
         bail!("--context must be at least 1");
     }
