@@ -412,6 +412,47 @@ fn prompt_longer_than_context_is_a_clean_error() {
     assert_clean_failure(&o, "bytes");
 }
 
+/// The packed-weight cache is written only when asked for: by default nothing appears in the cache
+/// directory; with `--weight-cache DIR` the first run writes one file there and says so.
+#[test]
+fn weight_cache_is_off_by_default_and_written_when_asked() {
+    let dir = tiny_checkpoint().to_str().unwrap();
+    let tmp = std::env::temp_dir().join(format!("qwen3vl-cli-wcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_qwen3vl"))
+            .env("QWEN3VL_CACHE", &tmp)
+            .env_remove("QWEN3VL_SIMD")
+            .args(&args)
+            .output()
+            .expect("run qwen3vl")
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!tmp.join("packed").exists(), "the default wrote a cache");
+    let explicit = tmp.join("explicit");
+    let o = run(&["--weight-cache", explicit.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("packed weights cached"),
+        "{}",
+        stderr(&o)
+    );
+    let files = std::fs::read_dir(&explicit).unwrap().count();
+    assert_eq!(files, 1, "one cache file");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 #[test]
 fn bad_numbers_are_clean_errors() {
     let dir = tiny_checkpoint().to_str().unwrap();
