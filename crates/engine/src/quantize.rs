@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use qwen3vl_kernels::matmul::Weight;
+use qwen3vl_kernels::quant::QuantWeight;
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
 use qwen3vl_model::{Config, QuantFormat};
@@ -151,7 +152,7 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
     for (file, mut keys) in files {
         keys.sort();
         // quantized parts are owned here; copied tensors borrow the mapping
-        let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
+        let mut owned: Vec<OwnedTensor> = Vec::new();
         let mut meta = Vec::new();
         let mut copied = Vec::new();
         for key in &keys {
@@ -177,20 +178,9 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
                         (q, n, kk)
                     };
                     t.release();
-                    let scales: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
-                    owned.push((
-                        key.clone(),
-                        q.qs_bytes().to_vec(),
-                        vec![n, f.row_bytes(kk)],
-                        Dtype::U8,
-                    ));
-                    owned.push((
-                        format!("{key}_scale"),
-                        scales,
-                        vec![n, f.row_scales(kk)],
-                        Dtype::F32,
-                    ));
-                    meta.push((Weights::quant_meta_key(key), f.name().to_string()));
+                    let (entries, m) = stored_quantized(key, &q, f, n, kk);
+                    owned.extend(entries);
+                    meta.push(m);
                     summary.tensors_quantized += 1;
                 }
                 (Some(_), shape) => {
@@ -256,4 +246,37 @@ fn same_dir(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// One tensor of a checkpoint being written: (name, bytes, shape, dtype).
+pub type OwnedTensor = (String, Vec<u8>, Vec<usize>, Dtype);
+
+/// How a quantized checkpoint stores the (n, kk) weight `key` quantized to `f`: its values (U8, (n,
+/// row bytes)), then `{key}_scale` (F32, (n, row scales)), and the `quant:{key}` metadata entry naming the
+/// format. The one layout `qwen3vl quantize` writes (the fuzz seeds use it too).
+pub fn stored_quantized(
+    key: &str,
+    q: &QuantWeight,
+    f: QuantFormat,
+    n: usize,
+    kk: usize,
+) -> ([OwnedTensor; 2], (String, String)) {
+    let scales: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
+    (
+        [
+            (
+                key.to_string(),
+                q.qs_bytes().to_vec(),
+                vec![n, f.row_bytes(kk)],
+                Dtype::U8,
+            ),
+            (
+                format!("{key}_scale"),
+                scales,
+                vec![n, f.row_scales(kk)],
+                Dtype::F32,
+            ),
+        ],
+        (Weights::quant_meta_key(key), f.name().to_string()),
+    )
 }

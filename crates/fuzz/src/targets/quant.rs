@@ -6,9 +6,10 @@
 
 use std::sync::OnceLock;
 
+use qwen3vl_engine::quantize::{stored_quantized, OwnedTensor};
 use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::quant::QuantWeight;
-use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
+use qwen3vl_model::weights::{write_safetensors_with_metadata, OutTensor, Weights};
 use qwen3vl_model::QuantFormat;
 
 use super::{kernels, scratch};
@@ -44,7 +45,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
 
 fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
     let k = kernels();
-    let mut owned: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
+    let mut owned: Vec<OwnedTensor> = Vec::new();
     let mut meta = Vec::new();
     for ((name, n, kk), f) in [("gate", I, H), ("up", I, H), ("down", H, I)]
         .into_iter()
@@ -58,20 +59,9 @@ fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
                 let q = k
                     .quantize_weight(*f, Weight::F32(&t.to_f32().expect("f32")), n, kk)
                     .expect("quantize");
-                let scales = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
-                owned.push((
-                    key.clone(),
-                    q.qs_bytes().to_vec(),
-                    vec![n, f.row_bytes(kk)],
-                    Dtype::U8,
-                ));
-                owned.push((
-                    format!("{key}_scale"),
-                    scales,
-                    vec![n, f.row_scales(kk)],
-                    Dtype::F32,
-                ));
-                meta.push((Weights::quant_meta_key(&key), f.name().to_string()));
+                let (entries, m) = stored_quantized(&key, &q, *f, n, kk);
+                owned.extend(entries);
+                meta.push(m);
             }
         }
     }
