@@ -26,6 +26,7 @@ fn roofline_json(r: &Roofline) -> serde_json::Value {
         "read_gbps_1t": r.read_gbps_1t,
         "fma_gflops": r.fma_gflops,
         "bf16_gflops": r.bf16_gflops,
+        "amx_gflops": r.amx_gflops,
     })
 }
 
@@ -45,6 +46,9 @@ fn print_roofline(k: &Kernels, r: &Roofline) {
     match r.bf16_gflops {
         Some(g) => println!("  bf16 dot-product peak       {g:8.1} GFLOP/s"),
         None => println!("  bf16 dot-product peak            n/a (no AVX512_BF16)"),
+    }
+    if let Some(g) = r.amx_gflops {
+        println!("  AMX tdpbf16ps peak          {g:8.1} GFLOP/s");
     }
 }
 
@@ -206,10 +210,12 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
     r.read_gbps = r.read_gbps.max(r2.read_gbps);
     r.read_gbps_1t = r.read_gbps_1t.max(r2.read_gbps_1t);
     r.fma_gflops = r.fma_gflops.max(r2.fma_gflops);
-    r.bf16_gflops = match (r.bf16_gflops, r2.bf16_gflops) {
+    let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
+    r.bf16_gflops = best(r.bf16_gflops, r2.bf16_gflops);
+    r.amx_gflops = best(r.amx_gflops, r2.amx_gflops);
     if !json {
         print_roofline(&k, &r);
         println!(
@@ -242,10 +248,13 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
         } = *row;
         let gbps = bytes / time / 1e9;
         let gflops = 2.0 * (m * n * kk) as f64 / time / 1e9;
-        let uses_dot =
-            path == MatmulPath::Fast && dtype == "bf16" && k.bf16_dot() && r.bf16_gflops.is_some();
+        let fast_bf16 = path == MatmulPath::Fast && dtype == "bf16";
+        let uses_amx = fast_bf16 && k.amx() && m >= qwen3vl_kernels::matmul::AMX_MIN_M;
+        let uses_dot = fast_bf16 && k.bf16_dot() && r.bf16_gflops.is_some();
         let pct = if kind == "gemv" {
             100.0 * gbps / read_gbps.unwrap_or(r.read_gbps)
+        } else if uses_amx {
+            100.0 * gflops / r.amx_gflops.unwrap_or(f64::NAN)
         } else if uses_dot {
             100.0 * gflops / r.bf16_gflops.unwrap_or(f64::NAN)
         } else {

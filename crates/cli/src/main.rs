@@ -223,6 +223,7 @@ fn cmd_cpu(json: bool) -> Result<()> {
     writeln!(out, "available: {}", r.available.join(" "))?;
     writeln!(out, "level:     {} ({})", r.level, r.reason)?;
     writeln!(out, "bf16 dot:  {}", r.bf16_dot)?;
+    writeln!(out, "amx:       {}", r.amx)?;
     let lanes: Vec<String> = r
         .f32_lanes
         .iter()

@@ -212,7 +212,11 @@ pub fn run(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineEr
     };
 
     // The compute peak of the arithmetic the model runs (bandwidth was probed during decode).
+    // With AMX, the large matmuls of prefill and vision run on tiles: their peak is the limit.
     let peak = opts.roofline.then(|| match model.precision() {
+        Precision::Fast if k.amx() => {
+            roofline::amx_peak(&k).unwrap_or_else(|| roofline::fma_peak(&k))
+        }
         Precision::Fast if k.bf16_dot() => {
             roofline::bf16_dot_peak(&k).unwrap_or_else(|| roofline::fma_peak(&k))
         }

@@ -18,6 +18,8 @@ pub struct CpuReport {
     pub available: Vec<&'static str>,
     /// Whether the `fast` precision runs on the bf16 dot product (`vdpbf16ps`), and why.
     pub bf16_dot: String,
+    /// Whether and where AMX tiles are used, in words.
+    pub amx: String,
     /// f32 lanes of one vector register, per level (all levels, supported or not).
     pub f32_lanes: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -28,7 +30,20 @@ impl CpuReport {
         let config = SimdConfig::from_env()?;
         let sel = config.select()?;
         let f = Features::detect();
-        let used = Kernels::with_config(&config)?.bf16_dot();
+        let kern = Kernels::with_config(&config)?;
+        let used = kern.bf16_dot();
+        let amx = if kern.amx() {
+            format!(
+                "used for the fast matmuls of {}+ rows (prefill, vision): tdpbf16ps tiles",
+                qwen3vl_kernels::matmul::AMX_MIN_M
+            )
+        } else if !f.amx_bf16 {
+            "not available (needs AMX-TILE and AMX-BF16, and the OS's permission)".to_string()
+        } else if !config.amx {
+            "not used (QWEN3VL_AMX=off)".to_string()
+        } else {
+            "not used (needs the avx512 level)".to_string()
+        };
         let bf16_dot = match (roofline::bf16_dot_ratio(), config.bf16_dot) {
             _ if sel.isa != Isa::Avx512 || !f.avx512_bf16 => {
                 "not used (needs the avx512 level with avx512_bf16)".to_string()
@@ -53,6 +68,7 @@ impl CpuReport {
             level: sel.isa.name(),
             reason: sel.reason,
             bf16_dot,
+            amx,
             available: f.available().iter().map(|i| i.name()).collect(),
             f32_lanes: Isa::ALL.iter().map(|i| (i.name(), i.f32_lanes())).collect(),
         })

@@ -78,6 +78,8 @@ pub enum IsaError {
     Disabled(Isa),
     #[error("QWEN3VL_BF16_DOT={0:?}: expected auto, on or off")]
     Bf16Dot(String),
+    #[error("QWEN3VL_AMX={0:?}: expected on or off")]
+    Amx(String),
 }
 
 /// CPU features relevant to the kernels, as detected on this host.
@@ -97,6 +99,9 @@ pub struct Features {
     pub avx512_vnni: bool,
     /// The VEX `vpdpbusd`/`vpdpwssd` on ymm (AVX-VNNI: Alder Lake, Sapphire Rapids, Zen 5).
     pub avx_vnni: bool,
+    /// AMX tiles with `tdpbf16ps` (AMX-TILE + AMX-BF16, with AVX512_BF16), usable by this process (the OS
+    /// saves the tile state and granted the permission; see `x86::amx`).
+    pub amx_bf16: bool,
 }
 
 impl Features {
@@ -120,6 +125,7 @@ impl Features {
             avx512_bf16: is_x86_feature_detected!("avx512bf16"),
             avx512_vnni: is_x86_feature_detected!("avx512vnni"),
             avx_vnni: is_x86_feature_detected!("avxvnni"),
+            amx_bf16: is_x86_feature_detected!("avx512bf16") && crate::x86::amx::enable(),
         }
     }
 
@@ -187,6 +193,7 @@ impl Features {
             (self.avx512_bf16, "avx512_bf16"),
             (self.avx512_vnni, "avx512_vnni"),
             (self.avx_vnni, "avx_vnni"),
+            (self.amx_bf16, "amx_bf16"),
         ];
         all.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect()
     }
@@ -202,6 +209,8 @@ pub struct SimdConfig {
     force_source: String,
     /// Whether the `Fast` paths use the bf16 dot-product instruction (`vdpbf16ps`) where the CPU has it.
     pub bf16_dot: Bf16Dot,
+    /// Whether the `Fast` matmul of 16 rows and more runs on AMX tiles where the process may use them.
+    pub amx: bool,
 }
 
 /// When the `Fast` matmul and attention paths run on `vdpbf16ps` (AVX512_BF16, AVX-512 level only).
@@ -230,6 +239,15 @@ impl Bf16Dot {
     }
 }
 
+/// `on` / `1` / `auto` (the default: use AMX where present) or `off` / `0` (the values of `QWEN3VL_AMX`).
+pub fn parse_amx(s: &str) -> Result<bool, IsaError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "auto" | "" => Ok(true),
+        "off" | "0" | "false" => Ok(false),
+        _ => Err(IsaError::Amx(s.to_string())),
+    }
+}
+
 impl Default for SimdConfig {
     fn default() -> Self {
         SimdConfig {
@@ -237,6 +255,7 @@ impl Default for SimdConfig {
             force: None,
             force_source: String::new(),
             bf16_dot: Bf16Dot::Auto,
+            amx: true,
         }
     }
 }
@@ -262,6 +281,9 @@ impl SimdConfig {
         }
         if let Ok(v) = std::env::var("QWEN3VL_BF16_DOT") {
             c.bf16_dot = Bf16Dot::parse(&v)?;
+        }
+        if let Ok(v) = std::env::var("QWEN3VL_AMX") {
+            c.amx = parse_amx(&v)?;
         }
         Ok(c)
     }
@@ -350,6 +372,7 @@ mod tests {
             avx512_bf16: true,
             avx512_vnni: true,
             avx_vnni: false,
+            amx_bf16: false,
         }
     }
 

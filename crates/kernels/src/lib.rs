@@ -70,6 +70,8 @@ pub struct Kernels {
     features: Features,
     /// The `Fast` paths run on `vdpbf16ps` (see [`Bf16Dot`]).
     bf16_dot: bool,
+    /// The `Fast` matmul of [`matmul::AMX_MIN_M`] rows and more runs on AMX tiles (see [`Kernels::amx`]).
+    amx: bool,
     pub(crate) vec: &'static ops::VecTable,
     pool: &'static pool::ThreadPool,
 }
@@ -79,6 +81,7 @@ impl std::fmt::Debug for Kernels {
         f.debug_struct("Kernels")
             .field("isa", &self.isa)
             .field("bf16_dot", &self.bf16_dot)
+            .field("amx", &self.amx)
             .finish()
     }
 }
@@ -91,6 +94,7 @@ impl Kernels {
             sel.isa,
             sel.features,
             Bf16Dot::Auto,
+            true,
         ))
     }
 
@@ -106,10 +110,11 @@ impl Kernels {
             sel.isa,
             sel.features,
             config.bf16_dot,
+            config.amx,
         ))
     }
 
-    fn from_selection(isa: Isa, features: Features, dot: Bf16Dot) -> Kernels {
+    fn from_selection(isa: Isa, features: Features, dot: Bf16Dot, amx: bool) -> Kernels {
         let can = isa == Isa::Avx512 && features.avx512_bf16;
         let bf16_dot = can
             && match dot {
@@ -121,6 +126,7 @@ impl Kernels {
             isa,
             features,
             bf16_dot,
+            amx: amx && isa == Isa::Avx512 && features.amx_bf16,
             vec: ops::table(isa),
             pool: pool::ThreadPool::default_pool(),
         }
@@ -136,14 +142,19 @@ impl Kernels {
     }
 
     /// [`Kernels::all_available`], with the AVX-512 level twice where the CPU has AVX512_BF16: the bf16
-    /// dot product on, then off (whichever the probe would choose), so that tests run both paths.
+    /// dot product on, then off (whichever the probe would choose), both without AMX; and where the
+    /// process may use AMX, a third time with AMX on (bf16 dot off), so that tests run every path.
     pub fn test_variants() -> Vec<Kernels> {
         let mut v = Vec::new();
         for k in Kernels::all_available() {
-            if k.with_bf16_dot(true).bf16_dot() {
-                v.extend([k.with_bf16_dot(true), k.with_bf16_dot(false)]);
+            let k0 = k.with_amx(false);
+            if k0.with_bf16_dot(true).bf16_dot() {
+                v.extend([k0.with_bf16_dot(true), k0.with_bf16_dot(false)]);
             } else {
-                v.push(k);
+                v.push(k0);
+            }
+            if k.with_amx(true).amx() {
+                v.push(k.with_bf16_dot(false).with_amx(true));
             }
         }
         v
@@ -161,6 +172,19 @@ impl Kernels {
     /// has it (AVX-512 level with AVX512_BF16) and it pays here (see [`Bf16Dot`]).
     pub fn bf16_dot(&self) -> bool {
         self.bf16_dot
+    }
+
+    /// Whether the `Fast` matmul on bf16 packed weights runs on AMX tiles (`tdpbf16ps`) from
+    /// [`matmul::AMX_MIN_M`] rows of x (prefill, vision): the CPU and OS allow it, the level is AVX-512 and
+    /// `QWEN3VL_AMX` is not `off`. Its arithmetic is the bf16 dot product's (x rounded to bf16, f32 sums).
+    pub fn amx(&self) -> bool {
+        self.amx
+    }
+
+    /// These kernels with AMX on or off (on only where the process may use it, at the AVX-512 level).
+    pub fn with_amx(mut self, on: bool) -> Kernels {
+        self.amx = on && self.isa == Isa::Avx512 && self.features.amx_bf16;
+        self
     }
 
     /// These kernels with the bf16 dot product on or off (on only where the CPU has it): to test and

@@ -26,6 +26,8 @@ pub struct Roofline {
     pub fma_gflops: f64,
     /// `vdpbf16ps` peak, all threads, GFLOP/s (2 flops per bf16 product); None without AVX512_BF16.
     pub bf16_gflops: Option<f64>,
+    /// AMX `tdpbf16ps` peak, all threads, GFLOP/s; None unless [`Kernels::amx`].
+    pub amx_gflops: Option<f64>,
 }
 
 /// Measures every limit with the kernels' ISA and thread count (about 2–3 seconds).
@@ -36,6 +38,7 @@ pub fn measure(k: &Kernels) -> Roofline {
         read_gbps: read_bandwidth(k, 256 << 20, 16),
         fma_gflops: fma_peak(k),
         bf16_gflops: bf16_dot_peak(k),
+        amx_gflops: amx_peak(k),
     }
 }
 
@@ -121,6 +124,17 @@ pub fn bf16_dot_peak(k: &Kernels) -> Option<f64> {
     if k.isa() == Isa::Avx512 && k.features().avx512_bf16 {
         // Safety: checked the features just above.
         return Some(compute_peak(k, &|iters| unsafe { x86::dp_loop(iters) }));
+    }
+    let _ = k;
+    None
+}
+
+/// AMX `tdpbf16ps` peak (GFLOP/s) on all threads, tiles in registers (no loads); None unless `k.amx()`.
+pub fn amx_peak(k: &Kernels) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if k.amx() {
+        // Safety: `amx` implies the features and the process's tile permission.
+        return Some(compute_peak(k, &|iters| unsafe { x86::amx_loop(iters) }));
     }
     let _ = k;
     None
@@ -259,6 +273,45 @@ mod x86 {
 
     /// Independent accumulators: enough to cover FMA latency (4) × issue rate (2) on current cores.
     const CHAINS: usize = 12;
+
+    /// `iters` × 4 independent `tdpbf16ps` (16 × 16 × 32 products each) on tiles loaded once; returns
+    /// the flops. Safety: AMX-TILE/BF16 with the process's tile permission.
+    pub unsafe fn amx_loop(iters: u64) -> f64 {
+        #[repr(C, align(64))]
+        struct Cfg([u8; 64]);
+        let mut cfg = Cfg([0; 64]);
+        cfg.0[0] = 1;
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64;
+            cfg.0[48 + t] = 16;
+        }
+        let ones = vec![0x3f80u16; 16 * 32]; // bf16 1.0
+        std::arch::asm!(
+            "ldtilecfg [{cfg}]",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm5, [{a} + {s}*1]",
+            "tileloadd tmm6, [{a} + {s}*1]",
+            "tileloadd tmm7, [{a} + {s}*1]",
+            "2:",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            "tilerelease",
+            cfg = in(reg) cfg.0.as_ptr(),
+            a = in(reg) ones.as_ptr(),
+            s = in(reg) 64usize,
+            n = inout(reg) iters.max(1) => _,
+            options(nostack)
+        );
+        iters.max(1) as f64 * 4.0 * 16.0 * 16.0 * 32.0 * 2.0
+    }
 
     /// XOR fold (see `xor_fold`) with 8 independent 512-bit accumulators.
     #[target_feature(enable = "avx512f")]

@@ -114,8 +114,10 @@ fn make(m: usize, k: usize, n: usize, seed: u64) -> Case {
     }
 }
 
+/// Whether a `Fast` matmul on bf16 weights may round x to bf16 (the bf16 dot product, or AMX tiles from
+/// `AMX_MIN_M` rows).
 fn uses_bf16_dot(kern: &Kernels) -> bool {
-    kern.bf16_dot()
+    kern.bf16_dot() || kern.amx()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -304,6 +306,17 @@ fn batched_rows_match_single_rows_bit_for_bit() {
             }
         }
     }
+}
+
+/// Shapes around the AMX tiles (16 rows, 32 values of k, 16-column tiles of 64-column groups): row counts
+/// 16, 17, 31, 33, 65; k below, at and past one tile step, odd; partial groups and tiles.
+#[test]
+fn tile_shapes() {
+    run_shape(16, 31, 17, false);
+    run_shape(17, 35, 130, false);
+    run_shape(31, 1, 64, false);
+    run_shape(33, 32, 15, false);
+    run_shape(65, 97, 200, false);
 }
 
 #[test]

@@ -29,6 +29,8 @@
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub(crate) mod backward;
 pub(crate) mod blocked;
 pub(crate) mod buf;
@@ -45,6 +47,12 @@ use crate::SendPtr;
 use crate::{KernelError, Kernels};
 pub use backward::MatmulGrads;
 use buf::AlignedBuf;
+
+/// Fewest rows of x for which the `Fast` matmul runs on AMX tiles where [`Kernels::amx`] is on.
+#[cfg(target_arch = "x86_64")]
+pub const AMX_MIN_M: usize = amx::MIN_M;
+#[cfg(not(target_arch = "x86_64"))]
+pub const AMX_MIN_M: usize = usize::MAX;
 pub use buf::StableBytes;
 pub(crate) use packed::PackedData;
 pub use packed::{PackedWeight, WeightPacker};
@@ -81,7 +89,8 @@ pub enum MatmulPath {
 pub(crate) struct Args<'a> {
     /// (m, k)
     pub x: &'a [f32],
-    /// (m, 2·⌈k/2⌉): x rounded to bf16, odd k padded with 0 (Fast path only; else empty).
+    /// (m, 2·⌈k/2⌉): x rounded to bf16, odd k padded with 0 (Fast path only; else empty). For the AMX
+    /// kernel, rows and row stride padded further (`amx::x_layout`).
     pub xb: &'a [u16],
     /// (m, k): x with each block of 2·LANES values of k reordered as [LANES even k, LANES odd k] (the
     /// rest in order), to meet bf16 weight pairs widened by shift/mask (row-major bf16 GEMV only; else empty).
@@ -325,8 +334,22 @@ impl Kernels {
         };
         let macs = m * n * k * if w.swiglu { 2 } else { 1 };
         match (&w.data, path, t.packed_bf16_dot) {
+            #[cfg(target_arch = "x86_64")]
+            (PackedData::Bf16(wd), MatmulPath::Fast, _)
+                if self.amx() && m >= AMX_MIN_M && w.group == 64 =>
+            {
+                // Safety (to_bf16): `amx` implies AVX512_BF16 (see `Features::amx_bf16`).
+                let (rows, ld) = amx::x_layout(m, k);
+                xb_buf = round_x_bf16(self, x86::bf16dot::to_bf16, x, m, k, rows, ld);
+                a.xb = &xb_buf;
+                // Safety: the AMX permission and features come with `amx`; xb has amx's layout.
+                self.run_ranges(groups, macs, &|g0, g1| unsafe {
+                    amx::packed_bf16(&a, wd, g0, g1)
+                });
+            }
             (PackedData::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
-                xb_buf = round_x_bf16(self, t, x, m, k);
+                let kp2 = k.div_ceil(2) * 2;
+                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2);
                 a.xb = &xb_buf;
                 self.run_ranges(groups, macs, &|g0, g1| unsafe { dot(&a, wd, g0, g1) });
             }
@@ -382,7 +405,8 @@ impl Kernels {
         let (xb_buf, xp_buf);
         match (w, path, t.gemv_bf16_dot) {
             (Weight::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
-                xb_buf = round_x_bf16(self, t, x, m, k);
+                let kp2 = k.div_ceil(2) * 2;
+                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2);
                 a.xb = &xb_buf;
                 self.run_ranges(n, macs, &|r0, r1| unsafe { dot(&a, wd, r0, r1) });
             }
@@ -460,19 +484,28 @@ fn check_args(
     Ok(())
 }
 
-/// x (m, k) rounded to bf16, rows padded to an even length with 0: (m, 2⌈k/2⌉).
-fn round_x_bf16(kern: &Kernels, t: &MmTable, x: &[f32], m: usize, k: usize) -> Vec<u16> {
-    let kp2 = k.div_ceil(2) * 2;
-    let mut xb = vec![0u16; m * kp2];
+/// x (m, k) rounded to bf16 by `to_bf16` (a level's converter, which this CPU supports) into (rows, ld),
+/// rows ≥ m and ld ≥ k, the padding 0: (m, 2⌈k/2⌉) for the bf16 dot kernels, larger for AMX.
+fn round_x_bf16(
+    kern: &Kernels,
+    to_bf16: unsafe fn(&[f32], &mut [u16]),
+    x: &[f32],
+    m: usize,
+    k: usize,
+    rows: usize,
+    ld: usize,
+) -> Vec<u16> {
+    debug_assert!(rows >= m && ld >= k);
+    let mut xb = vec![0u16; rows * ld];
     let out = SendPtr(xb.as_mut_ptr());
     // Threaded over rows once x is large (vision: 1200 × 4096).
     kern.run_ranges(m, m * k / 16, &|i0, i1| {
         for i in i0..i1 {
-            // Safety: row i of xb is written by this task only; the table belongs to a level this CPU
+            // Safety: row i of xb is written by this task only; `to_bf16` belongs to a level this CPU
             // supports.
             unsafe {
-                let dst = std::slice::from_raw_parts_mut(out.get().add(i * kp2), k);
-                (t.to_bf16)(&x[i * k..(i + 1) * k], dst)
+                let dst = std::slice::from_raw_parts_mut(out.get().add(i * ld), k);
+                to_bf16(&x[i * k..(i + 1) * k], dst)
             };
         }
     });
