@@ -106,6 +106,8 @@ fn main() {
     } else {
         peak256
     };
+    // one thread's AMX peak: the roofline's probe on a one-thread pool (wall time: the thread is busy)
+    let amx_peak = qwen3vl_kernels::roofline::amx_peak(&k1).unwrap_or(f64::NAN);
     println!(
         "level {}; one-thread FMA peak {peak:.1} GFLOP/cpu-s at this level (AVX2: {peak256:.1})",
         k1.isa()
@@ -135,5 +137,23 @@ fn main() {
             pack_s * 1e3,
             repack_s * 1e3
         );
+        // The fast path where it has its own arithmetic: AMX tiles (16+ rows), else the bf16 dot product.
+        let amx = k1.amx() && m >= qwen3vl_kernels::matmul::AMX_MIN_M;
+        if amx || k1.bf16_dot() {
+            let g = best(flops, budget, &mut || {
+                k1.matmul(&x, m, &p, None, &mut y, MatmulPath::Fast)
+                    .unwrap()
+            });
+            let (name, lim) = if amx {
+                ("AMX", amx_peak)
+            } else {
+                ("bf16 dot", f64::NAN)
+            };
+            println!(
+                "{:17}  {g:7.1} GFLOP/cpu-s  {:5.1}% of the {name} peak (fast path)",
+                "",
+                100.0 * g / lim
+            );
+        }
     }
 }

@@ -39,9 +39,12 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Fewest rows of x for which the AMX kernel is used (below, a tile would be mostly padding).
 pub const MIN_M: usize = 16;
 
-/// (rows, row stride) of x rounded to bf16 for this kernel: rows padded to 32, stride to 32 values.
+/// (rows, row stride) of x rounded to bf16 for this kernel: rows padded to 32, stride to 32 values (one
+/// cache line) and an odd number of lines, so that the 16 rows of an A tile fall in 16 different sets of
+/// L1 (at k = 2048 the rows would be 4 KiB apart: all in one set of a 12-way cache).
 pub fn x_layout(m: usize, k: usize) -> (usize, usize) {
-    (m.div_ceil(MB) * MB, k.div_ceil(TK) * TK)
+    let lines = k.div_ceil(TK);
+    (m.div_ceil(MB) * MB, (lines | 1) * TK)
 }
 
 /// The tile configuration (palette 1): all eight tiles 16 rows × 64 bytes.
