@@ -340,7 +340,7 @@ impl Kernels {
             {
                 // Safety (to_bf16): `amx` implies AVX512_BF16 (see `Features::amx_bf16`).
                 let (rows, ld) = amx::x_layout(m, k);
-                xb_buf = round_x_bf16(self, x86::bf16dot::to_bf16, x, m, k, rows, ld);
+                xb_buf = round_x_bf16(self, x86::bf16dot::to_bf16, x, m, k, rows, ld)?;
                 a.xb = &xb_buf;
                 // Safety: the AMX permission and features come with `amx`; xb has amx's layout.
                 self.run_ranges(groups, macs, &|g0, g1| unsafe {
@@ -349,7 +349,7 @@ impl Kernels {
             }
             (PackedData::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
                 let kp2 = k.div_ceil(2) * 2;
-                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2);
+                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2)?;
                 a.xb = &xb_buf;
                 self.run_ranges(groups, macs, &|g0, g1| unsafe { dot(&a, wd, g0, g1) });
             }
@@ -406,7 +406,7 @@ impl Kernels {
         match (w, path, t.gemv_bf16_dot) {
             (Weight::Bf16(wd), MatmulPath::Fast, Some(dot)) => {
                 let kp2 = k.div_ceil(2) * 2;
-                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2);
+                xb_buf = round_x_bf16(self, t.to_bf16, x, m, k, m, kp2)?;
                 a.xb = &xb_buf;
                 self.run_ranges(n, macs, &|r0, r1| unsafe { dot(&a, wd, r0, r1) });
             }
@@ -494,9 +494,10 @@ fn round_x_bf16(
     k: usize,
     rows: usize,
     ld: usize,
-) -> Vec<u16> {
+) -> Result<AlignedBuf<u16>, KernelError> {
     debug_assert!(rows >= m && ld >= k);
-    let mut xb = vec![0u16; rows * ld];
+    // 64-byte aligned: a row of an AMX tile is then one cache line
+    let mut xb = AlignedBuf::<u16>::zeroed("matmul", mul("matmul", rows, ld)?)?;
     let out = SendPtr(xb.as_mut_ptr());
     // Threaded over rows once x is large (vision: 1200 × 4096).
     kern.run_ranges(m, m * k / 16, &|i0, i1| {
@@ -509,7 +510,7 @@ fn round_x_bf16(
             };
         }
     });
-    xb
+    Ok(xb)
 }
 
 /// x (m, k) with each block of 2·lanes values of a row reordered as [even k, odd k]; see `Args::xp`.
