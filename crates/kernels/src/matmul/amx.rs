@@ -216,7 +216,14 @@ unsafe fn block(
 
 /// C0 += A0·B0, C1 += A0·B1, C2 += A1·B0, C3 += A1·B1 for one step of 32 values of k.
 #[inline(always)]
-unsafe fn step(x0: *const u16, x1: *const u16, lda: usize, b0: *const u16, b1: *const u16, ldb: usize) {
+unsafe fn step(
+    x0: *const u16,
+    x1: *const u16,
+    lda: usize,
+    b0: *const u16,
+    b1: *const u16,
+    ldb: usize,
+) {
     asm!(
         "tileloadd tmm4, [{x0} + {lda}*1]",
         "tileloadd tmm6, [{b0} + {ldb}*1]",
