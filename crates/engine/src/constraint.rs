@@ -6,11 +6,13 @@
 //! grammar engine llama.cpp and mistral.rs use): one token trie per tokenizer, built once, shared by every
 //! request; one Earley parser per sequence.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
-use llguidance::{Matcher, ParserFactory};
+use llguidance::{Matcher, ParserFactory, TokenParser};
+use serde_json::Value;
 
 use crate::stream::TokenBytes;
 
@@ -57,12 +59,18 @@ impl JsonGrammar {
     }
 
     /// A factory of constraints for `schema` (`None`: any JSON object, the `json_object` format).
-    /// Errors name what in the schema is not supported.
+    /// Errors name what in the schema is not supported, or by how much it is too deep
+    /// ([`check_schema_depth`]).
+    ///
+    /// The schema is compiled once, here, on a thread of its own with a [`COMPILE_STACK`] stack (the
+    /// compiler recurses once per level: see [`MAX_SCHEMA_DEPTH`]), whatever thread calls this (a tokio
+    /// blocking thread has 2 MiB); each sequence then starts from a copy of the compiled parser.
     pub fn for_schema(
         self: &Arc<Self>,
         schema: Option<serde_json::Value>,
     ) -> Result<Arc<dyn ConstraintFactory>, String> {
         let mut schema = schema.unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        check_schema_depth(&schema)?;
         // Fixed separators and no free whitespace (like OpenAI's strict mode): a weak model cannot then
         // fill its budget with blank lines. A schema may set its own `x-guidance` options.
         if let Some(o) = schema.as_object_mut() {
@@ -75,27 +83,150 @@ impl JsonGrammar {
             });
         }
         let grammar = TopLevelGrammar::from_json_schema(schema);
-        // Compile once now so a bad schema is refused before the request is queued.
-        self.factory
-            .create_parser(grammar.clone())
-            .map_err(|e| format!("the JSON schema is not supported: {e}"))?;
-        Ok(Arc::new(SchemaFactory {
-            grammar: self.clone(),
-            top: grammar,
-        }))
+        // Compile now so a bad schema is refused before the request is queued.
+        let parser = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("qwen3vl-schema".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(s, || self.factory.create_parser(grammar))
+                .map_err(|e| format!("cannot start the schema compiler's thread: {e}"))?
+                .join()
+                .map_err(|_| "the JSON schema compiler panicked".to_string())
+        })?
+        .map_err(|e| format!("the JSON schema is not supported: {e}"))?;
+        Ok(Arc::new(SchemaFactory { parser }))
     }
 }
 
+/// Most levels a JSON schema may nest, as [`check_schema_depth`] counts them.
+///
+/// llguidance's schema compiler recurses once per nested subschema, and at a `$ref` into the schema it
+/// names (once per distinct `$ref` string). serde_json's parser (which refuses 128 nested levels) bounds
+/// the first but not the second: `{"$defs": {"d0": {"$ref": "#/$defs/d1"}, "d1": ...}}` is flat JSON, yet
+/// compiling a chain of 800 such links overflows a 2 MiB thread (about 3 KB of stack a link in release).
+/// 1000 levels is ~40 `$defs` of 20 levels each, and at most a few MB of stack.
+pub const MAX_SCHEMA_DEPTH: usize = 1000;
+
+/// Stack of the thread that compiles a schema: 16× the most a schema at [`MAX_SCHEMA_DEPTH`] was measured
+/// to need (under 4 MiB, a chain of `$ref`s through `items` or `properties`), so frames may grow with
+/// another build or llguidance version. Reserved, not committed: only the pages a compile touches are used.
+pub const COMPILE_STACK: usize = 64 << 20;
+
+/// Refuses a schema deeper than [`MAX_SCHEMA_DEPTH`] levels, counted as: its JSON nesting (objects and
+/// arrays), plus, for each distinct `$ref` string in it, 1 + the nesting of the value that ref names.
+/// This bounds how deep the compiler can recurse: along any chain of calls it enters each `$ref` at most
+/// once, and inside each named schema goes no deeper than that schema nests. (A `$ref` llguidance cannot
+/// resolve, such as a remote one, is refused by the compiler and not counted; refs in unused `$defs` are.)
+pub fn check_schema_depth(schema: &Value) -> Result<(), String> {
+    let depth = schema_depth(schema);
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(format!(
+            "the JSON schema nests {depth} levels deep, over the limit of {MAX_SCHEMA_DEPTH} (its own \
+             nesting of objects and arrays, plus for each distinct `$ref` 1 + the nesting of the schema \
+             it names): flatten it, or use fewer chained `$ref`s"
+        ));
+    }
+    Ok(())
+}
+
+/// The depth [`check_schema_depth`] bounds. Linear in the size of `schema` and iterative (no recursion
+/// of its own, whatever the nesting).
+pub fn schema_depth(schema: &Value) -> usize {
+    // 1. Every distinct `$ref` string, and how many of them name each value.
+    let mut refs: HashSet<&str> = HashSet::new();
+    let mut todo = vec![schema];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref") {
+                    refs.insert(r);
+                }
+                todo.extend(o.values());
+            }
+            Value::Array(a) => todo.extend(a),
+            _ => {}
+        }
+    }
+    let mut named: HashMap<*const Value, usize> = HashMap::new();
+    for r in refs {
+        if let Some(t) = resolve_ref(schema, r) {
+            *named.entry(t as *const Value).or_default() += 1;
+        }
+    }
+    // 2. The nesting of every value, bottom-up (an explicit stack of (value, children left, deepest
+    //    child so far)); each named value adds its count × (1 + its nesting).
+    enum Kids<'a> {
+        Object(serde_json::map::Values<'a>),
+        Array(std::slice::Iter<'a, Value>),
+    }
+    fn kids(v: &Value) -> Option<Kids<'_>> {
+        match v {
+            Value::Object(o) => Some(Kids::Object(o.values())),
+            Value::Array(a) => Some(Kids::Array(a.iter())),
+            _ => None,
+        }
+    }
+    let mut total = 0usize;
+    let nested = |v: &Value, depth: usize, total: &mut usize| {
+        if let Some(n) = named.get(&(v as *const Value)) {
+            *total = total.saturating_add(n.saturating_mul(1 + depth));
+        }
+    };
+    let Some(k) = kids(schema) else {
+        nested(schema, 0, &mut total);
+        return total;
+    };
+    let mut stack: Vec<(&Value, Kids, usize)> = vec![(schema, k, 0)];
+    loop {
+        let top = stack.last_mut().expect("the root stays until it is done");
+        let next = match &mut top.1 {
+            Kids::Object(it) => it.next(),
+            Kids::Array(it) => it.next(),
+        };
+        match next {
+            Some(c) => match kids(c) {
+                Some(k) => stack.push((c, k, 0)),
+                None => nested(c, 0, &mut total),
+            },
+            None => {
+                let (v, _, deepest_child) = stack.pop().expect("not empty");
+                let depth = 1 + deepest_child;
+                nested(v, depth, &mut total);
+                match stack.last_mut() {
+                    Some(parent) => parent.2 = parent.2.max(depth),
+                    // The root's own nesting.
+                    None => return total.saturating_add(depth),
+                }
+            }
+        }
+    }
+}
+
+/// The value `r` names, resolved as llguidance does without its `referencing` feature: `#` is the
+/// root, `#/a/0/b` a path of object keys and array indices from it; anything else it refuses.
+fn resolve_ref<'a>(root: &'a Value, r: &str) -> Option<&'a Value> {
+    if r == "#" || r == "#/" {
+        return Some(root);
+    }
+    let mut v = root;
+    for seg in r.strip_prefix("#/")?.split('/') {
+        v = match v {
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => v.get(seg)?,
+        };
+    }
+    Some(v)
+}
+
+/// Starts each sequence from a copy of the parser compiled once by [`JsonGrammar::for_schema`].
 struct SchemaFactory {
-    grammar: Arc<JsonGrammar>,
-    top: TopLevelGrammar,
+    parser: TokenParser,
 }
 
 impl ConstraintFactory for SchemaFactory {
     fn start(&self) -> Result<Box<dyn TokenConstraint>, String> {
-        let parser = self.grammar.factory.create_parser(self.top.clone());
         Ok(Box::new(LlgConstraint {
-            matcher: Matcher::new(parser),
+            matcher: Matcher::new(Ok(self.parser.deep_clone())),
         }))
     }
 }
@@ -187,5 +318,109 @@ mod tests {
             .err()
             .expect("refused");
         assert!(e.contains("schema"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `links` `$defs` each naming the next through a property, then a string:
+    /// `{"$defs": {"d0": {"type": "object", "properties": {"a": {"$ref": "#/$defs/d1"}}, ...}, ...,
+    /// "dN": {"type": "string"}}, "$ref": "#/$defs/d0"}`. Flat JSON (5 levels), yet the compiler recurses
+    /// through every link. Its depth is 4·links + 7 (for links ≥ 1): the root nests 5 levels, each of the
+    /// links+1 distinct `$ref`s adds 1 + the nesting of its def (3 for a link, 1 for the string).
+    pub(crate) fn ref_chain(links: usize) -> Value {
+        let mut defs = serde_json::Map::new();
+        for i in 0..links {
+            defs.insert(
+                format!("d{i}"),
+                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}},
+                       "required": ["a"]}),
+            );
+        }
+        defs.insert(format!("d{links}"), json!({"type": "string"}));
+        json!({"$defs": defs, "$ref": "#/$defs/d0"})
+    }
+
+    fn grammar() -> Arc<JsonGrammar> {
+        let toks: Vec<[u8; 1]> = (0..=255u8).map(|b| [b]).collect();
+        let mut refs: Vec<&[u8]> = toks.iter().map(|t| &t[..]).collect();
+        refs.push(b"<|im_end|>");
+        let mut special = vec![false; refs.len()];
+        special[256] = true;
+        let t = TokenBytes::from_parts(&refs, &special);
+        Arc::new(JsonGrammar::new(&t, t.len(), 256).unwrap())
+    }
+
+    #[test]
+    fn schema_depth_counts_nesting_and_each_distinct_ref_once() {
+        let cases = [
+            (json!({"type": "string"}), 1),
+            (json!({"type": "array", "items": {"type": "string"}}), 2),
+            (ref_chain(1), 11),
+            (ref_chain(248), 999),
+            // A recursive schema: the cycle is counted once, as the compiler follows it once.
+            (
+                json!({"$defs": {"a": {"type": "object", "properties": {"next": {"$ref": "#/$defs/a"}}}},
+                       "$ref": "#/$defs/a"}),
+                5 + 4,
+            ),
+            // `#` names the root (3 levels), used twice: counted once.
+            (
+                json!({"type": "object", "properties": {"l": {"$ref": "#"}, "r": {"$ref": "#"}}}),
+                3 + 4,
+            ),
+            // Two strings naming one value (llguidance compiles each): counted twice.
+            (
+                json!({"anyOf": [{"type": "string"}, {"$ref": "#/anyOf/0"}, {"$ref": "#/anyOf/00"}]}),
+                3 + 2 + 2,
+            ),
+            // Refs the compiler refuses name nothing.
+            (
+                json!({"anyOf": [{"$ref": "#/nope"}, {"$ref": "https://example.com/s.json"}]}),
+                3,
+            ),
+            (json!(true), 0),
+        ];
+        for (schema, want) in cases {
+            assert_eq!(schema_depth(&schema), want, "{schema}");
+        }
+    }
+
+    /// The worst case found: a chain of `$ref`s just under the limit (248 links: depth 999) needs 2–4 MiB
+    /// of stack to compile in release; a tokio blocking thread, the scheduler's and a test's have 2 MiB.
+    /// Before the schema compiled on a thread of its own this aborted the process with a stack overflow.
+    #[test]
+    fn a_ref_chain_at_the_depth_limit_compiles_and_masks_from_a_2_mib_thread() {
+        let g = grammar();
+        let schema = ref_chain(248);
+        assert_eq!(schema_depth(&schema), MAX_SCHEMA_DEPTH - 1);
+        let allowed = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let f = g.for_schema(Some(schema)).expect("compiles");
+                let mut c = f.start().expect("starts");
+                let mut l = vec![0.0f32; 257];
+                c.mask(&mut l).expect("masks");
+                (0..257).filter(|&i| l[i] == 0.0).collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // The answer is an object: `{` (no free whitespace) is the only first token.
+        assert_eq!(allowed, vec![b'{' as usize]);
+    }
+
+    #[test]
+    fn a_schema_over_the_depth_limit_is_refused_naming_the_depth_and_the_limit() {
+        let g = grammar();
+        let e = g.for_schema(Some(ref_chain(249))).err().expect("refused");
+        assert!(
+            e.contains("nests 1003 levels deep, over the limit of 1000"),
+            "{e}"
+        );
+        assert!(check_schema_depth(&ref_chain(248)).is_ok());
     }
 }

@@ -5,8 +5,10 @@
 //! chunk insert/delete/duplicate, numbers in JSON replaced by huge, negative or zero ones) and runs each
 //! mutant under three guards:
 //! - a panic is caught and reported;
-//! - a per-input time limit: a watchdog thread saves the input and aborts the process when one input runs
-//!   longer (a hang cannot be interrupted in-process);
+//! - a per-input time limit: a watchdog thread saves the input and aborts the process when one input uses
+//!   more CPU time than [`TIME_LIMIT`] (a hang cannot be interrupted in-process). CPU time, not wall
+//!   clock, so an input that is merely slowed by a loaded machine is not taken for a hang; a wall-clock
+//!   backstop, [`WALL_LIMIT`], still ends an input that blocks without using the CPU;
 //! - an allocation budget: a tracking global allocator records the peak bytes live during each input;
 //!   over the budget is a failure (and a single allocation over a hard cap is refused, so the target sees
 //!   an allocation error instead of the machine running out of memory).
@@ -25,8 +27,12 @@ use std::time::{Duration, Instant};
 
 /// Peak bytes one input may have live at once (above what was live before it).
 pub const ALLOC_BUDGET: usize = 2 << 30;
-/// Longest one input may run.
+/// Most CPU time one input may use: the CPU time of the whole process while it runs (a target's helper
+/// threads, such as the schema compiler's, count; the fuzz loop is the only work in its process).
 pub const TIME_LIMIT: Duration = Duration::from_secs(10);
+/// Longest one input may run by the wall clock, whatever CPU time it used: a generous 6× [`TIME_LIMIT`],
+/// for an input that blocks (or a machine so loaded that it stays starved).
+pub const WALL_LIMIT: Duration = Duration::from_secs(6 * TIME_LIMIT.as_secs());
 /// When set, each input is written to this file before it runs (to recover the input of a crash that
 /// ends the process, such as a stack overflow; rerun with the same seed).
 pub const LAST_INPUT_ENV: &str = "QWEN3VL_FUZZ_LAST";
@@ -144,8 +150,38 @@ pub fn replay(t: &targets::Target) -> Result<usize, Failure> {
     Ok(n)
 }
 
-/// The input being run and when it started (read by the watchdog).
-type Running = Option<(Instant, Vec<u8>)>;
+/// CPU time used so far by every thread of this process (`CLOCK_PROCESS_CPUTIME_ID`).
+pub fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: `ts` is a timespec we own for the call to fill; the clock id is a constant the OS knows.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Which limit an input that has used `cpu` of CPU time in `wall` has passed, if any, said for the
+/// report.
+pub fn over_limit(cpu: Duration, wall: Duration) -> Option<String> {
+    if cpu > TIME_LIMIT {
+        Some(format!(
+            "one input used more than the CPU-time limit of {TIME_LIMIT:?} ({cpu:.1?} of CPU in {wall:.1?})"
+        ))
+    } else if wall > WALL_LIMIT {
+        Some(format!(
+            "one input ran past the wall-clock limit of {WALL_LIMIT:?} with only {cpu:.1?} of CPU (blocked, or \
+             starved by a loaded machine)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The input being run, and when it started by the wall clock and by the process's CPU time (read by
+/// the watchdog).
+type Running = Option<(Instant, Duration, Vec<u8>)>;
 
 /// Mutates the seeds of `t` for `iterations` inputs or until `deadline`, whichever comes first.
 pub fn fuzz(
@@ -167,12 +203,11 @@ pub fn fuzz(
             while done.load(Ordering::Relaxed) == 0 {
                 std::thread::sleep(Duration::from_millis(200));
                 let guard = current.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((t0, input)) = guard.as_ref() {
-                    if t0.elapsed() > TIME_LIMIT {
+                if let Some((t0, cpu0, input)) = guard.as_ref() {
+                    let cpu = process_cpu_time().saturating_sub(*cpu0);
+                    if let Some(what) = over_limit(cpu, t0.elapsed()) {
                         let saved = save(name, input);
-                        eprintln!(
-                            "{name}: one input ran past the time limit of {TIME_LIMIT:?} (saved to {saved:?})"
-                        );
+                        eprintln!("{name}: {what} (saved to {saved:?})");
                         std::process::abort();
                     }
                 }
@@ -191,7 +226,8 @@ pub fn fuzz(
         if let Some(p) = &last {
             let _ = std::fs::write(p, &input);
         }
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.clone()));
+        *current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), process_cpu_time(), input.clone()));
         let r = run_one(t, &input, &mut stats);
         *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(e) = r {

@@ -555,7 +555,17 @@ fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> 
                     )
                 })?;
             match js.get("schema") {
-                Some(s @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(s.clone())),
+                Some(s @ Value::Object(_)) => {
+                    // Before anything is compiled: a schema nested too deeply (counting its `$ref`s)
+                    // would overflow the compiler's stack.
+                    qwen3vl_engine::constraint::check_schema_depth(s).map_err(|e| {
+                        ApiError::invalid(
+                            "response_format.json_schema.schema",
+                            format!("response_format.json_schema.schema: {e}"),
+                        )
+                    })?;
+                    Ok(ResponseFormat::JsonSchema(s.clone()))
+                }
                 Some(Value::Bool(true)) | None => Ok(ResponseFormat::JsonObject),
                 Some(s) => Err(ApiError::invalid(
                     "response_format.json_schema.schema",
@@ -877,6 +887,84 @@ mod tests {
             assert_eq!(e.body()["error"]["param"], json!(param));
             assert_eq!(e.body()["error"]["type"], json!("invalid_request_error"));
         }
+    }
+
+    /// A flat `$defs` of `links` schemas each naming the next through a property (serde_json's nesting
+    /// limit does not see it; the schema compiler recurses through every link): depth 4·links + 7.
+    fn ref_chain(links: usize) -> Value {
+        let mut defs = Map::new();
+        for i in 0..links {
+            defs.insert(
+                format!("d{i}"),
+                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}}}),
+            );
+        }
+        defs.insert(format!("d{links}"), json!({"type": "string"}));
+        json!({"$defs": defs, "$ref": "#/$defs/d0"})
+    }
+
+    #[test]
+    fn schemas_nested_too_deeply_are_refused_naming_the_limit() {
+        let with = |schema: Value| {
+            json!({"messages": user("a"), "response_format": {"type": "json_schema",
+                   "json_schema": {"name": "x", "schema": schema}}})
+        };
+        assert_eq!(
+            ok(with(ref_chain(248))).response_format,
+            ResponseFormat::JsonSchema(ref_chain(248))
+        );
+        let e = err(with(ref_chain(249)));
+        assert_eq!(e.status, 400);
+        assert_eq!(
+            e.param.as_deref(),
+            Some("response_format.json_schema.schema")
+        );
+        assert!(
+            e.message.starts_with(
+                "response_format.json_schema.schema: the JSON schema nests 1003 levels deep, \
+                 over the limit of 1000"
+            ),
+            "{}",
+            e.message
+        );
+    }
+
+    /// serde_json refuses 128 nested arrays/objects; just under that a schema parses, passes the depth
+    /// check (124 < 1000) and is dropped, all on a 2 MiB thread (a tokio blocking thread's).
+    #[test]
+    fn a_body_nested_just_under_serde_jsons_limit_parses_on_a_2_mib_thread() {
+        let nested = |levels: usize| {
+            let schema = format!(
+                "{}{{\"type\":\"string\"}}{}",
+                "{\"type\":\"array\",\"items\":".repeat(levels - 1),
+                "}".repeat(levels - 1)
+            );
+            format!(
+                "{{\"messages\":[{{\"role\":\"user\",\"content\":\"a\"}}],\
+                 \"response_format\":{{\"type\":\"json_schema\",\"json_schema\":{{\"schema\":{schema}}}}}}}"
+            )
+        };
+        let (ok_body, deep_body) = (nested(124), nested(125));
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                // 3 levels of body around 124 of schema: 127, the most serde_json takes.
+                let v = parse_json(ok_body.as_bytes()).expect("127 levels parse");
+                let r = parse_chat(&v, &Limits::default()).expect("accepted");
+                let ResponseFormat::JsonSchema(s) = &r.response_format else {
+                    panic!("{:?}", r.response_format)
+                };
+                assert_eq!(qwen3vl_engine::constraint::schema_depth(s), 124);
+                let e = parse_json(deep_body.as_bytes()).expect_err("128 levels do not");
+                assert!(
+                    e.message.contains("recursion limit exceeded"),
+                    "{}",
+                    e.message
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

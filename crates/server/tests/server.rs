@@ -428,6 +428,36 @@ fn json_output_parses_and_follows_the_schema() {
         Some("response_format.json_schema.schema"),
         "schema",
     );
+    // A chain of `$ref`s through a flat `$defs` (d0 names d1, ...): the compiler recurses through every
+    // link. Just under the depth limit it compiles (this overflowed the 2 MiB stack of a blocking thread,
+    // ending the server); just over it is a 400 naming the limit.
+    let chain = |links: usize| {
+        let mut defs = serde_json::Map::new();
+        for i in 0..links {
+            defs.insert(
+                format!("d{i}"),
+                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}},
+                       "required": ["a"]}),
+            );
+        }
+        defs.insert(format!("d{links}"), json!({"type": "string"}));
+        json!({"messages": user("x"), "max_tokens": 8, "response_format": {"type": "json_schema",
+               "json_schema": {"name": "chain", "schema": {"$defs": defs, "$ref": "#/$defs/d0"}}}})
+    };
+    let r = chat(addr, &chain(248));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.starts_with("{\"a\": {"), "{text}");
+    let r = chat(addr, &chain(249));
+    assert_error(
+        &r,
+        400,
+        Some("response_format.json_schema.schema"),
+        "nests 1003 levels deep, over the limit of 1000",
+    );
     still_serves(addr);
 }
 

@@ -1,7 +1,8 @@
 //! `request`: the body of `POST /v1/chat/completions` as the server takes it — `api::parse_json` and
 //! `api::parse_chat` (the server's public validation) under the default limits — then what its handler
 //! does with an accepted request before queueing it (crates/server/src/chat.rs): the response format
-//! compiled to a constraint over the tokenizer's vocabulary, each image fetched under the default media
+//! compiled to a constraint over the tokenizer's vocabulary (and, as the scheduler does, started and
+//! asked for the first token's mask), each image fetched under the default media
 //! policy (data: URIs only) then decoded and preprocessed, and the messages encoded with the chat template.
 
 use std::sync::{Arc, OnceLock};
@@ -16,8 +17,9 @@ use super::processor;
 
 /// The structured-output grammar as the server builds it, over a small vocabulary (every byte, a few
 /// words and `<|im_end|>`) so that it is built in milliseconds: compiling a schema does not depend on it.
-fn grammar() -> &'static Arc<JsonGrammar> {
-    static G: OnceLock<Arc<JsonGrammar>> = OnceLock::new();
+/// With it, the vocabulary's size.
+fn grammar() -> &'static (Arc<JsonGrammar>, usize) {
+    static G: OnceLock<(Arc<JsonGrammar>, usize)> = OnceLock::new();
     G.get_or_init(|| {
         let bytes: Vec<[u8; 1]> = (0..=255u8).map(|b| [b]).collect();
         let mut tokens: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
@@ -33,7 +35,8 @@ fn grammar() -> &'static Arc<JsonGrammar> {
         special[tokens.len() - 1] = true;
         let table = TokenBytes::from_parts(&tokens, &special);
         let eos = tokens.len() as u32 - 1;
-        Arc::new(JsonGrammar::new(&table, table.len(), eos).expect("the grammar builds"))
+        let g = JsonGrammar::new(&table, table.len(), eos).expect("the grammar builds");
+        (Arc::new(g), table.len())
     })
 }
 
@@ -93,7 +96,16 @@ pub fn run(b: &[u8]) -> bool {
         ResponseFormat::JsonSchema(s) => Some(Some(s.clone())),
     };
     if let Some(schema) = schema {
-        if grammar().for_schema(schema).is_err() {
+        // As the scheduler does with it: each sequence starts a constraint and masks its first token.
+        let (g, vocab) = grammar();
+        let Ok(f) = g.for_schema(schema) else {
+            return false;
+        };
+        let Ok(mut c) = f.start() else {
+            return false;
+        };
+        let mut logits = vec![0.0f32; *vocab];
+        if c.mask(&mut logits).is_err() {
             return false;
         }
     }
