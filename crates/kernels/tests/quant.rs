@@ -363,3 +363,80 @@ fn q8_bad_arguments_are_errors() {
     assert!(QuantFormat::parse("q8") == Some(QuantFormat::Q8));
     assert!(QuantFormat::parse("q5").is_none());
 }
+
+/// The `Fast` quantized matmul (`matmul_quant_path`): on AMX (16+ rows) x and the dequantized weights are
+/// rounded to bf16, so each output is within (2⁻⁸ + 2⁻⁸ + 2⁻¹⁶ + (k+2)·2⁻²³)·Σ|x·w_dq| (+ the bias's f32
+/// rounding) of the f64 product of x and the dequantized weights; `Exact`, and `Fast` elsewhere, give the
+/// integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256, with and without bias.
+#[test]
+fn fast_quant_matmul_on_dequantized_weights() {
+    use qwen3vl_kernels::matmul::{MatmulPath, AMX_MIN_M};
+    let mut rng = Rng::new(23);
+    let mut amx_runs = 0;
+    for (m, n, k) in [
+        (16usize, 1usize, 32usize),
+        (17, 65, 47),
+        (33, 64, 300),
+        (40, 130, 513),
+        (5, 17, 64),
+    ] {
+        let x = rng.vec(m * k, -2.0, 2.0);
+        let wf = rng.vec(n * k, -0.1, 0.1);
+        let bias = rng.vec(n, -1.0, 1.0);
+        for format in QuantFormat::ALL {
+            for base in Kernels::test_variants() {
+                let w = base
+                    .quantize_weight(format, Weight::F32(&wf), n, k)
+                    .unwrap();
+                // the dequantized weights, and Σ|x·w| per output
+                let mut wd = vec![0f32; n * k];
+                for (r, row) in wd.chunks_mut(k).enumerate() {
+                    w.row_f32(r, row).unwrap();
+                }
+                for b in [None, Some(&bias[..])] {
+                    for threads in [1, 2] {
+                        let kk = base.with_threads(threads);
+                        let mut exact = vec![f32::NAN; m * n];
+                        kk.matmul_quant(&x, m, &w, b, &mut exact).unwrap();
+                        let mut y = vec![f32::NAN; m * n];
+                        kk.matmul_quant_path(&x, m, &w, b, &mut y, MatmulPath::Exact)
+                            .unwrap();
+                        assert_eq!(y, exact, "Exact path is the integer kernels");
+                        kk.matmul_quant_path(&x, m, &w, b, &mut y, MatmulPath::Fast)
+                            .unwrap();
+                        if !(kk.amx() && m >= AMX_MIN_M) {
+                            assert_eq!(y, exact, "Fast without AMX is the integer kernels");
+                            continue;
+                        }
+                        amx_runs += 1;
+                        let tol_rel =
+                            2f64.powi(-7) + 2f64.powi(-16) + (k + 2) as f64 * 2f64.powi(-23);
+                        for i in 0..m {
+                            for c in 0..n {
+                                let (mut want, mut mag) = (0f64, 0f64);
+                                for t in 0..k {
+                                    let p = x[i * k + t] as f64 * wd[c * k + t] as f64;
+                                    want += p;
+                                    mag += p.abs();
+                                }
+                                let bb = b.map_or(0.0, |b| b[c] as f64);
+                                let got = y[i * n + c] as f64;
+                                let tol =
+                                    tol_rel * mag + (want + bb).abs() * 2f64.powi(-23) + 1e-30;
+                                assert!(
+                                    (got - want - bb).abs() <= tol,
+                                    "{format:?} {} threads {threads} m {m} n {n} k {k} ({i}, {c}): {got} vs {} (tol {tol:e})",
+                                    kk.isa(),
+                                    want + bb
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if Kernels::test_variants().iter().any(|k| k.amx()) {
+        assert!(amx_runs >= 4 * 2 * 2 * 2, "{amx_runs} runs on AMX");
+    }
+}

@@ -88,14 +88,14 @@ impl Linear {
                     .ctx("matmul")
             }
             LinearWeight::Quant(w) => {
-                c.k.matmul_quant(x, m, w, self.bias.as_deref(), y)
+                c.k.matmul_quant_path(x, m, w, self.bias.as_deref(), y, c.path)
                     .ctx("quantized matmul")
             }
             LinearWeight::QuantSwiGlu(w) => {
                 // gate|up (m, 2I) in one matmul, then y = silu(gate)·up row by row       (m, I)
                 let i = self.out_features;
                 let mut gu = vec![0f32; m * 2 * i];
-                c.k.matmul_quant(x, m, w, None, &mut gu)
+                c.k.matmul_quant_path(x, m, w, None, &mut gu, c.path)
                     .ctx("quantized matmul (gate|up)")?;
                 for (r, yr) in y[..m * i].chunks_exact_mut(i).enumerate() {
                     let (g, u) = gu[r * 2 * i..(r + 1) * 2 * i].split_at(i);

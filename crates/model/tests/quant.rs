@@ -10,11 +10,27 @@ use qwen3vl_model::{LinearWeight, LoadOptions, Model, Precision, QuantFormat};
 const CASES: [&str; 3] = ["text", "image1", "image2"];
 
 fn load(geometry: &str, quant: Option<QuantFormat>, vision: Option<QuantFormat>) -> Model {
+    load_with(
+        geometry,
+        quant,
+        vision,
+        Kernels::detect().expect("kernels"),
+        Precision::F32,
+    )
+}
+
+fn load_with(
+    geometry: &str,
+    quant: Option<QuantFormat>,
+    vision: Option<QuantFormat>,
+    k: Kernels,
+    precision: Precision,
+) -> Model {
     Model::load(
         &model_dir(geometry),
-        Kernels::detect().expect("kernels"),
+        k,
         &LoadOptions {
-            precision: Precision::F32,
+            precision,
             quant,
             vision_quant: vision,
             ..Default::default()
@@ -86,6 +102,36 @@ fn q8_logits_parity_with_transformers_fp32() {
             frac >= Q8_MIN_TOP1,
             "{geometry}: q8 top-1 agreement {hits}/{total} < {Q8_MIN_TOP1}"
         );
+    }
+}
+
+/// `--quant q8|q4` with the `fast` precision at every kernel variant: where AMX runs (16+ rows: prefill,
+/// vision), the weights are dequantized to bf16 and x rounded to bf16 — within the fast tolerance widened
+/// by the format's own (cosine ≥ FAST_MIN_COSINE − (1 − the format's minimum)).
+#[test]
+fn quant_fast_every_variant() {
+    for (format, min) in [
+        (QuantFormat::Q8, Q8_MIN_COSINE),
+        (QuantFormat::Q4, Q4_MIN_COSINE),
+    ] {
+        let want = FAST_MIN_COSINE - (1.0 - min);
+        for k in Kernels::test_variants() {
+            let model = load_with("tied", Some(format), None, k, Precision::Fast);
+            for case in CASES {
+                let (cos, h, n) = run(&model, "tied", case);
+                println!(
+                    "{} amx={} {format:?} tied_{case}: fast logits cosine {cos:.6}, top-1 {h}/{n}",
+                    k.isa(),
+                    k.amx()
+                );
+                assert!(
+                    cos >= want,
+                    "{} amx={} {format:?} tied_{case}: fast logits cosine {cos} < {want}",
+                    k.isa(),
+                    k.amx()
+                );
+            }
+        }
     }
 }
 

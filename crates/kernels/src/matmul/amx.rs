@@ -7,7 +7,7 @@
 //! and a row count padded to 32 (zeros: they add nothing), so every A tile (16 rows × 32 values) loads
 //! straight from it.
 //!
-//! Tiles: C0..C3 (tmm0-3) accumulate a 32 × 32 block of y in f32: rows i..i+32 (A0 = tmm4, A1 = tmm5) ×
+//! Tiles (the plan of `x86::amx::tiles`): C0..C3 (tmm0-3) accumulate a 32 × 32 block of y in f32: rows i..i+32 (A0 = tmm4, A1 = tmm5) ×
 //! group slots s0 = 16h..16h+16 (B0 = tmm6) and s1 = 32+16h..48+16h (B1 = tmm7), h = 0, 1. With the SwiGLU
 //! pairing (gate in slots 0..32, up in 32..64) s0 and s1 are the matching gate and up columns, so one
 //! block holds both operands of silu(gate)·up. Per 32 values of k: 4 tile loads, 4 `tdpbf16ps`.
@@ -21,14 +21,16 @@
 //! Arithmetic (as `vdpbf16ps`): products of bf16 values summed in f32 with round-to-nearest-even,
 //! denormal inputs and outputs flushed to zero.
 
+use super::buf::AlignedBuf;
 use super::kernel;
 use super::Args;
+use crate::quant::{QuantFormat, QuantWeight, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
+use crate::x86::amx::tiles::Tiles;
 use crate::x86::avx512::Avx512;
-use std::arch::asm;
 use std::arch::x86_64::*;
 
 /// The AVX-512 group: output rows per packed group.
-const G: usize = 64;
+pub(crate) const G: usize = 64;
 /// Rows of x per block (two A tiles of 16).
 const MB: usize = 32;
 /// Values of k per tile step (16 bf16 pairs: 64 bytes per tile row).
@@ -45,23 +47,6 @@ pub const MIN_M: usize = 16;
 pub fn x_layout(m: usize, k: usize) -> (usize, usize) {
     let lines = k.div_ceil(TK);
     (m.div_ceil(MB) * MB, (lines | 1) * TK)
-}
-
-/// The tile configuration (palette 1): all eight tiles 16 rows × 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-impl TileConfig {
-    fn all_16x64() -> TileConfig {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for t in 0..8 {
-            // colsb (u16 at 16 + 2t) and rows (u8 at 48 + t)
-            c[16 + 2 * t] = 64;
-            c[48 + t] = 16;
-        }
-        TileConfig(c)
-    }
 }
 
 /// f32 results of a block: row r, slot block b (s0, s1), 16 values.
@@ -86,87 +71,240 @@ pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
 
 #[inline(always)]
 unsafe fn groups<const E: bool>(a: &Args, w: &[u16], g0: usize, g1: usize) {
-    let kp = a.k.div_ceil(2);
-    let gsize = kp * G * 2;
+    let gsize = a.k.div_ceil(2) * G * 2;
     let (rows, ld) = x_layout(a.m, a.k);
-    // full steps of 16 pairs, and the pairs of the last partial step
-    let (steps, tail) = (kp / 16, kp % 16);
     let chunk = (CHUNK_BYTES / (ld * 2)).max(MB) / MB * MB;
-    let cfg = TileConfig::all_16x64();
-    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-    let mut out = Out([[[0.0; 16]; 2]; MB]);
-    let mut bt = Tail([[[0; 32]; 16]; 2]);
-    let s = Avx512::new_unchecked();
+    let mut st = State::new();
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + chunk).min(rows);
         for j in g0..g1 {
-            let wg = w.as_ptr().add(j * gsize);
-            let (c0, cols) = a.group_cols(j, G);
-            for h in 0..2 {
-                let slots = [16 * h, 32 + 16 * h];
-                if tail > 0 {
-                    for (b, &sl) in slots.iter().enumerate() {
-                        for p in 0..16 {
-                            let src = wg.add((steps * 16 + p) * G * 2 + sl * 2);
-                            let dst = bt.0[b][p].as_mut_ptr();
-                            if p < tail {
-                                std::ptr::copy_nonoverlapping(src, dst, 32);
-                            } else {
-                                std::ptr::write_bytes(dst, 0, 32);
-                            }
-                        }
-                    }
-                }
-                let mut i = r0;
-                while i < r1 {
-                    block(a, wg, ld, steps, tail > 0, &bt, i, slots, &mut out);
-                    // epilogue: the rows of x that exist
-                    for r in 0..MB.min(a.m.saturating_sub(i)) {
-                        let v0 = _mm512_load_ps(out.0[r][0].as_ptr());
-                        let v1 = _mm512_load_ps(out.0[r][1].as_ptr());
-                        if E {
-                            // gate (slot s0 = c) and up (s1 = 32 + c) of outputs c0 + 16h + c
-                            let n = cols.saturating_sub(16 * h).min(16);
-                            if n > 0 {
-                                kernel::store_tile::<Avx512, 1, 2, true>(
-                                    s,
-                                    a,
-                                    &[[v0, v1]],
-                                    i + r,
-                                    c0 + 16 * h,
-                                    n,
-                                );
-                            }
-                        } else {
-                            for (v, sl) in [(v0, slots[0]), (v1, slots[1])] {
-                                let n = cols.saturating_sub(sl).min(16);
-                                if n > 0 {
-                                    kernel::store_tile::<Avx512, 1, 1, false>(
-                                        s,
-                                        a,
-                                        &[[v]],
-                                        i + r,
-                                        c0 + sl,
-                                        n,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    i += MB;
-                }
-            }
+            one_group::<E>(&mut st, a, w.as_ptr().add(j * gsize), j, r0, r1);
         }
         r0 = r1;
     }
-    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// What the AMX kernel keeps while it runs: the tile configuration and its small buffers.
+pub(crate) struct State {
+    tiles: Tiles,
+    out: Out,
+    bt: Tail,
+}
+
+impl State {
+    /// Safety: as [`packed_bf16`] (loads the tile configuration).
+    pub(crate) unsafe fn new() -> State {
+        State {
+            tiles: Tiles::begin(),
+            out: Out([[[0.0; 16]; 2]; MB]),
+            bt: Tail([[[0; 32]; 16]; 2]),
+        }
+    }
+}
+
+/// Group j of y (its G output columns, at packed group `wg`) for the rows r0..r1 of x (a multiple of
+/// 32, within [`x_layout`]'s rows). Safety: as [`packed_bf16`]; `wg` holds one packed group.
+#[inline(always)]
+pub(crate) unsafe fn one_group<const E: bool>(
+    st: &mut State,
+    a: &Args,
+    wg: *const u16,
+    j: usize,
+    r0: usize,
+    r1: usize,
+) {
+    let kp = a.k.div_ceil(2);
+    let (_, ld) = x_layout(a.m, a.k);
+    // full steps of 16 pairs, and the pairs of the last partial step
+    let (steps, tail) = (kp / 16, kp % 16);
+    let s = Avx512::new_unchecked();
+    let (c0, cols) = a.group_cols(j, G);
+    for h in 0..2 {
+        let slots = [16 * h, 32 + 16 * h];
+        if tail > 0 {
+            for (b, &sl) in slots.iter().enumerate() {
+                for p in 0..16 {
+                    let src = wg.add((steps * 16 + p) * G * 2 + sl * 2);
+                    let dst = st.bt.0[b][p].as_mut_ptr();
+                    if p < tail {
+                        std::ptr::copy_nonoverlapping(src, dst, 32);
+                    } else {
+                        std::ptr::write_bytes(dst, 0, 32);
+                    }
+                }
+            }
+        }
+        let mut i = r0;
+        while i < r1 {
+            block(
+                &st.tiles,
+                a,
+                wg,
+                ld,
+                steps,
+                tail > 0,
+                &st.bt,
+                i,
+                slots,
+                &mut st.out,
+            );
+            let out = &st.out;
+            // epilogue: the rows of x that exist
+            for r in 0..MB.min(a.m.saturating_sub(i)) {
+                let v0 = _mm512_load_ps(out.0[r][0].as_ptr());
+                let v1 = _mm512_load_ps(out.0[r][1].as_ptr());
+                if E {
+                    // gate (slot s0 = c) and up (s1 = 32 + c) of outputs c0 + 16h + c
+                    let n = cols.saturating_sub(16 * h).min(16);
+                    if n > 0 {
+                        kernel::store_tile::<Avx512, 1, 2, true>(
+                            s,
+                            a,
+                            &[[v0, v1]],
+                            i + r,
+                            c0 + 16 * h,
+                            n,
+                        );
+                    }
+                } else {
+                    for (v, sl) in [(v0, slots[0]), (v1, slots[1])] {
+                        let n = cols.saturating_sub(sl).min(16);
+                        if n > 0 {
+                            kernel::store_tile::<Avx512, 1, 1, false>(
+                                s,
+                                a,
+                                &[[v]],
+                                i + r,
+                                c0 + sl,
+                                n,
+                            );
+                        }
+                    }
+                }
+            }
+            i += MB;
+        }
+    }
+}
+
+/// Column groups g0..g1 of y = x · Wᵀ (+ bias) for a quantized W: each group of G rows of W is
+/// dequantized (the values `QuantWeight::row_f32` gives), rounded to bf16 into one packed group, then
+/// multiplied with all rows of x on tiles. Safety: as [`packed_bf16`], plus AVX512_BF16; `a` describes
+/// a plain (not SwiGLU) matmul with `w`'s n and k.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+pub unsafe fn quant_bf16(a: &Args, w: &QuantWeight, g0: usize, g1: usize) {
+    let kp = a.k.div_ceil(2);
+    let Ok(mut wg) = AlignedBuf::<u32>::zeroed("matmul_quant", kp * G) else {
+        // out of memory for 64 rows: the caller's own buffers were larger
+        return;
+    };
+    // the group's rows dequantized, row-major (G, kp) pairs; then gathered into the packed layout
+    let Ok(mut rowsb) = AlignedBuf::<u32>::zeroed("matmul_quant", G * kp) else {
+        return;
+    };
+    let (rows, _) = x_layout(a.m, a.k);
+    let mut st = State::new();
+    let wgp = wg.as_mut_ptr();
+    // row offsets of 16 consecutive rows, in u32
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(kp as i32),
+    );
+    for j in g0..g1 {
+        for r in 0..G {
+            let o = j * G + r;
+            let row = std::slice::from_raw_parts_mut(rowsb.as_mut_ptr().add(r * kp), kp);
+            if o < a.n {
+                // Safety: a row of kp pairs = 2·kp ≥ k bf16 values.
+                dequant_row_bf16(
+                    w,
+                    o,
+                    std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut u16, 2 * kp),
+                );
+            } else {
+                row.fill(0);
+            }
+        }
+        // group j: pair p of row r at u32 p·G + r — 16 rows' pair p gathered into one store
+        for q in 0..G / 16 {
+            let base = rowsb.as_ptr().add(q * 16 * kp) as *const i32;
+            for p in 0..kp {
+                let v = _mm512_i32gather_epi32::<4>(idx, base.add(p));
+                _mm512_store_si512(wgp.add(p * G + q * 16) as *mut __m512i, v);
+            }
+        }
+        one_group::<false>(&mut st, a, wg.as_ptr() as *const u16, j, 0, rows);
+    }
+}
+
+/// Row `o` of a quantized W as bf16 (RNE of the values `QuantWeight::row_f32` gives) into `out`
+/// (≥ k values; those past k set to 0). Safety: AVX-512 F/BW and AVX512_BF16; `o` < n.
+#[inline(always)]
+unsafe fn dequant_row_bf16(w: &QuantWeight, o: usize, out: &mut [u16]) {
+    let (f, k) = (w.format(), w.k());
+    let (rb, ns) = (f.row_bytes(k), f.row_scales(k));
+    let q = w.qs_bytes().as_ptr().add(o * rb);
+    let d = w.scales().as_ptr().add(o * ns);
+    let padded = f.padded(k);
+    debug_assert!(out.len() >= k);
+    // 32 values of one block at a time: two vectors of 16 f32 -> 32 bf16 (`vcvtne2ps2bf16`)
+    let mut blk = [0u16; 32];
+    let mut put = |b: usize, lo: __m512, hi: __m512, out: &mut [u16]| {
+        let v = _mm512_cvtne2ps_pbh(hi, lo);
+        let v = std::mem::transmute::<__m512bh, __m512i>(v);
+        let t = b * 32;
+        if t + 32 <= out.len() {
+            _mm512_storeu_si512(out.as_mut_ptr().add(t) as *mut __m512i, v);
+        } else if t < out.len() {
+            _mm512_storeu_si512(blk.as_mut_ptr() as *mut __m512i, v);
+            let n = out.len() - t;
+            out[t..].copy_from_slice(&blk[..n]);
+        }
+    };
+    match f {
+        QuantFormat::Q8 => {
+            for b in 0..padded / 32 {
+                let qb = q.add(b * 32);
+                let lo =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qb as *const __m128i)));
+                let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    qb.add(16) as *const __m128i
+                )));
+                let s = _mm512_set1_ps(*d.add(b));
+                put(b, _mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s), out);
+            }
+        }
+        QuantFormat::Q4 => {
+            // per super-block: sc[8], mn[8], then 8 × 16 bytes of nibbles (L_t low, L_{t+16} high)
+            for sb in 0..padded / Q4_SUPER {
+                let qb = q.add(sb * Q4_SUPER_BYTES);
+                let (dd, dm) = (*d.add(2 * sb), *d.add(2 * sb + 1));
+                for jj in 0..Q4_SUBS {
+                    let s = _mm512_set1_ps(dd * *qb.add(jj) as f32);
+                    let m = _mm512_set1_ps(dm * *qb.add(Q4_SUBS + jj) as f32);
+                    let nib = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                        qb.add(2 * Q4_SUBS + jj * 16) as *const __m128i
+                    ));
+                    let l0 = _mm512_cvtepi32_ps(_mm512_and_si512(nib, _mm512_set1_epi32(15)));
+                    let l1 = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(nib));
+                    // (d·sc)·L − dmin·mn, the scalar dequantizer's arithmetic (a product, then a difference)
+                    let lo = _mm512_sub_ps(_mm512_mul_ps(s, l0), m);
+                    let hi = _mm512_sub_ps(_mm512_mul_ps(s, l1), m);
+                    put(sb * Q4_SUBS + jj, lo, hi, out);
+                }
+            }
+        }
+    }
+    let n = out.len();
+    out[k.min(n)..].fill(0);
 }
 
 /// One 32 × (16 + 16) block: C = x[i..i+32] · W[slots]ᵀ over all k, stored to `out`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
+    tiles: &Tiles,
     a: &Args,
     wg: *const u16,
     ld: usize,
@@ -181,64 +319,18 @@ unsafe fn block(
     let ldb = G * 2 * 2;
     let x0 = a.xb.as_ptr().add(i * ld);
     let x1 = x0.add(16 * ld);
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    tiles.zero();
     for t in 0..steps {
         let b0 = wg.add(t * 16 * G * 2 + slots[0] * 2);
         let b1 = wg.add(t * 16 * G * 2 + slots[1] * 2);
-        step(x0.add(t * TK), x1.add(t * TK), lda, b0, b1, ldb);
+        tiles.step(x0.add(t * TK), x1.add(t * TK), lda, b0, b1, ldb);
     }
     if tail {
         let b0 = bt.0[0].as_ptr() as *const u16;
         let b1 = bt.0[1].as_ptr() as *const u16;
-        step(x0.add(steps * TK), x1.add(steps * TK), lda, b0, b1, 64);
+        tiles.step(x0.add(steps * TK), x1.add(steps * TK), lda, b0, b1, 64);
     }
     let o = out.0.as_mut_ptr() as *mut f32;
     // C0: rows 0..16 × s0, C1: rows 0..16 × s1, C2: rows 16..32 × s0, C3: rows 16..32 × s1
-    asm!(
-        "tilestored [{o} + {st}*1], tmm0",
-        "tilestored [{o1} + {st}*1], tmm1",
-        "tilestored [{o2} + {st}*1], tmm2",
-        "tilestored [{o3} + {st}*1], tmm3",
-        o = in(reg) o,
-        o1 = in(reg) o.add(16),
-        o2 = in(reg) o.add(16 * 32),
-        o3 = in(reg) o.add(16 * 32 + 16),
-        st = in(reg) 128usize,
-        options(nostack)
-    );
-}
-
-/// C0 += A0·B0, C1 += A0·B1, C2 += A1·B0, C3 += A1·B1 for one step of 32 values of k.
-#[inline(always)]
-unsafe fn step(
-    x0: *const u16,
-    x1: *const u16,
-    lda: usize,
-    b0: *const u16,
-    b1: *const u16,
-    ldb: usize,
-) {
-    asm!(
-        "tileloadd tmm4, [{x0} + {lda}*1]",
-        "tileloadd tmm6, [{b0} + {ldb}*1]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tileloadd tmm7, [{b1} + {ldb}*1]",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tileloadd tmm5, [{x1} + {lda}*1]",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
-        x0 = in(reg) x0,
-        x1 = in(reg) x1,
-        b0 = in(reg) b0,
-        b1 = in(reg) b1,
-        lda = in(reg) lda,
-        ldb = in(reg) ldb,
-        options(nostack, readonly)
-    );
+    tiles.store([o, o.add(16), o.add(16 * 32), o.add(16 * 32 + 16)], 128);
 }

@@ -30,7 +30,7 @@
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+pub(crate) mod amx;
 pub(crate) mod backward;
 pub(crate) mod blocked;
 pub(crate) mod buf;
@@ -421,6 +421,42 @@ impl Kernels {
                 self.run_ranges(n, macs, &|r0, r1| unsafe { f(&a, wd, r0, r1) });
             }
         }
+        Ok(())
+    }
+
+    /// The `Fast` quantized matmul on AMX tiles (see `amx::quant_bf16`): W dequantized 64 rows at a time
+    /// into bf16 packed groups, x rounded to bf16. Only where [`Kernels::amx`]; the caller checked the
+    /// lengths (as `matmul_quant` does).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn matmul_quant_amx(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &crate::quant::QuantWeight,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (n, k) = (w.n(), w.k());
+        debug_assert!(self.amx() && x.len() == m * k && y.len() == m * n);
+        let (rows, ld) = amx::x_layout(m, k);
+        // Safety (to_bf16): `amx` implies AVX512_BF16.
+        let xb = round_x_bf16(self, x86::bf16dot::to_bf16, x, m, k, rows, ld)?;
+        let a = Args {
+            x,
+            xb: &xb,
+            xp: &[],
+            m,
+            n,
+            k,
+            bias,
+            y: SendPtr(y.as_mut_ptr()),
+            swiglu: false,
+        };
+        let groups = n.div_ceil(amx::G);
+        // Safety: the AMX features and permission come with `amx`; xb has amx's layout.
+        self.run_ranges(groups, m * n * k, &|g0, g1| unsafe {
+            amx::quant_bf16(&a, w, g0, g1)
+        });
         Ok(())
     }
 

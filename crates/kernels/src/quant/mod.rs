@@ -424,6 +424,43 @@ impl Kernels {
         self.matmul_quant_with(self.quant_kernel(), x, m, w, bias, y)
     }
 
+    /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast` with AMX ([`Kernels::amx`])
+    /// and at least [`crate::matmul::AMX_MIN_M`] rows (prefill, vision) dequantizes W 64 rows at a time to
+    /// bf16 and runs the bf16 tile kernel: x and the dequantized weights rounded to bf16 (each ≤ 2⁻⁸
+    /// relative), sums in f32 — the error of the `Fast` bf16 matmul on the dequantized weights, plus their
+    /// rounding (≤ 2⁻⁹·Σ|x·w|). Otherwise (and for `Exact`) the integer kernels of [`Kernels::matmul_quant`].
+    pub fn matmul_quant_path(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &QuantWeight,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        path: crate::matmul::MatmulPath,
+    ) -> Result<(), KernelError> {
+        #[cfg(target_arch = "x86_64")]
+        if path == crate::matmul::MatmulPath::Fast
+            && self.amx()
+            && m >= crate::matmul::AMX_MIN_M
+            && w.n > 0
+            && w.k > 0
+        {
+            const OP: &str = "matmul_quant";
+            let mk = m.checked_mul(w.k).ok_or_else(|| KernelError::Invalid {
+                op: OP,
+                msg: format!("size {m}*{} overflows", w.k),
+            })?;
+            check_len(OP, "x (m*k)", mk, x.len())?;
+            check_len(OP, "y (m*n)", m.saturating_mul(w.n), y.len())?;
+            if let Some(b) = bias {
+                check_len(OP, "bias (n)", w.n, b.len())?;
+            }
+            return self.matmul_quant_amx(x, m, w, bias, y);
+        }
+        let _ = path;
+        self.matmul_quant(x, m, w, bias, y)
+    }
+
     /// [`Kernels::matmul_quant`] on a chosen kernel, one of [`Kernels::quant_kernels`] (else an error).
     pub fn matmul_quant_with(
         &self,

@@ -62,3 +62,111 @@ unsafe fn arch_prctl(code: i64, arg: i64) -> i64 {
         lateout("rcx") _, lateout("r11") _, options(nostack));
     ret
 }
+
+/// The tile primitives of the AMX kernels (`matmul::amx`, `quant::amx`). One register plan for all:
+/// C0..C3 = tmm0-3 (16 × 16 f32 accumulators), A0, A1 = tmm4, tmm5 (16 rows × 32 bf16), B0, B1 = tmm6,
+/// tmm7 (16 pair rows × 16 bf16 pairs). Safety (all): AMX-TILE/BF16 with the process's permission;
+/// [`Tiles::begin`] before any other.
+pub mod tiles {
+    use std::arch::asm;
+
+    /// Palette 1, all eight tiles 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    /// Loads the configuration; the tiles are released when this is dropped.
+    pub struct Tiles(());
+
+    impl Tiles {
+        /// # Safety
+        /// See the module docs.
+        pub unsafe fn begin() -> Tiles {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                // colsb (u16 at 16 + 2t) and rows (u8 at 48 + t)
+                c[16 + 2 * t] = 64;
+                c[48 + t] = 16;
+            }
+            let cfg = TileConfig(c);
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            Tiles(())
+        }
+
+        /// C0..C3 = 0.
+        #[inline(always)]
+        pub fn zero(&self) {
+            // Safety: the configuration is loaded (`self` exists).
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                )
+            };
+        }
+
+        /// C0 += A0·B0, C1 += A0·B1, C2 += A1·B0, C3 += A1·B1 for one step of 32 values of k: A0, A1 at
+        /// `a0`, `a1` with rows `lda` bytes apart, B0, B1 at `b0`, `b1` with rows `ldb` bytes apart.
+        ///
+        /// # Safety
+        /// 16 rows of 64 bytes are readable at each operand.
+        #[inline(always)]
+        pub unsafe fn step(
+            &self,
+            a0: *const u16,
+            a1: *const u16,
+            lda: usize,
+            b0: *const u16,
+            b1: *const u16,
+            ldb: usize,
+        ) {
+            asm!(
+                "tileloadd tmm4, [{a0} + {lda}*1]",
+                "tileloadd tmm6, [{b0} + {ldb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {ldb}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {lda}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                lda = in(reg) lda,
+                ldb = in(reg) ldb,
+                options(nostack, readonly)
+            );
+        }
+
+        /// Stores C0..C3 (16 rows of 16 f32 each) at `c[0..4]`, rows `stride` bytes apart.
+        ///
+        /// # Safety
+        /// 16 rows of 64 bytes are writable at each pointer.
+        #[inline(always)]
+        pub unsafe fn store(&self, c: [*mut f32; 4], stride: usize) {
+            asm!(
+                "tilestored [{c0} + {st}*1], tmm0",
+                "tilestored [{c1} + {st}*1], tmm1",
+                "tilestored [{c2} + {st}*1], tmm2",
+                "tilestored [{c3} + {st}*1], tmm3",
+                c0 = in(reg) c[0],
+                c1 = in(reg) c[1],
+                c2 = in(reg) c[2],
+                c3 = in(reg) c[3],
+                st = in(reg) stride,
+                options(nostack)
+            );
+        }
+    }
+
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // Safety: the configuration was loaded by `begin`.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+}
