@@ -135,8 +135,48 @@ pub(crate) unsafe fn one_group<const E: bool>(
                 }
             }
         }
+        // A plain matmul writes whole 32 × 16 blocks straight from the tiles into y (the bias loaded into
+        // the accumulators first); SwiGLU pairs, partial groups and the last rows of x go through `out`
+        // and the vector epilogue.
+        let full = !E && cols >= slots[1] + 16;
         let mut i = r0;
         while i < r1 {
+            if full && i + MB <= a.m {
+                let y = a.y.0.add(i * a.n + c0);
+                let init = a.bias.map(|b| {
+                    let b = b.as_ptr().add(c0);
+                    [
+                        b.add(slots[0]),
+                        b.add(slots[1]),
+                        b.add(slots[0]),
+                        b.add(slots[1]),
+                    ]
+                });
+                let dst = [
+                    y.add(slots[0]),
+                    y.add(slots[1]),
+                    y.add(16 * a.n + slots[0]),
+                    y.add(16 * a.n + slots[1]),
+                ];
+                block(
+                    &st.tiles,
+                    a,
+                    wg,
+                    ld,
+                    steps,
+                    tail > 0,
+                    &st.bt,
+                    i,
+                    slots,
+                    init,
+                    (dst, a.n * 4),
+                );
+                i += MB;
+                continue;
+            }
+            let o = st.out.0.as_mut_ptr() as *mut f32;
+            // C0: rows 0..16 × s0, C1: rows 0..16 × s1, C2: rows 16..32 × s0, C3: rows 16..32 × s1
+            let dst = [o, o.add(16), o.add(16 * 32), o.add(16 * 32 + 16)];
             block(
                 &st.tiles,
                 a,
@@ -147,7 +187,8 @@ pub(crate) unsafe fn one_group<const E: bool>(
                 &st.bt,
                 i,
                 slots,
-                &mut st.out,
+                None,
+                (dst, 128),
             );
             let out = &st.out;
             // epilogue: the rows of x that exist
@@ -300,7 +341,8 @@ unsafe fn dequant_row_bf16(w: &QuantWeight, o: usize, out: &mut [u16]) {
     out[k.min(n)..].fill(0);
 }
 
-/// One 32 × (16 + 16) block: C = x[i..i+32] · W[slots]ᵀ over all k, stored to `out`.
+/// One 32 × (16 + 16) block: C = init + x[i..i+32] · W[slots]ᵀ over all k (init: rows of 16 values
+/// for C0..C3, else 0), stored to `dst` (C0..C3) with rows `stride` bytes apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
@@ -313,13 +355,18 @@ unsafe fn block(
     bt: &Tail,
     i: usize,
     slots: [usize; 2],
-    out: &mut Out,
+    init: Option<[*const f32; 4]>,
+    (dst, stride): ([*mut f32; 4], usize),
 ) {
     let lda = ld * 2;
     let ldb = G * 2 * 2;
     let x0 = a.xb.as_ptr().add(i * ld);
     let x1 = x0.add(16 * ld);
-    tiles.zero();
+    match init {
+        // every row of a C tile starts as the same 16 values (a stride of 0 repeats one row)
+        Some(c) => tiles.load(c, 0),
+        None => tiles.zero(),
+    }
     for t in 0..steps {
         let b0 = wg.add(t * 16 * G * 2 + slots[0] * 2);
         let b1 = wg.add(t * 16 * G * 2 + slots[1] * 2);
@@ -330,7 +377,5 @@ unsafe fn block(
         let b1 = bt.0[1].as_ptr() as *const u16;
         tiles.step(x0.add(steps * TK), x1.add(steps * TK), lda, b0, b1, 64);
     }
-    let o = out.0.as_mut_ptr() as *mut f32;
-    // C0: rows 0..16 × s0, C1: rows 0..16 × s1, C2: rows 16..32 × s0, C3: rows 16..32 × s1
-    tiles.store([o, o.add(16), o.add(16 * 32), o.add(16 * 32 + 16)], 128);
+    tiles.store(dst, stride);
 }

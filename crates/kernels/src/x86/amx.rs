@@ -108,6 +108,26 @@ pub mod tiles {
             };
         }
 
+        /// C0..C3 loaded from `c[0..4]`, rows `stride` bytes apart (0: one row repeated, e.g. a bias).
+        ///
+        /// # Safety
+        /// 16 rows of 64 bytes are readable at each pointer.
+        #[inline(always)]
+        pub unsafe fn load(&self, c: [*const f32; 4], stride: usize) {
+            asm!(
+                "tileloadd tmm0, [{c0} + {st}*1]",
+                "tileloadd tmm1, [{c1} + {st}*1]",
+                "tileloadd tmm2, [{c2} + {st}*1]",
+                "tileloadd tmm3, [{c3} + {st}*1]",
+                c0 = in(reg) c[0],
+                c1 = in(reg) c[1],
+                c2 = in(reg) c[2],
+                c3 = in(reg) c[3],
+                st = in(reg) stride,
+                options(nostack, readonly)
+            );
+        }
+
         /// C0 += A0·B0, C1 += A0·B1, C2 += A1·B0, C3 += A1·B1 for one step of 32 values of k: A0, A1 at
         /// `a0`, `a1` with rows `lda` bytes apart, B0, B1 at `b0`, `b1` with rows `ldb` bytes apart.
         ///
