@@ -36,9 +36,11 @@
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
 
+use super::amx;
 use super::flash::{ChunkStep, Chunks};
 use super::{Job, Task};
 use crate::matmul::scalar::f32_to_bf16;
+use crate::x86::amx::tiles::Tiles;
 use std::arch::x86_64::*;
 
 /// Keys per key tile (even).
@@ -188,10 +190,9 @@ pub(crate) unsafe fn pack_kv(
     }
 }
 
-/// Scratch words (f32-sized) a task of `ld` lanes needs.
-fn scratch_len(hd: usize, ld: usize) -> usize {
-    let hp = hd.div_ceil(2);
-    hp * ld + KEY_TILE * ld + KEY_TILE / 2 * ld + hd * ld + 2 * ld + hd
+/// Scratch words (f32-sized) a task of `ld` lanes needs, with Qt of `hp` pair rows and Ot of `hdx` rows.
+fn scratch_len(hp: usize, hdx: usize, hd: usize, ld: usize) -> usize {
+    hp * ld + KEY_TILE * ld + KEY_TILE / 2 * ld + hdx * ld + 2 * ld + hd
 }
 
 /// Runs one task (one kv head, any number of query rows) on the packed K and V.
@@ -199,24 +200,43 @@ fn scratch_len(hd: usize, ld: usize) -> usize {
 /// K and V of every kv head of the job and `t` comes from the plan (t.ng == 1, t.ks even).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
 pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
+    run_with::<false>(job, t, scratch)
+}
+
+/// [`run`] with both products on AMX tiles (`amx.rs`), on K and V packed by `amx::pack_kv`.
+/// Safety: as [`run`], plus AMX-TILE/BF16 with the process's tile permission.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
+pub(crate) unsafe fn run_amx(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
+    run_with::<true>(job, t, scratch)
+}
+
+#[inline(always)]
+unsafe fn run_with<const AMX: bool>(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let p = &job.p;
     let hd = p.head_dim;
     let hp = hd.div_ceil(2);
     let kvp = p.kv_len.div_ceil(2) * 2;
+    // AMX: Qt and Kb rows padded to whole tile steps of head dims, Ot to whole pairs of 16-dim tiles
+    let (hpx, hdx, kvs) = if AMX {
+        amx::dims(hd, p.kv_len)
+    } else {
+        (hp, hd, 0)
+    };
+    let tiles = AMX.then(|| Tiles::begin());
     let group = job.group;
     debug_assert!(t.ng == 1 && t.ks.is_multiple_of(2));
     let mq = (t.i1 - t.i0) * group;
     let ld = mq.div_ceil(LANES) * LANES;
 
-    let need = scratch_len(hd, ld);
+    let need = scratch_len(hpx, hdx, hd, ld);
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
-    // Scratch: Qt (hp, ld) pairs | St (KEY_TILE, ld) | Pb (KEY_TILE/2, ld) pairs | Ot (hd, ld) | m | l | o
-    let (qt, rest) = scratch.split_at_mut(hp * ld);
+    // Scratch: Qt (hpx, ld) pairs | St (KEY_TILE, ld) | Pb (KEY_TILE/2, ld) pairs | Ot (hdx, ld) | m | l | o
+    let (qt, rest) = scratch.split_at_mut(hpx * ld);
     let (stt, rest) = rest.split_at_mut(KEY_TILE * ld);
     let (pb, rest) = rest.split_at_mut(KEY_TILE / 2 * ld);
-    let (ot, rest) = rest.split_at_mut(hd * ld);
+    let (ot, rest) = rest.split_at_mut(hdx * ld);
     let (m, rest) = rest.split_at_mut(ld);
     let (l, rest) = rest.split_at_mut(ld);
     let orow = &mut rest[..hd];
@@ -227,7 +247,7 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
     let pb = pb.as_mut_ptr() as *mut u32;
 
     // 1. Qt[p, r] = (bf16(scale·q[i_r, h_r, 2p]), bf16(scale·q[i_r, h_r, 2p+1])), padding lanes 0
-    std::ptr::write_bytes(qt, 0, hp * ld);
+    std::ptr::write_bytes(qt, 0, hpx * ld);
     let scale = _mm512_set1_ps(p.scale);
     let body = hd - hd % LANES;
     for r in 0..mq {
@@ -257,9 +277,19 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
         }
     }
 
-    // this head's packed K rows (kv_len, hdp) and V pairs (kvp/2, hd)
-    let kh = job.kb.as_ptr().add(t.g * p.kv_len * hp);
-    let vh = job.vb.as_ptr().add(t.g * kvp / 2 * hd);
+    // this head's packed K rows (kv_len, hdp) and V pairs (kvp/2, hd); AMX: K rows (kv_len + pad, hpx)
+    // and VT (hdx, kvs)
+    let (kh, vh) = if AMX {
+        (
+            job.kb.as_ptr().add(t.g * (p.kv_len + amx::PAD_KEYS) * hpx),
+            job.vb.as_ptr().add(t.g * hdx * kvs / 2),
+        )
+    } else {
+        (
+            job.kb.as_ptr().add(t.g * p.kv_len * hp),
+            job.vb.as_ptr().add(t.g * kvp / 2 * hd),
+        )
+    };
     for ChunkStep { j0, w, c, nv, wc } in Chunks::new(job, t, KEY_TILE, mq, ld, N, LANES) {
         let cc = Chunk {
             hp,
@@ -268,8 +298,23 @@ pub(crate) unsafe fn run(job: &Job, t: &Task, scratch: &mut Vec<f32>) {
             c,
             wc,
             // key j of the tile: K row j0 + j (hp words), V pair j0/2 + jp (hd words)
-            kt: kh.add(j0 * hp),
+            kt: kh.add(j0 * hpx),
             vt: vh.add(j0 / 2 * hd),
+            tiles: tiles.as_ref().map(|tl| {
+                (
+                    tl,
+                    amx::TileChunk {
+                        hpx,
+                        hdx,
+                        kvs,
+                        ld,
+                        c,
+                        nv,
+                        kt: kh.add(j0 * hpx),
+                        vt: (vh as *const u16).add(j0),
+                    },
+                )
+            }),
         };
         let vis = |r| job.visible(t, r, j0, w);
         let b = Bufs {
@@ -398,7 +443,7 @@ struct Bufs {
 }
 
 /// One column chunk of one key tile: columns c..c + N·16, keys 0..wc of the tile.
-struct Chunk {
+struct Chunk<'t> {
     hp: usize,
     hd: usize,
     ld: usize,
@@ -408,9 +453,11 @@ struct Chunk {
     kt: *const u32,
     /// the tile's V pairs: key pair jp, dim d at vt[jp·hd + d]
     vt: *const u32,
+    /// AMX: the configured tiles and the chunk's tile products (then `kt`, `vt` are unused)
+    tiles: Option<(&'t Tiles, amx::TileChunk)>,
 }
 
-impl Chunk {
+impl Chunk<'_> {
     /// Safety: the caller's bounds: c + NC·16 <= ld, wc <= KEY_TILE, the tile's K rows and V pairs exist.
     #[inline(always)]
     unsafe fn step<const NC: usize>(&self, b: &Bufs, visible: impl Fn(usize) -> usize, mq: usize) {
@@ -422,13 +469,23 @@ impl Chunk {
             wc,
             kt,
             vt,
+            ..
         } = *self;
         let wce = wc.div_ceil(2) * 2;
 
         // 2a. St[j, c..] = Σ_p Kb[j, p] · Qt[p, c..] for j < wc, RK keys at a time, then 2, then 1;
         //     mx: the running max of each vector of rows over these keys
         let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); NC];
-        let mut j = 0;
+        let mut j = if self.tiles.is_some() { wc } else { 0 };
+        if let Some((tl, tc)) = &self.tiles {
+            tc.qk(tl, b.qt, b.stt, wc);
+            for jj in 0..wc {
+                for n in 0..NC {
+                    let v = _mm512_loadu_ps(b.stt.add(jj * ld + c + n * LANES));
+                    mx[n] = _mm512_max_ps(mx[n], v);
+                }
+            }
+        }
         while j < wc {
             if wc - j >= RK {
                 qk_block::<RK, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
@@ -501,6 +558,19 @@ impl Chunk {
 
         // 2d. Ot[d, c..] += Σ_jp Vb[jp, d] · Pb[jp, c..], RD dims at a time, then 2, then 1
         let wp = wce / 2;
+        if let Some((tl, tc)) = &self.tiles {
+            // the key pairs up to the tile step's end: zero (the V of later keys adds nothing)
+            for jp in wp..wp.div_ceil(16) * 16 {
+                for n in 0..NC {
+                    _mm512_storeu_si512(
+                        b.pb.add(jp * ld + c + n * LANES) as *mut __m512i,
+                        _mm512_setzero_si512(),
+                    );
+                }
+            }
+            tc.pv(tl, b.pb, b.ot, wp);
+            return;
+        }
         let mut d = 0;
         while d < hd {
             if hd - d >= RD {

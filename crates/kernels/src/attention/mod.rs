@@ -29,11 +29,13 @@
 //!   every head and the keys split into chunks across the threads, whose partial (m, l, accumulator) are
 //!   merged at the end (flash-decoding). A short prefill after a long context with few tasks splits the
 //!   keys the same way.
-//! - `Fast` path (`AttnParams::path`), AVX-512 with AVX512_BF16, prefill-shaped calls (at least 16
+//! - `Fast` path (`AttnParams::path`), AVX-512 with AVX512_BF16 (or AMX), prefill-shaped calls (at least 16
 //!   (query row, q head) pairs per query tile): `bf16.rs`, the lanes kernel on `vdpbf16ps`. K and V are
 //!   rounded to bf16 once per call, q·scale once per task, the softmax weights P once per key tile; the
-//!   products accumulate in f32 and the online softmax (m, l, rescaling) is f32. Elsewhere (other levels,
-//!   decode) `Fast` runs the exact kernels; [`Kernels::attention_precision`] tells which.
+//!   products accumulate in f32 and the online softmax (m, l, rescaling) is f32. Where the process may use
+//!   AMX ([`Kernels::amx`]), the same kernel runs both products on tiles (`amx.rs`: same roundings, same
+//!   softmax, K and V packed in the tiles' layouts). Elsewhere (other levels, decode) `Fast` runs the
+//!   exact kernels; [`Kernels::attention_precision`] tells which.
 //!
 //! Accuracy (max abs error, tests/attention.rs):
 //! - `Exact`: every level within 1e-5 · max|v| of an f64 evaluation of the formula on the tests' shapes.
@@ -47,6 +49,8 @@
 //!   (`vdpbf16ps`). For head_dim 64, scale 1/8 and uniform q, k in [-1, 1) the first bound is ~6e-2 ·
 //!   max|v|; measured ≤ 2.3e-3 · max|v| (≤ 0.25 of the second bound) on the tests' sizes.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 mod flash;
@@ -439,16 +443,18 @@ thread_local! {
 /// Query rows (× q heads) per task from which the `Fast` path runs the bf16 kernel: a vector of lanes.
 const BF16_MIN_ROWS: usize = 16;
 
-/// The bf16 task kernel, if this call takes the `Fast` bf16 path: `Fast`, AVX-512 with AVX512_BF16 and a
-/// prefill-shaped plan (one kv head per task, at least a vector of rows per query tile).
-fn bf16_kernel(k: &Kernels, p: &AttnParams, plan: &Plan, group: usize) -> Option<TaskFn> {
+/// The bf16 task kernel, if this call takes the `Fast` bf16 path: `Fast`, a prefill-shaped plan (one kv
+/// head per task, at least a vector of rows per query tile), and AMX ([`Kernels::amx`]: the products on
+/// tiles) or AVX-512 with the bf16 dot product in use. `.1`: the AMX kernel (its own K/V layouts).
+fn bf16_kernel(k: &Kernels, p: &AttnParams, plan: &Plan, group: usize) -> Option<(TaskFn, bool)> {
     #[cfg(target_arch = "x86_64")]
-    if p.path == MatmulPath::Fast
-        && k.bf16_dot()
-        && plan.heads == 1
-        && plan.tile_rows * group >= BF16_MIN_ROWS
-    {
-        return Some(bf16::run);
+    if p.path == MatmulPath::Fast && plan.heads == 1 && plan.tile_rows * group >= BF16_MIN_ROWS {
+        if k.amx() {
+            return Some((bf16::run_amx, true));
+        }
+        if k.bf16_dot() {
+            return Some((bf16::run, false));
+        }
     }
     let _ = (k, p, plan, group);
     None
@@ -465,11 +471,19 @@ const PACK_KEYS: usize = 512;
 /// Rounds K and V of every kv head into `buf` (the bf16 kernel's layouts), threaded over (head, keys);
 /// returns (kb, vb) words.
 #[cfg(target_arch = "x86_64")]
-fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>) -> (usize, usize) {
+fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>, tiles: bool) -> (usize, usize) {
     let p = &job.p;
-    let (kw, vw) = bf16::packed_words(p.n_kv_heads, p.kv_len, p.head_dim);
+    let (kw, vw) = if tiles {
+        amx::packed_words(p.n_kv_heads, p.kv_len, p.head_dim)
+    } else {
+        bf16::packed_words(p.n_kv_heads, p.kv_len, p.head_dim)
+    };
     if buf.len() < kw + vw {
         buf.resize(kw + vw, 0);
+    }
+    if tiles {
+        // the AMX layouts' padding must read as zeros
+        buf[..kw + vw].fill(0);
     }
     let (kb, vb) = buf.split_at_mut(kw);
     let (kb, vb) = (SendPtr(kb.as_mut_ptr()), SendPtr(vb.as_mut_ptr()));
@@ -479,7 +493,13 @@ fn pack_bf16(k: &Kernels, job: &Job, buf: &mut Vec<u32>) -> (usize, usize) {
         let j1 = ((b + 1) * PACK_KEYS).min(p.kv_len);
         // Safety: the level has AVX512_BF16 (see `bf16_kernel`), the job was validated and each task
         // writes its own keys of head g.
-        unsafe { bf16::pack_kv(job, kb.get(), vb.get(), g, b * PACK_KEYS, j1) }
+        unsafe {
+            if tiles {
+                amx::pack_kv(job, kb.get(), vb.get(), g, b * PACK_KEYS, j1)
+            } else {
+                bf16::pack_kv(job, kb.get(), vb.get(), g, b * PACK_KEYS, j1)
+            }
+        }
     });
     (kw, vw)
 }
@@ -488,9 +508,9 @@ fn run_tasks(k: &Kernels, f: TaskFn, job: Job) {
     let pl = plan(&job.p, job.group, k.threads());
     match bf16_kernel(k, &job.p, &pl, job.group) {
         #[cfg(target_arch = "x86_64")]
-        Some(f) => PACKED.with(|buf| {
+        Some((f, tiles)) => PACKED.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let (kw, vw) = pack_bf16(k, &job, &mut buf);
+            let (kw, vw) = pack_bf16(k, &job, &mut buf, tiles);
             let job = Job {
                 kb: &buf[..kw],
                 vb: &buf[kw..kw + vw],
