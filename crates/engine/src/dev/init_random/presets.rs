@@ -84,6 +84,18 @@ impl Preset {
             tie,
             moe: None,
         };
+        let tiny_text = TextGeometry {
+            hidden: 16,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            intermediate: 48,
+            vocab: 151936,
+            mrope_section: [4, 2, 2],
+            tie: true,
+            moe: None,
+        };
         let tiny_vision = VisionGeometry {
             depth: 2,
             hidden: 32,
@@ -95,20 +107,12 @@ impl Preset {
         let (text, mut vision) = match self {
             Preset::TinyMoe => (
                 TextGeometry {
-                    hidden: 16,
-                    layers: 2,
-                    heads: 4,
-                    kv_heads: 2,
-                    head_dim: 16,
-                    intermediate: 48,
-                    vocab: 151936,
-                    mrope_section: [4, 2, 2],
-                    tie: true,
                     moe: Some(MoeGeometry {
                         experts: 8,
                         top_k: 2,
                         intermediate: 32,
                     }),
+                    ..tiny_text
                 },
                 tiny_vision,
             ),
@@ -124,21 +128,7 @@ impl Preset {
                 },
                 vision_large.clone(),
             ),
-            Preset::Tiny => (
-                TextGeometry {
-                    hidden: 16,
-                    layers: 2,
-                    heads: 4,
-                    kv_heads: 2,
-                    head_dim: 16,
-                    intermediate: 48,
-                    vocab: 151936,
-                    mrope_section: [4, 2, 2],
-                    tie: true,
-                    moe: None,
-                },
-                tiny_vision,
-            ),
+            Preset::Tiny => (tiny_text, tiny_vision),
             Preset::B2 => (text(2048, 28, 16, 6144, true), vision_small),
             Preset::B4 => (text(2560, 36, 32, 9728, true), vision_small),
             Preset::B8 => (text(4096, 36, 32, 12288, false), vision_large),
