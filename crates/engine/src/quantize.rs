@@ -251,6 +251,9 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// One tensor of a checkpoint being written: (name, bytes, shape, dtype).
 pub type OwnedTensor = (String, Vec<u8>, Vec<usize>, Dtype);
 
+/// A tensor's entry in a safetensors header, its bytes aside: (name, shape, dtype).
+pub type TensorEntry = (String, Vec<usize>, Dtype);
+
 /// How a quantized checkpoint stores the (n, kk) weight `key` quantized to `f`, the one layout that
 /// `qwen3vl quantize`, `init-random --quant` and the fuzz seeds write: its values (U8, (n, row bytes)),
 /// then `{key}_scale` (F32, (n, row scales)), each as (name, shape, dtype); and the `quant:{key}` metadata
@@ -260,7 +263,7 @@ pub fn quantized_entries(
     f: QuantFormat,
     n: usize,
     kk: usize,
-) -> ([(String, Vec<usize>, Dtype); 2], (String, String)) {
+) -> ([TensorEntry; 2], (String, String)) {
     (
         [
             (key.to_string(), vec![n, f.row_bytes(kk)], Dtype::U8),

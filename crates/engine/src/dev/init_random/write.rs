@@ -13,7 +13,7 @@ use qwen3vl_model::QuantFormat;
 
 use super::values::fill_bf16;
 use super::{io_err, InitError, InitOptions, InitSummary, TensorSpec};
-use crate::quantize::{quantized_bytes, quantized_entries, transpose_expert};
+use crate::quantize::{quantized_bytes, quantized_entries, transpose_expert, TensorEntry};
 use crate::sampling::Rng;
 
 /// One tensor as written: bf16, or quantized to a format (its entries those of
@@ -28,7 +28,7 @@ pub(super) struct Stored {
     /// values are drawn (the same values as the bf16 checkpoint of the same seed), then transposed.
     released: Option<(usize, usize)>,
     /// The header entries, in order: (name, shape, dtype).
-    entries: Vec<(String, Vec<usize>, Dtype)>,
+    entries: Vec<TensorEntry>,
     /// A quantized tensor's `quant:{name}` metadata entry.
     meta: Option<(String, String)>,
 }
