@@ -7,6 +7,7 @@
 //! names (and the index its structure). The weights quantized are exactly those `--quant` / `--vision-quant`
 //! quantize at load, with the same quantizer, so the loaded model computes the same logits bit for bit.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -112,8 +113,7 @@ fn quantize_experts(
     let mut tr = Vec::new();
     for x in vals.chunks_exact(rows * kk) {
         let part = if transpose {
-            tr.clear();
-            tr.extend((0..rows * kk).map(|j| x[(j % kk) * rows + j / kk]));
+            transpose_expert(x, kk, rows, &mut tr);
             &tr[..]
         } else {
             x
@@ -251,9 +251,43 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// One tensor of a checkpoint being written: (name, bytes, shape, dtype).
 pub type OwnedTensor = (String, Vec<u8>, Vec<usize>, Dtype);
 
-/// How a quantized checkpoint stores the (n, kk) weight `key` quantized to `f`: its values (U8, (n,
-/// row bytes)), then `{key}_scale` (F32, (n, row scales)), and the `quant:{key}` metadata entry naming the
-/// format. The one layout `qwen3vl quantize` writes (the fuzz seeds use it too).
+/// A tensor's entry in a safetensors header, its bytes aside: (name, shape, dtype).
+pub type TensorEntry = (String, Vec<usize>, Dtype);
+
+/// How a quantized checkpoint stores the (n, kk) weight `key` quantized to `f`, the one layout that
+/// `qwen3vl quantize`, `init-random --quant` and the fuzz seeds write: its values (U8, (n, row bytes)),
+/// then `{key}_scale` (F32, (n, row scales)), each as (name, shape, dtype); and the `quant:{key}` metadata
+/// entry naming the format. [`quantized_bytes`] gives the two entries' bytes.
+pub fn quantized_entries(
+    key: &str,
+    f: QuantFormat,
+    n: usize,
+    kk: usize,
+) -> ([TensorEntry; 2], (String, String)) {
+    (
+        [
+            (key.to_string(), vec![n, f.row_bytes(kk)], Dtype::U8),
+            (
+                format!("{key}_scale"),
+                vec![n, f.row_scales(kk)],
+                Dtype::F32,
+            ),
+        ],
+        (Weights::quant_meta_key(key), f.name().to_string()),
+    )
+}
+
+/// The bytes of the two entries of [`quantized_entries`] for `q`: its values as it holds them
+/// (borrowed), then its scales as little-endian f32.
+pub fn quantized_bytes(q: &QuantWeight) -> [Cow<'_, [u8]>; 2] {
+    [
+        Cow::Borrowed(q.qs_bytes()),
+        Cow::Owned(q.scales().iter().flat_map(|v| v.to_le_bytes()).collect()),
+    ]
+}
+
+/// The two tensors of [`quantized_entries`] with their [`quantized_bytes`] (copied), and the metadata
+/// entry, for a writer that holds its tensors until the file is written.
 pub fn stored_quantized(
     key: &str,
     q: &QuantWeight,
@@ -261,22 +295,18 @@ pub fn stored_quantized(
     n: usize,
     kk: usize,
 ) -> ([OwnedTensor; 2], (String, String)) {
-    let scales: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
+    debug_assert_eq!((q.format(), q.n(), q.k()), (f, n, kk), "{key}");
+    let ([(vn, vs, vd), (sn, ss, sd)], meta) = quantized_entries(key, f, n, kk);
+    let [v, s] = quantized_bytes(q);
     (
-        [
-            (
-                key.to_string(),
-                q.qs_bytes().to_vec(),
-                vec![n, f.row_bytes(kk)],
-                Dtype::U8,
-            ),
-            (
-                format!("{key}_scale"),
-                scales,
-                vec![n, f.row_scales(kk)],
-                Dtype::F32,
-            ),
-        ],
-        (Weights::quant_meta_key(key), f.name().to_string()),
+        [(vn, v.into_owned(), vs, vd), (sn, s.into_owned(), ss, sd)],
+        meta,
     )
+}
+
+/// One expert's (a, b) matrix (row-major, the released layout) transposed into `out` (cleared first) as
+/// the (b, a) rows of its transformers layout, the rows a quantized expert tensor stores.
+pub fn transpose_expert<T: Copy>(x: &[T], a: usize, b: usize, out: &mut Vec<T>) {
+    out.clear();
+    out.extend((0..a * b).map(|i| x[(i % a) * b + i / a]));
 }

@@ -1,0 +1,122 @@
+//! Writing safetensors files.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::Dtype;
+use crate::ModelError;
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+pub struct OutTensor<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: std::borrow::Cow<'a, [u8]>,
+}
+
+impl<'a> OutTensor<'a> {
+    pub fn f32(name: &'a str, shape: Vec<usize>, v: &[f32]) -> OutTensor<'a> {
+        OutTensor {
+            name,
+            dtype: Dtype::F32,
+            shape,
+            data: v
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        }
+    }
+    pub fn i64(name: &'a str, shape: Vec<usize>, v: &[i64]) -> OutTensor<'a> {
+        OutTensor {
+            name,
+            dtype: Dtype::I64,
+            shape,
+            data: v
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        }
+    }
+}
+
+/// Writes a safetensors file (tensors in the given order, header padded to 8 bytes). Checks that each
+/// tensor's bytes match its shape × dtype.
+pub fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<(), ModelError> {
+    write_safetensors_with_metadata(path, tensors, &[])
+}
+
+/// [`write_safetensors`] with string entries in the header's `__metadata__` (none: no `__metadata__`).
+/// The data is streamed to the file, not assembled in memory.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &[OutTensor],
+    metadata: &[(String, String)],
+) -> Result<(), ModelError> {
+    use std::io::Write;
+    for t in tensors {
+        let n: usize = t.shape.iter().product::<usize>() * t.dtype.size();
+        if n != t.data.len() {
+            return Err(ModelError::Input(format!(
+                "{}: {} bytes for shape {:?} × {}",
+                t.name,
+                t.data.len(),
+                t.shape,
+                t.dtype.name()
+            )));
+        }
+    }
+    let entries: Vec<(&str, Dtype, &[usize])> = tensors
+        .iter()
+        .map(|t| (t.name, t.dtype, t.shape.as_slice()))
+        .collect();
+    let header = safetensors_header(&entries, metadata);
+    let io = |e: std::io::Error| ModelError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    out.write_all(&header).map_err(io)?;
+    for t in tensors {
+        out.write_all(&t.data).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+/// The start of a safetensors file whose tensors (name, dtype, shape) follow one another in the given
+/// order: the header's length (u64 LE), then the header (JSON: `__metadata__` with the string entries of
+/// `metadata` if there are any, then each tensor's dtype, shape and byte range), padded with spaces to a
+/// multiple of 8 bytes. A writer that streams the data itself (`init-random`) writes this first.
+pub fn safetensors_header(
+    tensors: &[(&str, Dtype, &[usize])],
+    metadata: &[(String, String)],
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(m));
+    }
+    let mut off = 0u64;
+    for &(name, dtype, shape) in tensors {
+        let n = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.size() as u64;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [off, off + n]}),
+        );
+        off += n;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out
+}
