@@ -19,6 +19,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# processor: the decoder against the CLI, seeking, limits and bad files; cli: --video in generate and chat.
+# processor: the decoder against the CLI, seeking, limits and bad files; cli: --video in generate and chat;
+# server: an MP4 `video_url` part.
 cargo test --release --features ffmpeg -p qwen3vl-processor --test video_ffmpeg --test video_errors
 cargo test --release --features ffmpeg -p qwen3vl --test video
+cargo test --release --features ffmpeg -p qwen3vl-server --test video

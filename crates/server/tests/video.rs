@@ -213,3 +213,41 @@ fn malformed_video_parts_get_400s_naming_the_part() {
     );
     assert!(toks.len() + 991 <= 1024, "{}", toks.len());
 }
+
+/// With the `ffmpeg` feature, a container file (MP4, H.264) as a data: URI is decoded through FFmpeg and
+/// answered; its sampled frames and grid are transformers' (testdata/video/ffmpeg_cases.json, PyAV
+/// decoding as torchcodec does).
+#[cfg(feature = "ffmpeg")]
+#[test]
+fn an_mp4_video_is_decoded_through_ffmpeg() {
+    let addr = shared();
+    let name = "mp4_h264_98x54_40f.mp4";
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(testdata().join("video/ffmpeg_cases.json")).unwrap())
+            .unwrap();
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == name)
+        .unwrap();
+    let grid: Vec<u64> = case["grid_thw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let mp4 = data_uri(&clip(&format!("ffmpeg/{name}")), "video/mp4");
+    let body = json!({
+        "messages": video_msg(None, &mp4, "What happens in this video?"),
+        "max_tokens": 2, "temperature": 0,
+    });
+    let toks = tokenize(addr, &body);
+    let count = |id: u64| toks.iter().filter(|&&t| t == id).count() as u64;
+    // one <|vision_start|> around the video and one per frame group; grid t·h·w / 4 merged tokens
+    assert_eq!(count(VISION_START), 1 + grid[0]);
+    assert_eq!(count(VIDEO_PAD), grid[0] * grid[1] * grid[2] / 4);
+    let r = chat(addr, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["usage"]["prompt_tokens"], json!(toks.len()));
+}
