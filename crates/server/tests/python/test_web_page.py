@@ -114,6 +114,45 @@ def test_send_message_with_image_streams_answer(page, image_png, tmp_path):
                   "document.querySelectorAll('.msg.assistant .stats')[1].textContent", timeout=120)
 
 
+def test_a_video_goes_as_a_video_url_part(page):
+    """A video file (video/*) is attached as it is and sent as a video_url part; the server answers it
+    (with its ffmpeg feature) or refuses it with a 400 the page shows (without)."""
+    root_dir = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
+    path = os.path.realpath(os.path.join(root_dir, "testdata", "video", "clips", "ffmpeg",
+                                         "mp4_h264_98x54_40f.mp4"))
+    root = page.call("DOM.getDocument")["root"]["nodeId"]
+    node = page.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    page.call("DOM.setFileInputFiles", nodeId=node, files=[path])
+    page.wait_for("document.querySelectorAll('#attachments video').length === 1")
+    assert page.evaluate("document.querySelectorAll('#attachments img').length") == 0
+    page.evaluate("document.getElementById('max_tokens').value = '4'")
+    page.evaluate("document.getElementById('input').value = 'What happens?'")
+    page.evaluate("document.getElementById('send').click()")
+    sent = page.wait_event(
+        "Network.requestWillBeSent", timeout=30,
+        predicate=lambda p: p["request"]["url"].endswith("/v1/chat/completions"))
+    body = sent["request"].get("postData") or page.call(
+        "Network.getRequestPostData", requestId=sent["requestId"])["postData"]
+    parts = json.loads(body)["messages"][-1]["content"]
+    videos = [p for p in parts if p["type"] == "video_url"]
+    assert len(videos) == 1 and not [p for p in parts if p["type"] == "image_url"]
+    url = videos[0]["video_url"]["url"]
+    assert url.startswith("data:video/mp4;base64,")
+    with open(path, "rb") as f:
+        assert base64.b64decode(url.split(",", 1)[1]) == f.read()
+    resp = page.wait_event("Network.responseReceived", timeout=60,
+                           predicate=lambda p: p["requestId"] == sent["requestId"])
+    status = resp["response"]["status"]
+    assert status in (200, 400), status
+    assert page.evaluate("document.querySelectorAll('.msg.user .images video').length") == 1
+    if status == 400:
+        # a build without FFmpeg: the refusal names the part, on the page
+        err = page.wait_for("(document.querySelector('.msg.error') || {}).textContent", timeout=30)
+        assert "video_url" in err, err
+    else:
+        page.wait_for("(document.querySelector('.msg.assistant .stats') || {}).textContent", timeout=120)
+
+
 def test_stop_button_aborts_the_stream(page, server):
     page.evaluate("document.getElementById('toggle-settings').click()")
     page.evaluate("""(() => { const m = document.getElementById('max_tokens'); m.value = '4000';
