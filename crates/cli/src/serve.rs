@@ -35,9 +35,13 @@ pub(crate) struct ServeArgs {
     /// Allow `file://` image URLs inside this directory.
     #[arg(long, value_name = "DIR")]
     pub(crate) allowed_media_dir: Option<PathBuf>,
-    /// Fetch `http(s)` image URLs (public addresses only; 20 MB, 10 s, 3 redirects at most).
+    /// Fetch `http(s)` image and video URLs (public addresses only; 20 MB, 10 s, 3 redirects at most).
     #[arg(long)]
     pub(crate) allow_remote_media: bool,
+    /// With --allow-remote-media: also fetch from private, loopback and link-local addresses (a media
+    /// server on your LAN). Anyone who can reach this server can then make it fetch from your network.
+    #[arg(long, requires = "allow_remote_media")]
+    pub(crate) allow_private_media: bool,
     /// Most images in one request.
     #[arg(long, default_value_t = 8)]
     pub(crate) max_images: usize,
@@ -105,6 +109,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
         media: MediaPolicy {
             allowed_dir: a.allowed_media_dir.clone(),
             allow_remote: a.allow_remote_media,
+            allow_private: a.allow_private_media,
             ..MediaPolicy::default()
         },
         max_images: a.max_images,

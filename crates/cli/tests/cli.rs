@@ -58,6 +58,9 @@ fn cpu_json_has_required_keys() {
     assert_eq!(v["f32_lanes"]["sse4.1"], 4);
     assert!(v["cpu"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(v["reason"].as_str().is_some_and(|s| !s.is_empty()));
+    // whether AMX tiles run the fast matmuls, in words ("used ..." / "not available ..." / "not used ...")
+    let amx = v["amx"].as_str().expect("amx");
+    assert!(amx.starts_with("used") || amx.starts_with("not"), "{amx}");
 }
 
 #[test]
@@ -827,4 +830,21 @@ fn plan_lists_ops_kernels_and_layouts() {
     let o = qwen3vl(&["plan", "--model", "/nonexistent/model"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/model"), "{}", stderr(&o));
+}
+
+/// `serve --allow-private-media` only together with `--allow-remote-media` (refused alone, naming the
+/// missing option), and `serve --help` explains it.
+#[test]
+fn allow_private_media_needs_allow_remote_media() {
+    let o = qwen3vl(&[
+        "serve",
+        "--model",
+        "/nonexistent-model-dir",
+        "--allow-private-media",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--allow-remote-media"), "{e}");
+    let help = String::from_utf8_lossy(&qwen3vl(&["serve", "--help"]).stdout).to_string();
+    assert!(help.contains("--allow-private-media"), "{help}");
 }
