@@ -21,7 +21,6 @@
 //! Arithmetic (as `vdpbf16ps`): products of bf16 values summed in f32 with round-to-nearest-even,
 //! denormal inputs and outputs flushed to zero.
 
-use super::buf::AlignedBuf;
 use super::kernel;
 use super::Args;
 use crate::quant::{QuantFormat, QuantWeight, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
@@ -236,17 +235,14 @@ pub(crate) unsafe fn one_group<const E: bool>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512bf16")]
 pub unsafe fn quant_bf16(a: &Args, w: &QuantWeight, g0: usize, g1: usize) {
     let kp = a.k.div_ceil(2);
-    let Ok(mut wg) = AlignedBuf::<u32>::zeroed("matmul_quant", kp * G) else {
-        // out of memory for 64 rows: the caller's own buffers were larger
-        return;
-    };
-    // the group's rows dequantized, row-major (G, kp) pairs; then gathered into the packed layout
-    let Ok(mut rowsb) = AlignedBuf::<u32>::zeroed("matmul_quant", G * kp) else {
-        return;
-    };
+    // the packed group, and the group's rows dequantized row-major (G, kp) pairs, gathered into it
+    // (Vec, as every scratch of the engine: at most 2 × 64 × kp words, 1.5 MiB at the largest k)
+    let mut wg = Scratch64::new(kp * G);
+    let mut rowsb = Scratch64::new(G * kp);
     let (rows, _) = x_layout(a.m, a.k);
     let mut st = State::new();
-    let wgp = wg.as_mut_ptr();
+    let wgp = wg.ptr();
+    let rowsp = rowsb.ptr();
     // row offsets of 16 consecutive rows, in u32
     let idx = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -255,7 +251,7 @@ pub unsafe fn quant_bf16(a: &Args, w: &QuantWeight, g0: usize, g1: usize) {
     for j in g0..g1 {
         for r in 0..G {
             let o = j * G + r;
-            let row = std::slice::from_raw_parts_mut(rowsb.as_mut_ptr().add(r * kp), kp);
+            let row = std::slice::from_raw_parts_mut(rowsp.add(r * kp), kp);
             if o < a.n {
                 // Safety: a row of kp pairs = 2·kp ≥ k bf16 values.
                 dequant_row_bf16(
@@ -269,13 +265,31 @@ pub unsafe fn quant_bf16(a: &Args, w: &QuantWeight, g0: usize, g1: usize) {
         }
         // group j: pair p of row r at u32 p·G + r — 16 rows' pair p gathered into one store
         for q in 0..G / 16 {
-            let base = rowsb.as_ptr().add(q * 16 * kp) as *const i32;
+            let base = rowsp.add(q * 16 * kp) as *const i32;
             for p in 0..kp {
                 let v = _mm512_i32gather_epi32::<4>(idx, base.add(p));
                 _mm512_store_si512(wgp.add(p * G + q * 16) as *mut __m512i, v);
             }
         }
-        one_group::<false>(&mut st, a, wg.as_ptr() as *const u16, j, 0, rows);
+        one_group::<false>(&mut st, a, wgp as *const u16, j, 0, rows);
+    }
+}
+
+/// Zeroed u32 scratch whose first word is 64-byte aligned (tile rows then sit on cache lines).
+struct Scratch64 {
+    v: Vec<u32>,
+    at: usize,
+}
+
+impl Scratch64 {
+    fn new(words: usize) -> Scratch64 {
+        let v = vec![0u32; words + 16];
+        let at = v.as_ptr().align_offset(64).min(16);
+        Scratch64 { v, at }
+    }
+    fn ptr(&mut self) -> *mut u32 {
+        // Safety: at ≤ 16 < the length.
+        unsafe { self.v.as_mut_ptr().add(self.at) }
     }
 }
 
