@@ -140,7 +140,8 @@ pub(crate) unsafe fn one_group<const E: bool>(
         let full = !E && cols >= slots[1] + 16;
         let mut i = r0;
         while i < r1 {
-            if full && i + MB <= a.m {
+            let direct = full && i + MB <= a.m;
+            let (init, dst) = if direct {
                 let y = a.y.0.add(i * a.n + c0);
                 let init = a.bias.map(|b| {
                     let b = b.as_ptr().add(c0);
@@ -157,25 +158,15 @@ pub(crate) unsafe fn one_group<const E: bool>(
                     y.add(16 * a.n + slots[0]),
                     y.add(16 * a.n + slots[1]),
                 ];
-                block(
-                    &st.tiles,
-                    a,
-                    wg,
-                    ld,
-                    steps,
-                    tail > 0,
-                    &st.bt,
-                    i,
-                    slots,
-                    init,
-                    (dst, a.n * 4),
-                );
-                i += MB;
-                continue;
-            }
-            let o = st.out.0.as_mut_ptr() as *mut f32;
-            // C0: rows 0..16 × s0, C1: rows 0..16 × s1, C2: rows 16..32 × s0, C3: rows 16..32 × s1
-            let dst = [o, o.add(16), o.add(16 * 32), o.add(16 * 32 + 16)];
+                (init, (dst, a.n * 4))
+            } else {
+                let o = st.out.0.as_mut_ptr() as *mut f32;
+                // C0: rows 0..16 × s0, C1: rows 0..16 × s1, C2: rows 16..32 × s0, C3: rows 16..32 × s1
+                (
+                    None,
+                    ([o, o.add(16), o.add(16 * 32), o.add(16 * 32 + 16)], 128),
+                )
+            };
             block(
                 &st.tiles,
                 a,
@@ -186,9 +177,13 @@ pub(crate) unsafe fn one_group<const E: bool>(
                 &st.bt,
                 i,
                 slots,
-                None,
-                (dst, 128),
+                init,
+                dst,
             );
+            if direct {
+                i += MB;
+                continue;
+            }
             let out = &st.out;
             // epilogue: the rows of x that exist
             for r in 0..MB.min(a.m.saturating_sub(i)) {

@@ -310,6 +310,27 @@ type QuantizeRowFn<T> = dyn Fn(&[f32], &mut [T], &mut [f32]) + Sync;
 /// Output columns are handed out in multiples of this (the widest register tile).
 const COL_UNIT: usize = 4;
 
+/// The lengths of a quantized matmul's operands (errors name the argument).
+fn check_quant_args(
+    x: &[f32],
+    m: usize,
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    y: &[f32],
+) -> Result<(), KernelError> {
+    const OP: &str = "matmul_quant";
+    let mk = m.checked_mul(w.k).ok_or_else(|| KernelError::Invalid {
+        op: OP,
+        msg: format!("size {m}*{} overflows", w.k),
+    })?;
+    check_len(OP, "x (m*k)", mk, x.len())?;
+    check_len(OP, "y (m*n)", m.saturating_mul(w.n), y.len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias (n)", w.n, b.len())?;
+    }
+    Ok(())
+}
+
 /// x (m, k) quantized per row and super-block of 256 for the q4 kernels: values (m, kp) int8, scales
 /// (m, kp/256) and the sums of every block of 32 times its scale, d_x·Σq_x (m, kp/32), kp = k padded to
 /// whole super-blocks.
@@ -445,16 +466,7 @@ impl Kernels {
             && w.n > 0
             && w.k > 0
         {
-            const OP: &str = "matmul_quant";
-            let mk = m.checked_mul(w.k).ok_or_else(|| KernelError::Invalid {
-                op: OP,
-                msg: format!("size {m}*{} overflows", w.k),
-            })?;
-            check_len(OP, "x (m*k)", mk, x.len())?;
-            check_len(OP, "y (m*n)", m.saturating_mul(w.n), y.len())?;
-            if let Some(b) = bias {
-                check_len(OP, "bias (n)", w.n, b.len())?;
-            }
+            check_quant_args(x, m, w, bias, y)?;
             return self.matmul_quant_amx(x, m, w, bias, y);
         }
         let _ = path;
@@ -484,15 +496,7 @@ impl Kernels {
             });
         }
         let (n, k) = (w.n, w.k);
-        let mk = m.checked_mul(k).ok_or_else(|| KernelError::Invalid {
-            op: OP,
-            msg: format!("size {m}*{k} overflows"),
-        })?;
-        check_len(OP, "x (m*k)", mk, x.len())?;
-        check_len(OP, "y (m*n)", m.saturating_mul(n), y.len())?;
-        if let Some(b) = bias {
-            check_len(OP, "bias (n)", n, b.len())?;
-        }
+        check_quant_args(x, m, w, bias, y)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
