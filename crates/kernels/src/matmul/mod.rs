@@ -25,7 +25,9 @@
 //! - `Fast`: where the bf16 dot product pays ([`Kernels::bf16_dot`]: AVX512_BF16 and faster than f32 FMA)
 //!   and with bf16 packed weights, x is rounded to bf16 (RNE, relative error
 //!   ≤ 2⁻⁸: 8 significant bits) and products are accumulated by `vdpbf16ps` in f32: error ≤ (2⁻⁸ + 2(k+2)·2⁻²⁴)·Σ|x·w|
-//!   (+ denormals flushed). Elsewhere `Fast` runs the exact path.
+//!   (+ denormals flushed). With AMX ([`Kernels::amx`]) and at least [`AMX_MIN_M`] rows of x, the same
+//!   arithmetic on tiles (`amx.rs`, reading the AVX-512 packed layout as is). Elsewhere `Fast` runs the
+//!   exact path.
 //!
 //! Every ISA function has a scalar twin with the same signature in [`scalar`] (plain loops, the reference).
 
