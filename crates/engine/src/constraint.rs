@@ -70,7 +70,7 @@ impl JsonGrammar {
         schema: Option<serde_json::Value>,
     ) -> Result<Arc<dyn ConstraintFactory>, String> {
         let mut schema = schema.unwrap_or_else(|| serde_json::json!({"type": "object"}));
-        check_schema_depth(&schema)?;
+        check_schema(&schema)?;
         // Fixed separators and no free whitespace (like OpenAI's strict mode): a weak model cannot then
         // fill its budget with blank lines. A schema may set its own `x-guidance` options.
         if let Some(o) = schema.as_object_mut() {
@@ -111,6 +111,53 @@ pub const MAX_SCHEMA_DEPTH: usize = 1000;
 /// to need (under 4 MiB, a chain of `$ref`s through `items` or `properties`), so frames may grow with
 /// another build or llguidance version. Reserved, not committed: only the pages a compile touches are used.
 pub const COMPILE_STACK: usize = 64 << 20;
+
+/// Largest magnitude of an integer schema's bound (`minimum`, `maximum`, `exclusiveMinimum`,
+/// `exclusiveMaximum`): 2^53, the largest integer every JSON number (an f64) holds exactly. llguidance
+/// writes an integer range as a regex over its digits and recurses through it: a negative range with
+/// 100-digit bounds (`{"type": "integer", "minimum": -1e100, "maximum": -1e99}`) overflowed even the
+/// 64 MiB [`COMPILE_STACK`] (found by fuzzing). Number (float) ranges are not affected.
+pub const MAX_INTEGER_BOUND: f64 = 9_007_199_254_740_992.0;
+
+/// The checks a JSON schema passes before it is compiled: [`check_schema_depth`] and
+/// [`check_integer_bounds`]. Errors say what to change.
+pub fn check_schema(schema: &Value) -> Result<(), String> {
+    check_schema_depth(schema)?;
+    check_integer_bounds(schema)
+}
+
+/// Refuses an integer-typed subschema (`"type": "integer"`, or a list of types with "integer") with a
+/// bound of magnitude over [`MAX_INTEGER_BOUND`]. Iterative, linear in the size of the schema.
+pub fn check_integer_bounds(schema: &Value) -> Result<(), String> {
+    let mut todo = vec![schema];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Object(o) => {
+                let integer = match o.get("type") {
+                    Some(Value::String(t)) => t == "integer",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                    _ => false,
+                };
+                if integer {
+                    for key in ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"] {
+                        if let Some(b) = o.get(key).and_then(Value::as_f64) {
+                            if b.abs() > MAX_INTEGER_BOUND {
+                                return Err(format!(
+                                    "the JSON schema gives an integer the bound `{key}` {b:e}, beyond \
+                                     ±2^53 (9007199254740992), the largest the engine accepts"
+                                ));
+                            }
+                        }
+                    }
+                }
+                todo.extend(o.values());
+            }
+            Value::Array(a) => todo.extend(a),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Refuses a schema deeper than [`MAX_SCHEMA_DEPTH`] levels, counted as: its JSON nesting (objects and
 /// arrays), plus, for each distinct `$ref` string in it, 1 + the nesting of the value that ref names.
@@ -422,5 +469,30 @@ mod depth_tests {
             "{e}"
         );
         assert!(check_schema_depth(&ref_chain(248)).is_ok());
+    }
+
+    /// An integer range with 100-digit negative bounds overflowed the 64 MiB compiler thread (found by
+    /// the `request` fuzz target): refused before compiling, naming the bound; bounds within ±2^53 and
+    /// huge *number* bounds compile. Without the check this test aborts the process.
+    #[test]
+    fn integer_bounds_beyond_2_pow_53_are_refused_before_compiling() {
+        let g = grammar();
+        for schema in [
+            json!({"type": "integer", "minimum": -1e100, "maximum": -1e99}),
+            json!({"type": ["integer", "null"], "minimum": -1e308, "maximum": -1e308}),
+            json!({"type": "object", "properties": {"n": {"type": "integer", "exclusiveMaximum": 1e16}}}),
+        ] {
+            let e = g.for_schema(Some(schema.clone())).err().expect("refused");
+            assert!(
+                e.contains("beyond ±2^53") && e.contains("the bound `"),
+                "{schema}: {e}"
+            );
+        }
+        let e = check_integer_bounds(&json!({"type": "integer", "minimum": -1e100})).unwrap_err();
+        assert!(e.contains("`minimum` -1e100"), "{e}");
+        let at_limit = json!({"type": "integer", "minimum": -9007199254740992i64, "maximum": -9007199254740000i64});
+        assert!(g.for_schema(Some(at_limit)).is_ok());
+        // float bounds are not integer bounds: not this check's business
+        assert!(check_integer_bounds(&json!({"type": "number", "minimum": -1e308})).is_ok());
     }
 }

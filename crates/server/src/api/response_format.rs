@@ -32,9 +32,9 @@ pub(super) fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat,
                 })?;
             match js.get("schema") {
                 Some(s @ Value::Object(_)) => {
-                    // Before anything is compiled: a schema nested too deeply (counting its `$ref`s)
-                    // would overflow the compiler's stack.
-                    qwen3vl_engine::constraint::check_schema_depth(s).map_err(|e| {
+                    // Before anything is compiled: a schema nested too deeply (counting its `$ref`s),
+                    // or an integer bound beyond ±2^53, would overflow the compiler's stack.
+                    qwen3vl_engine::constraint::check_schema(s).map_err(|e| {
                         ApiError::invalid(
                             "response_format.json_schema.schema",
                             format!("response_format.json_schema.schema: {e}"),
