@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use qwen3vl_kernels::Kernels;
 use qwen3vl_model::{
-    KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, Progress,
+    Hooks, KvCache, LoadOptions, Logits, Model, ModelError, PositionsRef, Precision, Progress,
     QuantFormat, RunState, WeightCache,
 };
 use qwen3vl_processor::{ImageInput, Message, Processor, ProcessorError, VideoInput, VideoOptions};
@@ -425,10 +425,11 @@ impl Session<'_> {
             None
         } else {
             let t = Instant::now();
-            let v = match &self.progress {
-                Some(f) => model.encode_images_observed(&images, &**f)?,
-                None => model.encode_images(&images)?,
+            let hooks = match &self.progress {
+                Some(f) => Hooks::progress(&**f),
+                None => Hooks::default(),
             };
+            let v = model.encode_images_with(&images, hooks)?;
             stats.vision_seconds = t.elapsed().as_secs_f64();
             stats.image_tokens = v.n_tokens(model.config().text.hidden_size);
             Some(v)
@@ -437,14 +438,21 @@ impl Session<'_> {
         // 2. Prefill.
         let t = Instant::now();
         let (pos, cache, state) = (positions.as_ref(), &mut self.cache, &mut self.state);
-        let logits = match &self.progress {
-            Some(f) => {
-                let l = Logits::Last;
-                model.forward_observed(&ids, pos, vision.as_ref(), cache, state, l, &**f)?
-            }
-            None => model.forward(&ids, pos, vision.as_ref(), cache, state, Logits::Last)?,
-        }
-        .to_vec();
+        let hooks = match &self.progress {
+            Some(f) => Hooks::progress(&**f),
+            None => Hooks::default(),
+        };
+        let logits = model
+            .forward_with(
+                &ids,
+                pos,
+                vision.as_ref(),
+                cache,
+                state,
+                Logits::Last,
+                hooks,
+            )?
+            .to_vec();
         stats.prefill_seconds = t.elapsed().as_secs_f64();
         self.tokens.extend_from_slice(&ids);
         self.rope_delta = rope_delta;

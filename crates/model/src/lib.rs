@@ -45,7 +45,7 @@ pub use model::{top_k, LoadOptions, Model, Precision, TopK, VisionOutput};
 pub use plan::{Plan, PlanOp};
 pub use qwen3vl_kernels::quant::QuantFormat;
 pub use state::RunState;
-pub use trace::{Progress, Trace, TraceMap};
+pub use trace::{Hooks, Progress, Trace, TraceMap};
 pub use vision::VisionEncoding;
 pub use weight_cache::{CacheOutcome, WeightCache, WeightCacheReport};
 

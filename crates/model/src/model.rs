@@ -11,7 +11,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{quantize, Ctx, Linear, LinearWeight, Vb};
 use crate::state::RunState;
 use crate::text::TextModel;
-use crate::trace::{Progress, Trace, Tracer};
+use crate::trace::{Hooks, Trace};
 use crate::vision::{VisionEncoding, VisionModel};
 use crate::weight_cache::{Session, WeightCache, WeightCacheReport};
 use crate::weights::{Dtype, Weights};
@@ -189,20 +189,19 @@ impl Model {
 
     /// Runs the vision tower over all images of one prompt (in prompt order).
     pub fn encode_images(&self, images: &[VisionInput]) -> Result<VisionOutput, ModelError> {
-        self.encode_images_traced(images, None)
+        self.encode_images_with(images, Hooks::default())
     }
 
     /// [`Model::encode_images`] in steps: this runs the patch and position embeddings, then
     /// [`Model::encode_step`] runs one block at a time and [`Model::encode_finish`] the merger. The same
     /// arithmetic as `encode_images` (the same bits); a scheduler interleaves it with decode steps.
     pub fn begin_images(&self, images: &[VisionInput]) -> Result<VisionEncoding, ModelError> {
-        self.visual
-            .begin(&self.ctx, images, &mut Tracer(None, None))
+        self.visual.begin(&self.ctx, images, &mut Hooks::default())
     }
 
     /// Runs the next vision block of `e` (and its DeepStack merger); returns whether all blocks have run.
     pub fn encode_step(&self, e: &mut VisionEncoding) -> Result<bool, ModelError> {
-        self.visual.step(&self.ctx, e, &mut Tracer(None, None))
+        self.visual.step(&self.ctx, e, &mut Hooks::default())
     }
 
     /// Blocks of the vision tower.
@@ -212,27 +211,17 @@ impl Model {
 
     /// The merged visual tokens of a finished encoding (an error if blocks are left).
     pub fn encode_finish(&self, e: VisionEncoding) -> Result<VisionOutput, ModelError> {
-        self.visual.finish(&self.ctx, e, &mut Tracer(None, None))
+        self.visual.finish(&self.ctx, e, &mut Hooks::default())
     }
 
-    /// [`Model::encode_images`], recording each stage into `trace`.
-    pub fn encode_images_traced(
+    /// [`Model::encode_images`] with `hooks`: each stage recorded into a trace, [`crate::Progress::Vision`]
+    /// reported after each block.
+    pub fn encode_images_with(
         &self,
         images: &[VisionInput],
-        trace: Option<&mut dyn Trace>,
+        mut hooks: Hooks,
     ) -> Result<VisionOutput, ModelError> {
-        self.visual
-            .forward(&self.ctx, images, &mut Tracer(trace, None))
-    }
-
-    /// [`Model::encode_images`], reporting [`Progress::Vision`] to `progress` after each block.
-    pub fn encode_images_observed(
-        &self,
-        images: &[VisionInput],
-        progress: &dyn Fn(Progress),
-    ) -> Result<VisionOutput, ModelError> {
-        self.visual
-            .forward(&self.ctx, images, &mut Tracer(None, Some(progress)))
+        self.visual.forward(&self.ctx, images, &mut hooks)
     }
 
     /// Runs `ids` (l) at M-RoPE `positions` (3 × l, absolute) through the decoder, appending to `cache`.
@@ -247,36 +236,21 @@ impl Model {
         state: &'s mut RunState,
         logits: Logits,
     ) -> Result<&'s [f32], ModelError> {
-        self.forward_traced(ids, positions, vision, cache, state, logits, None)
-    }
-
-    /// [`Model::forward`], recording each stage into `trace`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_traced<'s>(
-        &self,
-        ids: &[u32],
-        positions: PositionsRef,
-        vision: Option<&VisionOutput>,
-        cache: &mut KvCache,
-        state: &'s mut RunState,
-        logits: Logits,
-        trace: Option<&mut dyn Trace>,
-    ) -> Result<&'s [f32], ModelError> {
-        self.forward_one(
+        self.forward_with(
             ids,
             positions,
             vision,
             cache,
             state,
             logits,
-            Tracer(trace, None),
+            Hooks::default(),
         )
     }
 
-    /// [`Model::forward`], reporting [`Progress::Decoder`] to `progress` after each decoder layer (for a
-    /// long prefill).
+    /// [`Model::forward`] with `hooks`: each stage recorded into a trace, [`crate::Progress::Decoder`]
+    /// reported after each decoder layer (for a long prefill).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_observed<'s>(
+    pub fn forward_with<'s>(
         &self,
         ids: &[u32],
         positions: PositionsRef,
@@ -284,24 +258,9 @@ impl Model {
         cache: &mut KvCache,
         state: &'s mut RunState,
         logits: Logits,
-        progress: &dyn Fn(Progress),
+        mut hooks: Hooks,
     ) -> Result<&'s [f32], ModelError> {
-        let tracer = Tracer(None, Some(progress));
-        self.forward_one(ids, positions, vision, cache, state, logits, tracer)
-    }
-
-    /// One sequence through [`Model::forward_batch`], its image tokens checked against `vision`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_one<'s>(
-        &self,
-        ids: &[u32],
-        positions: PositionsRef,
-        vision: Option<&VisionOutput>,
-        cache: &mut KvCache,
-        state: &'s mut RunState,
-        logits: Logits,
-        mut tracer: Tracer,
-    ) -> Result<&'s [f32], ModelError> {
+        // one sequence through the batched forward, its image tokens checked against `vision`
         let mut seq = [Seq {
             ids,
             positions,
@@ -323,7 +282,7 @@ impl Model {
                 )));
             }
         }
-        self.forward_batch_inner(&mut seq, state, &mut tracer)
+        self.forward_batch_inner(&mut seq, state, &mut hooks)
     }
 
     /// One forward pass over several sequences, each appending its tokens to its own cache: a batched decode
@@ -345,14 +304,21 @@ impl Model {
         state: &'s mut RunState,
         trace: Option<&mut dyn Trace>,
     ) -> Result<&'s [f32], ModelError> {
-        self.forward_batch_inner(seqs, state, &mut Tracer(trace, None))
+        self.forward_batch_inner(
+            seqs,
+            state,
+            &mut Hooks {
+                trace,
+                progress: None,
+            },
+        )
     }
 
     fn forward_batch_inner<'s>(
         &self,
         seqs: &mut [Seq],
         state: &'s mut RunState,
-        tracer: &mut Tracer,
+        tracer: &mut Hooks,
     ) -> Result<&'s [f32], ModelError> {
         self.run_decoder(seqs, state, tracer)?;
 
@@ -395,7 +361,7 @@ impl Model {
         &self,
         seqs: &mut [Seq],
         state: &mut RunState,
-        tracer: &mut Tracer,
+        tracer: &mut Hooks,
     ) -> Result<(), ModelError> {
         if seqs.is_empty() {
             return Err(ModelError::Input("no sequences to run".into()));
@@ -486,7 +452,7 @@ impl Model {
             cache,
             logits: Logits::None,
         }];
-        self.run_decoder(&mut seq, state, &mut Tracer(None, None))?;
+        self.run_decoder(&mut seq, state, &mut Hooks::default())?;
         let (l, h, vs) = (ids.len(), self.config.text.hidden_size, self.vocab_size());
         let k = k.min(vs);
         let mut out = TopK {

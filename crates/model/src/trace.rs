@@ -45,23 +45,41 @@ pub enum Progress {
     },
 }
 
-/// An optional trace and an optional progress observer; the name is only formatted when something
-/// records.
-pub(crate) struct Tracer<'a>(
-    pub Option<&'a mut dyn Trace>,
-    pub Option<&'a dyn Fn(Progress)>,
-);
+/// What a forward pass reports as it runs: an optional trace of every stage, and an optional progress
+/// observer (a long vision encode or prefill). `Hooks::default()` reports nothing; the stage names are
+/// only formatted when something records.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub trace: Option<&'a mut dyn Trace>,
+    pub progress: Option<&'a dyn Fn(Progress)>,
+}
 
-impl Tracer<'_> {
+impl<'a> Hooks<'a> {
+    /// Record each stage into `trace`.
+    pub fn trace(trace: &'a mut dyn Trace) -> Hooks<'a> {
+        Hooks {
+            trace: Some(trace),
+            progress: None,
+        }
+    }
+
+    /// Report [`Progress`] to `progress`.
+    pub fn progress(progress: &'a dyn Fn(Progress)) -> Hooks<'a> {
+        Hooks {
+            trace: None,
+            progress: Some(progress),
+        }
+    }
+
     /// Reports progress to the observer, if any.
-    pub fn progress(&self, p: Progress) {
-        if let Some(f) = self.1 {
+    pub(crate) fn report(&self, p: Progress) {
+        if let Some(f) = self.progress {
             f(p);
         }
     }
 
-    pub fn rec(&mut self, name: impl FnOnce() -> String, shape: &[usize], data: &[f32]) {
-        if let Some(t) = self.0.as_mut() {
+    pub(crate) fn rec(&mut self, name: impl FnOnce() -> String, shape: &[usize], data: &[f32]) {
+        if let Some(t) = self.trace.as_mut() {
             t.record(&name(), shape, data);
         }
     }

@@ -11,8 +11,8 @@ use qwen3vl_kernels::Kernels;
 use qwen3vl_model::text::ExpertLayout;
 use qwen3vl_model::weights::{write_safetensors_with_metadata, OutTensor, Weights};
 use qwen3vl_model::{
-    KvCache, LoadOptions, Logits, Model, ModelError, Positions, Precision, QuantFormat, RunState,
-    TraceMap,
+    Hooks, KvCache, LoadOptions, Logits, Model, ModelError, Positions, Precision, QuantFormat,
+    RunState, TraceMap,
 };
 
 /// (geometry, checkpoint directory name)
@@ -38,14 +38,14 @@ fn forward_all(model: &Model, r: &Reference) -> (TraceMap, Vec<f32>) {
     let mut cache = KvCache::new(&model.config().text, ids.len());
     let mut st = RunState::new();
     let logits = model
-        .forward_traced(
+        .forward_with(
             &ids,
             r.positions().as_ref(),
             None,
             &mut cache,
             &mut st,
             Logits::All,
-            Some(&mut tr),
+            Hooks::trace(&mut tr),
         )
         .expect("forward")
         .to_vec();

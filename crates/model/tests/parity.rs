@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
-use qwen3vl_model::{KvCache, LoadOptions, Logits, Model, Precision, RunState, TraceMap};
+use qwen3vl_model::{Hooks, KvCache, LoadOptions, Logits, Model, Precision, RunState, TraceMap};
 
 const CASES: [&str; 3] = ["text", "image1", "image2"];
 
@@ -28,21 +28,21 @@ fn run_case(model: &Model, geometry: &str, case: &str) -> (Vec<StageResult>, usi
     } else {
         Some(
             model
-                .encode_images_traced(&ims, Some(&mut tr))
+                .encode_images_with(&ims, Hooks::trace(&mut tr))
                 .expect("vision"),
         )
     };
     let mut cache = KvCache::new(&model.config().text, ids.len());
     let mut st = RunState::new();
     let logits = model
-        .forward_traced(
+        .forward_with(
             &ids,
             pos.as_ref(),
             vis.as_ref(),
             &mut cache,
             &mut st,
             Logits::All,
-            Some(&mut tr),
+            Hooks::trace(&mut tr),
         )
         .expect("forward");
     let v = model.vocab_size();

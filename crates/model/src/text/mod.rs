@@ -12,7 +12,7 @@ use crate::input::Seq;
 use crate::linear::{Ctx, LinearWeight, Vb};
 use crate::norm::RmsNorm;
 use crate::state::RunState;
-use crate::trace::{Progress, Tracer};
+use crate::trace::{Hooks, Progress};
 use crate::weights::TensorRef;
 use crate::{KernelCtx, ModelError};
 
@@ -92,7 +92,7 @@ impl TextModel {
         lm_head: &LinearWeight,
         seqs: &mut [Seq],
         st: &mut RunState,
-        trace: &mut Tracer,
+        trace: &mut Hooks,
     ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         let hs = cfg.hidden_size;
@@ -181,7 +181,7 @@ impl TextModel {
                 }
             }
             trace.rec(|| format!("language_model.layers.{li}"), &[m, hs], x);
-            trace.progress(Progress::Decoder {
+            trace.report(Progress::Decoder {
                 tokens: m,
                 done: li + 1,
                 total: self.layers.len(),

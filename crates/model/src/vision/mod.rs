@@ -10,7 +10,7 @@ pub mod rotary;
 use crate::config::VisionConfig;
 use crate::input::VisionInput;
 use crate::linear::{Ctx, Vb};
-use crate::trace::{Progress, Tracer};
+use crate::trace::{Hooks, Progress};
 use crate::{KernelCtx, ModelError};
 
 pub use block::VisionBlock;
@@ -118,7 +118,7 @@ impl VisionModel {
         &self,
         c: &Ctx,
         images: &[VisionInput],
-        trace: &mut Tracer,
+        trace: &mut Hooks,
     ) -> Result<VisionOutput, ModelError> {
         let mut e = self.begin(c, images, trace)?;
         while !self.step(c, &mut e, trace)? {}
@@ -130,7 +130,7 @@ impl VisionModel {
         &self,
         c: &Ctx,
         images: &[VisionInput],
-        trace: &mut Tracer,
+        trace: &mut Hooks,
     ) -> Result<VisionEncoding, ModelError> {
         let cfg = &self.cfg;
         let n = self.check(images)?;
@@ -186,7 +186,7 @@ impl VisionModel {
         &self,
         c: &Ctx,
         e: &mut VisionEncoding,
-        trace: &mut Tracer,
+        trace: &mut Hooks,
     ) -> Result<bool, ModelError> {
         let cfg = &self.cfg;
         let i = e.next_block;
@@ -203,7 +203,7 @@ impl VisionModel {
         };
         blk.forward(c, &mut e.x, n, &inp, &mut e.scratch)?;
         trace.rec(|| format!("visual.blocks.{i}"), &[n, d], &e.x);
-        trace.progress(Progress::Vision {
+        trace.report(Progress::Vision {
             patches: n,
             done: i + 1,
             total: self.blocks.len(),
@@ -227,7 +227,7 @@ impl VisionModel {
         &self,
         c: &Ctx,
         e: VisionEncoding,
-        trace: &mut Tracer,
+        trace: &mut Hooks,
     ) -> Result<VisionOutput, ModelError> {
         let cfg = &self.cfg;
         if e.next_block < self.blocks.len() {
