@@ -373,23 +373,7 @@ mod depth_tests {
     use super::*;
     use serde_json::json;
 
-    /// `links` `$defs` each naming the next through a property, then a string:
-    /// `{"$defs": {"d0": {"type": "object", "properties": {"a": {"$ref": "#/$defs/d1"}}, ...}, ...,
-    /// "dN": {"type": "string"}}, "$ref": "#/$defs/d0"}`. Flat JSON (5 levels), yet the compiler recurses
-    /// through every link. Its depth is 4·links + 7 (for links ≥ 1): the root nests 5 levels, each of the
-    /// links+1 distinct `$ref`s adds 1 + the nesting of its def (3 for a link, 1 for the string).
-    pub(crate) fn ref_chain(links: usize) -> Value {
-        let mut defs = serde_json::Map::new();
-        for i in 0..links {
-            defs.insert(
-                format!("d{i}"),
-                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}},
-                       "required": ["a"]}),
-            );
-        }
-        defs.insert(format!("d{links}"), json!({"type": "string"}));
-        json!({"$defs": defs, "$ref": "#/$defs/d0"})
-    }
+    use crate::dev::schemas::ref_chain;
 
     fn grammar() -> Arc<JsonGrammar> {
         let toks: Vec<[u8; 1]> = (0..=255u8).map(|b| [b]).collect();

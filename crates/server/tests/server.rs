@@ -432,17 +432,8 @@ fn json_output_parses_and_follows_the_schema() {
     // link. Just under the depth limit it compiles (this overflowed the 2 MiB stack of a blocking thread,
     // ending the server); just over it is a 400 naming the limit.
     let chain = |links: usize| {
-        let mut defs = serde_json::Map::new();
-        for i in 0..links {
-            defs.insert(
-                format!("d{i}"),
-                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}},
-                       "required": ["a"]}),
-            );
-        }
-        defs.insert(format!("d{links}"), json!({"type": "string"}));
         json!({"messages": user("x"), "max_tokens": 8, "response_format": {"type": "json_schema",
-               "json_schema": {"name": "chain", "schema": {"$defs": defs, "$ref": "#/$defs/d0"}}}})
+               "json_schema": {"name": "chain", "schema": qwen3vl_engine::dev::schemas::ref_chain(links)}}})
     };
     let r = chat(addr, &chain(248));
     assert_eq!(r.status, 200, "{}", r.body);

@@ -67,21 +67,9 @@ pub(super) fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat,
 mod tests {
     use crate::api::test_util::{err, ok, user};
     use crate::api::{parse_chat, parse_json, Limits, ResponseFormat};
-    use serde_json::{json, Map, Value};
+    use serde_json::{json, Value};
 
-    /// A flat `$defs` of `links` schemas each naming the next through a property (serde_json's nesting
-    /// limit does not see it; the schema compiler recurses through every link): depth 4·links + 7.
-    fn ref_chain(links: usize) -> Value {
-        let mut defs = Map::new();
-        for i in 0..links {
-            defs.insert(
-                format!("d{i}"),
-                json!({"type": "object", "properties": {"a": {"$ref": format!("#/$defs/d{}", i + 1)}}}),
-            );
-        }
-        defs.insert(format!("d{links}"), json!({"type": "string"}));
-        json!({"$defs": defs, "$ref": "#/$defs/d0"})
-    }
+    use qwen3vl_engine::dev::schemas::ref_chain;
 
     #[test]
     fn schemas_nested_too_deeply_are_refused_naming_the_limit() {
