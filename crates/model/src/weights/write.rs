@@ -18,27 +18,24 @@ pub struct OutTensor<'a> {
 
 impl<'a> OutTensor<'a> {
     pub fn f32(name: &'a str, shape: Vec<usize>, v: &[f32]) -> OutTensor<'a> {
-        OutTensor {
-            name,
-            dtype: Dtype::F32,
-            shape,
-            data: v
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        }
+        Self::little_endian(name, Dtype::F32, shape, v, f32::to_le_bytes)
     }
     pub fn i64(name: &'a str, shape: Vec<usize>, v: &[i64]) -> OutTensor<'a> {
+        Self::little_endian(name, Dtype::I64, shape, v, i64::to_le_bytes)
+    }
+    /// A tensor of `v`'s values, each stored as `le` gives its bytes.
+    fn little_endian<T: Copy, const N: usize>(
+        name: &'a str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        v: &[T],
+        le: fn(T) -> [u8; N],
+    ) -> OutTensor<'a> {
         OutTensor {
             name,
-            dtype: Dtype::I64,
+            dtype,
             shape,
-            data: v
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
+            data: v.iter().flat_map(|&x| le(x)).collect::<Vec<u8>>().into(),
         }
     }
 }

@@ -398,7 +398,7 @@ mod tests {
         // text: 48 × (attention 18.87M + router 0.26M + 128 experts × 3 × 768 × 2048 + norms), embeddings
         // and lm head 2 × 311M; vision 0.41B: 31.07B in all (the model card says 31B)
         assert_eq!(n, 31_070_754_032, "{n}");
-        let shape = |n: &str| ts.iter().find(|t| t.name == n).unwrap().shape.clone();
+        let shape = |n: &str| shape_of(&ts, n);
         let p = "model.language_model.layers.47.mlp";
         assert_eq!(shape(&format!("{p}.gate.weight")), vec![128, 2048]);
         assert_eq!(
@@ -420,15 +420,18 @@ mod tests {
         assert_eq!(Preset::parse("30B-A3B").unwrap(), Preset::A30bA3);
     }
 
+    /// The shape of tensor `name` among `ts`.
+    fn shape_of(ts: &[TensorSpec], name: &str) -> Vec<usize> {
+        ts.iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape.clone())
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
     #[test]
     fn shapes_follow_spec_table() {
-        let ts = Preset::B8.geometry().tensors();
-        let shape = |n: &str| {
-            ts.iter()
-                .find(|t| t.name == n)
-                .map(|t| t.shape.clone())
-                .unwrap()
-        };
+        let b8 = Preset::B8.geometry().tensors();
+        let shape = |n: &str| shape_of(&b8, n);
         assert_eq!(
             shape("model.visual.patch_embed.proj.weight"),
             vec![1152, 3, 2, 16, 16]
@@ -455,13 +458,8 @@ mod tests {
             vec![4096, 12288]
         );
         assert_eq!(shape("lm_head.weight"), vec![151936, 4096]);
-        let ts = Preset::B4.geometry().tensors();
-        let shape = |n: &str| {
-            ts.iter()
-                .find(|t| t.name == n)
-                .map(|t| t.shape.clone())
-                .unwrap()
-        };
+        let b4 = Preset::B4.geometry().tensors();
+        let shape = |n: &str| shape_of(&b4, n);
         assert_eq!(
             shape("model.language_model.layers.0.self_attn.o_proj.weight"),
             vec![2560, 4096]
