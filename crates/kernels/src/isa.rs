@@ -389,6 +389,16 @@ mod tests {
     }
 
     #[test]
+    fn amx_policy_parses_and_refuses_unknown_values() {
+        assert!(parse_amx("auto").unwrap());
+        assert!(parse_amx(" On ").unwrap());
+        assert!(!parse_amx("0").unwrap());
+        assert!(!parse_amx("off").unwrap());
+        let e = parse_amx("tiles").unwrap_err();
+        assert_eq!(e.to_string(), "QWEN3VL_AMX=\"tiles\": expected on or off");
+    }
+
+    #[test]
     fn parse_names_round_trip() {
         for i in Isa::ALL {
             assert_eq!(Isa::parse(i.name()).unwrap(), i);

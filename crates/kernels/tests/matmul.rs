@@ -317,6 +317,7 @@ fn tile_shapes() {
     run_shape(31, 1, 64, false);
     run_shape(33, 32, 15, false);
     run_shape(65, 97, 200, false);
+    run_shape(17, 1023, 17, false);
 }
 
 #[test]
@@ -362,32 +363,29 @@ fn exact_bf16_matches_widened_f32_closely() {
 /// A NaN in a row of x makes that row of y NaN and leaves the others finite.
 #[test]
 fn nan_propagates_per_row() {
-    let mut c = make(5, 40, 37, 9);
-    c.x[2 * 40 + 3] = f32::NAN;
-    for kern in Kernels::test_variants() {
-        for path in [MatmulPath::Exact, MatmulPath::Fast] {
-            let p = kern.pack_weight(Weight::Bf16(&c.w_bf16), 37, 40).unwrap();
-            let mut y1 = vec![0.0; 5 * 37];
-            let mut y2 = vec![0.0; 5 * 37];
-            kern.matmul(&c.x, 5, &p, None, &mut y1, path).unwrap();
-            kern.matmul_unpacked(
-                &c.x,
-                5,
-                Weight::Bf16(&c.w_bf16),
-                37,
-                40,
-                None,
-                &mut y2,
-                path,
-            )
-            .unwrap();
-            for y in [&y1, &y2] {
-                for (i, row) in y.chunks(37).enumerate() {
-                    assert!(
-                        row.iter().all(|v| v.is_nan() == (i == 2)),
-                        "{} {path:?} row {i}: {row:?}",
-                        kern.isa()
-                    );
+    // 5 rows: the vector kernels; 33 rows × 130 outputs: AMX where present (a full 32-row block written
+    // straight from the tiles, whole and partial groups, and a last row through the epilogue)
+    for (m, n) in [(5usize, 37usize), (33, 130)] {
+        let k = 40;
+        let mut c = make(m, k, n, 9);
+        c.x[2 * k + 3] = f32::NAN;
+        for kern in Kernels::test_variants() {
+            for path in [MatmulPath::Exact, MatmulPath::Fast] {
+                let p = kern.pack_weight(Weight::Bf16(&c.w_bf16), n, k).unwrap();
+                let mut y1 = vec![0.0; m * n];
+                let mut y2 = vec![0.0; m * n];
+                kern.matmul(&c.x, m, &p, None, &mut y1, path).unwrap();
+                kern.matmul_unpacked(&c.x, m, Weight::Bf16(&c.w_bf16), n, k, None, &mut y2, path)
+                    .unwrap();
+                for y in [&y1, &y2] {
+                    for (i, row) in y.chunks(n).enumerate() {
+                        assert!(
+                            row.iter().all(|v| v.is_nan() == (i == 2)),
+                            "{} amx={} {path:?} m={m} row {i}: {row:?}",
+                            kern.isa(),
+                            kern.amx()
+                        );
+                    }
                 }
             }
         }

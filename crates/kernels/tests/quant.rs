@@ -439,4 +439,34 @@ fn fast_quant_matmul_on_dequantized_weights() {
     if Kernels::test_variants().iter().any(|k| k.amx()) {
         assert!(amx_runs >= 4 * 2 * 2 * 2, "{amx_runs} runs on AMX");
     }
+    // special values: a NaN in one row of x makes that row of y NaN and no other (both formats, 17 rows:
+    // the tile kernel where present); ±inf makes its row non-finite only
+    let (m, n, k) = (17usize, 70usize, 40usize);
+    let mut x = rng.vec(m * k, -2.0, 2.0);
+    x[3 * k + 5] = f32::NAN;
+    x[9 * k] = f32::INFINITY;
+    let wf = rng.vec(n * k, -0.1, 0.1);
+    for format in QuantFormat::ALL {
+        for kern in Kernels::test_variants() {
+            let w = kern
+                .quantize_weight(format, Weight::F32(&wf), n, k)
+                .unwrap();
+            let mut y = vec![0f32; m * n];
+            kern.matmul_quant_path(&x, m, &w, None, &mut y, MatmulPath::Fast)
+                .unwrap();
+            for (i, row) in y.chunks(n).enumerate() {
+                let ok = match i {
+                    3 => row.iter().all(|v| v.is_nan()),
+                    9 => row.iter().all(|v| !v.is_finite()),
+                    _ => row.iter().all(|v| v.is_finite()),
+                };
+                assert!(
+                    ok,
+                    "{format:?} {} amx={} row {i}: {row:?}",
+                    kern.isa(),
+                    kern.amx()
+                );
+            }
+        }
+    }
 }

@@ -388,3 +388,51 @@ unsafe fn block(
     }
     tiles.store(dst, stride);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::{scalar, Weight};
+    use crate::Kernels;
+
+    /// The AVX-512 dequantizer against its scalar twin (`QuantWeight::row_f32`, then bf16 RNE): the same
+    /// bits for both formats, on k that end mid-block and mid-super-block, the values past k zero (a q4
+    /// pad dequantizes to −dmin·mn, not 0).
+    #[test]
+    fn dequant_row_bf16_matches_row_f32_rounded() {
+        let Some(kern) = Kernels::all_available()
+            .pop()
+            .filter(|k| k.features().avx512_bf16)
+        else {
+            return;
+        };
+        let mut s = 7u64;
+        for k in [1usize, 15, 17, 31, 33, 255, 257, 1023] {
+            let n = 3;
+            let w: Vec<f32> = (0..n * k)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.3
+                })
+                .collect();
+            for format in QuantFormat::ALL {
+                let q = kern.quantize_weight(format, Weight::F32(&w), n, k).unwrap();
+                let mut row = vec![0f32; k];
+                for o in 0..n {
+                    q.row_f32(o, &mut row).unwrap();
+                    let want: Vec<u16> = row.iter().map(|&v| scalar::f32_to_bf16(v)).collect();
+                    let mut got = vec![0xffffu16; k.div_ceil(32) * 32];
+                    // Safety: AVX-512 F/BW and AVX512_BF16 checked above; o < n.
+                    unsafe { dequant_row_bf16(&q, o, &mut got) };
+                    assert_eq!(&got[..k], &want[..], "{format:?} k {k} row {o}");
+                    assert!(
+                        got[k..].iter().all(|&b| b == 0),
+                        "{format:?} k {k}: padding"
+                    );
+                }
+            }
+        }
+    }
+}
