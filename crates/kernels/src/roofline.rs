@@ -277,25 +277,13 @@ mod x86 {
     /// `iters` × 4 independent `tdpbf16ps` (16 × 16 × 32 products each) on tiles loaded once; returns
     /// the flops. Safety: AMX-TILE/BF16 with the process's tile permission.
     pub unsafe fn amx_loop(iters: u64) -> f64 {
-        #[repr(C, align(64))]
-        struct Cfg([u8; 64]);
-        let mut cfg = Cfg([0; 64]);
-        cfg.0[0] = 1;
-        for t in 0..8 {
-            cfg.0[16 + 2 * t] = 64;
-            cfg.0[48 + t] = 16;
-        }
         let ones = vec![0x3f80u16; 16 * 32]; // bf16 1.0
+                                             // the kernels' configuration and register plan (`x86::amx::tiles`): C0..C3 += A0,A1 × B0,B1
+        let tiles = crate::x86::amx::tiles::Tiles::begin();
+        tiles.zero();
+        let a = ones.as_ptr();
+        tiles.step(a, a, 64, a, a, 64);
         std::arch::asm!(
-            "ldtilecfg [{cfg}]",
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "tileloadd tmm4, [{a} + {s}*1]",
-            "tileloadd tmm5, [{a} + {s}*1]",
-            "tileloadd tmm6, [{a} + {s}*1]",
-            "tileloadd tmm7, [{a} + {s}*1]",
             "2:",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tdpbf16ps tmm1, tmm4, tmm7",
@@ -303,13 +291,10 @@ mod x86 {
             "tdpbf16ps tmm3, tmm5, tmm7",
             "dec {n}",
             "jnz 2b",
-            "tilerelease",
-            cfg = in(reg) cfg.0.as_ptr(),
-            a = in(reg) ones.as_ptr(),
-            s = in(reg) 64usize,
             n = inout(reg) iters.max(1) => _,
-            options(nostack)
+            options(nostack, nomem)
         );
+        drop(tiles);
         iters.max(1) as f64 * 4.0 * 16.0 * 16.0 * 32.0 * 2.0
     }
 

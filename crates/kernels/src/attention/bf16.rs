@@ -476,8 +476,8 @@ impl Chunk<'_> {
         // 2a. St[j, c..] = Σ_p Kb[j, p] · Qt[p, c..] for j < wc, RK keys at a time, then 2, then 1;
         //     mx: the running max of each vector of rows over these keys
         let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); NC];
-        let mut j = if self.tiles.is_some() { wc } else { 0 };
         if let Some((tl, tc)) = &self.tiles {
+            // AMX: the whole tile's scores, then their max
             tc.qk(tl, b.qt, b.stt, wc);
             for jj in 0..wc {
                 for n in 0..NC {
@@ -485,17 +485,19 @@ impl Chunk<'_> {
                     mx[n] = _mm512_max_ps(mx[n], v);
                 }
             }
-        }
-        while j < wc {
-            if wc - j >= RK {
-                qk_block::<RK, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
-                j += RK;
-            } else if wc - j >= 2 {
-                qk_block::<2, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
-                j += 2;
-            } else {
-                qk_block::<1, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
-                j += 1;
+        } else {
+            let mut j = 0;
+            while j < wc {
+                if wc - j >= RK {
+                    qk_block::<RK, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
+                    j += RK;
+                } else if wc - j >= 2 {
+                    qk_block::<2, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
+                    j += 2;
+                } else {
+                    qk_block::<1, NC>(kt, hp, j, b.qt, ld, c, b.stt, &mut mx);
+                    j += 1;
+                }
             }
         }
 
