@@ -192,15 +192,7 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
                 }
             }
         }
-        let mut out: Vec<OutTensor> = owned
-            .iter()
-            .map(|(name, data, shape, dtype)| OutTensor {
-                name,
-                dtype: *dtype,
-                shape: shape.clone(),
-                data: data.as_slice().into(),
-            })
-            .collect();
+        let mut out = out_tensors(&owned);
         out.extend(copied.iter().map(|t| OutTensor {
             name: &t.key,
             dtype: t.dtype,
@@ -250,6 +242,19 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// One tensor of a checkpoint being written: (name, bytes, shape, dtype).
 pub type OwnedTensor = (String, Vec<u8>, Vec<usize>, Dtype);
+
+/// The writer's views of owned tensors (borrowing their names and bytes).
+pub fn out_tensors(owned: &[OwnedTensor]) -> Vec<OutTensor<'_>> {
+    owned
+        .iter()
+        .map(|(name, data, shape, dtype)| OutTensor {
+            name,
+            dtype: *dtype,
+            shape: shape.clone(),
+            data: data.as_slice().into(),
+        })
+        .collect()
+}
 
 /// A tensor's entry in a safetensors header, its bytes aside: (name, shape, dtype).
 pub type TensorEntry = (String, Vec<usize>, Dtype);

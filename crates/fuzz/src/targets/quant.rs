@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use qwen3vl_engine::quantize::{stored_quantized, OwnedTensor};
 use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::quant::QuantWeight;
-use qwen3vl_model::weights::{write_safetensors_with_metadata, OutTensor, Weights};
+use qwen3vl_model::weights::{write_safetensors_with_metadata, Weights};
 use qwen3vl_model::QuantFormat;
 
 use super::{kernels, scratch};
@@ -66,15 +66,7 @@ fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
         }
     }
     meta.push(("format".into(), "pt".into()));
-    let out: Vec<OutTensor> = owned
-        .iter()
-        .map(|(name, data, shape, dtype)| OutTensor {
-            name,
-            dtype: *dtype,
-            shape: shape.clone(),
-            data: data.as_slice().into(),
-        })
-        .collect();
+    let out = qwen3vl_engine::quantize::out_tensors(&owned);
     let p = scratch("quant-seed").join("model.safetensors");
     write_safetensors_with_metadata(&p, &out, &meta).expect("seed written");
     std::fs::read(&p).expect("seed read back")
