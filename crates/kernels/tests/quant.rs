@@ -370,7 +370,7 @@ fn q8_bad_arguments_are_errors() {
 /// integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256, with and without bias.
 #[test]
 fn fast_quant_matmul_on_dequantized_weights() {
-    use qwen3vl_kernels::matmul::{MatmulPath, AMX_MIN_M};
+    use qwen3vl_kernels::matmul::{MatmulPath, AMX_QUANT_MIN_M};
     let mut rng = Rng::new(23);
     let mut amx_runs = 0;
     for (m, n, k) in [
@@ -404,7 +404,7 @@ fn fast_quant_matmul_on_dequantized_weights() {
                         assert_eq!(y, exact, "Exact path is the integer kernels");
                         kk.matmul_quant_path(&x, m, &w, b, &mut y, MatmulPath::Fast)
                             .unwrap();
-                        if !(kk.amx() && m >= AMX_MIN_M) {
+                        if !(kk.amx() && m >= AMX_QUANT_MIN_M) {
                             assert_eq!(y, exact, "Fast without AMX is the integer kernels");
                             continue;
                         }

@@ -37,24 +37,39 @@ const TK: usize = 32;
 /// Bytes of bf16 x a row chunk may take (kept in L2 while the groups stream past it).
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Fewest rows of x for which the AMX kernel is used (below, a tile would be mostly padding).
-pub const MIN_M: usize = 16;
+/// Fewest rows of x for which the AMX kernel is used: all. At one row (decode) the streaming form reads
+/// the weights at the machine's read bandwidth (2B random checkpoint on the Intel Xeon: 8.4-8.9 tok/s
+/// against 8.1 for the AVX-512 kernel), and a decode batch of 8 rows costs little more than one.
+pub const MIN_M: usize = 1;
+/// Fewest rows of x for which a quantized W is dequantized to bf16 for the tiles (prefill, vision): the
+/// dequantized copy is made per call, so a few rows are better served by the integer kernels.
+pub const QUANT_MIN_M: usize = 16;
+/// Most rows of x for the streaming form (one A tile; decode batches): each group is read once, in one
+/// pass.
+const SMALL_M: usize = 16;
 
-/// (rows, row stride) of x rounded to bf16 for this kernel: rows padded to 32, stride to 32 values (one
-/// cache line) and an odd number of lines, so that the 16 rows of an A tile fall in 16 different sets of
-/// L1 (at k = 2048 the rows would be 4 KiB apart: all in one set of a 12-way cache).
+/// (rows, row stride) of x rounded to bf16 for this kernel: rows padded to 32 (16 for the streaming form
+/// of at most 16 rows), stride to 32 values (one cache line) and an odd number of lines, so that the 16
+/// rows of an A tile fall in 16 different sets of L1 (at k = 2048 the rows would be 4 KiB apart: all in
+/// one set of a 12-way cache).
 pub fn x_layout(m: usize, k: usize) -> (usize, usize) {
     let lines = k.div_ceil(TK);
-    (m.div_ceil(MB) * MB, (lines | 1) * TK)
+    let rows = if m <= SMALL_M {
+        SMALL_M
+    } else {
+        m.div_ceil(MB) * MB
+    };
+    (rows, (lines | 1) * TK)
 }
 
 /// f32 results of a block: row r, slot block b (s0, s1), 16 values.
 #[repr(C, align(64))]
 struct Out([[[f32; 16]; 2]; MB]);
 
-/// The B tiles of the last partial k step, zero-padded: tile b, pair row, 16 pairs.
+/// The B tiles of the last partial k step, zero-padded: tile b, pair row, 16 pairs (two for a 32-row
+/// block, all four slots of a group for the streaming form).
 #[repr(C, align(64))]
-struct Tail([[[u16; 32]; 16]; 2]);
+struct Tail([[[u16; 32]; 16]; 4]);
 
 /// Column groups g0..g1 of y for all rows of x. Safety: the CPU has AVX-512 F/BW/VL and AMX-TILE/BF16,
 /// and this process has the tile permission (`Features::amx_bf16`); `a.xb` holds x rounded to bf16 in the
@@ -74,6 +89,12 @@ unsafe fn groups<const E: bool>(a: &Args, w: &[u16], g0: usize, g1: usize) {
     let (rows, ld) = x_layout(a.m, a.k);
     let chunk = (CHUNK_BYTES / (ld * 2)).max(MB) / MB * MB;
     let mut st = State::new();
+    if a.m <= SMALL_M {
+        for j in g0..g1 {
+            one_group_small::<E>(&mut st, a, w.as_ptr().add(j * gsize), j);
+        }
+        return;
+    }
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + chunk).min(rows);
@@ -97,7 +118,7 @@ impl State {
         State {
             tiles: Tiles::begin(),
             out: Out([[[0.0; 16]; 2]; MB]),
-            bt: Tail([[[0; 32]; 16]; 2]),
+            bt: Tail([[[0; 32]; 16]; 4]),
         }
     }
 }
@@ -223,6 +244,79 @@ pub(crate) unsafe fn one_group<const E: bool>(
     }
 }
 
+/// Group j of y (its G output columns, at packed group `wg`) for at most 16 rows of x (decode batches):
+/// the group streamed once, 16 pairs of k × all 64 slots per step (C0..C3 = slots 0, 16, 32, 48; four
+/// B tile loads in flight keep the memory busy: software prefetch measured no gain), then the vector
+/// epilogue. Safety: as [`packed_bf16`]; `wg` holds one packed group; `a.m` ≤ 16.
+#[inline(always)]
+unsafe fn one_group_small<const E: bool>(st: &mut State, a: &Args, wg: *const u16, j: usize) {
+    let kp = a.k.div_ceil(2);
+    let (_, ld) = x_layout(a.m, a.k);
+    let (steps, tail) = (kp / 16, kp % 16);
+    let s = Avx512::new_unchecked();
+    let (c0, cols) = a.group_cols(j, G);
+    let ldb = G * 2 * 2;
+    let x = a.xb.as_ptr();
+    st.tiles.zero();
+    for t in 0..steps {
+        let b = wg.add(t * 16 * G * 2);
+        st.tiles.step4(
+            x.add(t * TK),
+            ld * 2,
+            [b, b.add(32), b.add(64), b.add(96)],
+            ldb,
+        );
+    }
+    if tail > 0 {
+        for (b, tile) in st.bt.0.iter_mut().enumerate() {
+            for (p, row) in tile.iter_mut().enumerate() {
+                if p < tail {
+                    let src = wg.add((steps * 16 + p) * G * 2 + b * 32);
+                    std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), 32);
+                } else {
+                    row.fill(0);
+                }
+            }
+        }
+        let bt = &st.bt.0;
+        st.tiles.step4(
+            x.add(steps * TK),
+            ld * 2,
+            [0, 1, 2, 3].map(|b| bt[b].as_ptr() as *const u16),
+            64,
+        );
+    }
+    // C_b (slots 16b..16b+16) as row r's values 16b..16b+16 of `out` (16 rows of 64 f32)
+    let o = st.out.0.as_mut_ptr() as *mut f32;
+    st.tiles.store([0, 1, 2, 3].map(|b| o.add(16 * b)), G * 4);
+    for r in 0..a.m {
+        let v = [0, 1, 2, 3].map(|b| _mm512_load_ps(o.add(r * G + 16 * b)));
+        if E {
+            // gate (slot c) and up (slot 32 + c) of outputs c0 + c
+            for h in 0..2 {
+                let n = cols.saturating_sub(16 * h).min(16);
+                if n > 0 {
+                    kernel::store_tile::<Avx512, 1, 2, true>(
+                        s,
+                        a,
+                        &[[v[h], v[h + 2]]],
+                        r,
+                        c0 + 16 * h,
+                        n,
+                    );
+                }
+            }
+        } else {
+            for (b, &vb) in v.iter().enumerate() {
+                let n = cols.saturating_sub(16 * b).min(16);
+                if n > 0 {
+                    kernel::store_tile::<Avx512, 1, 1, false>(s, a, &[[vb]], r, c0 + 16 * b, n);
+                }
+            }
+        }
+    }
+}
+
 /// Column groups g0..g1 of y = x · Wᵀ (+ bias) for a quantized W: each group of G rows of W is
 /// dequantized (the values `QuantWeight::row_f32` gives), rounded to bf16 into one packed group, then
 /// multiplied with all rows of x on tiles. Safety: as [`packed_bf16`], plus AVX512_BF16; `a` describes
@@ -266,7 +360,11 @@ pub unsafe fn quant_bf16(a: &Args, w: &QuantWeight, g0: usize, g1: usize) {
                 _mm512_store_si512(wgp.add(p * G + q * 16) as *mut __m512i, v);
             }
         }
-        one_group::<false>(&mut st, a, wgp as *const u16, j, 0, rows);
+        if a.m <= SMALL_M {
+            one_group_small::<false>(&mut st, a, wgp as *const u16, j);
+        } else {
+            one_group::<false>(&mut st, a, wgp as *const u16, j, 0, rows);
+        }
     }
 }
 

@@ -50,11 +50,18 @@ use crate::{KernelError, Kernels};
 pub use backward::MatmulGrads;
 use buf::AlignedBuf;
 
-/// Fewest rows of x for which the `Fast` matmul runs on AMX tiles where [`Kernels::amx`] is on.
+/// Fewest rows of x for which the `Fast` matmul of bf16 weights runs on AMX tiles where [`Kernels::amx`]
+/// is on (every row count: up to 16 rows the weights stream through one A tile at the read bandwidth).
 #[cfg(target_arch = "x86_64")]
 pub const AMX_MIN_M: usize = amx::MIN_M;
 #[cfg(not(target_arch = "x86_64"))]
 pub const AMX_MIN_M: usize = usize::MAX;
+/// Fewest rows of x for which the `Fast` quantized matmul dequantizes W to bf16 and runs on AMX tiles
+/// (below, the integer kernels read fewer bytes than the dequantized copy costs to make).
+#[cfg(target_arch = "x86_64")]
+pub const AMX_QUANT_MIN_M: usize = amx::QUANT_MIN_M;
+#[cfg(not(target_arch = "x86_64"))]
+pub const AMX_QUANT_MIN_M: usize = usize::MAX;
 pub use buf::StableBytes;
 pub(crate) use packed::PackedData;
 pub use packed::{PackedWeight, WeightPacker};

@@ -446,7 +446,7 @@ impl Kernels {
     }
 
     /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast` with AMX ([`Kernels::amx`])
-    /// and at least [`crate::matmul::AMX_MIN_M`] rows (prefill, vision) dequantizes W 64 rows at a time to
+    /// and at least [`crate::matmul::AMX_QUANT_MIN_M`] rows (prefill, vision) dequantizes W 64 rows at a time to
     /// bf16 and runs the bf16 tile kernel: x and the dequantized weights rounded to bf16 (each ≤ 2⁻⁸
     /// relative), sums in f32 — the error of the `Fast` bf16 matmul on the dequantized weights, plus their
     /// rounding (≤ 2⁻⁹·Σ|x·w|). Otherwise (and for `Exact`) the integer kernels of [`Kernels::matmul_quant`].
@@ -462,7 +462,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         if path == crate::matmul::MatmulPath::Fast
             && self.amx()
-            && m >= crate::matmul::AMX_MIN_M
+            && m >= crate::matmul::AMX_QUANT_MIN_M
             && w.n > 0
             && w.k > 0
         {

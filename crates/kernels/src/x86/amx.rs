@@ -162,6 +162,36 @@ pub mod tiles {
             );
         }
 
+        /// C_j += A0·B_j, j = 0..4, for one step of 32 values of k with one A tile (at most 16 rows of x:
+        /// decode batches): A0 at `a` with rows `lda` bytes apart, B_j at `b[j]` with rows `ldb` bytes
+        /// apart. B tiles rotate through tmm6, tmm7, tmm5 (A1 is not used here), so every B tile is
+        /// loaded once.
+        ///
+        /// # Safety
+        /// 16 rows of 64 bytes are readable at each operand.
+        #[inline(always)]
+        pub unsafe fn step4(&self, a: *const u16, lda: usize, b: [*const u16; 4], ldb: usize) {
+            asm!(
+                "tileloadd tmm4, [{a} + {lda}*1]",
+                "tileloadd tmm6, [{b0} + {ldb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {ldb}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{b2} + {ldb}*1]",
+                "tdpbf16ps tmm2, tmm4, tmm5",
+                "tileloadd tmm6, [{b3} + {ldb}*1]",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                a = in(reg) a,
+                lda = in(reg) lda,
+                b0 = in(reg) b[0],
+                b1 = in(reg) b[1],
+                b2 = in(reg) b[2],
+                b3 = in(reg) b[3],
+                ldb = in(reg) ldb,
+                options(nostack, readonly)
+            );
+        }
+
         /// Stores C0..C3 (16 rows of 16 f32 each) at `c[0..4]`, rows `stride` bytes apart.
         ///
         /// # Safety
