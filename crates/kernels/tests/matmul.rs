@@ -250,6 +250,9 @@ fn small_shapes() {
     run_shape(6, 35, 40, false);
     run_shape(8, 64, 33, false);
     run_shape(13, 17, 50, false);
+    // the last row count of AMX's streaming form (one A tile) and the first of its 32-row blocks
+    run_shape(16, 1023, 65, false);
+    run_shape(17, 1023, 65, false);
 }
 
 /// Batched rows give each row the bits it gets alone (exact path, packed bf16, with and without the
