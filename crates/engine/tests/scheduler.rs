@@ -377,6 +377,65 @@ fn a_dropped_handle_frees_its_sequence_at_the_next_step() {
     );
 }
 
+/// Requests that arrive together are prefilled together: three text prompts admitted at once (they waited
+/// for the KV budget held by a long answer, cancelled) take one prefill step between them, then decode
+/// together, with the tokens each gets alone.
+#[test]
+fn a_burst_of_requests_is_prefilled_in_one_step() {
+    use qwen3vl_engine::History;
+    let e = engine();
+    let long = Request {
+        messages: vec![user(0, "Go on.")],
+        images: vec![],
+        params: greedy(2000),
+    };
+    let burst: Vec<Request> = [
+        "Tell me a story about a cat.",
+        "Why is the sky blue?",
+        "Count to ten.",
+    ]
+    .iter()
+    .map(|q| Request {
+        messages: vec![user(0, q)],
+        images: vec![],
+        params: greedy(8),
+    })
+    .collect();
+    // The budget holds the long answer but not it and one more.
+    let kv = |r: &Request| {
+        e.prepare(
+            &r.messages,
+            vec![],
+            History::default(),
+            r.params.max_tokens,
+            4096,
+        )
+        .unwrap()
+        .kv_tokens()
+    };
+    let min_burst = burst.iter().map(kv).min().unwrap();
+    let mut opts = SchedulerOptions::new(kv(&long) + min_burst - 1);
+    opts.prefix_cache = false;
+    let s = Scheduler::start(e.clone(), opts).unwrap();
+    let h = s.submit(long).unwrap();
+    while !matches!(h.recv(), Some(Event::Text(_))) {}
+    let handles: Vec<_> = burst.iter().map(|r| s.submit(r.clone()).unwrap()).collect();
+    assert_eq!(s.load().running, 1, "the burst waits for the budget");
+    let steps0 = s.load().steps;
+    h.cancel();
+    let got: Vec<Vec<u32>> = handles.into_iter().map(tokens_of).collect();
+    // At most one more step of the long answer, one prefill step for all three, 7 decode steps.
+    let steps = s.load().steps - steps0;
+    assert!(steps <= 9, "{steps} steps for 3 answers of 8 tokens");
+    for (r, tokens) in burst.iter().zip(&got) {
+        let alone = e
+            .generate(&r.messages, vec![], &r.params, 4096, &mut |_| Ok(()))
+            .unwrap()
+            .tokens;
+        assert_eq!(&alone, tokens);
+    }
+}
+
 /// A prompt with a video between an image and text, through the scheduler in chunks of 5 (the visual
 /// rows of the image and of the video's frame groups split across steps): the tokens a session generates
 /// for it; and again from the prefix cache, whose reuse covers the video's tokens.

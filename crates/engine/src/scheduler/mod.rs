@@ -5,8 +5,9 @@
 //! cancel switch. Each step of the worker is one [`qwen3vl_model::Model::forward_batch`] pass holding
 //!
 //! - one token of every running sequence (decode reads the weights once for all of them), and
-//! - at most one chunk of a new sequence's prompt (`prefill_chunk` tokens), so running streams are not
-//!   stalled for a whole prefill.
+//! - at most `prefill_chunk` prompt tokens of new sequences (the first one's chunk, then the next ones'
+//!   while the budget lasts), so running streams are not stalled for a whole prefill and a burst of short
+//!   requests is prefilled in one wide pass (the matmuls then run on many rows at once).
 //!
 //! Sequences join and leave between steps. KV memory comes from a budget of `kv_tokens` shared by the
 //! sequences: a request reserves its prompt plus its `max_tokens`; one that can never fit is refused at
@@ -41,7 +42,7 @@ pub struct SchedulerOptions {
     pub kv_tokens: usize,
     /// Most sequences running at once.
     pub max_batch: usize,
-    /// Prompt tokens prefilled per step, between decode steps.
+    /// Prompt tokens prefilled per step (shared by the sequences prefilling), between decode steps.
     pub prefill_chunk: usize,
     /// Keep finished sequences' KV for reuse by requests sharing their prefix.
     pub prefix_cache: bool,

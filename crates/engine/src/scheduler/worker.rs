@@ -274,7 +274,9 @@ impl<'e> Worker<'e> {
         }
     }
 
-    /// One forward pass: a token of every decoding sequence and one prefill chunk.
+    /// One forward pass: a token of every decoding sequence and up to `prefill_chunk` prompt tokens of the
+    /// sequences still prefilling (the first one's, then the next ones' while the budget lasts: a burst of
+    /// new requests is prefilled in a few wide passes, not one pass each).
     fn step(&mut self) {
         let engine = self.engine;
         let model = &engine.model;
@@ -332,17 +334,30 @@ impl<'e> Worker<'e> {
                 }
             }
         }
-        let chunk = self.opts.prefill_chunk;
+        let mut budget = self.opts.prefill_chunk;
         let mut seqs: Vec<Seq> = Vec::with_capacity(self.running.len());
         let mut owners: Vec<usize> = Vec::with_capacity(self.running.len());
-        let mut advanced: Option<(usize, usize, usize)> = None;
+        // (sequence, prompt tokens in its cache after this step, visual tokens among this step's)
+        let mut advanced: Vec<(usize, usize, usize)> = Vec::new();
         for (i, r) in self.running.iter_mut().enumerate() {
             let p = &r.job.prepared;
             if r.done < p.tokens.len() {
-                if Some(i) != pre {
+                // `pre` (its images encoded above, if it has any), then the next ones whose rest of
+                // the prompt needs no vision tower now
+                let ready = Some(i) == pre
+                    || (r.vision.is_some()
+                        || !p.tokens[r.done..].iter().any(|t| visual.contains(t)))
+                        && pre.is_none_or(|f| f < i);
+                if !ready || budget == 0 {
                     continue;
                 }
-                let end = (r.done + chunk).min(p.tokens.len());
+                if r.started.is_none() {
+                    let now = Instant::now();
+                    r.started = Some(now);
+                    r.stats.queue_seconds = (now - r.job.submitted).as_secs_f64();
+                }
+                let end = (r.done + budget).min(p.tokens.len());
+                budget -= end - r.done;
                 let ids = &p.tokens[r.done..end];
                 let last = end == p.tokens.len();
                 let n_img = ids.iter().filter(|t| visual.contains(t)).count();
@@ -356,7 +371,7 @@ impl<'e> Worker<'e> {
                     cache: &mut r.cache,
                     logits: if last { Logits::Last } else { Logits::None },
                 });
-                advanced = Some((i, end, n_img));
+                advanced.push((i, end, n_img));
                 if last {
                     owners.push(i);
                 }
@@ -379,7 +394,7 @@ impl<'e> Worker<'e> {
         };
         // (row of the logits, sequence) to sample.
         let mut rows: Vec<(usize, usize)> = owners.iter().copied().enumerate().collect();
-        if let Some((i, end, n_img)) = advanced {
+        for (i, end, n_img) in advanced {
             let r = &mut self.running[i];
             r.done = end;
             r.image_rows += n_img;
