@@ -20,7 +20,7 @@
 // Register tiles index several arrays with the same (row, vector) indices.
 #![allow(clippy::needless_range_loop)]
 
-use super::flash::{ChunkStep, Chunks, KEY_TILE};
+use super::flash::{ChunkStep, Chunks};
 use super::{Job, Task};
 use crate::simd::math::exp;
 use crate::simd::Simd;
@@ -41,9 +41,21 @@ unsafe fn vstore<S: Simd>(s: S, x: &mut [f32], i: usize, v: S::V) {
     s.store(x.get_unchecked_mut(i..), v)
 }
 
-/// Scratch floats a task of `mq` rows needs.
+/// Keys per tile: the tile's packed K and V (2 × 128 × 320 bytes at head dim 64) and a column chunk's
+/// scores stay in L1 while the chunks of the task's rows go past.
+const KEY_TILE: usize = 128;
+
+/// Row stride (floats) of the packed K and V tiles of head dim `hd`, and of Qt, St and Ot of `cols`
+/// columns: an odd number of cache lines, so that rows read down a column spread over every set of L1
+/// (K and V in their own layouts are often 4 KiB multiples apart — the fused qkv rows of the vision tower
+/// are 12 KiB — and then every row of a tile fell in the same set).
+fn odd_lines(n: usize) -> usize {
+    (n.div_ceil(16) | 1) * 16
+}
+
+/// Scratch floats a task needs: Qt, St, Ot at stride `ld`, m, l, o, and the packed K and V tiles.
 fn scratch_len(hd: usize, ld: usize) -> usize {
-    hd * ld + KEY_TILE * ld + hd * ld + 2 * ld + hd
+    hd * ld + KEY_TILE * ld + hd * ld + 2 * ld + hd + 2 * KEY_TILE * odd_lines(hd)
 }
 
 /// Runs one task. Register tiles: N vectors per column chunk; RK keys (Q·Kᵀ) and RD head dims (P·V) per
@@ -61,7 +73,10 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
     let lanes = S::LANES;
     debug_assert_eq!(t.ng, 1, "the lanes kernel takes one kv head per task");
     let mq = (t.i1 - t.i0) * group;
-    let ld = mq.div_ceil(lanes) * lanes;
+    // columns (rows rounded up to the lanes) and the row strides (see `odd_lines`)
+    let cols = mq.div_ceil(lanes) * lanes;
+    let ld = odd_lines(cols);
+    let kls = odd_lines(hd);
 
     let need = scratch_len(hd, ld);
     if scratch.len() < need {
@@ -73,7 +88,9 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
     let (ot, rest) = rest.split_at_mut(hd * ld);
     let (m, rest) = rest.split_at_mut(ld);
     let (l, rest) = rest.split_at_mut(ld);
-    let orow = &mut rest[..hd];
+    let (orow, rest) = rest.split_at_mut(hd);
+    let (kp, rest) = rest.split_at_mut(KEY_TILE * kls);
+    let vp = &mut rest[..KEY_TILE * kls];
     ot.fill(0.0);
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
@@ -91,17 +108,26 @@ pub(crate) fn run<S: Simd, const N: usize, const RK: usize, const RD: usize>(
     let (kbase, vbase) = (t.g * job.kl.head_stride, t.g * job.vl.head_stride);
     // K and V rows of a tile: (w, hd) at row strides krs, vrs
     let (krs, vrs) = (job.kl.row_stride, job.vl.row_stride);
-    for ChunkStep { j0, w, c, nv, wc } in Chunks::new(job, t, KEY_TILE, mq, ld, N, lanes) {
-        let kt = &job.k[kbase + j0 * krs..];
-        let vt = &job.v[vbase + j0 * vrs..];
+    let mut packed = usize::MAX;
+    for ChunkStep { j0, w, c, nv, wc } in Chunks::new(job, t, KEY_TILE, mq, cols, N, lanes) {
+        // a new key tile: its K and V rows packed once for all the column chunks
+        if j0 != packed {
+            for jj in 0..w {
+                let (k0, v0) = (kbase + (j0 + jj) * krs, vbase + (j0 + jj) * vrs);
+                kp[jj * kls..][..hd].copy_from_slice(&job.k[k0..k0 + hd]);
+                vp[jj * kls..][..hd].copy_from_slice(&job.v[v0..v0 + hd]);
+            }
+            packed = j0;
+        }
         let cc = Chunk {
             hd,
             ld,
             c,
             wc,
-            krs,
-            vrs,
+            krs: kls,
+            vrs: kls,
         };
+        let (kt, vt) = (&kp[..], &vp[..]);
         let vis = |r| job.visible(t, r, j0, w);
         match nv {
             1 => cc.step::<S, 1, RK, RD>(s, kt, vt, qt, stt, ot, m, l, vis, mq),

@@ -373,8 +373,9 @@ impl Job<'_> {
     }
 }
 
-/// (q rows × heads) per query tile: the rows that share each loaded K/V tile.
-const TILE_PAIRS: usize = 64;
+/// (q rows × heads) per query tile: the rows that share each loaded (and, in the lanes kernel, packed)
+/// K/V tile. 128 rather than 64: vision attention 9-17% faster at every level (`benches/attention.rs`).
+const TILE_PAIRS: usize = 128;
 /// Fewer (query row, q head) pairs per kv head than this is a decode step.
 const DECODE_PAIRS: usize = 8;
 /// Split the keys only if there are fewer (kv head, query tile) tasks than this many per thread ...
@@ -655,8 +656,8 @@ mod tests {
         assert_eq!(plan(1, 300, 16, 8, 3), (1, 3, 1));
         // decode, one thread: one task
         assert_eq!(plan(1, 4096, 16, 8, 1), (1, 8, 1));
-        // prefill tiles: 64 (row, head) pairs per tile, one kv head per task
-        assert_eq!(plan(512, 512, 16, 8, 2), (32, 1, 1));
+        // prefill tiles: 128 (row, head) pairs per tile, one kv head per task
+        assert_eq!(plan(512, 512, 16, 8, 2), (64, 1, 1));
         assert_eq!(plan(5, 5, 16, 8, 2), (5, 1, 1));
         // a short prefill after a long context on one kv head: split the keys
         assert_eq!(plan(8, 4096, 8, 1, 2), (8, 1, 4));
