@@ -1,8 +1,9 @@
 //! The prefill / vision kernel: flash attention with the task's query rows in the vector lanes.
 //!
 //! A task (see [`Task`]) owns `mq = rows · group` query rows (every q head of one kv head for a range of
-//! positions). Everything is kept transposed, (·, mq) with the rows in lanes, so that K and V are read
-//! straight from their strided views (no packing) and the softmax needs no horizontal reductions:
+//! positions). Everything is kept transposed, (·, mq) with the rows in lanes, so that K and V rows are
+//! read as they are (each key tile's rows copied once per task into a stride of an odd number of cache
+//! lines, see `odd_lines`) and the softmax needs no horizontal reductions:
 //!
 //! ```text
 //! Qt (hd, ld)          = scale · qᵀ of the task rows (ld = mq rounded up to the lanes, padding 0)
