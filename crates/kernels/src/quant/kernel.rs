@@ -16,33 +16,24 @@ use crate::simd::int::{SimdInt, SimdQ4, BLOCK};
 /// Rows of x per L2-resident chunk.
 const MC: usize = 64;
 
-/// Bytes ahead of the block being read at which each weight row is prefetched, and the head of the
-/// next tile's rows prefetched when a tile starts: a quantized row (2 KiB at k = 2048 in q8) is too
-/// short a stream for the hardware prefetcher to run ahead of it.
-const PREFETCH_BYTES: usize = 1024;
-
-/// A prefetch hint for the line at `p` (never dereferenced: an address past the weights is harmless).
+/// Prefetches the part of the next tile's weights that matches step `lo..hi` (bytes) of this tile: a
+/// tile reads its RN contiguous rows as RN interleaved streams, each too short (2 KiB at k = 2048 in q8)
+/// for the hardware prefetcher to run ahead of, so the next tile's rows (at `next`, RN·row bytes on) are
+/// requested linearly at the pace this tile consumes its own: one tile ahead, a few lines per step.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+fn prefetch_next_tile(next: *const u8, lo: usize, hi: usize) {
     #[cfg(target_arch = "x86_64")]
-    // Safety: a hint; prefetching any address has no effect on the program's state.
-    unsafe {
+    {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Prefetches the first `PREFETCH_BYTES` of the `rn` rows (of `row_bytes` each) that follow the tile's
-/// rows at `w`.
-#[inline(always)]
-fn prefetch_next_rows(w: *const u8, rn: usize, row_bytes: usize) {
-    for r in rn..2 * rn {
-        for l in (0..PREFETCH_BYTES.min(row_bytes)).step_by(64) {
-            prefetch(w.wrapping_add(r * row_bytes + l));
+        let mut off = lo & !63;
+        while off < hi {
+            // Safety: a hint; an address past the weights is never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8) };
+            off += 64;
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (next, lo, hi);
 }
 
 #[inline(always)]
@@ -53,11 +44,9 @@ unsafe fn tile<S: SimdInt, const RM: usize, const RN: usize>(s: S, a: &QArgs, i:
     let wd = a.wd.add(c * nb);
     let xq = a.xq.add(i * kp);
     let xd = a.xd.add(i * nb);
-    prefetch_next_rows(wq as *const u8, RN, kp);
+    let next = wq.wrapping_add(RN * kp) as *const u8;
     for b in 0..nb {
-        for r in 0..RN {
-            prefetch(wq.wrapping_add(r * kp + b * BLOCK + PREFETCH_BYTES) as *const u8);
-        }
+        prefetch_next_tile(next, b * RN * BLOCK, (b + 1) * RN * BLOCK);
         let w: [S::W; RN] = std::array::from_fn(|r| unsafe { s.ld_w(wq.add(r * kp + b * BLOCK)) });
         let dw: [f32; RN] = std::array::from_fn(|r| unsafe { *wd.add(r * nb + b) });
         for (ii, acc) in acc.iter_mut().enumerate() {
@@ -131,15 +120,10 @@ unsafe fn tile4<S: SimdQ4, const VNNI: bool, const RM: usize, const RN: usize>(
     let (nsb, nb) = (a.nsb, a.nsb * Q4_SUBS);
     let (kp, rb) = (nb * BLOCK, nsb * Q4_SUPER_BYTES);
     let mut acc = [[s.zero(); RN]; RM];
-    prefetch_next_rows(a.wq.add(c * rb), RN, rb);
+    let next = a.wq.wrapping_add((c + RN) * rb);
     for sb in 0..nsb {
-        for r in 0..RN {
-            for l in (0..Q4_SUPER_BYTES).step_by(64) {
-                prefetch(
-                    a.wq.wrapping_add((c + r) * rb + sb * Q4_SUPER_BYTES + PREFETCH_BYTES + l),
-                );
-            }
-        }
+        let step = RN * Q4_SUPER_BYTES;
+        prefetch_next_tile(next, sb * step, (sb + 1) * step);
         let wb: [*const u8; RN] =
             std::array::from_fn(|r| unsafe { a.wq.add((c + r) * rb + sb * Q4_SUPER_BYTES) });
         let sc: [S::Sc8; RN] = std::array::from_fn(|r| unsafe { s.ld_sc8(wb[r]) });
