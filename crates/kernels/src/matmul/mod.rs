@@ -56,10 +56,12 @@ use buf::AlignedBuf;
 pub const AMX_MIN_M: usize = amx::MIN_M;
 #[cfg(not(target_arch = "x86_64"))]
 pub const AMX_MIN_M: usize = usize::MAX;
-/// Fewest rows of x for which the `Fast` quantized matmul dequantizes W, a few groups at a time, and runs
-/// a float kernel on it (AMX tiles in bf16 where [`Kernels::amx`], else this level's packed f32 kernel);
-/// below, the integer kernels read fewer bytes than the dequantized copy costs to make.
-pub const QUANT_DEQUANT_MIN_M: usize = 16;
+/// Fewest rows of x for which the `Fast` quantized matmul dequantizes W to bf16 and runs on AMX tiles
+/// (below, the integer kernels read fewer bytes than the dequantized copy costs to make).
+#[cfg(target_arch = "x86_64")]
+pub const AMX_QUANT_MIN_M: usize = amx::QUANT_MIN_M;
+#[cfg(not(target_arch = "x86_64"))]
+pub const AMX_QUANT_MIN_M: usize = usize::MAX;
 pub use buf::StableBytes;
 pub(crate) use packed::PackedData;
 pub use packed::{PackedWeight, WeightPacker};
@@ -111,10 +113,6 @@ pub(crate) struct Args<'a> {
     pub y: SendPtr<f32>,
     /// W is a SwiGLU pair (n = I outputs, G/2 per group): y = silu(gate)·up, no bias.
     pub swiglu: bool,
-    /// The first packed group the weight slice holds (0: all of them; a range function's groups g0..g1
-    /// must lie in g_base..): group j is at `(j - g_base)·group length` of the slice. Lets a caller pack a
-    /// few groups at a time into a scratch (quantized weights dequantized per call).
-    pub g_base: usize,
 }
 
 impl Args<'_> {
@@ -342,7 +340,6 @@ impl Kernels {
             bias,
             y: SendPtr(y.as_mut_ptr()),
             swiglu: w.swiglu,
-            g_base: 0,
         };
         let macs = m * n * k * if w.swiglu { 2 } else { 1 };
         match (&w.data, path, t.packed_bf16_dot) {
@@ -412,7 +409,6 @@ impl Kernels {
             bias,
             y: SendPtr(y.as_mut_ptr()),
             swiglu: false,
-            g_base: 0,
         };
         let macs = m * n * k;
         let (xb_buf, xp_buf);
@@ -464,7 +460,6 @@ impl Kernels {
             bias,
             y: SendPtr(y.as_mut_ptr()),
             swiglu: false,
-            g_base: 0,
         };
         let groups = n.div_ceil(amx::G);
         // Safety: the AMX features and permission come with `amx`; xb has amx's layout.
@@ -472,76 +467,6 @@ impl Kernels {
             amx::quant_bf16(&a, w, g0, g1)
         });
         Ok(())
-    }
-
-    /// y = x · Wᵀ (+ bias) for a quantized W on this level's packed f32 kernel: each task dequantizes a
-    /// few groups of G rows at a time (the values `QuantWeight::row_f32` gives) into the packed f32
-    /// layout (a scratch of ≤ 512 KiB), then runs the kernel on them for all rows of x: exact f32
-    /// arithmetic on the dequantized weights, x not quantized. Preconditions as `matmul_quant_amx`.
-    pub(crate) fn matmul_quant_f32(
-        &self,
-        x: &[f32],
-        m: usize,
-        w: &crate::quant::QuantWeight,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) -> Result<(), KernelError> {
-        let (n, k) = (w.n(), w.k());
-        debug_assert!(x.len() == m * k && y.len() == m * n && k > 0);
-        let t = self.mm();
-        let g = t.group;
-        let a = Args {
-            x,
-            xb: &[],
-            xp: &[],
-            m,
-            n,
-            k,
-            bias,
-            y: SendPtr(y.as_mut_ptr()),
-            swiglu: false,
-            g_base: 0,
-        };
-        let groups = n.div_ceil(g);
-        let per_call = ((512 << 10) / (4 * g * k)).max(1);
-        let failed: std::sync::Mutex<Option<KernelError>> = std::sync::Mutex::new(None);
-        self.run_ranges(groups, m * n * k, &|g0, g1| {
-            // the group's rows dequantized row-major (G, k), then the packed panel (for kk, for r)
-            let mut rows = vec![0f32; g * k];
-            let mut panel = vec![0f32; per_call.min(g1 - g0) * g * k];
-            let mut j = g0;
-            while j < g1 {
-                let j1 = (j + per_call).min(g1);
-                for jj in j..j1 {
-                    for (r, row) in rows.chunks_exact_mut(k).enumerate() {
-                        let o = jj * g + r;
-                        if o >= n {
-                            row.fill(0.0);
-                        } else if let Err(e) = w.row_f32(o, row) {
-                            failed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
-                            return;
-                        }
-                    }
-                    let dst = &mut panel[(jj - j) * g * k..(jj - j + 1) * g * k];
-                    for (kk, col) in dst.chunks_exact_mut(g).enumerate() {
-                        for (r, v) in col.iter_mut().enumerate() {
-                            *v = rows[r * k + kk];
-                        }
-                    }
-                }
-                let aj = Args { g_base: j, ..a };
-                // Safety: the level's own kernel; the panel holds groups j..j1 packed for it (g_base).
-                unsafe { (t.packed_f32)(&aj, &panel[..(j1 - j) * g * k], j, j1) };
-                j = j1;
-            }
-        });
-        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 
     /// Splits `0..units` into contiguous ranges (see [`chunks`]), run on the pool.

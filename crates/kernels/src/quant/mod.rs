@@ -445,14 +445,11 @@ impl Kernels {
         self.matmul_quant_with(self.quant_kernel(), x, m, w, bias, y)
     }
 
-    /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast` with at least
-    /// [`crate::matmul::QUANT_DEQUANT_MIN_M`] rows (prefill, vision) dequantizes W a few groups at a time
-    /// and runs a float kernel on them, x not quantized: with AMX ([`Kernels::amx`]) 64 rows at a time to
-    /// bf16 on the tile kernel — x and the dequantized weights rounded to bf16 (each ≤ 2⁻⁸ relative), sums
-    /// in f32: the error of the `Fast` bf16 matmul on the dequantized weights, plus their rounding
-    /// (≤ 2⁻⁹·Σ|x·w|); elsewhere to f32 on this level's packed f32 kernel — the exact f32 product of x and
-    /// the dequantized weights. Fewer rows (decode), and `Exact`, run the integer kernels of
-    /// [`Kernels::matmul_quant`].
+    /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast` with AMX ([`Kernels::amx`])
+    /// and at least [`crate::matmul::AMX_QUANT_MIN_M`] rows (prefill, vision) dequantizes W 64 rows at a time to
+    /// bf16 and runs the bf16 tile kernel: x and the dequantized weights rounded to bf16 (each ≤ 2⁻⁸
+    /// relative), sums in f32 — the error of the `Fast` bf16 matmul on the dequantized weights, plus their
+    /// rounding (≤ 2⁻⁹·Σ|x·w|). Otherwise (and for `Exact`) the integer kernels of [`Kernels::matmul_quant`].
     pub fn matmul_quant_path(
         &self,
         x: &[f32],
@@ -462,18 +459,17 @@ impl Kernels {
         y: &mut [f32],
         path: crate::matmul::MatmulPath,
     ) -> Result<(), KernelError> {
+        #[cfg(target_arch = "x86_64")]
         if path == crate::matmul::MatmulPath::Fast
-            && m >= crate::matmul::QUANT_DEQUANT_MIN_M
+            && self.amx()
+            && m >= crate::matmul::AMX_QUANT_MIN_M
             && w.n > 0
             && w.k > 0
         {
             check_quant_args(x, m, w, bias, y)?;
-            #[cfg(target_arch = "x86_64")]
-            if self.amx() {
-                return self.matmul_quant_amx(x, m, w, bias, y);
-            }
-            return self.matmul_quant_f32(x, m, w, bias, y);
+            return self.matmul_quant_amx(x, m, w, bias, y);
         }
+        let _ = path;
         self.matmul_quant(x, m, w, bias, y)
     }
 
