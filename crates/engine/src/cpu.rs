@@ -36,7 +36,7 @@ impl CpuReport {
             format!(
                 "used for the fast matmuls (bf16 weights: {}+ rows, quantized: {}+ rows): tdpbf16ps tiles",
                 qwen3vl_kernels::matmul::AMX_MIN_M,
-                qwen3vl_kernels::matmul::AMX_QUANT_MIN_M
+                qwen3vl_kernels::matmul::QUANT_DEQUANT_MIN_M
             )
         } else if !f.amx_bf16 {
             "not available (needs AMX-TILE and AMX-BF16, and the OS's permission)".to_string()

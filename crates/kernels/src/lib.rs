@@ -176,7 +176,7 @@ impl Kernels {
 
     /// Whether the `Fast` matmul on bf16 packed weights runs on AMX tiles (`tdpbf16ps`) from
     /// [`matmul::AMX_MIN_M`] rows of x (every matmul: decode streams the weights through one A tile;
-    /// quantized weights from [`matmul::AMX_QUANT_MIN_M`] rows): the CPU and OS allow it, the level is AVX-512 and
+    /// quantized weights from [`matmul::QUANT_DEQUANT_MIN_M`] rows): the CPU and OS allow it, the level is AVX-512 and
     /// `QWEN3VL_AMX` is not `off`. Its arithmetic is the bf16 dot product's (x rounded to bf16, f32 sums).
     pub fn amx(&self) -> bool {
         self.amx

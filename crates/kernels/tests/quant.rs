@@ -364,15 +364,18 @@ fn q8_bad_arguments_are_errors() {
     assert!(QuantFormat::parse("q5").is_none());
 }
 
-/// The `Fast` quantized matmul (`matmul_quant_path`): on AMX (16+ rows) x and the dequantized weights are
+/// The `Fast` quantized matmul (`matmul_quant_path`) from 16 rows: on AMX x and the dequantized weights are
 /// rounded to bf16, so each output is within (2⁻⁸ + 2⁻⁸ + 2⁻¹⁶ + (k+2)·2⁻²³)·Σ|x·w_dq| (+ the bias's f32
-/// rounding) of the f64 product of x and the dequantized weights; `Exact`, and `Fast` elsewhere, give the
-/// integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256, with and without bias.
+/// rounding) of the f64 product of x and the dequantized weights; q8 at the AVX-512 level without AMX
+/// rounds the dequantized weights to bf16 for the level's kernel, within (2⁻⁸ + (k+2)·2⁻²³)·Σ|x·w_dq|.
+/// `Exact`, and `Fast` elsewhere (`Kernels::quant_fast_dequantizes`), give the integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256 or of
+/// any level's group, with and without bias, one and two threads (a thread's groups dequantized a few at
+/// a time: k = 513 puts several in one call at every level).
 #[test]
 fn fast_quant_matmul_on_dequantized_weights() {
-    use qwen3vl_kernels::matmul::{MatmulPath, AMX_QUANT_MIN_M};
+    use qwen3vl_kernels::matmul::MatmulPath;
     let mut rng = Rng::new(23);
-    let mut amx_runs = 0;
+    let (mut amx_runs, mut f32_runs) = (0, 0);
     for (m, n, k) in [
         (16usize, 1usize, 32usize),
         (17, 65, 47),
@@ -404,13 +407,21 @@ fn fast_quant_matmul_on_dequantized_weights() {
                         assert_eq!(y, exact, "Exact path is the integer kernels");
                         kk.matmul_quant_path(&x, m, &w, b, &mut y, MatmulPath::Fast)
                             .unwrap();
-                        if !(kk.amx() && m >= AMX_QUANT_MIN_M) {
-                            assert_eq!(y, exact, "Fast without AMX is the integer kernels");
+                        if !kk.quant_fast_dequantizes(format, m) {
+                            assert_eq!(
+                                y, exact,
+                                "Fast that does not dequantize is the integer kernels"
+                            );
                             continue;
                         }
-                        amx_runs += 1;
-                        let tol_rel =
-                            2f64.powi(-7) + 2f64.powi(-16) + (k + 2) as f64 * 2f64.powi(-23);
+                        let tol_rel = if kk.amx() {
+                            amx_runs += 1;
+                            2f64.powi(-7) + 2f64.powi(-16) + (k + 2) as f64 * 2f64.powi(-23)
+                        } else {
+                            // weights rounded to bf16 (≤ 2⁻⁹ relative), f32 sums
+                            f32_runs += 1;
+                            2f64.powi(-8) + (k + 2) as f64 * 2f64.powi(-23)
+                        };
                         for i in 0..m {
                             for c in 0..n {
                                 let (mut want, mut mag) = (0f64, 0f64);
@@ -438,6 +449,15 @@ fn fast_quant_matmul_on_dequantized_weights() {
     }
     if Kernels::test_variants().iter().any(|k| k.amx()) {
         assert!(amx_runs >= 4 * 2 * 2 * 2, "{amx_runs} runs on AMX");
+    }
+    if Kernels::test_variants()
+        .iter()
+        .any(|k| !k.amx() && k.quant_fast_dequantizes(QuantFormat::Q8, 16))
+    {
+        assert!(
+            f32_runs >= 4 * 2 * 2,
+            "{f32_runs} runs of the dequantizing q8 form"
+        );
     }
     // special values: a NaN in one row of x makes that row of y NaN and no other (both formats, 17 rows:
     // the tile kernel where present); ±inf makes its row non-finite only

@@ -41,9 +41,6 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// the weights at the machine's read bandwidth (2B random checkpoint on the Intel Xeon: 8.4-8.9 tok/s
 /// against 8.1 for the AVX-512 kernel), and a decode batch of 8 rows costs little more than one.
 pub const MIN_M: usize = 1;
-/// Fewest rows of x for which a quantized W is dequantized to bf16 for the tiles (prefill, vision): the
-/// dequantized copy is made per call, so a few rows are better served by the integer kernels.
-pub const QUANT_MIN_M: usize = 16;
 /// Most rows of x for the streaming form (one A tile; decode batches): each group is read once, in one
 /// pass.
 const SMALL_M: usize = 16;
@@ -91,7 +88,7 @@ unsafe fn groups<const E: bool>(a: &Args, w: &[u16], g0: usize, g1: usize) {
     let mut st = State::new();
     if a.m <= SMALL_M {
         for j in g0..g1 {
-            one_group_small::<E>(&mut st, a, w.as_ptr().add(j * gsize), j);
+            one_group_small::<E>(&mut st, a, w.as_ptr().add((j - a.g_base) * gsize), j);
         }
         return;
     }
@@ -99,7 +96,14 @@ unsafe fn groups<const E: bool>(a: &Args, w: &[u16], g0: usize, g1: usize) {
     while r0 < rows {
         let r1 = (r0 + chunk).min(rows);
         for j in g0..g1 {
-            one_group::<E>(&mut st, a, w.as_ptr().add(j * gsize), j, r0, r1);
+            one_group::<E>(
+                &mut st,
+                a,
+                w.as_ptr().add((j - a.g_base) * gsize),
+                j,
+                r0,
+                r1,
+            );
         }
         r0 = r1;
     }

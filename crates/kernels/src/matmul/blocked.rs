@@ -180,7 +180,14 @@ unsafe fn blocked<S: MmSimd, T: Panel, const MR: usize, const NV: usize, const E
                 let (first, last) = (kb == 0, kb + 1 == nkb);
                 for jj in 0..jn {
                     let j = jc + jj;
-                    let wp = T::panel(s, w.as_ptr().add(j * glen), k0, kc, g, buf.0.as_mut_ptr());
+                    let wp = T::panel(
+                        s,
+                        w.as_ptr().add((j - a.g_base) * glen),
+                        k0,
+                        kc,
+                        g,
+                        buf.0.as_mut_ptr(),
+                    );
                     let (c0, cols) = a.group_cols(j, g);
                     // the sub-panel used next (the next group, else the next k block, else the next
                     // chunk), prefetched into L2 a few lines per tile while this one computes
@@ -196,7 +203,7 @@ unsafe fn blocked<S: MmSimd, T: Panel, const MR: usize, const NV: usize, const E
                     let (pf, pf_lines) = match next {
                         Some((nj, nk0)) => {
                             let (off, len) = T::sub_panel(nk0, KC.min(a.k - nk0), g);
-                            let p = w.as_ptr().add(nj * glen + off) as *const u8;
+                            let p = w.as_ptr().add((nj - a.g_base) * glen + off) as *const u8;
                             (p, (len * std::mem::size_of::<T>()).div_ceil(64))
                         }
                         None => (std::ptr::null(), 0),

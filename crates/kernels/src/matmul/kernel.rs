@@ -215,7 +215,7 @@ unsafe fn packed_bf16_e<S: MmSimd, const MR: usize, const NV: usize, const E: bo
     let g = NV * S::LANES;
     let gsize = a.k.div_ceil(2) * g * 2;
     for j in g0..g1 {
-        let wg = w.as_ptr().add(j * gsize);
+        let wg = w.as_ptr().add((j - a.g_base) * gsize);
         let (c0, cols) = a.group_cols(j, g);
         let mut i = 0;
         // 5 to 8 rows (batched decode): one tile of all of them, a few vectors of the group at a time, so
@@ -435,7 +435,7 @@ unsafe fn packed_f32_e<S: MmSimd, const MR: usize, const NV: usize, const E: boo
     let g = NV * S::LANES;
     let gsize = a.k * g;
     for j in g0..g1 {
-        let wg = w.as_ptr().add(j * gsize);
+        let wg = w.as_ptr().add((j - a.g_base) * gsize);
         let (c0, cols) = a.group_cols(j, g);
         let mut i = 0;
         while i + MR <= a.m {

@@ -57,7 +57,7 @@ pub unsafe fn gemv_f32(a: &Args, w: &[f32], r0: usize, r1: usize) {
 pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
     let kp = a.k.div_ceil(2);
     for j in g0..g1 {
-        let wg = &w[j * kp * GROUP * 2..];
+        let wg = &w[(j - a.g_base) * kp * GROUP * 2..];
         for i in 0..a.m {
             let mut acc = [0f32; GROUP];
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -74,7 +74,7 @@ pub unsafe fn packed_bf16(a: &Args, w: &[u16], g0: usize, g1: usize) {
 /// As [`packed_bf16`] with f32 weights packed as group j, k, row r. Safety: as [`packed_bf16`].
 pub unsafe fn packed_f32(a: &Args, w: &[f32], g0: usize, g1: usize) {
     for j in g0..g1 {
-        let wg = &w[j * a.k * GROUP..];
+        let wg = &w[(j - a.g_base) * a.k * GROUP..];
         for i in 0..a.m {
             let mut acc = [0f32; GROUP];
             for (r, acc) in acc.iter_mut().enumerate() {

@@ -207,7 +207,7 @@ pub mod bf16dot {
         let kp = a.k.div_ceil(2);
         let gsize = kp * G * 2;
         for j in g0..g1 {
-            let wg = w.as_ptr().add(j * gsize);
+            let wg = w.as_ptr().add((j - a.g_base) * gsize);
             let (c0, cols) = a.group_cols(j, G);
             let mut i = 0;
             while i + MR <= a.m {
