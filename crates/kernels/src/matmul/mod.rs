@@ -117,7 +117,31 @@ pub(crate) struct Args<'a> {
     pub g_base: usize,
 }
 
-impl Args<'_> {
+impl<'a> Args<'a> {
+    /// The operands of a plain matmul (no SwiGLU pair, every group in the weight slice, no rounded or
+    /// reordered x yet: the caller sets `xb`/`xp` for the paths that read them).
+    pub fn new(
+        x: &'a [f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        bias: Option<&'a [f32]>,
+        y: &mut [f32],
+    ) -> Args<'a> {
+        Args {
+            x,
+            xb: &[],
+            xp: &[],
+            m,
+            n,
+            k,
+            bias,
+            y: SendPtr(y.as_mut_ptr()),
+            swiglu: false,
+            g_base: 0,
+        }
+    }
+
     /// First output column and number of columns of packed group j of G rows.
     #[inline(always)]
     pub fn group_cols(&self, j: usize, g: usize) -> (usize, usize) {
@@ -333,16 +357,8 @@ impl Kernels {
         let groups = w.groups();
         let xb_buf;
         let mut a = Args {
-            x,
-            xb: &[],
-            xp: &[],
-            m,
-            n,
-            k,
-            bias,
-            y: SendPtr(y.as_mut_ptr()),
             swiglu: w.swiglu,
-            g_base: 0,
+            ..Args::new(x, m, n, k, bias, y)
         };
         let macs = m * n * k * if w.swiglu { 2 } else { 1 };
         match (&w.data, path, t.packed_bf16_dot) {
@@ -402,18 +418,7 @@ impl Kernels {
             return self.matmul(x, m, &p, bias, y, path);
         }
         let t = self.mm();
-        let mut a = Args {
-            x,
-            xb: &[],
-            xp: &[],
-            m,
-            n,
-            k,
-            bias,
-            y: SendPtr(y.as_mut_ptr()),
-            swiglu: false,
-            g_base: 0,
-        };
+        let mut a = Args::new(x, m, n, k, bias, y);
         let macs = m * n * k;
         let (xb_buf, xp_buf);
         match (w, path, t.gemv_bf16_dot) {
@@ -455,16 +460,8 @@ impl Kernels {
         // Safety (to_bf16): `amx` implies AVX512_BF16.
         let xb = round_x_bf16(self, x86::bf16dot::to_bf16, x, m, k, rows, ld)?;
         let a = Args {
-            x,
             xb: &xb,
-            xp: &[],
-            m,
-            n,
-            k,
-            bias,
-            y: SendPtr(y.as_mut_ptr()),
-            swiglu: false,
-            g_base: 0,
+            ..Args::new(x, m, n, k, bias, y)
         };
         let groups = n.div_ceil(amx::G);
         // Safety: the AMX features and permission come with `amx`; xb has amx's layout.
@@ -493,18 +490,7 @@ impl Kernels {
         debug_assert!(w.format() == crate::quant::QuantFormat::Q8);
         let t = self.mm();
         let g = t.group;
-        let a = Args {
-            x,
-            xb: &[],
-            xp: &[],
-            m,
-            n,
-            k,
-            bias,
-            y: SendPtr(y.as_mut_ptr()),
-            swiglu: false,
-            g_base: 0,
-        };
+        let a = Args::new(x, m, n, k, bias, y);
         let groups = n.div_ceil(g);
         // one group: kp pairs × G rows × 2 values
         let glen = k.div_ceil(2) * g * 2;
