@@ -764,3 +764,52 @@ fn rope_half_rows_is_rope_half_per_row() {
         assert!(k0.rope_half_rows(&mut x, 8, 4, 2, 4, &cs, &cs).is_ok());
     }
 }
+
+/// The maps store whole vectors from the first vector-aligned element of their output (a partial vector
+/// before it): wherever the output starts, every element is bit-identical to an aligned output's, for
+/// lane-wise ops and row kernels alike.
+#[test]
+fn outputs_at_every_alignment() {
+    type Op = fn(&Kernels, &[f32], &[f32], &mut [f32]);
+    let ops: [(&str, Op); 7] = [
+        ("relu", |k, x, _, o| k.relu(x, o).unwrap()),
+        ("silu", |k, x, _, o| k.silu(x, o).unwrap()),
+        ("gelu_erf", |k, x, _, o| k.gelu_erf(x, o).unwrap()),
+        ("swiglu", |k, x, y, o| k.swiglu(x, y, o).unwrap()),
+        ("scale", |k, x, _, o| k.scale(x, 0.3, o).unwrap()),
+        ("rms_norm", |k, x, w, o| {
+            k.rms_norm(x, &w[..x.len() / 3], 1e-6, o).unwrap()
+        }),
+        ("softmax_backward", |k, x, y, o| {
+            k.softmax_backward(x, x.len() / 3, y, o).unwrap()
+        }),
+    ];
+    for k in levels() {
+        for n in [3, 15, 51, 99] {
+            let mut g = Rng::new(n as u64);
+            let (x, y) = (g.vec(n, -5.0, 5.0), g.vec(n, -5.0, 5.0));
+            // a 64-byte-aligned run of 64 + n floats to take outputs from at every offset
+            let mut buf = vec![0.0f32; 2 * 16 + 64 + n];
+            let base = (16 - buf.as_ptr() as usize % 64 / 4) % 16;
+            for (name, op) in ops {
+                let mut want = vec![0.0f32; n];
+                let aligned = &mut buf[base..base + n];
+                op(&k, &x, &y, aligned);
+                want.copy_from_slice(aligned);
+                for off in 1..17 {
+                    let out = &mut buf[base + off..base + off + n];
+                    out.fill(f32::NAN);
+                    op(&k, &x, &y, out);
+                    for i in 0..n {
+                        assert_eq!(
+                            out[i].to_bits(),
+                            want[i].to_bits(),
+                            "{name} [{}] n={n} output offset {off}: element {i}",
+                            k.isa().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

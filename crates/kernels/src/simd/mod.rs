@@ -12,6 +12,25 @@ pub mod int;
 pub mod kernels;
 pub mod math;
 
+/// Asks for the cache lines at `base + off` for every multiple of 64 `off` in `[lo, hi)` (bytes). Loops
+/// that stream one block while computing on another call it with consecutive ranges, at the pace they
+/// consume their own data, so that the next block arrives in time and no line is requested twice.
+#[inline(always)]
+pub fn prefetch_lines(base: *const u8, lo: usize, hi: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = (lo + 63) & !63;
+        while off < hi {
+            // Safety: a hint; an address outside any allocation is never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, lo, hi);
+}
+
 /// f32 SIMD primitives of one ISA level.
 pub trait Simd: Copy {
     /// f32 lanes per vector (at most 16).

@@ -173,8 +173,10 @@ pub unsafe fn rms_norm_backward<S: Simd>(
         let k = inv * inv * inv / n as f32 * s.reduce_sum(gx);
         // 2. dx, dw
         let (vr, vk) = (s.splat(inv), s.splat(k));
+        let ahead = Ahead::next_rows([x, dy], r, rows, n);
         let mut i = 0;
         while i + l <= n {
+            ahead.fetch(i, l);
             let (xv, dyv) = (s.ld(xr.add(i)), s.ld(dyr.add(i)));
             let g = s.mul(s.mul(dyv, s.ld(w.add(i))), vr);
             s.st(dw.add(i), s.mul_add(s.mul(dyv, xv), vr, s.ld(dw.add(i))));
@@ -243,8 +245,10 @@ pub unsafe fn layer_norm_backward<S: Simd>(
         let mgx = (s.reduce_sum(sgx) / nf - delta * mg) * inv;
         // 3. dx, dw, db
         let (vr, vmg, vmgx, vd) = (s.splat(inv), s.splat(mg), s.splat(mgx), s.splat(delta));
+        let ahead = Ahead::next_rows([x, dy], r, rows, n);
         let mut i = 0;
         while i + l <= n {
+            ahead.fetch(i, l);
             let xh = s.mul(s.sub(s.sub(s.ld(xr.add(i)), vm), vd), vr);
             let dyv = s.ld(dyr.add(i));
             let g = s.mul(s.ld(w.add(i)), dyv);
@@ -290,16 +294,18 @@ pub unsafe fn normalize_backward<S: Simd>(
             // 2. dx = dy/norm - x·(x·dy)/norm³
             let a = 1.0 / norm;
             let k = xdy * a / sq;
-            map2(
+            let f = AxpBy {
+                a: s.splat(a),
+                b: s.splat(-k),
+            };
+            map2_ahead(
                 s,
-                &AxpBy {
-                    a: s.splat(a),
-                    b: s.splat(-k),
-                },
+                &f,
                 dyr,
                 xr,
                 dxr,
                 n,
+                Ahead::next_rows([x, dy], r, rows, n),
             );
         } else {
             scale(s, dyr, 1.0 / eps, dxr, n);
@@ -334,7 +340,16 @@ pub unsafe fn softmax_backward<S: Simd>(
         // 1. Σ y·dy
         let k = dot(s, yr, dyr, n);
         // 2. dx = y·(dy - k)
-        map2(s, &MulSub { k: s.splat(k) }, yr, dyr, dxr, n);
+        let f = MulSub { k: s.splat(k) };
+        map2_ahead(
+            s,
+            &f,
+            yr,
+            dyr,
+            dxr,
+            n,
+            Ahead::next_rows([y, dy], r, rows, n),
+        );
     }
 }
 
