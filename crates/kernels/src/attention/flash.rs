@@ -21,7 +21,7 @@
 
 use super::{Job, Task};
 use crate::simd::math::exp;
-use crate::simd::Simd;
+use crate::simd::{prefetch_lines, Simd};
 
 /// Keys per key tile.
 pub(crate) const KEY_TILE: usize = 256;
@@ -35,16 +35,9 @@ const PREFETCH_KEYS: usize = 16;
 /// Asks for the cache lines of x[i..i + n] (nothing if that lies outside x).
 #[inline(always)]
 fn prefetch_row(x: &[f32], i: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
     if i + n <= x.len() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for c in (0..n).step_by(16) {
-            // Safety: in bounds (checked above); prefetching has no architectural effect.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i + c) as *const i8) };
-        }
+        prefetch_lines(x[i..].as_ptr() as *const u8, 0, 4 * n);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (x, i, n);
 }
 
 /// The work of a lane-major task (`lanes.rs`, `bf16.rs`: its `mq` rows in the lanes of vectors, `ld`

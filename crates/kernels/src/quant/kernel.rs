@@ -12,6 +12,7 @@
 
 use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
 use crate::simd::int::{SimdInt, SimdQ4, BLOCK};
+use crate::simd::prefetch_lines;
 
 /// Rows of x per L2-resident chunk.
 const MC: usize = 64;
@@ -22,18 +23,7 @@ const MC: usize = 64;
 /// requested linearly at the pace this tile consumes its own: one tile ahead, a few lines per step.
 #[inline(always)]
 fn prefetch_next_tile(next: *const u8, lo: usize, hi: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut off = lo & !63;
-        while off < hi {
-            // Safety: a hint; an address past the weights is never dereferenced.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (next, lo, hi);
+    prefetch_lines(next, lo, hi)
 }
 
 #[inline(always)]
