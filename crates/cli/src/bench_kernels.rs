@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use qwen3vl_kernels::matmul::{MatmulPath, PackedWeight, Weight};
+use qwen3vl_kernels::quant::{QuantFormat, QuantWeight};
 use qwen3vl_kernels::roofline::{self, Roofline};
 use qwen3vl_kernels::Kernels;
 use serde_json::json;
@@ -201,7 +202,11 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
     let mut rows = Vec::new();
     let mut results = Vec::new();
     if !json {
-        eprintln!("measuring {} configurations...", SHAPES.len() * 3);
+        let gemvs = SHAPES.iter().filter(|s| s.kind == "gemv").count();
+        eprintln!(
+            "measuring {} configurations...",
+            SHAPES.len() * 3 + gemvs * 2
+        );
     }
     for s in &SHAPES {
         run_shape(&k, s, &mut rows)?;
@@ -265,7 +270,11 @@ pub fn matmul(json: bool, threads: Option<usize>) -> Result<()> {
         } else {
             "exact"
         };
-        let form = if packed { "packed" } else { "as-is" };
+        let form = match (QuantFormat::parse(dtype), packed) {
+            (Some(_), _) => "quant",
+            (None, true) => "packed",
+            (None, false) => "as-is",
+        };
         if !json {
             println!(
                 "{:<5} {:>5} {:>5} {:>7} {:>5} {:>6} {:>9} {:>10.1} {:>8.1} {:>9.1} {:>6.1}%",
@@ -340,6 +349,8 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
                 ("bf16", MatmulPath::Exact, false),
                 ("bf16", MatmulPath::Fast, true),
                 ("f32", MatmulPath::Exact, false),
+                ("q8", MatmulPath::Fast, true),
+                ("q4", MatmulPath::Fast, true),
             ]
         } else {
             &[
@@ -349,8 +360,16 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
             ]
         };
         for &(dtype, path, packed) in configs {
-            let elem = if dtype == "bf16" { 2 } else { 4 };
-            let wbytes = n * kk * elem;
+            let quant = QuantFormat::parse(dtype);
+            let q = match quant {
+                Some(f) => Some(k.quantize_weight(f, Weight::F32(&w32), n, kk)?),
+                None => None,
+            };
+            let wbytes = match (&q, dtype) {
+                (Some(q), _) => q.bytes(),
+                (None, "bf16") => n * kk * 2,
+                _ => n * kk * 4,
+            };
             let gemv = s.kind == "gemv";
             let copies = if gemv {
                 GEMV_FOOTPRINT.div_ceil(wbytes).max(1)
@@ -359,7 +378,24 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
             };
             // GEMV: timed runs alternate with reads of the same weight copies (the limit of that window).
             let total = (wbytes * copies) as f64;
-            let (time, read_gbps) = if packed {
+            let (time, read_gbps) = if let Some(q) = &q {
+                let copy = || QuantWeight::from_parts(q.format(), n, kk, q.qs_bytes(), q.scales());
+                let qs = (0..copies).map(|_| copy()).collect::<Result<Vec<_>, _>>()?;
+                let read = |k: &Kernels| {
+                    qs.iter()
+                        .map(|q| {
+                            roofline::read_seconds(k, q.qs_bytes())
+                                + roofline::read_seconds(k, q.scales())
+                        })
+                        .sum()
+                };
+                best_time(k, secs, gemv.then_some((total, &read as _)), || {
+                    for q in &qs {
+                        k.matmul_quant_path(&x, m, q, Some(&bias), &mut y, path)
+                            .unwrap();
+                    }
+                })
+            } else if packed {
                 let p = match dtype {
                     "bf16" => k.pack_weight(Weight::Bf16(&w16), n, kk)?,
                     _ => k.pack_weight(Weight::F32(&w32), n, kk)?,
