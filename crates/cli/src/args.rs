@@ -154,7 +154,7 @@ pub(crate) enum Cmd {
         /// Decoder layers (default: the preset's): the real per-layer geometry at a reduced depth.
         #[arg(long, value_name = "N")]
         layers: Option<usize>,
-        /// Write the checkpoint quantized (`q8`), as `qwen3vl quantize` would, without a bf16 one.
+        /// Write the checkpoint quantized (`q8` or `q4`), as `qwen3vl quantize` would, without a bf16 one.
         #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
         quant: Option<qwen3vl_model::QuantFormat>,
         /// Output directory (created; must be empty unless --force).

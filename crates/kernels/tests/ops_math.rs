@@ -19,11 +19,14 @@ fn silu64(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
-/// `n` points evenly over [lo, hi] plus ±(1e-30 .. 1e-2) log-spaced (the tiny-argument regime).
+/// `n` points evenly over [lo, hi], n/2 more over [-1, 1] (where results cross many binades, so the
+/// worst ULP errors hide between the even points), plus ±(1e-30 .. 1e-2) log-spaced (the tiny-argument
+/// regime).
 fn sweep(lo: f32, hi: f32, n: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..n)
-        .map(|i| lo + (hi - lo) * (i as f64 / (n - 1) as f64) as f32)
-        .collect();
+    let even = |lo: f32, hi: f32, n: usize| {
+        (0..n).map(move |i| lo + (hi - lo) * (i as f64 / (n - 1) as f64) as f32)
+    };
+    let mut v: Vec<f32> = even(lo, hi, n).chain(even(-1.0, 1.0, n / 2)).collect();
     for e in -300..=-20 {
         let t = 10f32.powf(e as f32 / 10.0);
         v.push(t);
