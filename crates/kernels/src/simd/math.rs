@@ -92,12 +92,25 @@ fn horner<S: Simd, const K: usize>(s: S, c: &[f32; K], x: S::V) -> S::V {
     p
 }
 
+/// 1.5·2^23: adding it to a float of magnitude below 2^22 rounds that float to an integer (nearest even).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// x·log2(e) rounded to the nearest integer, for |x| < 2^21 (the exponent of a range reduction): one FMA
+/// and one subtraction of the magic constant, cheaper than a multiply and a `round` (two µops on
+/// AVX-512). n may differ by one from round(fl(x·log2 e)) at exact ties; the reduction below is exact for
+/// either, and |r| stays within the polynomial's range (ln2/2 plus an ulp).
+#[inline(always)]
+fn round_log2e<S: Simd>(s: S, x: S::V) -> S::V {
+    let magic = s.splat(ROUND_MAGIC);
+    s.sub(s.mul_add(x, s.splat(LOG2E), magic), magic)
+}
+
 /// e^(hi + lo) for |lo| ≤ ulp(hi) (lo carries the low part of an exactly computed argument), for
 /// hi in [-200, 88] only (no clamping: callers guarantee the range).
 #[inline(always)]
 pub fn exp_hilo<S: Simd>(s: S, hi: S::V, lo: S::V) -> S::V {
     // 1. hi = n·ln2 + r, |r| <= ln2/2; n·LN2_HI is exact, so r keeps the low bits of hi, then of lo
-    let n = s.round(s.mul(hi, s.splat(LOG2E)));
+    let n = round_log2e(s, hi);
     let r = s.mul_add(n, s.splat(-LN2_HI), hi);
     let r = s.mul_add(n, s.splat(-LN2_LO), r);
     let r = s.add(r, lo);
@@ -113,7 +126,7 @@ pub fn exp_hilo<S: Simd>(s: S, hi: S::V, lo: S::V) -> S::V {
 pub fn exp<S: Simd>(s: S, x: S::V) -> S::V {
     // clamp (the constant first: maxps/minps return the second operand when either is NaN)
     let xc = s.min_raw(s.splat(89.0), s.max_raw(s.splat(-104.0), x));
-    let n = s.round(s.mul(xc, s.splat(LOG2E)));
+    let n = round_log2e(s, xc);
     let r = s.mul_add(n, s.splat(-LN2_HI), xc);
     let r = s.mul_add(n, s.splat(-LN2_LO), r);
     let p = horner(s, &EXP_P, r);
