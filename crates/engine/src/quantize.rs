@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::quant::QuantWeight;
 use qwen3vl_kernels::Kernels;
+use qwen3vl_model::text::{text_linear_format, TextLinear};
 use qwen3vl_model::weights::{write_safetensors_with_metadata, Dtype, OutTensor, Weights};
 use qwen3vl_model::{Config, QuantFormat};
 
@@ -38,10 +39,12 @@ pub struct QuantizeSummary {
     pub bytes_out: u64,
 }
 
-/// The format tensor `key` is quantized to (the rules of the load-time `--quant`), or None.
+/// The format tensor `key` is quantized to (the rules of the load-time `--quant`, the text decoder's per
+/// layer from [`text_linear_format`]), or None. `layers`: the text decoder's.
 pub fn format_of(
     key: &str,
     tied: bool,
+    layers: usize,
     quant: QuantFormat,
     vision_quant: Option<QuantFormat>,
 ) -> Option<QuantFormat> {
@@ -51,10 +54,8 @@ pub fn format_of(
         ".linear_fc1.weight",
         ".linear_fc2.weight",
     ];
-    if key.starts_with("model.language_model.layers.")
-        && (key.ends_with("_proj.weight") || is_expert_tensor(key))
-    {
-        Some(quant)
+    if let Some((layer, kind)) = TextLinear::of_key(key) {
+        Some(text_linear_format(quant, layer, layers, kind))
     } else if (tied && key == "model.language_model.embed_tokens.weight")
         || (!tied && key == "lm_head.weight")
     {
@@ -161,6 +162,7 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
             let fmt = format_of(
                 key,
                 config.tie_word_embeddings,
+                config.text.num_hidden_layers,
                 opts.quant,
                 opts.vision_quant,
             );

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use qwen3vl_engine::dev::init_random::{write_checkpoint, InitOptions, Preset};
 use qwen3vl_engine::quantize::{quantize_checkpoint, QuantizeOptions};
 use qwen3vl_kernels::Kernels;
+use qwen3vl_model::text::{text_linear_format, TextLinear};
 use qwen3vl_model::weights::{Dtype, Weights};
 use qwen3vl_model::{LoadOptions, Model, Precision, QuantFormat};
 
@@ -103,20 +104,42 @@ fn init_random_quantized_equals_quantize_of_the_bf16_checkpoint() {
             },
         )
         .unwrap();
-        for l in &m.language_model.layers {
-            let mut linears = vec![&l.self_attn.qkv_proj, &l.self_attn.o_proj];
+        // every linear in the format the one policy names for it (q4: the q|k|v of some layers in q8)
+        let layers = m.language_model.layers.len();
+        let mut upgraded = 0;
+        for (li, l) in m.language_model.layers.iter().enumerate() {
+            let mut linears = vec![
+                (&l.self_attn.qkv_proj, TextLinear::Qkv),
+                (&l.self_attn.o_proj, TextLinear::O),
+            ];
             match l.mlp.dense() {
-                Some(mlp) => linears.extend([&mlp.gate_up_proj, &mlp.down_proj]),
+                Some(mlp) => linears.extend([
+                    (&mlp.gate_up_proj, TextLinear::GateUp),
+                    (&mlp.down_proj, TextLinear::Down),
+                ]),
                 None => {
                     let moe = l.mlp.sparse().unwrap();
-                    linears.extend(&moe.experts.gate_up_proj);
-                    linears.extend(&moe.experts.down_proj);
+                    let experts = moe.experts.gate_up_proj.iter();
+                    linears.extend(
+                        experts
+                            .chain(&moe.experts.down_proj)
+                            .map(|e| (e, TextLinear::Experts)),
+                    );
                 }
             }
-            for lin in linears {
-                assert_eq!(lin.weight.quant_format(), Some(f), "{what}");
+            for (lin, kind) in linears {
+                let want = text_linear_format(f, li, layers, kind);
+                assert_eq!(
+                    lin.weight.quant_format(),
+                    Some(want),
+                    "{what} layer {li} {kind:?}"
+                );
+                upgraded += usize::from(want != f);
             }
         }
+        // tiny presets have 2 layers: q4 keeps layer 1's q|k|v (7·2/8 = 1) in q8
+        let want_upgraded = if f == QuantFormat::Q4 { 1 } else { 0 };
+        assert_eq!(upgraded, want_upgraded, "{what}");
         assert_eq!(
             m.lm_head.weight.quant_format(),
             Some(QuantFormat::Q8),

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use qwen3vl_kernels::Kernels;
+use qwen3vl_model::text::{text_linear_format, TextLinear};
 use qwen3vl_model::{LinearWeight, LoadOptions, Model, Precision, QuantFormat};
 
 const CASES: [&str; 3] = ["text", "image1", "image2"];
@@ -60,17 +61,20 @@ fn run(model: &Model, geometry: &str, case: &str) -> (f64, usize, usize) {
     (cos, hits, l)
 }
 
-/// Every decoder linear of the dense `model` is quantized to `format`.
+/// Every decoder linear of the dense `model` is quantized as `--quant format` says
+/// ([`text_linear_format`]: with q4 the q|k|v of some layers are q8).
 fn assert_decoder_linears_in(model: &Model, format: QuantFormat) {
-    for l in &model.language_model.layers {
+    let layers = model.language_model.layers.len();
+    for (li, l) in model.language_model.layers.iter().enumerate() {
         let mlp = l.mlp.dense().expect("a dense model");
-        for lin in [
-            &l.self_attn.qkv_proj,
-            &l.self_attn.o_proj,
-            &mlp.gate_up_proj,
-            &mlp.down_proj,
+        for (lin, kind) in [
+            (&l.self_attn.qkv_proj, TextLinear::Qkv),
+            (&l.self_attn.o_proj, TextLinear::O),
+            (&mlp.gate_up_proj, TextLinear::GateUp),
+            (&mlp.down_proj, TextLinear::Down),
         ] {
-            assert_eq!(lin.weight.quant_format(), Some(format));
+            let want = text_linear_format(format, li, layers, kind);
+            assert_eq!(lin.weight.quant_format(), Some(want), "layer {li} {kind:?}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Qwen3VLTextAttention: q/k RMSNorm per head, then M-RoPE, then causal GQA over the KV cache (spec 4.3).
 
+use super::quant_mix::{text_linear_format, TextLinear};
 use crate::config::TextConfig;
 use crate::input::Seq;
 use crate::linear::{Ctx, Linear, Vb};
@@ -35,11 +36,16 @@ pub(crate) struct AttnBufs<'a> {
 }
 
 impl TextAttention {
-    pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<TextAttention, ModelError> {
+    /// Layer `li`'s attention (its projections' formats under `--quant`: [`text_linear_format`]).
+    pub(crate) fn load(vb: &Vb, cfg: &TextConfig, li: usize) -> Result<TextAttention, ModelError> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let format = |kind| {
+            vb.quant
+                .map(|q| text_linear_format(q, li, cfg.num_hidden_layers, kind))
+        };
         Ok(TextAttention {
-            qkv_proj: vb.linear_cat(
+            qkv_proj: vb.with_quant(format(TextLinear::Qkv)).linear_cat(
                 &[
                     ("q_proj", nq * hd),
                     ("k_proj", nkv * hd),
@@ -47,7 +53,9 @@ impl TextAttention {
                 ],
                 h,
             )?,
-            o_proj: vb.linear("o_proj", h, nq * hd, false)?,
+            o_proj: vb
+                .with_quant(format(TextLinear::O))
+                .linear("o_proj", h, nq * hd, false)?,
             q_norm: vb.rms_norm("q_norm", hd, cfg.rms_norm_eps)?,
             k_norm: vb.rms_norm("k_norm", hd, cfg.rms_norm_eps)?,
             num_heads: nq,

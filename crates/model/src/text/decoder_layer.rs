@@ -87,10 +87,10 @@ impl DecoderLayer {
             Some(moe) if cfg.is_sparse_layer(li) => {
                 LayerMlp::Sparse(TextSparseMoeBlock::load(&vb.pp("mlp"), cfg, moe)?)
             }
-            _ => LayerMlp::Dense(TextMlp::load(&vb.pp("mlp"), cfg)?),
+            _ => LayerMlp::Dense(TextMlp::load(&vb.pp("mlp"), cfg, li)?),
         };
         Ok(DecoderLayer {
-            self_attn: TextAttention::load(&vb.pp("self_attn"), cfg)?,
+            self_attn: TextAttention::load(&vb.pp("self_attn"), cfg, li)?,
             mlp,
             input_layernorm: vb.rms_norm("input_layernorm", h, cfg.rms_norm_eps)?,
             post_attention_layernorm: vb.rms_norm(

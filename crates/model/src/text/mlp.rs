@@ -1,5 +1,6 @@
 //! Qwen3VLTextMLP: down(silu(gate(x)) ⊙ up(x)).
 
+use super::quant_mix::{text_linear_format, TextLinear};
 use crate::config::TextConfig;
 use crate::linear::{Ctx, Linear, Vb};
 use crate::ModelError;
@@ -12,11 +13,23 @@ pub struct TextMlp {
 }
 
 impl TextMlp {
-    pub(crate) fn load(vb: &Vb, cfg: &TextConfig) -> Result<TextMlp, ModelError> {
+    /// Layer `li`'s MLP (its down projection's format under `--quant`: [`text_linear_format`]).
+    pub(crate) fn load(vb: &Vb, cfg: &TextConfig, li: usize) -> Result<TextMlp, ModelError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let format = |kind| {
+            vb.quant
+                .map(|q| text_linear_format(q, li, cfg.num_hidden_layers, kind))
+        };
         Ok(TextMlp {
-            gate_up_proj: vb.linear_swiglu("gate_proj", "up_proj", i, h)?,
-            down_proj: vb.linear("down_proj", h, i, false)?,
+            gate_up_proj: vb.with_quant(format(TextLinear::GateUp)).linear_swiglu(
+                "gate_proj",
+                "up_proj",
+                i,
+                h,
+            )?,
+            down_proj: vb
+                .with_quant(format(TextLinear::Down))
+                .linear("down_proj", h, i, false)?,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod decoder_layer;
 pub mod mlp;
 pub mod moe;
+pub mod quant_mix;
 pub mod rotary;
 
 use crate::config::TextConfig;
@@ -20,6 +21,7 @@ pub use attention::TextAttention;
 pub use decoder_layer::{DecoderLayer, LayerMlp};
 pub use mlp::TextMlp;
 pub use moe::{ExpertLayout, TextExperts, TextSparseMoeBlock, TextTopKRouter};
+pub use quant_mix::{text_linear_format, TextLinear};
 pub use rotary::TextRotary;
 
 pub struct TextModel {

@@ -180,7 +180,7 @@ pub fn write_checkpoint(
     let stored: Vec<Stored> = geo
         .tensors()
         .into_iter()
-        .map(|spec| Stored::new(spec, geo.text.tie, opts.quant))
+        .map(|spec| Stored::new(spec, geo.text.tie, geo.text.layers, opts.quant))
         .collect();
     write_weights(out, &stored, opts)
 }

@@ -34,9 +34,16 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    pub(super) fn new(mut spec: TensorSpec, tie: bool, quant: Option<QuantFormat>) -> Stored {
+    /// `layers`: the text decoder's (the quantization policy is per layer).
+    pub(super) fn new(
+        mut spec: TensorSpec,
+        tie: bool,
+        layers: usize,
+        quant: Option<QuantFormat>,
+    ) -> Stored {
         let expert = crate::quantize::is_expert_tensor(&spec.name);
-        let quant = quant.and_then(|q| crate::quantize::format_of(&spec.name, tie, q, None));
+        let quant =
+            quant.and_then(|q| crate::quantize::format_of(&spec.name, tie, layers, q, None));
         let mut released = None;
         if expert && quant.is_some() {
             // quantized rows are the transformers layout's: (E, 2I, H), (E, H, I)
@@ -275,7 +282,7 @@ mod tests {
         let ts = Preset::Tiny.geometry().tensors();
         let stored: Vec<Stored> = ts[..5]
             .iter()
-            .map(|t| Stored::new(t.clone(), false, None))
+            .map(|t| Stored::new(t.clone(), false, 2, None))
             .collect();
         let h = stored_header(&stored);
         let n = u64::from_le_bytes(h[..8].try_into().unwrap()) as usize;
@@ -295,7 +302,7 @@ mod tests {
             .iter()
             .find(|t| t.name.ends_with("layers.0.mlp.experts.gate_up_proj"))
             .unwrap();
-        let st = Stored::new(gu.clone(), false, Some(QuantFormat::Q8));
+        let st = Stored::new(gu.clone(), false, 48, Some(QuantFormat::Q8));
         assert_eq!((st.rows, st.k), (128 * 1536, 2048));
         assert_eq!(st.released, Some((2048, 1536)));
         assert_eq!(st.entries[0].1, vec![128 * 1536, 2048]);
