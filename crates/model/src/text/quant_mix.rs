@@ -54,9 +54,8 @@ pub fn text_linear_format(
     layers: usize,
     kind: TextLinear,
 ) -> QuantFormat {
-    let more_bits = layer < layers / 8
-        || layer >= 7 * layers / 8
-        || (layer >= layers / 8 && (layer - layers / 8) % 3 == 2);
+    // (the third test runs only when layer >= layers / 8: no underflow)
+    let more_bits = layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
     match (base, kind) {
         (QuantFormat::Q4, TextLinear::Qkv) if more_bits => QuantFormat::Q8,
         _ => base,
