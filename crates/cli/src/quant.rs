@@ -12,7 +12,8 @@ use qwen3vl_model::QuantFormat;
 #[derive(Args, Clone, Copy, Default)]
 pub(crate) struct QuantArgs {
     /// Quantize the text decoder's linear weights at load: `q8` (8-bit, one scale per block of 32) or `q4`
-    /// (4-bit, a scale and a minimum per sub-block of 32, 4.75 bits/weight). The lm head (and tied
+    /// (4-bit, a scale and a minimum per sub-block of 32, 4.75 bits/weight; the attention q|k|v of about
+    /// half the layers stay q8, as Q4_K_M keeps some tensors at 6 bits). The lm head (and tied
     /// embeddings) are q8 for any format. Off by default (bf16).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub(crate) quant: Option<QuantFormat>,

@@ -153,11 +153,18 @@ def test_ctrl_c_stops_a_generation(models):
     m = models["model-tiny-untied"]
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread")
+    # A runner started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then leaves it ignored: install the usual KeyboardInterrupt handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        m.generate("Tell me a long story.", max_tokens=100000, temperature=0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.generate("Tell me a long story.", max_tokens=100000, temperature=0)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 10
     # The model is usable afterwards.
     assert m.generate("Hi", max_tokens=2, temperature=0)
