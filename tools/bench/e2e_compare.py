@@ -146,7 +146,7 @@ def main():
     print()
     print(f"qwen3vl: {ours.get('isa', '?')}, {ours.get('threads', '?')} threads, precision "
           f"{ours.get('precision', '?')}, best of {ours['_runs']} run(s). PyTorch {torch_.get('torch', '?')}, "
-          f"transformers {torch_.get('transformers', '?')}, {torch_.get('dtype', '?')}, "
+          f"transformers {torch_.get('transformers', '?')}, {torch_.get('dtype', '?')} at {torch_.get('isa', '?')}, "
           f"{torch_.get('threads', '?')} threads, attn {torch_.get('attn_implementation', '?')}, "
           f"best of {torch_['_runs']} run(s)" + (f", load average {la[0]:.2f} before" if la else "") + ".")
     if args.json_out:

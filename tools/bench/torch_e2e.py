@@ -26,6 +26,8 @@ after is in the JSON: other processes on the machine slow both engines; compare 
 
 import argparse
 import json
+
+import torch_isa  # noqa: E402 (tools/bench/torch_isa.py, next to this script)
 import os
 import platform
 import resource
@@ -78,12 +80,14 @@ def main():
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--attn", default=None, help="attn_implementation (default: transformers' choice, sdpa)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    torch_isa.add_argument(ap)
     args = ap.parse_args()
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeats < 1 or args.threads < 1:
         raise SystemExit("--prompt-tokens, --gen-tokens, --repeats and --threads must be at least 1")
     w, h = parse_size(args.image_size)
 
     load_before = os.getloadavg()
+    torch_isa.apply(args.isa)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -197,6 +201,7 @@ def main():
     report = {
         "engine": "pytorch",
         "torch": torch.__version__,
+        "isa": torch_isa.describe(torch),
         "transformers": transformers.__version__,
         "dtype": args.dtype,
         "attn_implementation": model.config._attn_implementation,

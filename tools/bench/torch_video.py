@@ -14,6 +14,8 @@ of --repeats after one warm-up, plus the cold first run.
 
 import argparse
 import json
+
+import torch_isa  # noqa: E402 (tools/bench/torch_isa.py, next to this script)
 import os
 import sys
 import time
@@ -29,9 +31,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    torch_isa.add_argument(ap)
     args = ap.parse_args()
 
     import numpy as np
+    torch_isa.apply(args.isa)
     import torch
     from PIL import Image
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
@@ -78,6 +82,7 @@ def main():
         "video_grid_thw": grid,
         "video_tokens": video_tokens,
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "isa": torch_isa.describe(torch),
         "load_s": load_s,
         "preprocess_s": pre_s,
         "ttft_s": ttft_s,
@@ -88,7 +93,7 @@ def main():
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"PyTorch {torch.__version__}, {args.dtype}, {args.threads} threads, {args.model}")
+        print(f"PyTorch {torch.__version__} ({torch_isa.describe(torch)}), {args.dtype}, {args.threads} threads, {args.model}")
         print(f"  frames {len(names)} -> grid {grid} = {video_tokens} video tokens, prompt {out['prompt_tokens']} tokens")
         print(f"  preprocess {pre_s:.2f} s, time to first token {ttft_s:.2f} s (cold {cold_s:.2f} s)")
         print(f"  load average {out['load_avg']:.2f}")
