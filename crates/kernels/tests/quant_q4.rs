@@ -446,3 +446,74 @@ fn q4_stored_parts_are_checked() {
     w.row_f32(1, &mut row).unwrap();
     assert!(row.iter().all(|&v| v == 0.0), "{row:?}");
 }
+
+/// Bytes held in a Vec from a 64-byte boundary: the test's stand-in for a checkpoint's mapping.
+struct Held(Vec<u8>, usize);
+// Safety: the Vec is never modified or moved out while the value lives.
+unsafe impl qwen3vl_kernels::matmul::StableBytes for Held {
+    fn bytes(&self) -> &[u8] {
+        &self.0[self.1..]
+    }
+}
+
+/// A weight over stored bytes in place: the same values, scales and products as the copied one; the
+/// scales are checked as for a copy; a range past the end or off a 64-byte boundary is refused (the
+/// loader then copies).
+#[test]
+fn stored_parts_in_place() {
+    use std::sync::Arc;
+    for f in QuantFormat::ALL {
+        let (n, k) = (5, 300);
+        let (rb, ns) = (f.row_bytes(k), f.row_scales(k));
+        let qs: Vec<u8> = (0..n * rb).map(|i| (i * 37 % 256) as u8).collect();
+        let d: Vec<f32> = (0..n * ns).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect();
+        // values at 0, scales at the next 64-byte boundary
+        let d_at = (n * rb).div_ceil(64) * 64;
+        let held = |d: &[f32]| -> Arc<dyn qwen3vl_kernels::matmul::StableBytes> {
+            let mut v = vec![0u8; d_at + d.len() * 4 + 128];
+            let skip = v.as_ptr().align_offset(64);
+            v[skip..skip + qs.len()].copy_from_slice(&qs);
+            for (i, x) in d.iter().enumerate() {
+                v[skip + d_at + 4 * i..skip + d_at + 4 * i + 4].copy_from_slice(&x.to_le_bytes());
+            }
+            Arc::new(Held(v, skip))
+        };
+        let owner = held(&d);
+        let w =
+            QuantWeight::from_shared(f, n, k, (owner.clone(), 0), (owner.clone(), d_at)).unwrap();
+        let c = QuantWeight::from_parts(f, n, k, &qs, &d).unwrap();
+        assert!(w.is_shared() && !c.is_shared());
+        assert_eq!(
+            (w.qs_bytes(), w.scales()),
+            (c.qs_bytes(), c.scales()),
+            "{f}"
+        );
+        assert_eq!(
+            w.qs_bytes().as_ptr(),
+            owner.bytes().as_ptr(),
+            "{f}: not in place"
+        );
+        let kern = Kernels::detect().unwrap();
+        let x: Vec<f32> = (0..3 * k).map(|i| (i % 11) as f32 - 5.0).collect();
+        let (mut y1, mut y2) = (vec![0f32; 3 * n], vec![0f32; 3 * n]);
+        kern.matmul_quant(&x, 3, &w, None, &mut y1).unwrap();
+        kern.matmul_quant(&x, 3, &c, None, &mut y2).unwrap();
+        assert_eq!(y1, y2, "{f}");
+        // a bad scale, a misaligned or short range
+        let mut bad = d.clone();
+        bad[ns + 1] = f32::NAN;
+        let o = held(&bad);
+        let e = QuantWeight::from_shared(f, n, k, (o.clone(), 0), (o, d_at))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("row 1"), "{f}: {e}");
+        let e = QuantWeight::from_shared(f, n, k, (owner.clone(), 4), (owner.clone(), d_at))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("aligned"), "{f}: {e}");
+        let e = QuantWeight::from_shared(f, n, k, (owner.clone(), 0), (owner.clone(), d_at + 256))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("past the end"), "{f}: {e}");
+    }
+}

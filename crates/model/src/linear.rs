@@ -7,7 +7,7 @@ use qwen3vl_kernels::Kernels;
 
 use crate::norm::{LayerNorm, RmsNorm};
 use crate::weight_cache::Session;
-use crate::weights::{Dtype, TensorRef, Weights};
+use crate::weights::{Dtype, StoredQuant, TensorRef, Weights};
 use crate::{KernelCtx, ModelError};
 use qwen3vl_kernels::matmul::{MatmulPath, PackedLayout, PackedWeight, Weight, WeightPacker};
 use qwen3vl_kernels::quant::{QuantFormat, QuantPacker, QuantWeight};
@@ -384,31 +384,45 @@ impl<'a> Vb<'a> {
             });
         }
         let n: usize = keys.iter().map(|k| k.1).sum();
-        let mut packer = None;
+        let mut stored = Vec::with_capacity(keys.len());
         for (key, rows) in keys {
-            let (format, t, d) = self.w.quantized(key, *rows, inp)?;
-            let p = match &mut packer {
-                Some(p) => p,
-                None => packer.insert(self.k.quant_packer(format, n, inp).ctx(key)?),
-            };
-            if p.format() != format {
-                return Err(ModelError::Dtype {
-                    key: key.clone(),
-                    msg: format!(
-                        "stored in format {format} while {} is {} (parts of one fused weight must match)",
-                        keys[0].0,
-                        p.format()
-                    ),
-                });
+            let s = self.w.quantized(key, *rows, inp)?;
+            if let Some(first) = stored.first() {
+                let first: &StoredQuant = first;
+                if s.format != first.format {
+                    return Err(ModelError::Dtype {
+                        key: key.clone(),
+                        msg: format!(
+                            "stored in format {} while {} is {} (parts of one fused weight must match)",
+                            s.format, keys[0].0, first.format
+                        ),
+                    });
+                }
             }
-            p.push_quantized(t.bytes(), &d, *rows).ctx(key)?;
-            self.tick(&t);
-            t.release();
+            stored.push(s);
         }
-        let w = packer
-            .expect("at least one part")
-            .finish()
-            .ctx("quantized weight")?;
+        let format = stored[0].format;
+        // In place when the parts follow one another in one file, values and scales each (the order
+        // `qwen3vl quantize` writes them in) at 64-byte-aligned addresses; else copied.
+        let contiguous = stored
+            .windows(2)
+            .all(|p| p[1].values.follows(&p[0].values) && p[1].scales.follows(&p[0].scales));
+        if contiguous {
+            let (v, s) = (&stored[0].values, &stored[0].scales);
+            if let Ok(w) = QuantWeight::from_shared(format, n, inp, v.in_place(), s.in_place()) {
+                for s in &stored {
+                    self.tick(&s.values);
+                }
+                return Ok(Some(w));
+            }
+        }
+        let mut p = self.k.quant_packer(format, n, inp).ctx(&keys[0].0)?;
+        for ((key, rows), s) in keys.iter().zip(&stored) {
+            p.push_quantized(s.values.bytes(), &s.d, *rows).ctx(key)?;
+            self.tick(&s.values);
+            s.values.release();
+        }
+        let w = p.finish().ctx("quantized weight")?;
         Ok(Some(w))
     }
 
@@ -536,5 +550,108 @@ impl<'a> Vb<'a> {
             weight: self.pp(name).vec("weight", n)?,
             eps,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::{write_safetensors_with_metadata, OutTensor};
+    use qwen3vl_kernels::matmul::Weight;
+
+    /// Parts of a fused weight stored quantized (q, k, v of 64, 32, 32 rows of k = 256), written in
+    /// `order`, each values tensor then (after all of them) each scales tensor as `qwen3vl quantize` lays
+    /// them out, or interleaved; returns the loaded weight and the one quantized from the same floats.
+    fn load_parts(
+        format: QuantFormat,
+        interleaved: bool,
+        name: &str,
+    ) -> (QuantWeight, QuantWeight) {
+        let k = Kernels::detect().unwrap();
+        let (inp, parts) = (256usize, [("q", 64usize), ("k", 32), ("v", 32)]);
+        let n: usize = parts.iter().map(|p| p.1).sum();
+        let w: Vec<f32> = (0..n * inp)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0)
+            .collect();
+        let whole = k.quantize_weight(format, Weight::F32(&w), n, inp).unwrap();
+        let (rb, ns) = (format.row_bytes(inp), format.row_scales(inp));
+        let (mut values, mut scales, mut meta) = (Vec::new(), Vec::new(), Vec::new());
+        let mut r0 = 0;
+        for (p, rows) in parts {
+            let key = format!("l.{p}_proj.weight");
+            let q = k
+                .quantize_weight(
+                    format,
+                    Weight::F32(&w[r0 * inp..(r0 + rows) * inp]),
+                    rows,
+                    inp,
+                )
+                .unwrap();
+            values.push((key.clone(), q.qs_bytes().to_vec(), vec![rows, rb]));
+            let d: Vec<u8> = q.scales().iter().flat_map(|v| v.to_le_bytes()).collect();
+            scales.push((format!("{key}_scale"), d, vec![rows, ns]));
+            meta.push((format!("quant:{key}"), format.name().to_string()));
+            r0 += rows;
+        }
+        let mut order = Vec::new();
+        if interleaved {
+            for (v, s) in values.into_iter().zip(scales) {
+                order.push((v, Dtype::U8));
+                order.push((s, Dtype::F32));
+            }
+        } else {
+            order.extend(values.into_iter().map(|v| (v, Dtype::U8)));
+            order.extend(scales.into_iter().map(|s| (s, Dtype::F32)));
+        }
+        let out: Vec<OutTensor> = order
+            .iter()
+            .map(|((name, data, shape), dtype)| OutTensor {
+                name,
+                dtype: *dtype,
+                shape: shape.clone(),
+                data: data.as_slice().into(),
+            })
+            .collect();
+        let dir =
+            std::env::temp_dir().join(format!("qwen3vl-inplace-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_safetensors_with_metadata(&dir.join("model.safetensors"), &out, &meta).unwrap();
+        let weights = Weights::open_dir(&dir).unwrap();
+        let (done, cache) = (Cell::new(0), Session::off());
+        let vb = Vb::root(&weights, k, None, &done, &cache);
+        let keys: Vec<(String, usize)> = parts
+            .iter()
+            .map(|&(p, rows)| (format!("l.{p}_proj.weight"), rows))
+            .collect();
+        let loaded = vb.stored_quant(&keys, inp).unwrap().unwrap();
+        drop(weights);
+        let _ = std::fs::remove_dir_all(&dir);
+        (loaded, whole)
+    }
+
+    /// Parts written contiguously (values, then scales) are used in place, and hold the bytes of the
+    /// weight quantized whole; interleaved ones are copied into the same bytes. The mapping outlives the
+    /// `Weights` it came from.
+    #[test]
+    fn contiguous_quantized_parts_load_in_place() {
+        for format in QuantFormat::ALL {
+            for interleaved in [false, true] {
+                let (w, whole) =
+                    load_parts(format, interleaved, &format!("{format}-{interleaved}"));
+                assert_eq!(
+                    w.is_shared(),
+                    !interleaved,
+                    "{format} interleaved {interleaved}"
+                );
+                assert_eq!(w.qs_bytes(), whole.qs_bytes(), "{format}");
+                assert_eq!(w.scales(), whole.scales(), "{format}");
+                let (mut a, mut b) = (vec![0f32; 256], vec![0f32; 256]);
+                for r in [0, 63, 64, 127] {
+                    w.row_f32(r, &mut a).unwrap();
+                    whole.row_f32(r, &mut b).unwrap();
+                    assert_eq!(a, b, "{format} row {r}");
+                }
+            }
+        }
     }
 }

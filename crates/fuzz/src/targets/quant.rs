@@ -93,15 +93,15 @@ fn load(w: &Weights, parts: &[(String, usize)], inp: usize) -> Option<Loaded> {
     let n: usize = parts.iter().map(|p| p.1).sum();
     let mut packer = None;
     for (key, rows) in parts {
-        let (format, t, d) = w.quantized(key, *rows, inp).ok()?;
+        let s = w.quantized(key, *rows, inp).ok()?;
         let p = match &mut packer {
             Some(p) => p,
-            None => packer.insert(kernels().quant_packer(format, n, inp).ok()?),
+            None => packer.insert(kernels().quant_packer(s.format, n, inp).ok()?),
         };
-        if p.format() != format {
+        if p.format() != s.format {
             return None;
         }
-        p.push_quantized(t.bytes(), &d, *rows).ok()?;
+        p.push_quantized(s.values.bytes(), &s.d, *rows).ok()?;
     }
     packer?.finish().ok().map(Loaded::Quant)
 }

@@ -3,12 +3,13 @@
 
 use super::{scalar, QuantFormat};
 use crate::isa::Isa;
-use crate::matmul::buf::AlignedBuf;
+use crate::matmul::buf::{AlignedBuf, StableBytes};
 use crate::matmul::Weight;
 use crate::ops::check_len;
 use crate::simd::int::BLOCK;
 use crate::SendPtr;
 use crate::{KernelError, Kernels};
+use std::sync::Arc;
 
 /// A weight (n, k) quantized for this crate's integer kernels (see the module docs for the layouts).
 pub struct QuantWeight {
@@ -95,6 +96,42 @@ impl QuantWeight {
         };
         p.push_quantized(qs, d, n)?;
         p.finish()
+    }
+
+    /// A weight whose values and scales are bytes of `owner`s used in place (a quantized checkpoint's
+    /// mapping): `qs` (n, row bytes) from byte `qs_at` of its owner, `d` (n, row scales) f32 from byte
+    /// `d_at` of its owner. Both must lie inside their owner at 64-byte-aligned addresses (else an error:
+    /// the caller copies instead, [`QuantWeight::from_parts`]); the scales are checked as there (finite,
+    /// ≥ 0), the values need no check (every byte pattern is valid in both formats).
+    pub fn from_shared(
+        format: QuantFormat,
+        n: usize,
+        k: usize,
+        (qs_owner, qs_at): (Arc<dyn StableBytes>, usize),
+        (d_owner, d_at): (Arc<dyn StableBytes>, usize),
+    ) -> Result<QuantWeight, KernelError> {
+        const OP: &str = "quantized weight";
+        let (rb, ns) = (format.row_bytes(k), format.row_scales(k));
+        let len = |per: usize| {
+            n.checked_mul(per).ok_or_else(|| KernelError::Invalid {
+                op: OP,
+                msg: format!("size {n}*{per} overflows"),
+            })
+        };
+        let w = QuantWeight {
+            format,
+            n,
+            k,
+            qs: AlignedBuf::shared(OP, qs_owner, qs_at, len(rb)? / 4)?,
+            d: AlignedBuf::shared(OP, d_owner, d_at, len(ns)?)?,
+        };
+        check_scales(OP, format, &w.d, ns)?;
+        Ok(w)
+    }
+
+    /// Whether the values are used in place from their owner's bytes ([`QuantWeight::from_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.qs.is_shared()
     }
 
     /// Row `r` dequantized (k values): the values the matmul multiplies by.
@@ -230,21 +267,7 @@ impl QuantPacker {
                 ),
             });
         }
-        if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
-            let (row, s) = (i / ns.max(1), i % ns.max(1));
-            let which = match format {
-                QuantFormat::Q8 => format!("scale of row {row} block {s}"),
-                QuantFormat::Q4 => format!(
-                    "{} of row {row} super-block {}",
-                    if s % 2 == 0 { "scale" } else { "min scale" },
-                    s / 2
-                ),
-            };
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!("{which} is {} (scales must be finite and >= 0)", d[i]),
-            });
-        }
+        check_scales(OP, format, d, ns)?;
         self.w.qs_bytes_mut()[r0 * rb..(r0 + rows) * rb].copy_from_slice(qs);
         self.w.d[r0 * ns..(r0 + rows) * ns].copy_from_slice(d);
         self.rows += rows;
@@ -255,4 +278,29 @@ impl QuantPacker {
         check_len("quantize", "rows pushed", self.w.n, self.rows)?;
         Ok(self.w)
     }
+}
+
+/// Scales `d` (rows of `ns`) of a stored weight: each finite and ≥ 0, else an error naming the first bad one.
+fn check_scales(
+    op: &'static str,
+    format: QuantFormat,
+    d: &[f32],
+    ns: usize,
+) -> Result<(), KernelError> {
+    if let Some(i) = d.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        let (row, s) = (i / ns.max(1), i % ns.max(1));
+        let which = match format {
+            QuantFormat::Q8 => format!("scale of row {row} block {s}"),
+            QuantFormat::Q4 => format!(
+                "{} of row {row} super-block {}",
+                if s % 2 == 0 { "scale" } else { "min scale" },
+                s / 2
+            ),
+        };
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!("{which} is {} (scales must be finite and >= 0)", d[i]),
+        });
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ pub use attention::TextAttention;
 pub use decoder_layer::{DecoderLayer, LayerMlp};
 pub use mlp::TextMlp;
 pub use moe::{ExpertLayout, TextExperts, TextSparseMoeBlock, TextTopKRouter};
-pub use quant_mix::{text_linear_format, TextLinear};
+pub use quant_mix::{fused_order, text_linear_format, TextLinear};
 pub use rotary::TextRotary;
 
 pub struct TextModel {

@@ -15,11 +15,12 @@
 use std::sync::Mutex;
 
 use qwen3vl_kernels::matmul::{MatmulPath, Weight};
+use qwen3vl_kernels::quant::QuantWeight;
 
 use crate::config::{MoeConfig, TextConfig};
 use crate::linear::{Ctx, Linear, LinearWeight, Vb};
 use crate::model::top_k;
-use crate::weights::{Dtype, TensorRef};
+use crate::weights::{Dtype, StoredQuant, TensorRef};
 use crate::{KernelCtx, ModelError};
 
 /// Qwen3VLMoeTextTopKRouter: `mlp.gate.weight` (E, H), no bias.
@@ -197,10 +198,30 @@ impl TextExperts {
     ) -> Result<TextExperts, ModelError> {
         let mut parts = Vec::with_capacity(2);
         for (key, rows, kk) in [(gu_key, 2 * i, h), (down_key, h, i)] {
-            let (format, t, d) = vb.w.quantized(key, e * rows, kk)?;
+            let StoredQuant {
+                format,
+                values: t,
+                scales,
+                d,
+            } = vb.w.quantized(key, e * rows, kk)?;
             let (rb, nb) = (format.row_bytes(kk), format.row_scales(kk));
+            let ((vo, v0), (so, s0)) = (t.in_place(), scales.in_place());
             let mut ws = Vec::with_capacity(e);
+            let mut copied = false;
             for x in 0..e {
+                // each expert's rows in place (64-byte-aligned, as `qwen3vl quantize` writes them), else copied
+                let at = |o: usize, row: usize| o + x * rows * row;
+                if let Ok(w) = QuantWeight::from_shared(
+                    format,
+                    rows,
+                    kk,
+                    (vo.clone(), at(v0, rb)),
+                    (so.clone(), at(s0, nb * 4)),
+                ) {
+                    ws.push(w);
+                    continue;
+                }
+                copied = true;
                 let ctx = format!("{key}[{x}]");
                 let mut p = vb.k.quant_packer(format, rows, kk).ctx(&ctx)?;
                 p.push_quantized(
@@ -212,7 +233,9 @@ impl TextExperts {
                 ws.push(p.finish().ctx(&ctx)?);
             }
             vb.tick(&t);
-            t.release();
+            if copied {
+                t.release();
+            }
             parts.push(ws);
         }
         let down = parts.pop().expect("two parts");

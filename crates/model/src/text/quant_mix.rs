@@ -38,6 +38,29 @@ impl TextLinear {
     }
 }
 
+/// The parts of the text decoder's fused weights as stored, each (key suffix, fused weight, position): the
+/// order in which the model stacks them.
+const FUSED_PARTS: [(&str, &str, usize); 5] = [
+    ("self_attn.q_proj.weight", "self_attn.qkv", 0),
+    ("self_attn.k_proj.weight", "self_attn.qkv", 1),
+    ("self_attn.v_proj.weight", "self_attn.qkv", 2),
+    ("mlp.gate_proj.weight", "mlp.gate_up", 0),
+    ("mlp.up_proj.weight", "mlp.gate_up", 1),
+];
+
+/// A sort key for writing tensor `key`: the parts of one fused weight (q, k, v; gate, up) sort next to one
+/// another in the order the model stacks them, every other key by itself. A quantized checkpoint written
+/// in this order holds each fused weight's values (and scales) contiguously, which the loader then uses
+/// in place instead of copying.
+pub fn fused_order(key: &str) -> (String, usize) {
+    for (suffix, fused, pos) in FUSED_PARTS {
+        if let Some(prefix) = key.strip_suffix(suffix) {
+            return (format!("{prefix}{fused}"), pos);
+        }
+    }
+    (key.to_string(), 0)
+}
+
 /// The format of linear `kind` of layer `layer` (of `layers`) under `--quant base`.
 ///
 /// q4 keeps 8 bits (q8) for the attention input projections (q|k|v, one fused weight here) of about half

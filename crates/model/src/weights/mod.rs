@@ -21,6 +21,7 @@ mod write;
 pub use dtype::Dtype;
 use file::st_err;
 pub use file::{SafetensorsFile, MAX_HEADER_LEN};
+pub use quantized::StoredQuant;
 pub use tensor::TensorRef;
 pub use write::{
     safetensors_header, write_safetensors, write_safetensors_with_metadata, OutTensor,

@@ -20,13 +20,9 @@ impl Weights {
     }
 
     /// Tensor `key` of an (n, k) weight stored quantized: U8 values (n, row bytes) with the format named by
-    /// the header metadata `quant:{key}`, and F32 scales `{key}_scale` (n, blocks). Errors name the tensor.
-    pub fn quantized(
-        &self,
-        key: &str,
-        n: usize,
-        k: usize,
-    ) -> Result<(QuantFormat, TensorRef, Vec<f32>), ModelError> {
+    /// the header metadata `quant:{key}`, and F32 scales `{key}_scale` (n, blocks), checked (finite, ≥ 0)
+    /// and returned both as stored and read. Errors name the tensor.
+    pub fn quantized(&self, key: &str, n: usize, k: usize) -> Result<StoredQuant, ModelError> {
         let t = self.raw(key)?;
         let meta = Weights::quant_meta_key(key);
         let name = self
@@ -81,6 +77,22 @@ impl Weights {
                 ),
             });
         }
-        Ok((format, t, d))
+        Ok(StoredQuant {
+            format,
+            values: t,
+            scales: st,
+            d,
+        })
     }
+}
+
+/// A weight stored quantized ([`Weights::quantized`]).
+pub struct StoredQuant {
+    pub format: QuantFormat,
+    /// U8 (n, row bytes)
+    pub values: TensorRef,
+    /// F32 (n, row scales), as stored
+    pub scales: TensorRef,
+    /// the scales read (checked finite and ≥ 0)
+    pub d: Vec<f32>,
 }

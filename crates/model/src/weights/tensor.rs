@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use memmap2::Mmap;
+use qwen3vl_kernels::matmul::StableBytes;
 
 use super::Dtype;
 use crate::ModelError;
@@ -18,9 +19,31 @@ pub struct TensorRef {
     pub(super) end: usize,
 }
 
+/// A checkpoint file's mapping as bytes a weight may use in place.
+struct ShardBytes(Arc<Mmap>);
+// Safety: a read-only mapping at a fixed address for as long as the Arc lives. The contract of every
+// mmap-based loader: the checkpoint is not rewritten in place while a model uses it (replacing it by
+// rename, as `qwen3vl quantize` and downloads do, leaves this mapping on the old file).
+unsafe impl StableBytes for ShardBytes {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl TensorRef {
     pub fn bytes(&self) -> &[u8] {
         &self.mmap[self.start..self.end]
+    }
+
+    /// The whole mapped file this tensor is in, and the tensor's offset in it: for a weight that uses the
+    /// bytes in place instead of copying them.
+    pub fn in_place(&self) -> (Arc<dyn StableBytes>, usize) {
+        (Arc::new(ShardBytes(self.mmap.clone())), self.start)
+    }
+
+    /// Whether this tensor's bytes start where `prev`'s end, in the same mapped file.
+    pub fn follows(&self, prev: &TensorRef) -> bool {
+        Arc::ptr_eq(&self.mmap, &prev.mmap) && prev.end == self.start
     }
 
     pub fn numel(&self) -> usize {

@@ -40,7 +40,7 @@ impl<'a> OutTensor<'a> {
     }
 }
 
-/// Writes a safetensors file (tensors in the given order, header padded to 8 bytes). Checks that each
+/// Writes a safetensors file (tensors in the given order, the data from a multiple of 64 bytes). Checks that each
 /// tensor's bytes match its shape × dtype.
 pub fn write_safetensors(path: &Path, tensors: &[OutTensor]) -> Result<(), ModelError> {
     write_safetensors_with_metadata(path, tensors, &[])
@@ -83,10 +83,13 @@ pub fn write_safetensors_with_metadata(
     out.flush().map_err(io)
 }
 
+/// Alignment of the data section of the files written here (the header is padded up to it).
+pub const DATA_ALIGN: usize = 64;
+
 /// The start of a safetensors file whose tensors (name, dtype, shape) follow one another in the given
 /// order: the header's length (u64 LE), then the header (JSON: `__metadata__` with the string entries of
-/// `metadata` if there are any, then each tensor's dtype, shape and byte range), padded with spaces to a
-/// multiple of 8 bytes. A writer that streams the data itself (`init-random`) writes this first.
+/// `metadata` if there are any, then each tensor's dtype, shape and byte range), padded with spaces so
+/// that the data starts at a multiple of [`DATA_ALIGN`] bytes. A writer that streams the data itself (`init-random`) writes this first.
 pub fn safetensors_header(
     tensors: &[(&str, Dtype, &[usize])],
     metadata: &[(String, String)],
@@ -109,7 +112,10 @@ pub fn safetensors_header(
         off += n;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("json");
-    while !h.len().is_multiple_of(8) {
+    // the data starts at a multiple of 64 bytes (the length is then a multiple of 8, as the format asks):
+    // with tensors whose sizes are multiples of 64 first, a mapped file's weights are cache-line aligned
+    // and can be used in place (quantized weights, `Vb::stored_quant`)
+    while !(8 + h.len()).is_multiple_of(DATA_ALIGN) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len());
