@@ -172,18 +172,6 @@ const SHAPES: [Shape; 10] = [
 /// is the best round's average (a single best call would favour the best-placed copy).
 const GEMV_FOOTPRINT: usize = 160 << 20;
 
-fn rng_vec(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
-        })
-        .collect()
-}
-
 fn to_bf16(x: &[f32]) -> Vec<u16> {
     x.iter()
         .map(|&v| qwen3vl_kernels::scalar::bf16_from_f32(v))
@@ -338,10 +326,10 @@ fn run_shape(k: &Kernels, s: &Shape, rows: &mut Vec<Row>) -> Result<()> {
     {
         let (m, kk, n) = (s.m, s.k, s.n);
         let secs = if s.kind == "gemv" { 1.0 } else { 1.5 };
-        let x = rng_vec(m * kk, 1);
-        let bias = rng_vec(n, 2);
+        let x = roofline::sample(m * kk, 1);
+        let bias = roofline::sample(n, 2);
         let mut y = vec![0f32; m * n];
-        let w32 = rng_vec(n * kk, 3);
+        let w32 = roofline::sample(n * kk, 3);
         let w16 = to_bf16(&w32);
         // (dtype, path, packed)
         let configs: &[(&str, MatmulPath, bool)] = if s.kind == "gemv" {

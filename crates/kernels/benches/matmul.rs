@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwen3vl_kernels::matmul::{MatmulPath, Weight};
-use qwen3vl_kernels::Kernels;
+use qwen3vl_kernels::{roofline, Kernels};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Fork/join overhead: one `parallel_for` of `threads` empty tasks, back to back (workers spinning), as
@@ -46,26 +46,14 @@ fn bench_pool(c: &mut Criterion) {
     g.finish();
 }
 
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
-        })
-        .collect()
-}
-
 /// Decode-shaped GEMV (1 × 2048 -> 6144, bf16 weights), per level and path, on the weight as stored and
 /// packed. Throughput is weight bytes. (The 25 MB weight may partly sit in L3 between iterations here;
 /// `qwen3vl bench matmul` cycles copies to measure from memory.)
 fn bench_gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv_1x2048x6144_bf16");
     let (k, n) = (2048, 6144);
-    let x = data(k, 1);
-    let w: Vec<u16> = data(n * k, 2)
+    let x = roofline::sample(k, 1);
+    let w: Vec<u16> = roofline::sample(n * k, 2)
         .iter()
         .map(|v| (v.to_bits() >> 16) as u16)
         .collect();
@@ -98,8 +86,8 @@ fn bench_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_128x2048x2048_bf16");
     g.sample_size(20);
     let (m, k, n) = (128, 2048, 2048);
-    let x = data(m * k, 1);
-    let w: Vec<u16> = data(n * k, 2)
+    let x = roofline::sample(m * k, 1);
+    let w: Vec<u16> = roofline::sample(n * k, 2)
         .iter()
         .map(|v| (v.to_bits() >> 16) as u16)
         .collect();
@@ -126,7 +114,7 @@ fn bench_gemm(c: &mut Criterion) {
 fn bench_mlp_swiglu(c: &mut Criterion) {
     let mut g = c.benchmark_group("mlp_gate_up_swiglu_k2048_i6144_bf16");
     let (k, i) = (2048, 6144);
-    let w: Vec<u16> = data(2 * i * k, 2)
+    let w: Vec<u16> = roofline::sample(2 * i * k, 2)
         .iter()
         .map(|v| (v.to_bits() >> 16) as u16)
         .collect();
@@ -136,7 +124,7 @@ fn bench_mlp_swiglu(c: &mut Criterion) {
         .unwrap();
     let plain = kern.pack_weight(Weight::Bf16(&w), 2 * i, k).unwrap();
     for m in [1usize, 512] {
-        let x = data(m * k, 1);
+        let x = roofline::sample(m * k, 1);
         let mut gu = vec![0f32; m * 2 * i];
         let mut act = vec![0f32; m * i];
         g.throughput(Throughput::Elements((m * 2 * i * k) as u64));

@@ -6,22 +6,10 @@
 //! level). Prints per shape: GFLOP per CPU second, and that as a share of the one-thread AVX2 FMA peak.
 
 use qwen3vl_kernels::matmul::{MatmulPath, Weight};
-use qwen3vl_kernels::Kernels;
+use qwen3vl_kernels::{roofline, Kernels};
 
 mod cpu_time;
 use cpu_time::{best_seconds, cpu_seconds};
-
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
-        })
-        .collect()
-}
 
 /// Best GFLOP per CPU second of `f` (doing `flops`) over runs totalling ≥ `budget` CPU seconds.
 fn best(flops: f64, budget: f64, f: &mut dyn FnMut()) -> f64 {
@@ -113,8 +101,8 @@ fn main() {
         k1.isa()
     );
     for (m, k, n) in shapes {
-        let x = data(m * k, 1);
-        let w: Vec<u16> = data(n * k, 2)
+        let x = roofline::sample(m * k, 1);
+        let w: Vec<u16> = roofline::sample(n * k, 2)
             .iter()
             .map(|v| (v.to_bits() >> 16) as u16)
             .collect();

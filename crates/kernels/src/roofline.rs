@@ -30,6 +30,21 @@ pub struct Roofline {
     pub amx_gflops: Option<f64>,
 }
 
+/// `len` deterministic pseudo-random values in [-0.5, 0.5) from `seed` (a 64-bit LCG): the operands of the
+/// benchmarks that measure kernels against these limits (`bench matmul`, the criterion benches, the
+/// examples), the same values wherever they run.
+pub fn sample(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 0.5
+        })
+        .collect()
+}
+
 /// Measures every limit with the kernels' ISA and thread count (about 2–3 seconds).
 pub fn measure(k: &Kernels) -> Roofline {
     Roofline {
