@@ -97,7 +97,8 @@ pub(crate) enum Cmd {
         model: ModelArgs,
     },
     /// Write a quantized copy of a checkpoint (quantized weights as U8 + F32 scales, the format named in
-    /// the safetensors header metadata; config and tokenizer copied) that loads without quantizing again.
+    /// the safetensors header metadata; config and tokenizer copied) that loads without quantizing again,
+    /// its quantized weights used in place from the file mapping (do not rewrite it while a model uses it).
     Quantize {
         /// Checkpoint directory to read, or a Hugging Face Hub id owner/name[@revision].
         #[arg(long, value_name = "DIR")]
