@@ -1,13 +1,14 @@
 //! The weights: tensors laid out in shards, streamed to disk a few rows (or one expert) at a time.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::Kernels;
+use qwen3vl_model::text::fused_order;
 use qwen3vl_model::weights::{safetensors_header, Dtype};
 use qwen3vl_model::QuantFormat;
 
@@ -133,12 +134,15 @@ pub(super) fn write_weights(
         let path = out.join(name);
         let part = &tensors[range.clone()];
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io_err(&path))?);
-        w.write_all(&stored_header(part)).map_err(io_err(&path))?;
+        let (header, offsets) = stored_header(part);
+        w.write_all(&header).map_err(io_err(&path))?;
         let mut buf: Vec<u8> = Vec::new();
-        for t in part {
+        // tensors are drawn in spec order (the bf16 checkpoint's), each written at its place in the layout
+        for (t, at) in part.iter().zip(&offsets) {
             match (t.quant, &kernels) {
-                (Some(f), Some(k)) => write_quantized(&mut w, &mut rng, t, f, k, &path)?,
+                (Some(f), Some(k)) => write_quantized(&mut w, &mut rng, t, f, k, at, &path)?,
                 _ => {
+                    seek_to(&mut w, at[0], &path)?;
                     // Stream in chunks of 1M elements: memory stays small whatever the tensor size.
                     let mut left = t.spec.numel();
                     while left > 0 {
@@ -181,11 +185,12 @@ pub(super) fn write_weights(
 /// exists in bf16; the quantized one, at most about 0.9 GB for the 32B lm head at q8, is held until it is
 /// written); then writes the bytes of its entries, [`quantized_bytes`].
 fn write_quantized(
-    w: &mut impl Write,
+    w: &mut (impl Write + Seek),
     rng: &mut Rng,
     t: &Stored,
     f: QuantFormat,
     k: &Kernels,
+    at: &[u64],
     path: &Path,
 ) -> Result<(), InitError> {
     let err = |msg: String| InitError::Quantize {
@@ -228,7 +233,7 @@ fn write_quantized(
         }
     }
     let q = packer.finish().map_err(|e| err(e.to_string()))?;
-    for ((name, shape, dtype), bytes) in t.entries.iter().zip(quantized_bytes(&q)) {
+    for (((name, shape, dtype), bytes), &off) in t.entries.iter().zip(quantized_bytes(&q)).zip(at) {
         let len = shape.iter().product::<usize>() * dtype.size();
         if bytes.len() != len {
             return Err(err(format!(
@@ -237,22 +242,55 @@ fn write_quantized(
                 dtype.name()
             )));
         }
+        seek_to(w, off, path)?;
         w.write_all(&bytes).map_err(io_err(path))?;
     }
     Ok(())
 }
 
-/// The safetensors header of `tensors` laid out in order (a quantized one as its entries, its format in
-/// `__metadata__` as `quant:{name}`).
-fn stored_header(tensors: &[Stored]) -> Vec<u8> {
+/// Moves the writer to byte `off` of the file (no-op where it already is).
+fn seek_to(w: &mut (impl Write + Seek), off: u64, path: &Path) -> Result<(), InitError> {
+    if w.stream_position().map_err(io_err(path))? != off {
+        w.seek(SeekFrom::Start(off)).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+/// The safetensors header of `tensors` (a quantized one as its entries, its format in `__metadata__` as
+/// `quant:{name}`), and where each tensor's entries start in the file. The layout is `qwen3vl quantize`'s:
+/// the quantized values first (the parts of a fused weight adjacent, [`fused_order`]), then their scales,
+/// then the bf16 tensors in spec order — so that the loader uses the quantized weights in place.
+fn stored_header(tensors: &[Stored]) -> (Vec<u8>, Vec<Vec<u64>>) {
     let mut meta = vec![("format".to_string(), "pt".to_string())];
     meta.extend(tensors.iter().filter_map(|t| t.meta.clone()));
-    let entries: Vec<(&str, Dtype, &[usize])> = tensors
+    // (class, fused order, tensor, entry): class 0 quantized values, 1 their scales, 2 the rest
+    let mut order: Vec<(usize, (String, usize), usize, usize)> = Vec::new();
+    for (ti, t) in tensors.iter().enumerate() {
+        for (ei, _) in t.entries.iter().enumerate() {
+            let (class, key) = match t.quant {
+                Some(_) => (ei.min(1), fused_order(&t.spec.name)),
+                None => (2, (String::new(), ti)),
+            };
+            order.push((class, key, ti, ei));
+        }
+        debug_assert!(t.quant.is_some() || t.entries.len() == 1, "{}", t.spec.name);
+    }
+    order.sort();
+    let entries: Vec<(&str, Dtype, &[usize])> = order
         .iter()
-        .flat_map(|t| &t.entries)
-        .map(|(name, shape, dtype)| (name.as_str(), *dtype, shape.as_slice()))
+        .map(|&(_, _, ti, ei)| {
+            let (name, shape, dtype) = &tensors[ti].entries[ei];
+            (name.as_str(), *dtype, shape.as_slice())
+        })
         .collect();
-    safetensors_header(&entries, &meta)
+    let header = safetensors_header(&entries, &meta);
+    let mut offsets: Vec<Vec<u64>> = tensors.iter().map(|t| vec![0; t.entries.len()]).collect();
+    let mut off = header.len() as u64;
+    for (&(_, _, ti, ei), (_, dtype, shape)) in order.iter().zip(&entries) {
+        offsets[ti][ei] = off;
+        off += shape.iter().map(|&d| d as u64).product::<u64>() * dtype.size() as u64;
+    }
+    (header, offsets)
 }
 
 #[cfg(test)]
@@ -284,15 +322,72 @@ mod tests {
             .iter()
             .map(|t| Stored::new(t.clone(), false, 2, None))
             .collect();
-        let h = stored_header(&stored);
+        let (h, offsets) = stored_header(&stored);
         let n = u64::from_le_bytes(h[..8].try_into().unwrap()) as usize;
         assert_eq!(n + 8, h.len());
-        assert_eq!(h.len() % 8, 0);
+        assert_eq!(h.len() % 64, 0, "the data starts 64-byte aligned");
         let v: Value = serde_json::from_slice(&h[8..]).unwrap();
         let e = &v[ts[1].name.as_str()];
         assert_eq!(e["data_offsets"][0], ts[0].bytes());
         assert_eq!(e["dtype"], "BF16");
         assert_eq!(v["__metadata__"], json!({"format": "pt"}));
+        // bf16 tensors in spec order, each where the header says
+        assert_eq!(offsets[0], vec![h.len() as u64]);
+        assert_eq!(offsets[1], vec![(h.len() as u64) + ts[0].bytes()]);
+    }
+
+    /// A quantized checkpoint's layout: every quantized values tensor before every scales tensor before
+    /// the bf16 ones, q, k, v (and gate, up) of a layer adjacent in that order: what the loader maps in
+    /// place.
+    #[test]
+    fn quantized_layout_puts_fused_parts_together() {
+        let stored: Vec<Stored> = Preset::Tiny
+            .geometry()
+            .tensors()
+            .into_iter()
+            .map(|t| Stored::new(t, false, 2, Some(QuantFormat::Q4)))
+            .collect();
+        let (h, offsets) = stored_header(&stored);
+        let find = |suffix: &str| {
+            stored
+                .iter()
+                .position(|t| t.spec.name == format!("model.language_model.layers.0.{suffix}"))
+                .unwrap()
+        };
+        let size = |ti: usize, ei: usize| {
+            let (_, shape, dtype) = &stored[ti].entries[ei];
+            shape.iter().product::<usize>() as u64 * dtype.size() as u64
+        };
+        for parts in [
+            &[
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+            ][..],
+            &["mlp.gate_proj.weight", "mlp.up_proj.weight"][..],
+        ] {
+            let ids: Vec<usize> = parts.iter().map(|p| find(p)).collect();
+            for ei in [0, 1] {
+                for w in ids.windows(2) {
+                    assert_eq!(
+                        offsets[w[0]][ei] + size(w[0], ei),
+                        offsets[w[1]][ei],
+                        "{parts:?}"
+                    );
+                }
+            }
+        }
+        let class_end = |quant: bool, ei: usize| {
+            (0..stored.len())
+                .filter(|&ti| stored[ti].quant.is_some() == quant && ei < stored[ti].entries.len())
+                .map(|ti| (offsets[ti][ei], offsets[ti][ei] + size(ti, ei)))
+                .fold((u64::MAX, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
+        };
+        let (values, scales, floats) =
+            (class_end(true, 0), class_end(true, 1), class_end(false, 0));
+        assert_eq!(values.0, h.len() as u64);
+        assert_eq!(values.1, scales.0);
+        assert_eq!(scales.1, floats.0);
     }
 
     #[test]
@@ -309,7 +404,7 @@ mod tests {
         assert_eq!(st.entries[1].1, vec![128 * 1536, 64]);
         assert_eq!((st.entries[0].2, st.entries[1].2), (Dtype::U8, Dtype::F32));
         assert_eq!(st.bytes(), 128 * 1536 * (2048 + 64 * 4));
-        let h = stored_header(&[st]);
+        let (h, _) = stored_header(&[st]);
         let v: Value = serde_json::from_slice(&h[8..]).unwrap();
         assert_eq!(
             v["__metadata__"],
