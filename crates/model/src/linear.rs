@@ -386,20 +386,19 @@ impl<'a> Vb<'a> {
         let n: usize = keys.iter().map(|k| k.1).sum();
         let mut stored = Vec::with_capacity(keys.len());
         for (key, rows) in keys {
-            let s = self.w.quantized(key, *rows, inp)?;
-            if let Some(first) = stored.first() {
-                let first: &StoredQuant = first;
-                if s.format != first.format {
+            let s: StoredQuant = self.w.quantized(key, *rows, inp)?;
+            match stored.first().map(|f: &StoredQuant| f.format) {
+                Some(first) if first != s.format => {
                     return Err(ModelError::Dtype {
                         key: key.clone(),
                         msg: format!(
-                            "stored in format {} while {} is {} (parts of one fused weight must match)",
-                            s.format, keys[0].0, first.format
+                            "stored in format {} while {} is {first} (parts of one fused weight must match)",
+                            s.format, keys[0].0
                         ),
                     });
                 }
+                _ => stored.push(s),
             }
-            stored.push(s);
         }
         let format = stored[0].format;
         // In place when the parts follow one another in one file, values and scales each (the order
