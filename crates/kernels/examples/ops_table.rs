@@ -84,6 +84,8 @@ fn main() {
         }
         i += 1;
     }
+    // one thread, as torch_ops.py sets torch to (the default pool would split ops of 64K+ elements)
+    let k = k.with_threads(1);
     let mut results: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     let mut put = |op: &str, shape: &str, us: f64| {
         eprintln!("{op:>22} {shape:>10} {us:>10.2} us");

@@ -813,3 +813,73 @@ fn outputs_at_every_alignment() {
         }
     }
 }
+
+/// Maps of at least `STREAM_MIN` elements prefetch ahead while they run (`simd::kernels::Ahead::stream`):
+/// the same values as the same level on short pieces, bit for bit (lane-wise arithmetic), for a unary, a
+/// binary and a ternary map, out of place from a misaligned output and in place, on one thread (so the
+/// whole length reaches one kernel call).
+#[test]
+fn long_maps_equal_short_pieces() {
+    use qwen3vl_kernels::simd::kernels::STREAM_MIN;
+    let n = STREAM_MIN + 17;
+    let piece = 1000;
+    let mut g = Rng::new(5);
+    let (a, b, c) = (
+        g.vec(n, -9.0, 9.0),
+        g.vec(n, -9.0, 9.0),
+        g.vec(n, -2.0, 2.0),
+    );
+    for k in levels() {
+        let k = k.with_threads(1);
+        let lv = k.isa().name();
+        // out at an odd offset: the maps start with a partial vector up to an aligned element
+        let mut buf = vec![0.0f32; n + 1];
+        let (mut want, mut want2) = (vec![0.0f32; n], vec![0.0f32; n]);
+        for s in (0..n).step_by(piece) {
+            let e = (s + piece).min(n);
+            k.silu(&a[s..e], &mut want[s..e]).unwrap();
+        }
+        k.silu(&a, &mut buf[1..]).unwrap();
+        check("silu (long)", lv, n, &buf[1..], &f64s(&want), EXACT);
+        let mut inplace = a.clone();
+        k.silu_assign(&mut inplace);
+        check("silu_assign (long)", lv, n, &inplace, &f64s(&want), EXACT);
+
+        for s in (0..n).step_by(piece) {
+            let e = (s + piece).min(n);
+            k.swiglu(&a[s..e], &b[s..e], &mut want[s..e]).unwrap();
+        }
+        k.swiglu(&a, &b, &mut buf[1..]).unwrap();
+        check("swiglu (long)", lv, n, &buf[1..], &f64s(&want), EXACT);
+
+        for s in (0..n).step_by(piece) {
+            let e = (s + piece).min(n);
+            k.swiglu_backward(
+                &a[s..e],
+                &b[s..e],
+                &c[s..e],
+                &mut want[s..e],
+                &mut want2[s..e],
+            )
+            .unwrap();
+        }
+        let (mut dg, mut du) = (vec![0.0f32; n], vec![0.0f32; n]);
+        k.swiglu_backward(&a, &b, &c, &mut dg, &mut du).unwrap();
+        check(
+            "swiglu_backward dgate (long)",
+            lv,
+            n,
+            &dg,
+            &f64s(&want),
+            EXACT,
+        );
+        check(
+            "swiglu_backward dup (long)",
+            lv,
+            n,
+            &du,
+            &f64s(&want2),
+            EXACT,
+        );
+    }
+}

@@ -18,17 +18,30 @@ pub mod math;
 #[inline(always)]
 pub fn prefetch_lines(base: *const u8, lo: usize, hi: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut off = (lo + 63) & !63;
-        while off < hi {
-            // Safety: a hint; an address outside any allocation is never dereferenced.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off) as *const i8) };
-            off += 64;
-        }
-    }
+    prefetch_range::<{ std::arch::x86_64::_MM_HINT_T0 }>(base, lo, hi);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (base, lo, hi);
+}
+
+/// [`prefetch_lines`] for lines the loop will write (`prefetchw`: the line arrives owned, so the store
+/// that follows needs no read-for-ownership of its own; a no-op on CPUs without PREFETCHW).
+#[inline(always)]
+pub fn prefetch_lines_for_write(base: *const u8, lo: usize, hi: usize) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_range::<{ std::arch::x86_64::_MM_HINT_ET0 }>(base, lo, hi);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, lo, hi);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_range<const HINT: i32>(base: *const u8, lo: usize, hi: usize) {
+    let mut off = (lo + 63) & !63;
+    while off < hi {
+        // Safety: a hint; an address outside any allocation is never dereferenced.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(base.wrapping_add(off) as *const i8) };
+        off += 64;
+    }
 }
 
 /// f32 SIMD primitives of one ISA level.

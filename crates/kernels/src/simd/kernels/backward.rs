@@ -20,9 +20,11 @@ unsafe fn map3<S: Simd, F: Ternary<S>>(
     n: usize,
 ) {
     let l = S::LANES;
+    let ahead = Ahead::stream([a, b, c], out, n);
     let mut i = 0;
     // vector body
     while i + l <= n {
+        ahead.fetch(i, l);
         let y = f.f(s, s.ld(a.add(i)), s.ld(b.add(i)), s.ld(c.add(i)));
         s.st(out.add(i), y);
         i += l;
