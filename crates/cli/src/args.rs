@@ -118,7 +118,8 @@ pub(crate) enum Cmd {
     },
     /// Quantization quality: run the unquantized model and the quantized one over the same tokens and
     /// print the KL divergence of their next-token distributions (mean, median, p99, max), top-1
-    /// agreement and both perplexities, as `llama-perplexity --kl-divergence` does.
+    /// agreement and both perplexities, as `llama-perplexity --kl-divergence` does; with --image, the
+    /// cosine and relative error of both vision towers' features of each image (for --vision-quant).
     Eval {
         /// The reference checkpoint (loaded as stored), or a Hugging Face Hub id owner/name[@revision].
         #[arg(long, value_name = "DIR|ID")]
@@ -126,12 +127,19 @@ pub(crate) enum Cmd {
         /// Quantize the compared model's text linears at load (`q8` or `q4`).
         #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
         quant: Option<qwen3vl_model::QuantFormat>,
+        /// Quantize the compared model's vision tower at load (`q8` or `q4`).
+        #[arg(long, value_name = "FORMAT", value_parser = crate::quant::parse_format)]
+        vision_quant: Option<qwen3vl_model::QuantFormat>,
         /// Compare against this (quantized) checkpoint instead of `--model` quantized at load.
         #[arg(long, value_name = "DIR")]
         quantized: Option<PathBuf>,
         /// The text to score (UTF-8, tokenized without a chat template).
         #[arg(long, value_name = "FILE")]
         text: Option<PathBuf>,
+        /// An image whose features both models encode (repeat for several); with neither --text nor
+        /// --prompt-tokens only the images are compared.
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
         /// Score at most this many tokens (without --text: this many seeded pseudo-random ids).
         #[arg(long, value_name = "N")]
         prompt_tokens: Option<usize>,

@@ -8,11 +8,16 @@
 //! in llama-perplexity only the second half of each chunk is scored (the first half is context): the
 //! logits at position p predict token p + 1, for p in ⌊ctx/2⌋ .. ctx − 1. Log-softmax, KL and
 //! negative log-likelihoods are computed in f64.
+//!
+//! With images (`--image FILE`, any number), each is preprocessed once (the reference checkpoint's
+//! processor) and encoded by both vision towers; the report gives the cosine of the two models' image
+//! features (the merged vision tokens the decoder receives) and their relative error ‖q − b‖ / ‖b‖, in
+//! f64 — the measure of `--vision-quant`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use qwen3vl_model::{KvCache, Logits, Positions, Precision, QuantFormat, RunState};
+use qwen3vl_model::{KvCache, Logits, Positions, Precision, QuantFormat, RunState, VisionInput};
 
 use crate::session::{Engine, EngineOptions};
 
@@ -25,6 +30,10 @@ pub struct EvalOptions {
     pub quantized_dir: Option<PathBuf>,
     /// Quantize the compared model's text linears at load (None: as stored).
     pub quant: Option<QuantFormat>,
+    /// Quantize the compared model's vision tower at load (None: as stored).
+    pub vision_quant: Option<QuantFormat>,
+    /// Images whose features both models' vision towers encode.
+    pub images: Vec<PathBuf>,
     /// The text to score (tokenized with the reference checkpoint's tokenizer, no chat template).
     pub text: Option<String>,
     /// Tokens scored at most (with `text`: its first N; without: N seeded pseudo-random ids).
@@ -35,9 +44,17 @@ pub struct EvalOptions {
     pub threads: usize,
 }
 
-/// What [`evaluate`] measured.
+/// What [`evaluate`] measured: the text's scores (when there was a text or a token count) and one
+/// comparison per image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalReport {
+    pub text: Option<TextReport>,
+    pub images: Vec<ImageReport>,
+}
+
+/// The next-token scores of [`evaluate`] over the tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextReport {
     /// Tokens of input, chunks run, next-token predictions scored.
     pub tokens: usize,
     pub chunks: usize,
@@ -52,6 +69,18 @@ pub struct EvalReport {
     /// exp(mean negative log-likelihood of the actual next token) of each model.
     pub ppl_base: f64,
     pub ppl_quant: f64,
+}
+
+/// One image's features from both vision towers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageReport {
+    /// The image file, as given.
+    pub path: PathBuf,
+    /// Merged vision tokens (rows of the features).
+    pub tokens: usize,
+    /// cos(base, quantized) over all the features, and ‖quantized − base‖ / ‖base‖.
+    pub cosine: f64,
+    pub rel_error: f64,
 }
 
 /// Per-prediction statistics of one pair of logit rows.
@@ -117,7 +146,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     if opts.ctx < 2 {
         bail!("--ctx must be at least 2 (got {})", opts.ctx);
     }
-    let load = |dir: &PathBuf, quant| {
+    let load = |dir: &PathBuf, quant, vision_quant| {
         Engine::load(
             dir,
             &EngineOptions {
@@ -125,17 +154,83 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                 precision: opts.precision,
                 progress: None,
                 quant,
-                vision_quant: None,
+                vision_quant,
                 ..Default::default()
             },
         )
         .with_context(|| format!("loading {}", dir.display()))
     };
-    let base = load(&opts.model_dir, None)?;
+    if opts.text.is_none() && opts.prompt_tokens.is_none() && opts.images.is_empty() {
+        bail!(
+            "give a text (--text FILE), a token count (--prompt-tokens N) or images (--image FILE)"
+        );
+    }
+    let base = load(&opts.model_dir, None, None)?;
     let test = load(
         opts.quantized_dir.as_ref().unwrap_or(&opts.model_dir),
         opts.quant,
+        opts.vision_quant,
     )?;
+    let images = opts
+        .images
+        .iter()
+        .map(|path| compare_image(&base, &test, path))
+        .collect::<Result<Vec<_>>>()?;
+    let text = if opts.text.is_some() || opts.prompt_tokens.is_some() {
+        Some(score_text(opts, &base, &test)?)
+    } else {
+        None
+    };
+    Ok(EvalReport { text, images })
+}
+
+/// Both models' features of the image at `path` (preprocessed once, by the reference's processor).
+fn compare_image(base: &Engine, test: &Engine, path: &std::path::Path) -> Result<ImageReport> {
+    let p = &base.processor;
+    let img = p
+        .load_image_file(path)
+        .with_context(|| format!("reading the image {}", path.display()))?;
+    let im = p
+        .preprocess_image(&img)
+        .with_context(|| format!("preprocessing the image {}", path.display()))?;
+    let input = [VisionInput {
+        pixel_values: im.pixel_values,
+        grid_thw: im.grid_thw,
+    }];
+    let features = |e: &Engine, which: &str| -> Result<Vec<f32>> {
+        Ok(e.model
+            .encode_images(&input)
+            .with_context(|| format!("encoding {} with the {which} model", path.display()))?
+            .embeds)
+    };
+    let (b, q) = (features(base, "reference")?, features(test, "compared")?);
+    if b.len() != q.len() {
+        bail!(
+            "the models' features of {} differ in size ({} vs {} values): different vision geometries",
+            path.display(),
+            b.len(),
+            q.len()
+        );
+    }
+    let (mut bq, mut bb, mut qq, mut dd) = (0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in b.iter().zip(&q) {
+        let (x, y) = (x as f64, y as f64);
+        bq += x * y;
+        bb += x * x;
+        qq += y * y;
+        dd += (y - x) * (y - x);
+    }
+    Ok(ImageReport {
+        path: path.to_path_buf(),
+        tokens: b.len() / base.model.config().text.hidden_size.max(1),
+        // ≤ 1 mathematically; rounding can give 1 + 2⁻⁵² for identical features
+        cosine: (bq / (bb.sqrt() * qq.sqrt())).min(1.0),
+        rel_error: (dd / bb).sqrt(),
+    })
+}
+
+/// The next-token scores over the text's (or the seeded) tokens; see the module docs.
+fn score_text(opts: &EvalOptions, base: &Engine, test: &Engine) -> Result<TextReport> {
     let v = base.model.vocab_size();
     if test.model.vocab_size() != v {
         bail!(
@@ -154,7 +249,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
             ids[..n.unwrap_or(ids.len()).min(ids.len())].to_vec()
         }
         (None, Some(n)) => seeded_tokens(n, v.min(151643)),
-        (None, None) => bail!("give a text (--text FILE) or a token count (--prompt-tokens N)"),
+        (None, None) => unreachable!("evaluate scores text only with a text or a token count"),
     };
     let ctx = opts.ctx.min(base.context_len());
     let mut stats = Vec::new();
@@ -173,7 +268,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
                 .context("running the forward pass")?;
             Ok(l.to_vec())
         };
-        let (lb, lq) = (rows(&base)?, rows(&test)?);
+        let (lb, lq) = (rows(base)?, rows(test)?);
         let first = if chunk.len() == ctx { ctx / 2 } else { 0 };
         for p in first..chunk.len() - 1 {
             stats.push(score(
@@ -193,7 +288,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     let n = stats.len() as f64;
     let mut kl: Vec<f64> = stats.iter().map(|s| s.kl).collect();
     kl.sort_by(f64::total_cmp);
-    Ok(EvalReport {
+    Ok(TextReport {
         tokens: tokens.len(),
         chunks,
         scored: stats.len(),
@@ -223,6 +318,37 @@ fn seeded_tokens(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, im) in self.images.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{im}")?;
+        }
+        if let Some(t) = &self.text {
+            if !self.images.is_empty() {
+                writeln!(f)?;
+            }
+            write!(f, "{t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ImageReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image {}: {} vision tokens, features cosine {:.6}, relative error {:.3e}",
+            self.path.display(),
+            self.tokens,
+            self.cosine,
+            self.rel_error
+        )
+    }
+}
+
+impl std::fmt::Display for TextReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
