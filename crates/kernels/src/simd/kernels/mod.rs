@@ -27,7 +27,7 @@ pub struct Ahead<const K: usize> {
 
 /// How far ahead a long map prefetches, in elements (2 KiB of each array). On one core the hardware
 /// prefetchers alone leave a compute-heavy map's loads and its stores' reads-for-ownership waiting on
-/// L3/DRAM: asking for the lines 2 KiB ahead (the output's with `prefetchw`) took a map over 4–5 MB from
+/// L3/DRAM: asking for the lines 2 KiB ahead (the output's too) took a map over 4–5 MB from
 /// compute + memory to nearer the larger of the two (Xeon, one thread, 512×2048: gelu_erf 440–470 →
 /// 400–414 µs, silu 319–337 → 287–296 µs, the pure copy-speed relu 285–291 µs; 256 or 1024 ahead
 /// measured the same, 4096 worse). Either stream alone gained less, the output's alone nothing.
