@@ -38,12 +38,27 @@ unsafe fn tile<S: SimdInt, const RM: usize, const RN: usize>(s: S, a: &QArgs, i:
     for b in 0..nb {
         prefetch_next_tile(next, b * RN * BLOCK, (b + 1) * RN * BLOCK);
         let w: [S::W; RN] = std::array::from_fn(|r| unsafe { s.ld_w(wq.add(r * kp + b * BLOCK)) });
-        let dw: [f32; RN] = std::array::from_fn(|r| unsafe { *wd.add(r * nb + b) });
-        for (ii, acc) in acc.iter_mut().enumerate() {
-            let x = s.ld_x(xq.add(ii * kp + b * BLOCK));
-            let dx = *xd.add(ii * nb + b);
-            for r in 0..RN {
-                acc[r] = s.mul_add(s.dot(w[r], x), s.splat(dw[r] * dx), acc[r]);
+        if RM <= 3 {
+            // decode: (q_w·q_x)·d_x, then times d_w broadcast from memory into the FMA (a load, no
+            // scalar product and shuffle per pair): q8 GEMV 86–88% → 97% of the bandwidth on the lm head
+            for (ii, acc) in acc.iter_mut().enumerate() {
+                let x = s.ld_x(xq.add(ii * kp + b * BLOCK));
+                let dx = s.splat(*xd.add(ii * nb + b));
+                for r in 0..RN {
+                    let v = s.mul(s.dot(w[r], x), dx);
+                    acc[r] = s.mul_add(v, s.splat(*wd.add(r * nb + b)), acc[r]);
+                }
+            }
+        } else {
+            // prefill (4 × 2 tile): one scalar d_w·d_x per pair (the form above measured 8–17% slower
+            // here at AVX2: 16 ymm registers)
+            let dw: [f32; RN] = std::array::from_fn(|r| unsafe { *wd.add(r * nb + b) });
+            for (ii, acc) in acc.iter_mut().enumerate() {
+                let x = s.ld_x(xq.add(ii * kp + b * BLOCK));
+                let dx = *xd.add(ii * nb + b);
+                for r in 0..RN {
+                    acc[r] = s.mul_add(s.dot(w[r], x), s.splat(dw[r] * dx), acc[r]);
+                }
             }
         }
     }
