@@ -40,7 +40,7 @@ pub mod weights;
 pub use config::{Config, TextConfig, VisionConfig};
 pub use input::{Logits, Positions, PositionsRef, Seq, VisionInput, VisionRows};
 pub use kv_cache::KvCache;
-pub use linear::{Linear, LinearWeight};
+pub use linear::{load_stored_quant, Linear, LinearWeight};
 pub use model::{top_k, LoadOptions, Model, Precision, TopK, VisionOutput};
 pub use plan::{Plan, PlanOp};
 pub use qwen3vl_kernels::quant::QuantFormat;

@@ -174,6 +174,73 @@ fn pack_into<P: RowSink>(
     packer.finish().map_err(err)
 }
 
+/// The weights `keys[i]` ((rows_i, inp) each) of checkpoint `w` if it stores them quantized, stacked along
+/// the output dimension into one weight; None if it stores them as floats. A mix is an error naming the
+/// first float part, and so are parts of different formats. The parts are used in place when they follow
+/// one another in one file, values and scales each (the order `qwen3vl quantize` writes them in), at
+/// 64-byte-aligned addresses; else they are copied. `loaded` sees each part's values once they are taken
+/// (load progress). The one loader of stored quantized linear weights (the model's, and the fuzz target's).
+pub fn load_stored_quant(
+    w: &Weights,
+    k: &Kernels,
+    keys: &[(String, usize)],
+    inp: usize,
+    loaded: &dyn Fn(&TensorRef),
+) -> Result<Option<QuantWeight>, ModelError> {
+    let quantized: Vec<bool> = keys.iter().map(|(key, _)| w.is_quantized(key)).collect();
+    if !quantized.iter().any(|&q| q) {
+        return Ok(None);
+    }
+    if let Some(i) = quantized.iter().position(|&q| !q) {
+        return Err(ModelError::Dtype {
+            key: keys[i].0.clone(),
+            msg: format!(
+                "stored as floats while {} is quantized (parts of one fused weight must match)",
+                keys[quantized.iter().position(|&q| q).unwrap_or(0)].0
+            ),
+        });
+    }
+    let n: usize = keys.iter().map(|k| k.1).sum();
+    let mut stored = Vec::with_capacity(keys.len());
+    for (key, rows) in keys {
+        let s: StoredQuant = w.quantized(key, *rows, inp)?;
+        match stored.first().map(|f: &StoredQuant| f.format) {
+            Some(first) if first != s.format => {
+                return Err(ModelError::Dtype {
+                    key: key.clone(),
+                    msg: format!(
+                        "stored in format {} while {} is {first} (parts of one fused weight must match)",
+                        s.format, keys[0].0
+                    ),
+                });
+            }
+            _ => stored.push(s),
+        }
+    }
+    let format = stored[0].format;
+    // In place when the parts follow one another in one file, values and scales each (the order
+    // `qwen3vl quantize` writes them in) at 64-byte-aligned addresses; else copied.
+    let contiguous = stored
+        .windows(2)
+        .all(|p| p[1].values.follows(&p[0].values) && p[1].scales.follows(&p[0].scales));
+    if contiguous {
+        let (v, s) = (&stored[0].values, &stored[0].scales);
+        if let Ok(q) = QuantWeight::from_shared(format, n, inp, v.in_place(), s.in_place()) {
+            for s in &stored {
+                loaded(&s.values);
+            }
+            return Ok(Some(q));
+        }
+    }
+    let mut p = k.quant_packer(format, n, inp).ctx(&keys[0].0)?;
+    for ((key, rows), s) in keys.iter().zip(&stored) {
+        p.push_quantized(s.values.bytes(), &s.d, *rows).ctx(key)?;
+        loaded(&s.values);
+        s.values.release();
+    }
+    Ok(Some(p.finish().ctx("quantized weight")?))
+}
+
 /// A position in the checkpoint's module tree (`model.visual.blocks.3`), like candle's VarBuilder.
 pub(crate) struct Vb<'a> {
     pub w: &'a Weights,
@@ -364,65 +431,13 @@ impl<'a> Vb<'a> {
     }
 
     /// The weights `keys[i]` ((rows_i, inp) each) if the checkpoint stores them quantized, stacked into one;
-    /// None if it stores them as floats. A mix is an error naming the first float one.
+    /// None if it stores them as floats (see [`load_stored_quant`]).
     pub fn stored_quant(
         &self,
         keys: &[(String, usize)],
         inp: usize,
     ) -> Result<Option<QuantWeight>, ModelError> {
-        let quantized: Vec<bool> = keys.iter().map(|(k, _)| self.w.is_quantized(k)).collect();
-        if !quantized.iter().any(|&q| q) {
-            return Ok(None);
-        }
-        if let Some(i) = quantized.iter().position(|&q| !q) {
-            return Err(ModelError::Dtype {
-                key: keys[i].0.clone(),
-                msg: format!(
-                    "stored as floats while {} is quantized (parts of one fused weight must match)",
-                    keys[quantized.iter().position(|&q| q).unwrap_or(0)].0
-                ),
-            });
-        }
-        let n: usize = keys.iter().map(|k| k.1).sum();
-        let mut stored = Vec::with_capacity(keys.len());
-        for (key, rows) in keys {
-            let s: StoredQuant = self.w.quantized(key, *rows, inp)?;
-            match stored.first().map(|f: &StoredQuant| f.format) {
-                Some(first) if first != s.format => {
-                    return Err(ModelError::Dtype {
-                        key: key.clone(),
-                        msg: format!(
-                            "stored in format {} while {} is {first} (parts of one fused weight must match)",
-                            s.format, keys[0].0
-                        ),
-                    });
-                }
-                _ => stored.push(s),
-            }
-        }
-        let format = stored[0].format;
-        // In place when the parts follow one another in one file, values and scales each (the order
-        // `qwen3vl quantize` writes them in) at 64-byte-aligned addresses; else copied.
-        let contiguous = stored
-            .windows(2)
-            .all(|p| p[1].values.follows(&p[0].values) && p[1].scales.follows(&p[0].scales));
-        if contiguous {
-            let (v, s) = (&stored[0].values, &stored[0].scales);
-            if let Ok(w) = QuantWeight::from_shared(format, n, inp, v.in_place(), s.in_place()) {
-                for s in &stored {
-                    self.tick(&s.values);
-                }
-                return Ok(Some(w));
-            }
-        }
-        let mut p = self.k.quant_packer(format, n, inp).ctx(&keys[0].0)?;
-        for ((key, rows), s) in keys.iter().zip(&stored) {
-            p.push_quantized(s.values.bytes(), &s.d, *rows).ctx(key)?;
-            self.tick(&s.values);
-            s.values.release();
-        }
-        let w = p.finish().ctx("quantized weight")?;
-        Ok(Some(w))
+        load_stored_quant(self.w, &self.k, keys, inp, &|t| self.tick(t))
     }
 
     /// An embedding table: the float tensor, or (a quantized checkpoint) the raw quantized one, whose rows

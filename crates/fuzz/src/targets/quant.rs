@@ -1,8 +1,9 @@
-//! `quantized`: a quantized checkpoint's MLP (what `qwen3vl quantize` writes) loaded the way the model's
-//! loader loads it (`Vb::stored_quant` in crates/model/src/linear.rs, crate-private, mirrored here through
-//! the same public calls): `Weights::quantized` checks the format metadata, the U8 shape and the F32 scales,
-//! `QuantPacker::push_quantized` stacks the parts (gate|up) into one weight; then every row is dequantized
-//! and the MLP's matmuls run on the int8 kernels.
+//! `quantized`: a quantized checkpoint's MLP (what `qwen3vl quantize` writes) loaded by the model's own
+//! loader of stored quantized weights (`qwen3vl_model::load_stored_quant`): `Weights::quantized` checks the
+//! format metadata, the U8 shape and the F32 scales; parts that follow one another (gate|up, values then
+//! scales, as the seeds are laid out) are used in place by `QuantWeight::from_shared` (range, alignment and
+//! scale checks), others are stacked by `QuantPacker::push_quantized`; then every row is dequantized and the
+//! MLP's matmuls run on the int8 kernels.
 
 use std::sync::OnceLock;
 
@@ -10,7 +11,7 @@ use qwen3vl_engine::quantize::{stored_quantized, OwnedTensor};
 use qwen3vl_kernels::matmul::Weight;
 use qwen3vl_kernels::quant::QuantWeight;
 use qwen3vl_model::weights::{write_safetensors_with_metadata, Weights};
-use qwen3vl_model::QuantFormat;
+use qwen3vl_model::{load_stored_quant, QuantFormat};
 
 use super::{kernels, scratch};
 
@@ -27,7 +28,8 @@ fn key(name: &str) -> String {
 }
 
 /// Seeds: layer 0's MLP of the tiny checkpoint quantized with the quantizer of `qwen3vl quantize` and
-/// written by its writer: all three q8; gate and up kept bf16 with down q4.
+/// written by its writer in its order (every quantized weight's values, then their scales, then the float
+/// tensors: gate|up loads in place): all three q8; gate and up kept bf16 with down q4.
 pub fn seeds() -> Vec<Vec<u8>> {
     static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     S.get_or_init(|| {
@@ -45,7 +47,11 @@ pub fn seeds() -> Vec<Vec<u8>> {
 
 fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
     let k = kernels();
-    let mut owned: Vec<OwnedTensor> = Vec::new();
+    let (mut owned, mut scales, mut floats): (
+        Vec<OwnedTensor>,
+        Vec<OwnedTensor>,
+        Vec<OwnedTensor>,
+    ) = Default::default();
     let mut meta = Vec::new();
     for ((name, n, kk), f) in [("gate", I, H), ("up", I, H), ("down", H, I)]
         .into_iter()
@@ -54,17 +60,20 @@ fn seed(w: &Weights, formats: &[Option<QuantFormat>; 3]) -> Vec<u8> {
         let key = key(name);
         let t = w.float(&key, &[n, kk]).expect("tiny MLP weight");
         match f {
-            None => owned.push((key, t.bytes().to_vec(), vec![n, kk], t.dtype)),
+            None => floats.push((key, t.bytes().to_vec(), vec![n, kk], t.dtype)),
             Some(f) => {
                 let q = k
                     .quantize_weight(*f, Weight::F32(&t.to_f32().expect("f32")), n, kk)
                     .expect("quantize");
-                let (entries, m) = stored_quantized(&key, &q, *f, n, kk);
-                owned.extend(entries);
+                let ([values, s], m) = stored_quantized(&key, &q, *f, n, kk);
+                owned.push(values);
+                scales.push(s);
                 meta.push(m);
             }
         }
     }
+    owned.append(&mut scales);
+    owned.append(&mut floats);
     meta.push(("format".into(), "pt".into()));
     let out = qwen3vl_engine::quantize::out_tensors(&owned);
     let p = scratch("quant-seed").join("model.safetensors");
@@ -78,32 +87,18 @@ enum Loaded {
     Float,
 }
 
-/// The parts `(key, rows)` of one (Σ rows, inp) weight, as `Vb::stored_quant` loads them.
+/// The parts `(key, rows)` of one (Σ rows, inp) weight, loaded as the model loads them.
 fn load(w: &Weights, parts: &[(String, usize)], inp: usize) -> Option<Loaded> {
-    let quantized: Vec<bool> = parts.iter().map(|(k, _)| w.is_quantized(k)).collect();
-    if !quantized.iter().any(|&q| q) {
-        for (key, rows) in parts {
-            w.float(key, &[*rows, inp]).ok()?.to_f32().ok()?;
+    match load_stored_quant(w, &kernels(), parts, inp, &|_| {}) {
+        Ok(Some(q)) => Some(Loaded::Quant(q)),
+        Ok(None) => {
+            for (key, rows) in parts {
+                w.float(key, &[*rows, inp]).ok()?.to_f32().ok()?;
+            }
+            Some(Loaded::Float)
         }
-        return Some(Loaded::Float);
+        Err(_) => None,
     }
-    if quantized.iter().any(|&q| !q) {
-        return None;
-    }
-    let n: usize = parts.iter().map(|p| p.1).sum();
-    let mut packer = None;
-    for (key, rows) in parts {
-        let s = w.quantized(key, *rows, inp).ok()?;
-        let p = match &mut packer {
-            Some(p) => p,
-            None => packer.insert(kernels().quant_packer(s.format, n, inp).ok()?),
-        };
-        if p.format() != s.format {
-            return None;
-        }
-        p.push_quantized(s.values.bytes(), &s.d, *rows).ok()?;
-    }
-    packer?.finish().ok().map(Loaded::Quant)
 }
 
 /// Dequantizes every row and runs x (M, k) through the weight.
@@ -144,4 +139,35 @@ pub fn run(b: &[u8]) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The q8 seed is laid out as `qwen3vl quantize` writes: its gate|up loads in place (so mutants reach
+    /// `QuantWeight::from_shared`'s checks), and gives the same products as the copied weight.
+    #[test]
+    fn q8_seed_loads_gate_up_in_place() {
+        let d = scratch("quant-test");
+        std::fs::write(d.join("model.safetensors"), &seeds()[0]).unwrap();
+        let w = Weights::open_dir(&d).unwrap();
+        let parts = [(key("gate"), I), (key("up"), I)];
+        let Some(Loaded::Quant(q)) = load(&w, &parts, H) else {
+            panic!("gate|up of the q8 seed did not load as a quantized weight");
+        };
+        assert!(
+            q.is_shared(),
+            "gate|up of the q8 seed was copied, not used in place"
+        );
+        // the copy path on the same bytes: one part at a time, stacked by the packer
+        let mut p = kernels().quant_packer(QuantFormat::Q8, 2 * I, H).unwrap();
+        for (key, rows) in &parts {
+            let s = w.quantized(key, *rows, H).unwrap();
+            p.push_quantized(s.values.bytes(), &s.d, *rows).unwrap();
+        }
+        let copied = p.finish().unwrap();
+        assert!(!copied.is_shared());
+        assert_eq!(exercise(&q), exercise(&copied));
+    }
 }
