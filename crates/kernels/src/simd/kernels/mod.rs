@@ -30,7 +30,7 @@ pub struct Ahead<const K: usize> {
 /// L3/DRAM: asking for the lines 2 KiB ahead (the output's too) took a map over 4–5 MB from
 /// compute + memory to nearer the larger of the two (Xeon, one thread, 512×2048: gelu_erf 440–470 →
 /// 400–414 µs, silu 319–337 → 287–296 µs, the pure copy-speed relu 285–291 µs; 256 or 1024 ahead
-/// measured the same, 4096 worse). Either stream alone gained less, the output's alone nothing.
+/// measured the same, 4096 worse). The inputs' alone gained less; the output's alone made gelu_erf slower.
 pub const STREAM_AHEAD: usize = 512;
 
 /// The shortest map that prefetches (elements: 1 MiB of each array, half this Xeon's L2 per core). Below
