@@ -249,7 +249,7 @@ fn score_text(opts: &EvalOptions, base: &Engine, test: &Engine) -> Result<TextRe
             ids[..n.unwrap_or(ids.len()).min(ids.len())].to_vec()
         }
         (None, Some(n)) => seeded_tokens(n, v.min(151643)),
-        (None, None) => unreachable!("evaluate scores text only with a text or a token count"),
+        (None, None) => bail!("no text to score: give --text FILE or --prompt-tokens N"),
     };
     let ctx = opts.ctx.min(base.context_len());
     let mut stats = Vec::new();
