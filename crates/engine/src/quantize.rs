@@ -206,12 +206,11 @@ pub fn quantize_checkpoint(opts: &QuantizeOptions, k: &Kernels) -> Result<Quanti
         }
         owned.append(&mut owned_scales);
         let mut out = out_tensors(&owned);
-        out.extend(copied.iter().map(|t| OutTensor {
-            name: &t.key,
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            data: t.bytes().into(),
-        }));
+        out.extend(
+            copied
+                .iter()
+                .map(|t| OutTensor::borrowed(&t.key, t.dtype, &t.shape, t.bytes())),
+        );
         for t in &out {
             weight_map.insert(t.name.to_string(), file.clone());
             summary.bytes_out += t.data.len() as u64;
@@ -260,12 +259,7 @@ pub type OwnedTensor = (String, Vec<u8>, Vec<usize>, Dtype);
 pub fn out_tensors(owned: &[OwnedTensor]) -> Vec<OutTensor<'_>> {
     owned
         .iter()
-        .map(|(name, data, shape, dtype)| OutTensor {
-            name,
-            dtype: *dtype,
-            shape: shape.clone(),
-            data: data.as_slice().into(),
-        })
+        .map(|(name, data, shape, dtype)| OutTensor::borrowed(name, *dtype, shape, data))
         .collect()
 }
 

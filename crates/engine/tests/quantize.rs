@@ -143,12 +143,7 @@ fn load_edited(dir: &Path, edit: impl Fn(&mut Vec<Tensor>, &mut Vec<(String, Str
     edit(&mut ts, &mut meta);
     let out: Vec<OutTensor> = ts
         .iter()
-        .map(|(n, d, s, b)| OutTensor {
-            name: n,
-            dtype: *d,
-            shape: s.clone(),
-            data: b.as_slice().into(),
-        })
+        .map(|(n, d, s, b)| OutTensor::borrowed(n, *d, s, b))
         .collect();
     write_safetensors_with_metadata(&path, &out, &meta).unwrap();
     let loaded = match Model::load(dir, Kernels::detect().unwrap(), &LoadOptions::default()) {

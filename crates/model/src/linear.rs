@@ -619,12 +619,7 @@ mod tests {
         }
         let out: Vec<OutTensor> = order
             .iter()
-            .map(|((name, data, shape), dtype)| OutTensor {
-                name,
-                dtype: *dtype,
-                shape: shape.clone(),
-                data: data.as_slice().into(),
-            })
+            .map(|((name, data, shape), dtype)| OutTensor::borrowed(name, *dtype, shape, data))
             .collect();
         let dir =
             std::env::temp_dir().join(format!("qwen3vl-inplace-{}-{name}", std::process::id()));

@@ -258,12 +258,7 @@ fn rewrite(
     }
     let out: Vec<OutTensor> = owned
         .iter()
-        .map(|((name, shape, data), dtype)| OutTensor {
-            name,
-            dtype: *dtype,
-            shape: shape.clone(),
-            data: data.as_slice().into(),
-        })
+        .map(|((name, shape, data), dtype)| OutTensor::borrowed(name, *dtype, shape, data))
         .collect();
     write_safetensors_with_metadata(&dst.join("model.safetensors"), &out, &[]).unwrap();
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use qwen3vl_kernels::Kernels;
@@ -180,12 +179,7 @@ fn checkpoint(
     std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
     let out: Vec<OutTensor> = tensors
         .iter()
-        .map(|(n, dt, s, b)| OutTensor {
-            name: n,
-            dtype: *dt,
-            shape: s.clone(),
-            data: Cow::Borrowed(b),
-        })
+        .map(|(n, dt, s, b)| OutTensor::borrowed(n, *dt, s, b))
         .collect();
     write_safetensors(&d.join("model.safetensors"), &out).unwrap();
     d
@@ -337,12 +331,7 @@ fn sharded_checkpoint_matches_single_file() {
         let name = format!("model-0000{}-of-00002.safetensors", i + 1);
         let out: Vec<OutTensor> = part
             .iter()
-            .map(|(n, dt, s, b)| OutTensor {
-                name: n,
-                dtype: *dt,
-                shape: s.clone(),
-                data: Cow::Borrowed(b),
-            })
+            .map(|(n, dt, s, b)| OutTensor::borrowed(n, *dt, s, b))
             .collect();
         write_safetensors(&d.join(&name), &out).unwrap();
         for (n, ..) in part.iter() {

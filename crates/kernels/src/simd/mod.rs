@@ -15,35 +15,22 @@ pub mod math;
 /// Asks for the cache lines at `base + off` for every multiple of 64 `off` in `[lo, hi)` (bytes). Loops
 /// that stream one block while computing on another call it with consecutive ranges, at the pace they
 /// consume their own data, so that the next block arrives in time and no line is requested twice.
+/// (`prefetcht0`, also for lines a loop will write: `prefetchw` needs PRFCHW, which our levels do not
+/// enable, and `_MM_HINT_ET0` compiles to `prefetcht0` without it.)
 #[inline(always)]
 pub fn prefetch_lines(base: *const u8, lo: usize, hi: usize) {
     #[cfg(target_arch = "x86_64")]
-    prefetch_range::<{ std::arch::x86_64::_MM_HINT_T0 }>(base, lo, hi);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, lo, hi);
-}
-
-/// [`prefetch_lines`] for lines the loop will write, so that they are in L1 before its stores reach them.
-/// The hint is `_MM_HINT_ET0`: `prefetchw` (the line arrives owned) where the build enables PRFCHW; our
-/// levels do not enable it, so it compiles to `prefetcht0`, which is what the figures of
-/// [`Ahead::stream`](kernels::Ahead::stream) measured.
-#[inline(always)]
-pub fn prefetch_lines_for_write(base: *const u8, lo: usize, hi: usize) {
-    #[cfg(target_arch = "x86_64")]
-    prefetch_range::<{ std::arch::x86_64::_MM_HINT_ET0 }>(base, lo, hi);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, lo, hi);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_range<const HINT: i32>(base: *const u8, lo: usize, hi: usize) {
-    let mut off = (lo + 63) & !63;
-    while off < hi {
-        // Safety: a hint; an address outside any allocation is never dereferenced.
-        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(base.wrapping_add(off) as *const i8) };
-        off += 64;
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = (lo + 63) & !63;
+        while off < hi {
+            // Safety: a hint; an address outside any allocation is never dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, lo, hi);
 }
 
 /// f32 SIMD primitives of one ISA level.

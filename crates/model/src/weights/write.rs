@@ -17,6 +17,15 @@ pub struct OutTensor<'a> {
 }
 
 impl<'a> OutTensor<'a> {
+    /// A view of bytes held elsewhere (the usual way a writer lists the tensors it owns or maps).
+    pub fn borrowed(name: &'a str, dtype: Dtype, shape: &[usize], data: &'a [u8]) -> OutTensor<'a> {
+        OutTensor {
+            name,
+            dtype,
+            shape: shape.to_vec(),
+            data: data.into(),
+        }
+    }
     pub fn f32(name: &'a str, shape: Vec<usize>, v: &[f32]) -> OutTensor<'a> {
         Self::little_endian(name, Dtype::F32, shape, v, f32::to_le_bytes)
     }

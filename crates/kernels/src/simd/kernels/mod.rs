@@ -11,18 +11,18 @@
 #![allow(clippy::missing_safety_doc)] // the safety contract is the one in the module doc above
 
 use super::math;
-use super::{prefetch_lines, prefetch_lines_for_write, Simd};
+use super::{prefetch_lines, Simd};
 
 // ---------------------------------------------------------------------------------------------------------
 // Lane-wise maps
 
 /// What a loop prefetches while it computes: row r + 1 of K (rows, n) arrays while a row kernel writes
-/// row r ([`Ahead::next_rows`]); [`STREAM_AHEAD`] elements further on in each input, and in the output
-/// for writing, while a long map runs ([`Ahead::stream`]); or nothing.
+/// row r ([`Ahead::next_rows`]); [`STREAM_AHEAD`] elements further on in each input and in the output
+/// while a long map runs ([`Ahead::stream`]); or nothing.
 #[derive(Clone, Copy)]
 pub struct Ahead<const K: usize> {
-    read: Option<[*const f32; K]>,
-    write: Option<*const f32>,
+    ins: Option<[*const f32; K]>,
+    out: Option<*const f32>,
 }
 
 /// How far ahead a long map prefetches, in elements (2 KiB of each array). On one core the hardware
@@ -40,16 +40,16 @@ pub const STREAM_MIN: usize = 1 << 18;
 
 impl<const K: usize> Ahead<K> {
     pub const NONE: Self = Ahead {
-        read: None,
-        write: None,
+        ins: None,
+        out: None,
     };
 
     /// Row r + 1 of each of `ps` (rows, n), none after the last row.
     #[inline(always)]
     pub fn next_rows(ps: [*const f32; K], r: usize, rows: usize, n: usize) -> Self {
         Ahead {
-            read: (r + 1 < rows).then(|| ps.map(|p| p.wrapping_add((r + 1) * n))),
-            write: None,
+            ins: (r + 1 < rows).then(|| ps.map(|p| p.wrapping_add((r + 1) * n))),
+            out: None,
         }
     }
 
@@ -61,21 +61,21 @@ impl<const K: usize> Ahead<K> {
             return Self::NONE;
         }
         Ahead {
-            read: Some(ins.map(|p| p.wrapping_add(STREAM_AHEAD))),
-            write: Some(out.wrapping_add(STREAM_AHEAD)),
+            ins: Some(ins.map(|p| p.wrapping_add(STREAM_AHEAD))),
+            out: Some(out.wrapping_add(STREAM_AHEAD)),
         }
     }
 
     /// Prefetches elements [i, i + l) of each array (the part matching the step at i of this loop).
     #[inline(always)]
     pub fn fetch(&self, i: usize, l: usize) {
-        if let Some(ps) = self.read {
+        if let Some(ps) = self.ins {
             for p in ps {
                 prefetch_lines(p as *const u8, 4 * i, 4 * (i + l));
             }
         }
-        if let Some(p) = self.write {
-            prefetch_lines_for_write(p as *const u8, 4 * i, 4 * (i + l));
+        if let Some(p) = self.out {
+            prefetch_lines(p as *const u8, 4 * i, 4 * (i + l));
         }
     }
 }
