@@ -1,5 +1,6 @@
-//! Quantized matmul (q8 weights, int16 activations): every level on the host against the scalar twin and an
-//! f64 reference, and the quantizers against f64 (round-trip error within the format's bound).
+//! Quantized matmul (q8 weights, int16 activations; and the W8A8 form with int8 activations): every level
+//! on the host against the scalar twin and an f64 reference, and the quantizers against f64 (round-trip
+//! error within the format's bound) and each level's against the scalar one.
 //!
 //! Bounds, per output y[i][c] = Σ_b dw·dx·s_b (s_b the exact integer dot product of block b):
 //! - against the f64 value of that sum: |y − ref| ≤ (nb + 16) · 2^-24 · Σ_b dw·dx·Σ|q_w·q_x| (+ bias):
@@ -10,8 +11,9 @@
 mod common;
 
 use common::{levels, Rng};
+use qwen3vl_kernels::isa::Isa;
 use qwen3vl_kernels::matmul::Weight;
-use qwen3vl_kernels::quant::{scalar, QuantFormat, QuantWeight};
+use qwen3vl_kernels::quant::{scalar, QuantFormat, QuantKernel, QuantWeight};
 use qwen3vl_kernels::{KernelError, Kernels};
 
 const B: usize = 32;
@@ -368,14 +370,15 @@ fn q8_bad_arguments_are_errors() {
 /// rounded to bf16, so each output is within (2⁻⁸ + 2⁻⁸ + 2⁻¹⁶ + (k+2)·2⁻²³)·Σ|x·w_dq| (+ the bias's f32
 /// rounding) of the f64 product of x and the dequantized weights; q8 at the AVX-512 level without AMX
 /// rounds the dequantized weights to bf16 for the level's kernel, within (2⁻⁸ + (k+2)·2⁻²³)·Σ|x·w_dq|.
-/// `Exact`, and `Fast` elsewhere (`Kernels::quant_fast_dequantizes`), give the integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256 or of
+/// Where `Kernels::quant_fast_a8` (q8 on VNNI without AMX), `Fast` gives the W8A8 kernel's bits (tested
+/// above). `Exact`, and `Fast` elsewhere (`Kernels::quant_fast_dequantizes`), give the integer kernels' bits. Both formats, partial groups, k not a multiple of 32 or 256 or of
 /// any level's group, with and without bias, one and two threads (a thread's groups dequantized a few at
 /// a time: k = 513 puts several in one call at every level).
 #[test]
 fn fast_quant_matmul_on_dequantized_weights() {
     use qwen3vl_kernels::matmul::MatmulPath;
     let mut rng = Rng::new(23);
-    let (mut amx_runs, mut f32_runs) = (0, 0);
+    let (mut amx_runs, mut f32_runs, mut a8_runs) = (0, 0, 0);
     for (m, n, k) in [
         (16usize, 1usize, 32usize),
         (17, 65, 47),
@@ -407,6 +410,14 @@ fn fast_quant_matmul_on_dequantized_weights() {
                         assert_eq!(y, exact, "Exact path is the integer kernels");
                         kk.matmul_quant_path(&x, m, &w, b, &mut y, MatmulPath::Fast)
                             .unwrap();
+                        if kk.quant_fast_a8(format, m) {
+                            a8_runs += 1;
+                            let mut want = vec![f32::NAN; m * n];
+                            kk.matmul_q8a8_with(kk.quant_kernel(), &x, m, &w, b, &mut want)
+                                .unwrap();
+                            assert_eq!(y, want, "Fast on VNNI without AMX is the W8A8 kernel");
+                            continue;
+                        }
                         if !kk.quant_fast_dequantizes(format, m) {
                             assert_eq!(
                                 y, exact,
@@ -459,6 +470,12 @@ fn fast_quant_matmul_on_dequantized_weights() {
             "{f32_runs} runs of the dequantizing q8 form"
         );
     }
+    if Kernels::test_variants()
+        .iter()
+        .any(|k| k.quant_fast_a8(QuantFormat::Q8, 16))
+    {
+        assert!(a8_runs >= 4 * 2 * 2, "{a8_runs} runs of the W8A8 form");
+    }
     // special values: a NaN in one row of x makes that row of y NaN and no other (both formats, 17 rows:
     // the tile kernel where present); ±inf makes its row non-finite only
     let (m, n, k) = (17usize, 70usize, 40usize);
@@ -486,6 +503,276 @@ fn fast_quant_matmul_on_dequantized_weights() {
                     kern.isa(),
                     kern.amx()
                 );
+            }
+        }
+    }
+}
+
+/// Every (level, kernel) on the host with a W8A8 form (`matmul_q8a8_with`) other than the scalar twin;
+/// asserts that the VNNI kernels are among them where the CPU has VNNI.
+fn a8_kernels() -> Vec<(Kernels, QuantKernel)> {
+    let w = QuantWeight::from_parts(QuantFormat::Q8, 1, 1, &[0; B], &[0.0]).unwrap();
+    let mut v = Vec::new();
+    for kern in levels() {
+        for qk in kern.quant_kernels() {
+            if qk != QuantKernel::Scalar
+                && kern.matmul_q8a8_with(qk, &[], 0, &w, None, &mut []).is_ok()
+            {
+                v.push((kern, qk));
+            }
+        }
+    }
+    let f = common::scalar().features();
+    for (has, want) in [
+        (
+            f.avx512_vnni && f.supports(Isa::Avx512),
+            QuantKernel::Avx512Vnni,
+        ),
+        (f.avx_vnni && f.supports(Isa::Avx2), QuantKernel::Avx2Vnni),
+    ] {
+        let present = v.iter().any(|&(_, qk)| qk == want);
+        assert_eq!(
+            present, has,
+            "W8A8 kernel {want}: the CPU has its VNNI: {has}"
+        );
+    }
+    v
+}
+
+/// W8A8 (q8 weights, x quantized to int8 per block of 32): the scalar twin against the f64 sum of the
+/// quantized values ((nb + 16)·2⁻²⁴ of Σ|terms|) and against the f64 product of the unquantized operands
+/// (their quantization error on top), and every VNNI kernel on the host bit for bit against the twin (one
+/// lane per output, the same operations in the same order): the awkward shapes, tiles cut by the panel
+/// width (n 1, 15, 17, 65, 130) and by the rows' chunk of 64 (m 130), one and two threads.
+#[test]
+fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
+    let mut rng = Rng::new(31);
+    let sk = common::scalar();
+    let kernels = a8_kernels();
+    let mut shapes = shapes();
+    shapes.extend([(130, 70, 100), (67, 130, 64), (16, 33, 1)]);
+    for (m, n, k) in shapes {
+        let x = rng.vec(m * k, -2.0, 2.0);
+        let wf = rng.vec(n * k, -0.1, 0.1);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let w = sk
+            .quantize_weight(QuantFormat::Q8, Weight::F32(&wf), n, k)
+            .unwrap();
+        let nb = w.blocks();
+        let (xq, xd) = sk.quantize_rows_a8u(&x, m, k);
+        let wq: Vec<i8> = w.qs_bytes().iter().map(|&b| b as i8).collect();
+        let wd = w.scales();
+        for b in [None, Some(&bias[..])] {
+            let mut ys = vec![f32::NAN; m * n];
+            sk.matmul_q8a8_with(QuantKernel::Scalar, &x, m, &w, b, &mut ys)
+                .unwrap();
+            for i in 0..m {
+                for c in 0..n {
+                    let (mut e, mut mag, mut f, mut qb) = (0f64, 0f64, 0f64, 0f64);
+                    for bl in 0..nb {
+                        let (dw, dx) = (wd[c * nb + bl] as f64, xd[i * nb + bl] as f64);
+                        let (mut s, mut sabs) = (0i64, 0i64);
+                        for t in bl * B..(bl + 1) * B {
+                            let p = wq[c * nb * B + t] as i64 * (xq[i * nb * B + t] as i64 - 128);
+                            s += p;
+                            sabs += p.abs();
+                        }
+                        e += dw * dx * s as f64;
+                        mag += dw * dx * sabs as f64;
+                        let (mut sx, mut sw) = (0f64, 0f64);
+                        for t in bl * B..((bl + 1) * B).min(k) {
+                            f += x[i * k + t] as f64 * wf[c * k + t] as f64;
+                            sx += (x[i * k + t] as f64).abs();
+                            sw += (wf[c * k + t] as f64).abs();
+                        }
+                        qb += dw / 2.0 * sx + dx / 2.0 * sw + 8.0 * dw * dx;
+                    }
+                    let bv = b.map_or(0.0, |b| b[c] as f64);
+                    let got = ys[i * n + c] as f64;
+                    let tol = (nb + 16) as f64 * 2f64.powi(-24) * (mag + bv.abs()) + 1e-30;
+                    assert!(
+                        (got - e - bv).abs() <= tol,
+                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the quantized {} (tol {tol:e})",
+                        e + bv
+                    );
+                    let tol_f = qb + tol + 1e-6 * mag;
+                    assert!(
+                        (got - f - bv).abs() <= tol_f,
+                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the floats {} (bound {tol_f:e})",
+                        f + bv
+                    );
+                }
+            }
+            for &(kern, qk) in &kernels {
+                for threads in [1, 2] {
+                    let kk = kern.with_threads(threads);
+                    let mut y = vec![f32::NAN; m * n];
+                    kk.matmul_q8a8_with(qk, &x, m, &w, b, &mut y).unwrap();
+                    for (j, (&a, &s)) in y.iter().zip(&ys).enumerate() {
+                        assert!(
+                            a.to_bits() == s.to_bits(),
+                            "{qk} m {m} n {n} k {k} threads {threads} bias {}: y[{j}] = {a}, scalar {s}",
+                            b.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// W8A8 at the extremes: weight bytes −128 (a file may hold them) and 127 against activations at ±127
+/// (x of one magnitude, q_x ± 127, stored 1 and 255): the i32 sums (with the −128·Σq_w correction) stay
+/// exact; nonzero padding bytes of a weight's last block add nothing; NaN in x makes its row NaN; a q8
+/// format mismatch or an unknown kernel is an error.
+#[test]
+fn q8a8_extremes_and_errors() {
+    let (n, k, m): (usize, usize, usize) = (40, 70, 5);
+    let nb = k.div_ceil(B);
+    // the padding of the last block (k..96) nonzero, as a file may hold it: it must not count
+    let mut qs = vec![0x55u8; n * nb * B];
+    for r in 0..n {
+        for t in 0..k {
+            qs[r * nb * B + t] = if r % 2 == 0 { 0x80 } else { 0x7f };
+        }
+    }
+    let w = QuantWeight::from_parts(QuantFormat::Q8, n, k, &qs, &vec![1.0; n * nb]).unwrap();
+    let mut x: Vec<f32> = (0..m * k)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    x[4 * k + 7] = f32::NAN;
+    let sk = common::scalar();
+    let mut ys = vec![0f32; m * n];
+    sk.matmul_q8a8_with(QuantKernel::Scalar, &x, m, &w, None, &mut ys)
+        .unwrap();
+    for i in 0..m {
+        for c in 0..n {
+            let q = if c % 2 == 0 { -128.0 } else { 127.0 };
+            // q_x = ±127 with d_x = 1/127: y = Σ q_w · x
+            let want: f64 = (0..k).map(|t| q * x[i * k + t] as f64).sum();
+            let got = ys[i * n + c] as f64;
+            if i == 4 {
+                assert!(got.is_nan(), "row with a NaN: ({i}, {c}) = {got}");
+            } else {
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "({i}, {c}): {got} vs {want}"
+                );
+            }
+        }
+    }
+    for (kern, qk) in a8_kernels() {
+        let mut y = vec![0f32; m * n];
+        kern.matmul_q8a8_with(qk, &x, m, &w, None, &mut y).unwrap();
+        assert!(
+            y.iter().zip(&ys).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{qk}: not the scalar twin's bits"
+        );
+    }
+    let w4 = sk
+        .quantize_weight(QuantFormat::Q4, Weight::F32(&vec![0.5; 2 * 256]), 2, 256)
+        .unwrap();
+    let e = sk
+        .matmul_q8a8_with(
+            QuantKernel::Scalar,
+            &[0.0; 256],
+            1,
+            &w4,
+            None,
+            &mut [0.0; 2],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("q8 weights, not q4"), "{e}");
+    let e = sk
+        .matmul_q8a8_with(QuantKernel::Avx512Vnni, &x, m, &w, None, &mut ys)
+        .unwrap_err();
+    assert!(e.to_string().contains("no W8A8 form"), "{e}");
+    let e = sk
+        .matmul_q8a8_with(QuantKernel::Scalar, &x[1..], m, &w, None, &mut ys)
+        .unwrap_err();
+    assert!(e.to_string().contains("x (m*k)"), "{e}");
+}
+
+/// The q8 row quantizer of every level (weights, and W8A8's activations as q + 128) is the scalar one bit
+/// for bit: awkward lengths, and blocks of special values — NaN, ±inf, zeros and −0, denormals (some
+/// whose 1/d overflows), values near f32::MAX, exact ties of the rounding, one huge value among tiny ones.
+#[test]
+fn q8_row_quantizer_every_level_is_the_scalar_one() {
+    let mut rng = Rng::new(41);
+    let sk = common::scalar();
+    let specials: [f32; 12] = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-45,
+        3e-39,
+        1e-41,
+        3.3e38,
+        -3.3e38,
+        0.5,
+        -2.5,
+    ];
+    for len in [0usize, 1, 15, 17, 31, 32, 33, 64, 100, 1023] {
+        let mut x = rng.vec(len, -3.0, 3.0);
+        let mut cases = vec![x.clone()];
+        for (i, &sp) in specials.iter().enumerate() {
+            if len > 0 {
+                // a special value in one block, or a whole block of it
+                let mut y = x.clone();
+                y[(i * 7) % len] = sp;
+                cases.push(y);
+                cases.push(vec![sp; len]);
+            }
+        }
+        // ties: multiples of d/2 (max 127 → d = 1)
+        if len > 0 {
+            for (t, v) in x.iter_mut().enumerate() {
+                *v = if t % 32 == 0 {
+                    127.0
+                } else {
+                    (t % 9) as f32 - 4.5
+                };
+            }
+            cases.push(x);
+            let mut y = vec![1e-30f32; len];
+            y[len - 1] = 1e30;
+            cases.push(y);
+        }
+        for x in &cases {
+            let (want_q, want_d) = sk.quantize_rows_a8u(x, 1, len);
+            let wants = sk
+                .quantize_weight(QuantFormat::Q8, Weight::F32(x), 1, len)
+                .unwrap();
+            for kern in levels() {
+                let (q, d) = kern.quantize_rows_a8u(x, 1, len);
+                assert_eq!(q, want_q, "{:?} len {len}: activation bytes", kern.isa());
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&d),
+                    bits(&want_d),
+                    "{:?} len {len}: scales",
+                    kern.isa()
+                );
+                let w = kern
+                    .quantize_weight(QuantFormat::Q8, Weight::F32(x), 1, len)
+                    .unwrap();
+                assert_eq!(
+                    w.qs_bytes(),
+                    wants.qs_bytes(),
+                    "{:?} len {len}: weight bytes",
+                    kern.isa()
+                );
+                assert_eq!(
+                    bits(w.scales()),
+                    bits(wants.scales()),
+                    "{:?} len {len}",
+                    kern.isa()
+                );
+                // the activation bytes are the weight bytes + 128
+                let flipped: Vec<u8> = q.iter().map(|b| b ^ 0x80).collect();
+                assert_eq!(flipped, w.qs_bytes(), "{:?} len {len}", kern.isa());
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use super::{Q4Args, QArgs, Q4_SUBS, Q4_SUPER, Q4_SUPER_BYTES};
 use crate::simd::int::{SimdInt, SimdQ4, BLOCK};
-use crate::simd::prefetch_lines;
+use crate::simd::{prefetch_lines, Simd};
 
 /// Rows of x per L2-resident chunk.
 const MC: usize = 64;
@@ -204,5 +204,55 @@ pub unsafe fn q4_range<S: SimdQ4, const VNNI: bool>(s: S, a: &Q4Args, c0: usize,
             }
             c += rn;
         }
+    }
+}
+
+/// The q8 row quantizer (`scalar::quantize_row_q8`, and W8A8's activations with `flip` 0x80: the byte
+/// q + 128) on the level's vectors, bit for bit the scalar one: per whole block of 32 the maximum of |x|
+/// (exact), d = max / 127 and 1/d as the scalar computes them, then x·(1/d) + 1.5·2²³ rounded twice as
+/// `scalar::round_small` rounds (product, then sum), whose low byte is round(x/d) in two's complement
+/// (|round(x/d)| ≤ 127 < 2²²). A block with a NaN or ±inf (x·0 ≠ 0), one whose 1/d overflows (d a
+/// denormal below 2⁻¹²⁸, where the scalar cast saturates), and the last partial block go to the scalar
+/// quantizer. Safety: q.len() = 32·⌈x.len()/32⌉, d.len() = ⌈x.len()/32⌉.
+#[inline(always)]
+pub unsafe fn quantize_row_8<S: Simd>(s: S, x: &[f32], q: &mut [u8], d: &mut [f32], flip: u8) {
+    const MAGIC: f32 = 12_582_912.0;
+    let nv = BLOCK / S::LANES;
+    debug_assert!(nv * S::LANES == BLOCK && nv <= 8);
+    debug_assert!(q.len() == x.len().div_ceil(BLOCK) * BLOCK && d.len() == x.len().div_ceil(BLOCK));
+    let full = x.len() / BLOCK;
+    for b in 0..d.len() {
+        let qb = &mut q[b * BLOCK..(b + 1) * BLOCK];
+        if b < full {
+            let p = x.as_ptr().add(b * BLOCK);
+            let mut v = [s.zero(); 8];
+            let (mut amax, mut nf) = (s.zero(), s.zero());
+            for (j, v) in v[..nv].iter_mut().enumerate() {
+                *v = s.ld(p.add(j * S::LANES));
+                amax = s.max_raw(amax, s.abs(*v));
+                nf = s.add(nf, s.mul(*v, s.zero()));
+            }
+            let db = s.reduce_max(amax) / 127.0;
+            let id = if db != 0.0 { 1.0 / db } else { 0.0 };
+            if s.reduce_sum(nf) == 0.0 && id.is_finite() {
+                let id = s.splat(id);
+                let mut t = [0f32; BLOCK];
+                for (j, &v) in v[..nv].iter().enumerate() {
+                    s.st(
+                        t.as_mut_ptr().add(j * S::LANES),
+                        s.add(s.mul(v, id), s.splat(MAGIC)),
+                    );
+                }
+                for (o, t) in qb.iter_mut().zip(t) {
+                    *o = t.to_bits() as u8 ^ flip;
+                }
+                d[b] = db;
+                continue;
+            }
+        }
+        let xs = &x[b * BLOCK..((b + 1) * BLOCK).min(x.len())];
+        super::scalar::quantize_row(xs, qb, &mut d[b..b + 1], BLOCK, 127.0, |v| {
+            v as i8 as u8 ^ flip
+        });
     }
 }

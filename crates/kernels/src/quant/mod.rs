@@ -32,6 +32,7 @@
 //! AVX-512, and for q4 the VNNI `vpdpwssd` variants of AVX2 and AVX-512), one chosen per call by the
 //! level and the CPU's features.
 
+pub(crate) mod a8;
 pub(crate) mod kernel;
 pub mod scalar;
 mod weight;
@@ -143,18 +144,26 @@ impl fmt::Display for QuantFormat {
 /// Range functions of one level: output columns c0..c1 for every row of x.
 pub(crate) type QRangeFn = unsafe fn(&QArgs, usize, usize);
 pub(crate) type Q4RangeFn = unsafe fn(&Q4Args, usize, usize);
+/// The q8 row quantizer of one level: (x row, bytes, scales, flip) — see `kernel::quantize_row_8`.
+pub(crate) type Q8RowFn = unsafe fn(&[f32], &mut [u8], &mut [f32], u8);
 
 pub(crate) struct QTable {
     pub q8_range: QRangeFn,
     pub q4_range: Q4RangeFn,
     /// The `group` of [`group_activations`] `q4_range` reads x in.
     pub q4_group: usize,
+    /// The W8A8 form of q8 (`a8.rs`), on levels with VNNI (and the scalar twin).
+    pub q8a8: Option<&'static a8::A8Table>,
+    /// The q8 row quantizer (weights, and W8A8's activations), bit for bit `scalar::quantize_row_q8`.
+    pub q8_row: Q8RowFn,
 }
 
 static SCALAR: QTable = QTable {
     q8_range: scalar::q8_range,
     q4_range: scalar::q4_range,
     q4_group: 1,
+    q8a8: Some(&a8::SCALAR_A8),
+    q8_row: scalar::quantize_row_8,
 };
 
 /// Reorders int8 activations (rows of whole q4 super-blocks) for kernels that hold one sub-block per
@@ -315,6 +324,10 @@ struct ActScratch {
     q16: Vec<i16>,
     q16_d: Vec<f32>,
     q8: ActQ8,
+    /// W8A8: x as q + 128, its scales, and the call's repacked weight panels
+    a8_q: Vec<u8>,
+    a8_d: Vec<f32>,
+    a8_w: Vec<u32>,
 }
 
 thread_local! {
@@ -495,12 +508,14 @@ impl Kernels {
     }
 
     /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast`, where
-    /// [`Kernels::quant_fast_dequantizes`] (prefill and vision rows), dequantizes W a few groups at a time
-    /// to bf16 and runs a float kernel on them, x not quantized: with AMX ([`Kernels::amx`]) the tile
-    /// kernel — x and the dequantized weights rounded to bf16 (each ≤ 2⁻⁸ relative), sums in f32: the
-    /// error of the `Fast` bf16 matmul on the dequantized weights, plus their rounding (≤ 2⁻⁹·Σ|x·w|);
-    /// else (q8 at AVX-512) the level's packed bf16 kernel — f32 sums of x times the rounded weights.
-    /// Otherwise (decode rows, and `Exact`) the integer kernels of [`Kernels::matmul_quant`].
+    /// [`Kernels::quant_fast_a8`] (q8, prefill and vision rows, VNNI without AMX), runs the W8A8 kernel
+    /// (`a8.rs`: x quantized to int8 per block of 32); where [`Kernels::quant_fast_dequantizes`],
+    /// dequantizes W a few groups at a time to bf16 and runs a float kernel on them, x not quantized:
+    /// with AMX ([`Kernels::amx`]) the tile kernel — x and the dequantized weights rounded to bf16 (each
+    /// ≤ 2⁻⁸ relative), sums in f32: the error of the `Fast` bf16 matmul on the dequantized weights, plus
+    /// their rounding (≤ 2⁻⁹·Σ|x·w|); else (q8 at AVX-512 without VNNI) the level's packed bf16 kernel —
+    /// f32 sums of x times the rounded weights. Otherwise (decode rows, and `Exact`) the integer kernels
+    /// of [`Kernels::matmul_quant`].
     pub fn matmul_quant_path(
         &self,
         x: &[f32],
@@ -510,17 +525,18 @@ impl Kernels {
         y: &mut [f32],
         path: crate::matmul::MatmulPath,
     ) -> Result<(), KernelError> {
-        if path == crate::matmul::MatmulPath::Fast
-            && self.quant_fast_dequantizes(w.format, m)
-            && w.n > 0
-            && w.k > 0
-        {
-            check_quant_args(x, m, w, bias, y)?;
-            #[cfg(target_arch = "x86_64")]
-            if self.amx() {
-                return self.matmul_quant_amx(x, m, w, bias, y);
+        if path == crate::matmul::MatmulPath::Fast && w.n > 0 && w.k > 0 {
+            if self.quant_fast_a8(w.format, m) {
+                return self.matmul_q8a8_with(self.quant_kernel(), x, m, w, bias, y);
             }
-            return self.matmul_quant_bf16(x, m, w, bias, y);
+            if self.quant_fast_dequantizes(w.format, m) {
+                check_quant_args(x, m, w, bias, y)?;
+                #[cfg(target_arch = "x86_64")]
+                if self.amx() {
+                    return self.matmul_quant_amx(x, m, w, bias, y);
+                }
+                return self.matmul_quant_bf16(x, m, w, bias, y);
+            }
         }
         self.matmul_quant(x, m, w, bias, y)
     }
@@ -530,10 +546,43 @@ impl Kernels {
     /// [`crate::matmul::QUANT_DEQUANT_MIN_M`] rows with AMX (tiles), or at the AVX-512 level for q8 (its
     /// packed bf16 kernel). Chosen by measurement (2B, prefill, Intel Xeon with AMX off): q8 at AVX-512
     /// 55.9 / 66.3 tok/s (256 / 512 tokens) against the W8A16 integer kernel's 40.9; at AVX2 37.7 against
-    /// 44.4 (256 tokens); q4 35.5 against its W4A8 integer kernel's 76.6.
+    /// 44.4 (256 tokens); q4 35.5 against its W4A8 integer kernel's 76.6. Never where
+    /// [`Kernels::quant_fast_a8`] (the W8A8 kernel runs instead).
     pub fn quant_fast_dequantizes(&self, format: QuantFormat, m: usize) -> bool {
         m >= crate::matmul::QUANT_DEQUANT_MIN_M
             && (self.amx() || (self.isa() == Isa::Avx512 && format == QuantFormat::Q8))
+            && !self.quant_fast_a8(format, m)
+    }
+
+    /// What the quantized matmul of `format` runs on `path`, for plans: the kernel of decode rows, then
+    /// that of 16+ rows (prefill, vision) where it differs.
+    pub fn quant_path_description(
+        &self,
+        format: QuantFormat,
+        path: crate::matmul::MatmulPath,
+    ) -> String {
+        let per = match format {
+            QuantFormat::Q8 => "block of 32",
+            QuantFormat::Q4 => "super-block of 256",
+        };
+        let decode = format!(
+            "int matmul {} ({format} weights x {} activations per {per})",
+            self.quant_kernel(),
+            format.activations()
+        );
+        let m = crate::matmul::QUANT_DEQUANT_MIN_M;
+        let many = if path != crate::matmul::MatmulPath::Fast {
+            return decode;
+        } else if self.quant_fast_a8(format, m) {
+            "W8A8 vpdpbusd (int8 activations per block of 32)"
+        } else if self.quant_fast_dequantizes(format, m) && self.amx() {
+            "dequantized to bf16 on AMX tiles"
+        } else if self.quant_fast_dequantizes(format, m) {
+            "dequantized to bf16 for the packed kernel"
+        } else {
+            return decode;
+        };
+        format!("{decode}; {m}+ rows: {many}")
     }
 
     /// [`Kernels::matmul_quant`] on a chosen kernel, one of [`Kernels::quant_kernels`] (else an error).
@@ -612,13 +661,18 @@ impl Kernels {
     /// Runs `f(c0, c1)` over the output columns 0..n in the matmul's guided ranges (large first, ~32K
     /// multiply-adds last), in multiples of the widest register tile.
     fn for_columns(&self, n: usize, work: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        self.for_units(n, COL_UNIT, work, f)
+    }
+
+    /// Runs `f(c0, c1)` over 0..n in the matmul's guided ranges, in multiples of `unit`.
+    fn for_units(&self, n: usize, unit: usize, work: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         if self.threads() <= 1 {
             return f(0, n);
         }
-        let units = n.div_ceil(COL_UNIT);
+        let units = n.div_ceil(unit);
         let bounds = crate::matmul::chunks(units, self.threads(), work);
         self.parallel_for(bounds.len() - 1, &|t| {
-            let (c0, c1) = (bounds[t] * COL_UNIT, (bounds[t + 1] * COL_UNIT).min(n));
+            let (c0, c1) = (bounds[t] * unit, (bounds[t + 1] * unit).min(n));
             if c0 < c1 {
                 f(c0, c1)
             }

@@ -13,6 +13,12 @@ pub fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
     quantize_row(x, q, d, BLOCK, 127.0, |v| v as i8)
 }
 
+/// [`quantize_row_q8`] into bytes XORed with `flip` (0: the i8 values; 0x80: q + 128): the scalar twin of
+/// the levels' `kernel::quantize_row_8`.
+pub fn quantize_row_8(x: &[f32], q: &mut [u8], d: &mut [f32], flip: u8) {
+    quantize_row(x, q, d, BLOCK, 127.0, |v| v as i8 as u8 ^ flip)
+}
+
 /// The q4 kernels' activation quantizer of one row: as [`quantize_row_q8`] per super-block of 256
 /// (x (k) -> q (⌈k/256⌉·256), d (⌈k/256⌉)), one scale d = max|x| / 127 per super-block (ggml's Q8_K),
 /// so that a super-block's sub-block dot products add up in integers before one float multiply.
@@ -199,7 +205,7 @@ pub fn dequantize_row_q4(q: &[u8], d: &[f32], out: &mut [f32]) {
 /// Per block of `block` values: d = amax / qmax, q = cast(round_ties_even(x · (1/d))) (`cast` saturates,
 /// NaN -> 0).
 #[inline]
-fn quantize_row<T: Copy + Default>(
+pub(crate) fn quantize_row<T: Copy + Default>(
     x: &[f32],
     q: &mut [T],
     d: &mut [f32],
@@ -223,10 +229,10 @@ fn quantize_row<T: Copy + Default>(
         let db = amax / qmax;
         let id = if db != 0.0 { 1.0 / db } else { 0.0 };
         for (i, o) in qs.iter_mut().enumerate() {
-            // |x·id| ≤ qmax up to rounding, so the saturating cast clips nothing.
-            *o = xs
-                .get(i)
-                .map_or(T::default(), |&v| cast(round_small(v * id)));
+            // |x·id| ≤ qmax up to rounding, so the saturating cast clips nothing. The padding is the
+            // value of 0 (the byte 128 for W8A8's offset activations: pad weights from a file may be
+            // nonzero, and only q_x = 0 cancels them).
+            *o = cast(round_small(xs.get(i).copied().unwrap_or(0.0) * id));
         }
         d[b] = db;
     }

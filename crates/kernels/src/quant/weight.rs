@@ -200,6 +200,8 @@ impl QuantPacker {
         let qs = SendPtr(self.w.qs_bytes_mut()[r0 * rb..].as_mut_ptr());
         let d = SendPtr(self.w.d[r0 * ns..].as_mut_ptr());
         let per = 64usize;
+        // the q8 quantizer of the level (bit for bit `scalar::quantize_row_q8`)
+        let q8_row = super::table(self.kern.quant_kernel()).q8_row;
         self.kern.parallel_for(rows.div_ceil(per), &|t| {
             let mut row = vec![0f32; k];
             for r in t * per..((t + 1) * per).min(rows) {
@@ -219,13 +221,8 @@ impl QuantPacker {
                     )
                 };
                 match format {
-                    QuantFormat::Q8 => {
-                        // Safety: i8 and u8 have the same layout.
-                        let q = unsafe {
-                            std::slice::from_raw_parts_mut(q.as_mut_ptr() as *mut i8, q.len())
-                        };
-                        scalar::quantize_row_q8(&row, q, dd)
-                    }
+                    // Safety: the level's quantizer on this CPU; q and dd hold one row.
+                    QuantFormat::Q8 => unsafe { q8_row(&row, q, dd, 0) },
                     QuantFormat::Q4 => scalar::quantize_row_q4(&row, q, dd),
                 }
             }

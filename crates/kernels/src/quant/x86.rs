@@ -3,8 +3,9 @@
 
 use std::arch::x86_64::*;
 
+use super::a8::{self, A8Args, A8Table};
 use super::{kernel, Q4Args, QArgs, QTable, Q4_SUBS};
-use crate::simd::int::{SimdInt, SimdQ4};
+use crate::simd::int::{SimdA8, SimdInt, SimdQ4};
 use crate::simd::Simd;
 use crate::x86::avx2::Avx2;
 use crate::x86::sse41::Sse41;
@@ -269,18 +270,69 @@ unsafe fn q4_range_avx2_vnni(a: &Q4Args, c0: usize, c1: usize) {
     kernel::q4_range::<_, true>(Avx2::new_unchecked(), a, c0, c1)
 }
 
+/// Only with AVX-VNNI (the VEX `vpdpbusd`): instantiated in [`q8a8_range_avx2_vnni`] alone.
+impl SimdA8 for Avx2 {
+    type Acc = __m256i;
+    #[inline(always)]
+    unsafe fn ld_acc(self, p: *const i32) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn dp4(self, acc: __m256i, w: __m256i, x: *const u8) -> __m256i {
+        let x = _mm256_set1_epi32((x as *const i32).read_unaligned());
+        _mm256_dpbusd_avx_epi32(acc, x, w)
+    }
+    #[inline(always)]
+    fn cvt_acc(self, v: __m256i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(v) }
+    }
+}
+
+/// Rows per W8A8 tile at AVX2: 4 × 2 vectors would take all 16 ymm for its sums alone.
+const A8_RM: usize = 3;
+const A8_RNV: usize = 2;
+
+/// Safety: the CPU supports AVX2, FMA and AVX-VNNI; the contract of `a8::scalar_range` with nr = 16.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn q8a8_range_avx2_vnni(a: &A8Args, p0: usize, p1: usize) {
+    a8::range::<_, A8_RM, A8_RNV>(Avx2::new_unchecked(), a, p0, p1)
+}
+
+static A8_AVX2_VNNI: A8Table = A8Table {
+    range: q8a8_range_avx2_vnni,
+    nr: A8_RNV * 8,
+};
+
+/// Safety: the CPU supports SSE4.1; the contract of `kernel::quantize_row_8`.
+#[target_feature(enable = "sse4.1")]
+unsafe fn q8_row_sse41(x: &[f32], q: &mut [u8], d: &mut [f32], flip: u8) {
+    kernel::quantize_row_8(Sse41::new_unchecked(), x, q, d, flip)
+}
+
+/// Safety: the CPU supports AVX2 and FMA; the contract of `kernel::quantize_row_8`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_row_avx2(x: &[f32], q: &mut [u8], d: &mut [f32], flip: u8) {
+    kernel::quantize_row_8(Avx2::new_unchecked(), x, q, d, flip)
+}
+
 pub(crate) static SSE41: QTable = QTable {
     q8_range: q8_range_sse41,
     q4_range: q4_range_sse41,
     q4_group: <Sse41 as SimdQ4>::GROUP,
+    q8a8: None,
+    q8_row: q8_row_sse41,
 };
 pub(crate) static AVX2: QTable = QTable {
     q8_range: q8_range_avx2,
     q4_range: q4_range_avx2,
     q4_group: <Avx2 as SimdQ4>::GROUP,
+    q8a8: None,
+    q8_row: q8_row_avx2,
 };
 pub(crate) static AVX2_VNNI: QTable = QTable {
     q8_range: q8_range_avx2,
     q4_range: q4_range_avx2_vnni,
     q4_group: <Avx2 as SimdQ4>::GROUP,
+    q8a8: Some(&A8_AVX2_VNNI),
+    q8_row: q8_row_avx2,
 };

@@ -4,9 +4,10 @@
 
 use std::arch::x86_64::*;
 
+use super::a8::{self, A8Args, A8Table};
 use super::x86::WORD_CTRL;
 use super::{kernel, Q4Args, QArgs, QTable};
-use crate::simd::int::{SimdInt, SimdQ4};
+use crate::simd::int::{SimdA8, SimdInt, SimdQ4};
 use crate::x86::avx512::Avx512;
 
 impl SimdInt for Avx512 {
@@ -122,13 +123,57 @@ unsafe fn q4_range_avx512_vnni(a: &Q4Args, c0: usize, c1: usize) {
     kernel::q4_range::<_, true>(Avx512::new_unchecked(), a, c0, c1)
 }
 
+/// Only with AVX512_VNNI (`vpdpbusd`): instantiated in [`q8a8_range_avx512_vnni`] alone.
+impl SimdA8 for Avx512 {
+    type Acc = __m512i;
+    #[inline(always)]
+    unsafe fn ld_acc(self, p: *const i32) -> __m512i {
+        _mm512_loadu_si512(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn dp4(self, acc: __m512i, w: __m512i, x: *const u8) -> __m512i {
+        let x = _mm512_set1_epi32((x as *const i32).read_unaligned());
+        _mm512_dpbusd_epi32(acc, x, w)
+    }
+    #[inline(always)]
+    fn cvt_acc(self, v: __m512i) -> __m512 {
+        unsafe { _mm512_cvtepi32_ps(v) }
+    }
+}
+
+/// The W8A8 tile at AVX-512: 4 rows × 2 vectors (32 columns): 8 i32 sums, 8 f32 sums, 2 weight vectors.
+const A8_RM: usize = 4;
+const A8_RNV: usize = 2;
+
+/// Safety: the CPU supports AVX-512 F+BW+VL, FMA and AVX512_VNNI; the contract of `a8::scalar_range`
+/// with nr = 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512vnni")]
+unsafe fn q8a8_range_avx512_vnni(a: &A8Args, p0: usize, p1: usize) {
+    a8::range::<_, A8_RM, A8_RNV>(Avx512::new_unchecked(), a, p0, p1)
+}
+
+static A8_AVX512_VNNI: A8Table = A8Table {
+    range: q8a8_range_avx512_vnni,
+    nr: A8_RNV * 16,
+};
+
+/// Safety: the CPU supports AVX-512 F+BW+VL, AVX2 and FMA; the contract of `kernel::quantize_row_8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn q8_row_avx512(x: &[f32], q: &mut [u8], d: &mut [f32], flip: u8) {
+    kernel::quantize_row_8(Avx512::new_unchecked(), x, q, d, flip)
+}
+
 pub(crate) static AVX512: QTable = QTable {
     q8_range: q8_range_avx512,
     q4_range: q4_range_avx512,
     q4_group: <Avx512 as SimdQ4>::GROUP,
+    q8a8: None,
+    q8_row: q8_row_avx512,
 };
 pub(crate) static AVX512_VNNI: QTable = QTable {
     q8_range: q8_range_avx512,
     q4_range: q4_range_avx512_vnni,
     q4_group: <Avx512 as SimdQ4>::GROUP,
+    q8a8: Some(&A8_AVX512_VNNI),
+    q8_row: q8_row_avx512,
 };

@@ -8,7 +8,9 @@
 //! i32, which cannot overflow: |w| ≤ 128, |x| ≤ 32767) costs 2 madd + 1 add — the same count — and
 //! quantizes activations 256× finer (relative step 1/32767 instead of 1/127). On the repository's tiny
 //! checkpoints (hidden size 8, where nothing averages the errors out) W8A8 measured logits cosine 0.99923
-//! against transformers fp32, W8A16 0.9996 (weights alone: 0.99959).
+//! against transformers fp32, W8A16 0.9996 (weights alone: 0.99959). With VNNI the count changes:
+//! `vpdpbusd` adds 4 u8 × s8 products to an i32 lane in one instruction, exactly, so the `Fast` matmuls of
+//! many rows (prefill, vision) run W8A8 there ([`SimdA8`], `quant/a8.rs`); decode and `Exact` keep int16.
 //!
 //! q4 is the other way round: its weights are unsigned 4-bit (0..=15), so `pmaddubsw` takes them as the
 //! unsigned operand and the int8 activations as the signed one with no sign trick, and its i16 pair sums
@@ -88,4 +90,20 @@ pub trait SimdQ4: Simd {
     /// acc + mn · (the 8 f32 at `p`), lane by lane (only the lane sum of the result matters).
     /// Safety: `p..p+8` is readable.
     unsafe fn min_fma(self, mn: Self::Mn, p: *const f32, acc: Self::V) -> Self::V;
+}
+
+/// u8 × s8 dot products of 4 in i32 lanes, one output column per lane (the W8A8 GEMM of q8 weights,
+/// `quant/a8.rs`): the weights come packed as 4 consecutive bytes of k per column and lane, the
+/// activations as 4 unsigned bytes broadcast to every lane. Only levels with VNNI (`vpdpbusd`, which adds
+/// the four products to the i32 lane exactly, no i16 saturation as in `pmaddubsw`) implement it.
+pub trait SimdA8: Simd {
+    /// i32 lanes, `LANES` of them.
+    type Acc: Copy;
+    /// Load `LANES` i32 (or the 4·`LANES` packed weight bytes). Safety: `p..p+LANES` is readable.
+    unsafe fn ld_acc(self, p: *const i32) -> Self::Acc;
+    /// acc + Σ_{t<4} x[t] · w[lane][t] per lane: `w` holds 4 signed bytes per lane, `x` points at 4
+    /// unsigned bytes (every lane multiplies the same). Safety: `x..x+4` is readable.
+    unsafe fn dp4(self, acc: Self::Acc, w: Self::Acc, x: *const u8) -> Self::Acc;
+    /// i32 lanes to f32 (each rounded once).
+    fn cvt_acc(self, v: Self::Acc) -> Self::V;
 }
