@@ -7,7 +7,6 @@ use crate::linear::{Linear, LinearWeight};
 use crate::model::Model;
 use crate::weights::Dtype;
 use qwen3vl_kernels::attention::AttnParams;
-use qwen3vl_kernels::isa::Isa;
 use qwen3vl_kernels::matmul::MatmulPath;
 
 /// One op of the forward pass (repeated `count` times: once per layer/block that has it).
@@ -147,10 +146,8 @@ impl Model {
                     let swiglu = matches!(l.weight, LinearWeight::QuantSwiGlu(_));
                     (
                         format!(
-                            "int matmul {:?} ({} weights x {} activations, quantized per block of 32){}, {} threads",
-                            k.isa().min(Isa::Avx2),
-                            w.format(),
-                            w.format().activations(),
+                            "{}{}, {} threads",
+                            k.quant_path_description(w.format(), mm_path),
                             if swiglu { " + swiglu" } else { "" },
                             k.threads()
                         ),
