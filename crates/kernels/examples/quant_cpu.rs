@@ -1,6 +1,7 @@
 //! The quantized matmuls on Qwen3-VL-2B shapes, one thread, timed in **CPU time of the thread** (as
 //! `gemm_cpu`): GEMV-sized calls (m = 1, 4, 8) print GB of weight bytes per CPU second, m = 64 GOP per CPU
-//! second (2·m·n·k). Every q4/q8 kernel variant this host runs is timed (`QWEN3VL_SIMD` picks the level).
+//! second (2·m·n·k). Every q4/q8 kernel variant this host runs is timed (`QWEN3VL_SIMD` picks the level),
+//! at m = 64 also the int8-activation panel form where the variant has it (`matmul_quant_a8_with`).
 //! `cargo run --release -p qwen3vl-kernels --example quant_cpu [-- n,k ...]` (a small n·k, e.g. 256,2048,
 //! stays in L2 and shows the compute rate; `QUANT_CPU_M=1,4` times only those m)
 //! The weights (≈ 12–25 MB per shape) do not fit the caches of a small machine, so GEMV is read-bound on
@@ -47,8 +48,8 @@ fn main() {
                     .collect();
                 let mut y = vec![0f32; m * n];
                 for qk in k1.quant_kernels() {
-                    if f == QuantFormat::Q8 && qk != k1.quant_kernel() {
-                        continue; // q8 runs the same code in every kernel of a level
+                    if f == QuantFormat::Q8 && qk != k1.quant_kernel() && m <= 8 {
+                        continue; // q8 decode runs the same code in every kernel of a level
                     }
                     let t = best(0.3, &mut || {
                         k1.matmul_quant_with(qk, &x, m, &q, None, &mut y).unwrap()
@@ -65,6 +66,18 @@ fn main() {
                             t * 1e3,
                             2.0 * (m * n * kk) as f64 / t / 1e9
                         );
+                        // the int8-activation form over column panels (the `Fast` path without AMX)
+                        if k1.matmul_quant_a8_with(qk, &x, m, &q, None, &mut y).is_ok() {
+                            let t = best(0.3, &mut || {
+                                k1.matmul_quant_a8_with(qk, &x, m, &q, None, &mut y)
+                                    .unwrap()
+                            });
+                            println!(
+                                "{f} {qk} panels, int8 x, m {m} k {kk} n {n}: {:.3} ms, {:.0} GOP/s",
+                                t * 1e3,
+                                2.0 * (m * n * kk) as f64 / t / 1e9
+                            );
+                        }
                     }
                 }
             }

@@ -413,7 +413,7 @@ fn fast_quant_matmul_on_dequantized_weights() {
                         if kk.quant_fast_a8(format, m) {
                             a8_runs += 1;
                             let mut want = vec![f32::NAN; m * n];
-                            kk.matmul_q8a8_with(kk.quant_kernel(), &x, m, &w, b, &mut want)
+                            kk.matmul_quant_a8_with(kk.quant_kernel(), &x, m, &w, b, &mut want)
                                 .unwrap();
                             assert_eq!(y, want, "Fast on VNNI without AMX is the W8A8 kernel");
                             continue;
@@ -508,35 +508,81 @@ fn fast_quant_matmul_on_dequantized_weights() {
     }
 }
 
-/// Every (level, kernel) on the host with a W8A8 form (`matmul_q8a8_with`) other than the scalar twin;
-/// asserts that the VNNI kernels are among them where the CPU has VNNI.
-fn a8_kernels() -> Vec<(Kernels, QuantKernel)> {
-    let w = QuantWeight::from_parts(QuantFormat::Q8, 1, 1, &[0; B], &[0.0]).unwrap();
+/// Every (level, kernel) on the host with an int8-activation form (`matmul_quant_a8_with`) for `format`
+/// other than the scalar twin; asserts which must be among them: q8 where the CPU has VNNI, q4 at
+/// AVX-512 with and without it and at AVX2 with AVX-VNNI.
+fn a8_kernels(format: QuantFormat) -> Vec<(Kernels, QuantKernel)> {
+    let sk = common::scalar();
+    let w = sk
+        .quantize_weight(format, Weight::F32(&[0.0; 8]), 1, 8)
+        .unwrap();
     let mut v = Vec::new();
     for kern in levels() {
         for qk in kern.quant_kernels() {
             if qk != QuantKernel::Scalar
-                && kern.matmul_q8a8_with(qk, &[], 0, &w, None, &mut []).is_ok()
+                && kern
+                    .matmul_quant_a8_with(qk, &[], 0, &w, None, &mut [])
+                    .is_ok()
             {
                 v.push((kern, qk));
             }
         }
     }
-    let f = common::scalar().features();
-    for (has, want) in [
-        (
-            f.avx512_vnni && f.supports(Isa::Avx512),
-            QuantKernel::Avx512Vnni,
-        ),
-        (f.avx_vnni && f.supports(Isa::Avx2), QuantKernel::Avx2Vnni),
-    ] {
-        let present = v.iter().any(|&(_, qk)| qk == want);
+    let f = sk.features();
+    let (vnni512, vnni256) = (
+        f.avx512_vnni && f.supports(Isa::Avx512),
+        f.avx_vnni && f.supports(Isa::Avx2),
+    );
+    let want: Vec<(bool, QuantKernel)> = match format {
+        QuantFormat::Q8 => vec![
+            (vnni512, QuantKernel::Avx512Vnni),
+            (vnni256, QuantKernel::Avx2Vnni),
+            (false, QuantKernel::Avx2),
+            (false, QuantKernel::Avx512),
+        ],
+        QuantFormat::Q4 => vec![
+            (vnni512, QuantKernel::Avx512Vnni),
+            (vnni256, QuantKernel::Avx2Vnni),
+            (false, QuantKernel::Avx2),
+            (f.supports(Isa::Avx512), QuantKernel::Avx512),
+            (false, QuantKernel::Sse41),
+        ],
+    };
+    for (has, qk) in want {
+        let present = v.iter().any(|&(_, k)| k == qk);
         assert_eq!(
             present, has,
-            "W8A8 kernel {want}: the CPU has its VNNI: {has}"
+            "{format} int8-activation kernel {qk}: expected {has}"
         );
     }
     v
+}
+
+/// Every kernel of `kernels` (one and two threads) gives `want`'s bits for W.
+fn assert_a8_bits(
+    kernels: &[(Kernels, QuantKernel)],
+    (x, m): (&[f32], usize),
+    w: &QuantWeight,
+    b: Option<&[f32]>,
+    want: &[f32],
+) {
+    for &(kern, qk) in kernels {
+        for threads in [1, 2] {
+            let kk = kern.with_threads(threads);
+            let mut y = vec![f32::NAN; want.len()];
+            kk.matmul_quant_a8_with(qk, x, m, w, b, &mut y).unwrap();
+            for (j, (&a, &s)) in y.iter().zip(want).enumerate() {
+                assert!(
+                    a.to_bits() == s.to_bits(),
+                    "{} {qk} m {m} n {} k {} threads {threads} bias {}: y[{j}] = {a}, scalar {s}",
+                    w.format(),
+                    w.n(),
+                    w.k(),
+                    b.is_some()
+                );
+            }
+        }
+    }
 }
 
 /// W8A8 (q8 weights, x quantized to int8 per block of 32): the scalar twin against the f64 sum of the
@@ -548,7 +594,7 @@ fn a8_kernels() -> Vec<(Kernels, QuantKernel)> {
 fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
     let mut rng = Rng::new(31);
     let sk = common::scalar();
-    let kernels = a8_kernels();
+    let kernels = a8_kernels(QuantFormat::Q8);
     let mut shapes = shapes();
     shapes.extend([(130, 70, 100), (67, 130, 64), (16, 33, 1)]);
     for (m, n, k) in shapes {
@@ -564,7 +610,7 @@ fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
         let wd = w.scales();
         for b in [None, Some(&bias[..])] {
             let mut ys = vec![f32::NAN; m * n];
-            sk.matmul_q8a8_with(QuantKernel::Scalar, &x, m, &w, b, &mut ys)
+            sk.matmul_quant_a8_with(QuantKernel::Scalar, &x, m, &w, b, &mut ys)
                 .unwrap();
             for i in 0..m {
                 for c in 0..n {
@@ -603,20 +649,7 @@ fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
                     );
                 }
             }
-            for &(kern, qk) in &kernels {
-                for threads in [1, 2] {
-                    let kk = kern.with_threads(threads);
-                    let mut y = vec![f32::NAN; m * n];
-                    kk.matmul_q8a8_with(qk, &x, m, &w, b, &mut y).unwrap();
-                    for (j, (&a, &s)) in y.iter().zip(&ys).enumerate() {
-                        assert!(
-                            a.to_bits() == s.to_bits(),
-                            "{qk} m {m} n {n} k {k} threads {threads} bias {}: y[{j}] = {a}, scalar {s}",
-                            b.is_some()
-                        );
-                    }
-                }
-            }
+            assert_a8_bits(&kernels, (&x, m), &w, b, &ys);
         }
     }
 }
@@ -643,7 +676,7 @@ fn q8a8_extremes_and_errors() {
     x[4 * k + 7] = f32::NAN;
     let sk = common::scalar();
     let mut ys = vec![0f32; m * n];
-    sk.matmul_q8a8_with(QuantKernel::Scalar, &x, m, &w, None, &mut ys)
+    sk.matmul_quant_a8_with(QuantKernel::Scalar, &x, m, &w, None, &mut ys)
         .unwrap();
     for i in 0..m {
         for c in 0..n {
@@ -661,34 +694,28 @@ fn q8a8_extremes_and_errors() {
             }
         }
     }
-    for (kern, qk) in a8_kernels() {
-        let mut y = vec![0f32; m * n];
-        kern.matmul_q8a8_with(qk, &x, m, &w, None, &mut y).unwrap();
-        assert!(
-            y.iter().zip(&ys).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{qk}: not the scalar twin's bits"
-        );
+    assert_a8_bits(&a8_kernels(QuantFormat::Q8), (&x, m), &w, None, &ys);
+    let e = sk
+        .matmul_quant_a8_with(QuantKernel::Avx512Vnni, &x, m, &w, None, &mut ys)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no int8-activation form for q8"),
+        "{e}"
+    );
+    for kern in levels() {
+        if kern.quant_kernels().contains(&QuantKernel::Avx2) {
+            let e = kern
+                .matmul_quant_a8_with(QuantKernel::Avx2, &x, m, &w, None, &mut ys)
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("avx2 has no int8-activation form for q8"),
+                "{e}"
+            );
+        }
     }
-    let w4 = sk
-        .quantize_weight(QuantFormat::Q4, Weight::F32(&vec![0.5; 2 * 256]), 2, 256)
-        .unwrap();
     let e = sk
-        .matmul_q8a8_with(
-            QuantKernel::Scalar,
-            &[0.0; 256],
-            1,
-            &w4,
-            None,
-            &mut [0.0; 2],
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("q8 weights, not q4"), "{e}");
-    let e = sk
-        .matmul_q8a8_with(QuantKernel::Avx512Vnni, &x, m, &w, None, &mut ys)
-        .unwrap_err();
-    assert!(e.to_string().contains("no W8A8 form"), "{e}");
-    let e = sk
-        .matmul_q8a8_with(QuantKernel::Scalar, &x[1..], m, &w, None, &mut ys)
+        .matmul_quant_a8_with(QuantKernel::Scalar, &x[1..], m, &w, None, &mut ys)
         .unwrap_err();
     assert!(e.to_string().contains("x (m*k)"), "{e}");
 }
@@ -774,6 +801,79 @@ fn q8_row_quantizer_every_level_is_the_scalar_one() {
                 let flipped: Vec<u8> = q.iter().map(|b| b ^ 0x80).collect();
                 assert_eq!(flipped, w.qs_bytes(), "{:?} len {len}", kern.isa());
             }
+        }
+    }
+}
+
+/// W4A8 over column panels (q4 weights, x quantized to int8 per block of 32, the `Fast` form without
+/// AMX): the scalar twin against the f64 sum of its own terms — Σ (q_x·d_x)·((d·sc_j)·L − dmin·mn_j) over
+/// k, (nb + 16)·2⁻²⁴ of their magnitudes — and against the f64 product of x and the dequantized weights
+/// (x's rounding, ≤ d_x/2 per value, on top); every kernel with the form (AVX-512 with and without
+/// VNNI: i32 `vpdpbusd` sums or `pmaddubsw` i16 pairs, the same integers; AVX2 with AVX-VNNI) bit for
+/// bit against the twin. The
+/// awkward shapes (k off the super-block of 256), panels cut at n, rows past a chunk of 64.
+#[test]
+fn q4a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
+    let mut rng = Rng::new(37);
+    let sk = common::scalar();
+    let kernels = a8_kernels(QuantFormat::Q4);
+    let mut shapes = shapes();
+    shapes.extend([(130, 70, 600), (67, 130, 256), (16, 33, 1)]);
+    for (m, n, k) in shapes {
+        let x = rng.vec(m * k, -2.0, 2.0);
+        let wf = rng.vec(n * k, -0.1, 0.1);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let w = sk
+            .quantize_weight(QuantFormat::Q4, Weight::F32(&wf), n, k)
+            .unwrap();
+        let (rb, rs) = (QuantFormat::Q4.row_bytes(k), QuantFormat::Q4.row_scales(k));
+        let (qs, d) = (w.qs_bytes(), w.scales());
+        let (xq, xd) = sk.quantize_rows_a8u(&x, m, k);
+        let kp = xq.len() / m.max(1);
+        // (d·sc_j)·L and dmin·mn_j of every weight, as f32 products (the panel's values)
+        let term = |c: usize, t: usize| -> (f64, f64) {
+            let (sb, j, tt) = (t / 256, t % 256 / B, t % B);
+            let qb = &qs[c * rb + sb * 144..];
+            let l = (qb[16 + j * 16 + tt % 16] >> (4 * (tt / 16))) & 15;
+            let dsc = d[c * rs + 2 * sb] * qb[j] as f32;
+            let mn = d[c * rs + 2 * sb + 1] * qb[8 + j] as f32;
+            (dsc as f64 * l as f64, mn as f64)
+        };
+        for b in [None, Some(&bias[..])] {
+            let mut ys = vec![f32::NAN; m * n];
+            sk.matmul_quant_a8_with(QuantKernel::Scalar, &x, m, &w, b, &mut ys)
+                .unwrap();
+            for i in 0..m {
+                for c in 0..n {
+                    let (mut e, mut mag, mut f, mut qb) = (0f64, 0f64, 0f64, 0f64);
+                    for t in 0..k {
+                        let (bl, bt) = (t / B, t % B);
+                        let dx = xd[i * (kp / B) + bl] as f64;
+                        let xv = (xq[i * kp + bl * B + bt] as f64 - 128.0) * dx;
+                        let (sl, mn) = term(c, t);
+                        e += xv * (sl - mn);
+                        mag += xv.abs() * (sl.abs() + mn.abs());
+                        f += x[i * k + t] as f64 * (sl - mn);
+                        qb += dx / 2.0 * (sl - mn).abs();
+                    }
+                    let bv = b.map_or(0.0, |b| b[c] as f64);
+                    let got = ys[i * n + c] as f64;
+                    let tol =
+                        ((k.div_ceil(B) + 16) as f64 * 2f64.powi(-24)) * (mag + bv.abs()) + 1e-30;
+                    assert!(
+                        (got - e - bv).abs() <= tol,
+                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the terms {} (tol {tol:e})",
+                        e + bv
+                    );
+                    let tol_f = qb + tol + 1e-6 * mag;
+                    assert!(
+                        (got - f - bv).abs() <= tol_f,
+                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of x and the dequantized W {} (bound {tol_f:e})",
+                        f + bv
+                    );
+                }
+            }
+            assert_a8_bits(&kernels, (&x, m), &w, b, &ys);
         }
     }
 }

@@ -1,25 +1,35 @@
-//! The W8A8 GEMM of q8 weights: the `Fast` quantized matmul of many rows (prefill, vision) on CPUs with
-//! VNNI and without AMX. x is quantized per row and block of 32 to int8 (d_x = max|x| / 127, stored
-//! offset as unsigned bytes q_x + 128), W is repacked once per call into panels of `nr` output columns,
-//! one column per i32 lane, and `vpdpbusd` adds 4 products u8 × s8 per lane and instruction: 4× the
-//! multiply rate of the f32 FMA on Zen 4 (2× on Intel), where the W8A16 kernels (`kernel.rs`, one
-//! `pmaddwd` per 32 products plus a conversion and an FMA per block and pair) run below the FMA.
+//! The int8-activation GEMMs over column panels: the `Fast` quantized matmul of many rows (prefill,
+//! vision) without AMX. x is quantized per row and block of 32 to int8 as the q8 weights are (d_x =
+//! max|x| / 127, the level's `kernel::quantize_row_8`), W is repacked once per call into panels of `nr`
+//! output columns, one column per i32 lane, and each step adds 4 products of 4 consecutive k per lane:
 //!
-//! Per block b of 32 and output (i, c): the i32 sum Σ (q_x + 128)·q_w starts from the correction
-//! −128·Σ q_w (stored in the panel, so the offset costs nothing in the loop) and is exact (|sum| ≤
-//! 32·255·127 < 2^31); then `acc = fma(f32(sum), d_w·d_x, acc)` over the blocks in order and `+ bias`:
-//! every output is one lane, no horizontal sums, and the scalar twin ([`scalar_range`]) does the same
-//! operations in the same order, so every level gives its bits exactly.
-//! Error against the f32 product of x and the dequantized weights: ≤ Σ_b d_x/2 · Σ_block |q_w·d_w| (x
-//! rounded to its grid; the text path's int16 activations are 256× finer, why it keeps them for `Exact`)
-//! plus the f32 accumulation.
+//! - **q8 (W8A8)**, on VNNI only: x stored offset as unsigned bytes q_x + 128, `vpdpbusd` u8 × s8 into the
+//!   i32 lane (exact; `pmaddubsw`'s i16 pairs would saturate at 2·255·127). Per block b of 32 the sum
+//!   starts from the correction −128·Σ q_w stored in the panel (the offset costs nothing in the loop),
+//!   |sum| ≤ 32·255·128 < 2^31, then `acc = fma(f32(sum), d_w·d_x, acc)`. 4× the f32 FMA's multiply rate
+//!   on Zen 4, 2× on Intel; the W8A16 kernels (`kernel.rs`, one `pmaddwd` per 32 products plus a
+//!   conversion and an FMA per block and pair) run below the FMA.
+//! - **q4 (W4A8)**, at AVX-512 with or without VNNI and at AVX2 with AVX-VNNI: the unsigned 4-bit values
+//!   L times signed x, by `vpdpbusd`, or by `pmaddubsw` into i16 pairs (≤ 2·15·127 each, a block's 8
+//!   steps ≤ 30480 < 2^15: no saturation) summed by `pmaddwd` with ones once per block — the same exact
+//!   i32. Not at plain AVX2 (Zen 3): two instructions per step there measured no faster than the q4
+//!   kernel of `kernel.rs` (118 against 108 GOP/s at 512 rows, 99 against 109 at 64). Then
+//!   `acc = fma(f32(sum), (d·sc_j)·d_x, acc)` and `acc = fma(−dmin·mn_j, d_x·Σq_x, acc)` per sub-block j.
+//!   The lane-per-column form needs no horizontal sums and broadcasts x, where the q4 kernel of
+//!   `kernel.rs` (one sub-block per 128-bit lane) reduces per output.
 //!
-//! Panel layout (`nr` columns c0..c0+nr, columns past n zero): per block b, 8 steps of [nr × 4 weight
-//! bytes] (step t holds bytes 4t..4t+4 of the block of each column), then nr i32 corrections, then nr
-//! f32 d_w: `nr · 40` bytes per block, `nb · nr · 40` per panel.
+//! Every output is one lane: the scalar twin ([`scalar_range`]) does the same operations in the same
+//! order, so every level gives its bits exactly.
+//! Error against the f32 product of x and the dequantized weights: ≤ Σ_b d_x/2 · Σ_block |w| (x rounded
+//! to its grid; the int16 activations of q8's `Exact` kernels are 256× finer) plus the f32 accumulation.
+//!
+//! Panel layout (`nr` columns c0..c0+nr, columns past n zero): per block b of 32, 8 steps of [nr × 4
+//! weight bytes] (step t holds bytes 4t..4t+4 of the block of each column: q8 values, or q4's L), then
+//! nr × 4 bytes (q8: i32 corrections; q4: f32 d·sc_j), then nr f32 (q8: d_w; q4: −dmin·mn_j):
+//! `nr · 40` bytes per block, `nb · nr · 40` per panel.
 #![allow(clippy::missing_safety_doc)] // the contract is `scalar_range`'s
 
-use super::{QuantFormat, QuantKernel, QuantWeight};
+use super::{QuantFormat, QuantKernel, QuantWeight, Q4_SUBS, Q4_SUPER_BYTES};
 use crate::simd::int::{SimdA8, BLOCK};
 use crate::{KernelError, Kernels, SendPtr};
 
@@ -27,16 +37,27 @@ use crate::{KernelError, Kernels, SendPtr};
 const STEPS: usize = BLOCK / 4;
 /// Bytes per column and block in a panel: 32 weight bytes, the i32 correction, the f32 d_w.
 const COL_BLOCK: usize = BLOCK + 8;
+/// Fewest rows for which q4 runs the panel form: the repacking of W once per call (about 0.25 ns per
+/// weight byte) costs what its faster steps gain at 32 rows (Intel Xeon, 6144 × 2048, one thread: 154
+/// against 166 GOP/s at 32 rows, 146 against 221 at 64, 125 against 302 at 512; at 16 rows the integer
+/// kernel's 152 against 105). q8's integer kernel (int16 activations) is slower: from 16 rows (83 against
+/// 82 GOP/s at 16, 71 against 197 at 64).
+pub const A8_Q4_MIN_M: usize = 32;
+
 /// Rows of x per L2-resident chunk (MC · k bytes) while a thread's panels stream past it.
 const MC: usize = 64;
 
-/// The operands of one W8A8 matmul as the range functions see them (shared by the tasks of one call,
-/// which write disjoint columns of `y`).
+/// The operands of one int8-activation matmul as the range functions see them (shared by the tasks of
+/// one call, which write disjoint columns of `y`).
 pub(crate) struct A8Args {
-    /// (m, nb·32) q_x + 128
+    /// q4 weights (else q8)
+    pub q4: bool,
+    /// (m, nb·32): q8 q_x + 128; q4 q_x (i8)
     pub xq: *const u8,
     /// (m, nb)
     pub xd: *const f32,
+    /// q4: (m, nb) d_x·Σq_x per block; q8: null
+    pub xs: *const f32,
     pub m: usize,
     pub n: usize,
     pub nb: usize,
@@ -56,41 +77,75 @@ unsafe impl Send for A8Args {}
 /// Range function of one level: panels p0..p1 for every row of x.
 pub(crate) type A8RangeFn = unsafe fn(&A8Args, usize, usize);
 
-/// The W8A8 form of a level: its range function and panel width.
+/// The int8-activation form of a level for one format: its range function and panel width.
 pub(crate) struct A8Table {
     pub range: A8RangeFn,
     pub nr: usize,
 }
 
-/// The scalar twin: panels of 8 columns.
+/// The scalar twin (both formats): panels of 8 columns.
 pub(crate) static SCALAR_A8: A8Table = A8Table {
     range: scalar_range,
     nr: 8,
 };
 
-/// Writes panel `p` of W (q8) into `out` (nb · nr · 40 bytes).
-fn pack_panel(w: &QuantWeight, nr: usize, p: usize, out: &mut [u8]) {
+/// Writes panel `p` of W into `out` (nb · nr · 10 words; the layout of the module docs). Word moves on
+/// raw pointers: this runs once per call over all of W (at 18 ns per column and block with slices it
+/// cost as much as the GEMM's 64 rows).
+fn pack_panel(w: &QuantWeight, nr: usize, p: usize, out: &mut [u32]) {
     let (n, nb) = (w.n, w.blocks());
-    let kp = nb * BLOCK;
     let (qs, d) = (w.qs_bytes(), w.scales());
+    let (rb, rs) = (w.format.row_bytes(w.k), w.format.row_scales(w.k));
+    let words = COL_BLOCK / 4;
+    assert!(out.len() == nb * nr * words && qs.len() >= n * rb && d.len() >= n * rs);
+    let cols = nr.min(n.saturating_sub(p * nr));
+    let o = out.as_mut_ptr();
     for b in 0..nb {
-        let blk = &mut out[b * nr * COL_BLOCK..(b + 1) * nr * COL_BLOCK];
-        let (wq, rest) = blk.split_at_mut(nr * BLOCK);
-        let (corr, dw) = rest.split_at_mut(nr * 4);
-        for j in 0..nr {
-            let c = p * nr + j;
-            let (src, scale) = if c < n {
-                let o = c * kp + b * BLOCK;
-                (&qs[o..o + BLOCK], d[c * nb + b])
-            } else {
-                (&[0u8; BLOCK][..], 0.0)
-            };
-            for t in 0..STEPS {
-                wq[(t * nr + j) * 4..(t * nr + j + 1) * 4].copy_from_slice(&src[4 * t..4 * t + 4]);
+        // Safety: blk..blk + nr·10 words is block b of `out` (asserted length); every read below is
+        // inside row c < n of qs (rb bytes) and d (rs scales), also asserted.
+        unsafe {
+            let blk = o.add(b * nr * words);
+            for j in 0..nr {
+                let (w1, w2) = if j >= cols {
+                    for t in 0..STEPS {
+                        *blk.add(t * nr + j) = 0;
+                    }
+                    (0u32, 0f32)
+                } else if w.format == QuantFormat::Q8 {
+                    let c = p * nr + j;
+                    let src = qs.as_ptr().add(c * rb + b * BLOCK);
+                    let mut sum = 0i32;
+                    for t in 0..STEPS {
+                        *blk.add(t * nr + j) = (src.add(4 * t) as *const u32).read_unaligned();
+                    }
+                    for e in 0..BLOCK {
+                        sum += *src.add(e) as i8 as i32;
+                    }
+                    ((-128 * sum) as u32, *d.get_unchecked(c * rs + b))
+                } else {
+                    // q4: sub-block `sub` of super-block `sb`; its 16 nibble bytes hold L_t (low) and
+                    // L_{t+16} (high): steps 0..4 are the low nibbles, 4..8 the high
+                    let c = p * nr + j;
+                    let (sb, sub) = (b / Q4_SUBS, b % Q4_SUBS);
+                    let qb = qs.as_ptr().add(c * rb + sb * Q4_SUPER_BYTES);
+                    let nib = qb.add(2 * Q4_SUBS + sub * BLOCK / 2);
+                    for t in 0..STEPS / 2 {
+                        let v = (nib.add(4 * t) as *const u32).read_unaligned();
+                        *blk.add(t * nr + j) = v & 0x0f0f_0f0f;
+                        *blk.add((t + STEPS / 2) * nr + j) = (v >> 4) & 0x0f0f_0f0f;
+                    }
+                    let (dd, dmin) = (
+                        *d.get_unchecked(c * rs + 2 * sb),
+                        *d.get_unchecked(c * rs + 2 * sb + 1),
+                    );
+                    (
+                        (dd * *qb.add(sub) as f32).to_bits(),
+                        -(dmin * *qb.add(Q4_SUBS + sub) as f32),
+                    )
+                };
+                *blk.add(STEPS * nr + j) = w1;
+                *blk.add((STEPS + 1) * nr + j) = w2.to_bits();
             }
-            let sum: i32 = src.iter().map(|&v| v as i8 as i32).sum();
-            corr[j * 4..j * 4 + 4].copy_from_slice(&(-128 * sum).to_ne_bytes());
-            dw[j * 4..j * 4 + 4].copy_from_slice(&scale.to_ne_bytes());
         }
     }
 }
@@ -108,16 +163,32 @@ pub(crate) unsafe fn scalar_range(a: &A8Args, p0: usize, p1: usize) {
                 let mut acc = 0f32;
                 for b in 0..nb {
                     let blk = panel.add(b * nr * COL_BLOCK);
-                    let mut sum = (blk.add(nr * BLOCK + 4 * j) as *const i32).read_unaligned();
+                    let w1 = blk.add(nr * BLOCK + 4 * j);
+                    let w2 = (blk.add(nr * (BLOCK + 4) + 4 * j) as *const f32).read_unaligned();
+                    let mut sum = if a.q4 {
+                        0
+                    } else {
+                        (w1 as *const i32).read_unaligned()
+                    };
                     for t in 0..STEPS {
-                        let w = blk.add((t * nr + j) * 4) as *const i8;
+                        let w = blk.add((t * nr + j) * 4);
                         let x = a.xq.add(i * kp + b * BLOCK + 4 * t);
                         for e in 0..4 {
-                            sum += *x.add(e) as i32 * *w.add(e) as i32;
+                            sum += if a.q4 {
+                                *w.add(e) as i32 * *x.add(e) as i8 as i32
+                            } else {
+                                *x.add(e) as i32 * *w.add(e) as i8 as i32
+                            };
                         }
                     }
-                    let dw = (blk.add(nr * (BLOCK + 4) + 4 * j) as *const f32).read_unaligned();
-                    acc = (sum as f32).mul_add(dw * *a.xd.add(i * nb + b), acc);
+                    let dx = *a.xd.add(i * nb + b);
+                    if a.q4 {
+                        let dsc = (w1 as *const f32).read_unaligned();
+                        acc = (sum as f32).mul_add(dsc * dx, acc);
+                        acc = w2.mul_add(*a.xs.add(i * nb + b), acc);
+                    } else {
+                        acc = (sum as f32).mul_add(w2 * dx, acc);
+                    }
                 }
                 if !a.bias.is_null() {
                     acc += *a.bias.add(c);
@@ -128,19 +199,29 @@ pub(crate) unsafe fn scalar_range(a: &A8Args, p0: usize, p1: usize) {
     }
 }
 
-/// RM rows of x from row i against panel p (RNV vectors of `S::LANES` columns: nr = RNV · LANES).
+/// RM rows of x from row i against panel p (RNV vectors of `S::LANES` columns: nr = RNV · LANES), q4
+/// weights when `Q4` (else q8, VNNI only), `VNNI`: see [`SimdA8::dp4_w4`].
 #[inline(always)]
-unsafe fn tile<S: SimdA8, const RM: usize, const RNV: usize>(s: S, a: &A8Args, i: usize, p: usize) {
+unsafe fn tile<S: SimdA8, const Q4: bool, const VNNI: bool, const RM: usize, const RNV: usize>(
+    s: S,
+    a: &A8Args,
+    i: usize,
+    p: usize,
+) {
     let (nb, nr) = (a.nb, RNV * S::LANES);
     let kp = nb * BLOCK;
     let panel = a.panels.add(p * nb * nr * COL_BLOCK);
     let mut acc = [[s.zero(); RNV]; RM];
     for b in 0..nb {
         let blk = panel.add(b * nr * COL_BLOCK);
-        let corr: [S::Acc; RNV] = std::array::from_fn(|v| unsafe {
-            s.ld_acc(blk.add(nr * BLOCK + v * S::LANES * 4) as *const i32)
-        });
-        let mut isum = [corr; RM];
+        let w1 = blk.add(nr * BLOCK);
+        let w2 = blk.add(nr * (BLOCK + 4));
+        let init: [S::Acc; RNV] = if Q4 {
+            [s.acc_zero(); RNV]
+        } else {
+            std::array::from_fn(|v| unsafe { s.ld_acc(w1.add(v * S::LANES * 4) as *const i32) })
+        };
+        let mut isum = [init; RM];
         for t in 0..STEPS {
             let w: [S::Acc; RNV] = std::array::from_fn(|v| unsafe {
                 s.ld_acc(blk.add((t * nr + v * S::LANES) * 4) as *const i32)
@@ -148,17 +229,29 @@ unsafe fn tile<S: SimdA8, const RM: usize, const RNV: usize>(s: S, a: &A8Args, i
             for (ii, isum) in isum.iter_mut().enumerate() {
                 let x = a.xq.add((i + ii) * kp + b * BLOCK + 4 * t);
                 for v in 0..RNV {
-                    isum[v] = s.dp4(isum[v], w[v], x);
+                    isum[v] = if Q4 {
+                        s.dp4_w4::<VNNI>(isum[v], w[v], x as *const i8)
+                    } else {
+                        s.dp4(isum[v], w[v], x)
+                    };
                 }
             }
         }
-        let dw: [S::V; RNV] = std::array::from_fn(|v| unsafe {
-            s.ld(blk.add(nr * (BLOCK + 4) + v * S::LANES * 4) as *const f32)
-        });
+        let f1: [S::V; RNV] =
+            std::array::from_fn(|v| unsafe { s.ld(w1.add(v * S::LANES * 4) as *const f32) });
+        let f2: [S::V; RNV] =
+            std::array::from_fn(|v| unsafe { s.ld(w2.add(v * S::LANES * 4) as *const f32) });
         for ii in 0..RM {
             let dx = s.splat(*a.xd.add((i + ii) * nb + b));
             for v in 0..RNV {
-                acc[ii][v] = s.mul_add(s.cvt_acc(isum[ii][v]), s.mul(dw[v], dx), acc[ii][v]);
+                if Q4 {
+                    let sum = s.cvt_acc(s.w4_sum::<VNNI>(isum[ii][v]));
+                    let sx = s.splat(*a.xs.add((i + ii) * nb + b));
+                    acc[ii][v] = s.mul_add(sum, s.mul(f1[v], dx), acc[ii][v]);
+                    acc[ii][v] = s.mul_add(f2[v], sx, acc[ii][v]);
+                } else {
+                    acc[ii][v] = s.mul_add(s.cvt_acc(isum[ii][v]), s.mul(f2[v], dx), acc[ii][v]);
+                }
             }
         }
     }
@@ -187,15 +280,21 @@ unsafe fn tile<S: SimdA8, const RM: usize, const RNV: usize>(s: S, a: &A8Args, i
 }
 
 /// Panels p0..p1 for every row of x, RM (≤ 6) rows at a time; the contract of [`scalar_range`], with
-/// `a.nr` = RNV · `S::LANES`.
+/// `a.nr` = RNV · `S::LANES` and `a.q4` = `Q4`.
 #[inline(always)]
-pub(crate) unsafe fn range<S: SimdA8, const RM: usize, const RNV: usize>(
+pub(crate) unsafe fn range<
+    S: SimdA8,
+    const Q4: bool,
+    const VNNI: bool,
+    const RM: usize,
+    const RNV: usize,
+>(
     s: S,
     a: &A8Args,
     p0: usize,
     p1: usize,
 ) {
-    debug_assert_eq!(a.nr, RNV * S::LANES);
+    debug_assert!(a.nr == RNV * S::LANES && a.q4 == Q4);
     for i0 in (0..a.m).step_by(MC) {
         let i1 = (i0 + MC).min(a.m);
         for p in p0..p1 {
@@ -203,12 +302,12 @@ pub(crate) unsafe fn range<S: SimdA8, const RM: usize, const RNV: usize>(
             while i < i1 {
                 let rm = (i1 - i).min(RM);
                 match rm {
-                    1 => tile::<S, 1, RNV>(s, a, i, p),
-                    2 => tile::<S, 2, RNV>(s, a, i, p),
-                    3 => tile::<S, 3, RNV>(s, a, i, p),
-                    4 => tile::<S, 4, RNV>(s, a, i, p),
-                    5 => tile::<S, 5, RNV>(s, a, i, p),
-                    _ => tile::<S, 6, RNV>(s, a, i, p),
+                    1 => tile::<S, Q4, VNNI, 1, RNV>(s, a, i, p),
+                    2 => tile::<S, Q4, VNNI, 2, RNV>(s, a, i, p),
+                    3 => tile::<S, Q4, VNNI, 3, RNV>(s, a, i, p),
+                    4 => tile::<S, Q4, VNNI, 4, RNV>(s, a, i, p),
+                    5 => tile::<S, Q4, VNNI, 5, RNV>(s, a, i, p),
+                    _ => tile::<S, Q4, VNNI, 6, RNV>(s, a, i, p),
                 }
                 i += rm;
             }
@@ -216,18 +315,31 @@ pub(crate) unsafe fn range<S: SimdA8, const RM: usize, const RNV: usize>(
     }
 }
 
+/// The table of `kernel`'s int8-activation form for `format`, if it has one.
+fn a8_table(kernel: QuantKernel, format: QuantFormat) -> Option<&'static A8Table> {
+    let t = super::table(kernel);
+    match format {
+        QuantFormat::Q8 => t.q8a8,
+        QuantFormat::Q4 => t.q4a8,
+    }
+}
+
 impl Kernels {
-    /// Whether the `Fast` quantized matmul of `m` rows on a W of `format` runs the W8A8 kernel (this
-    /// module): q8, from [`crate::matmul::QUANT_DEQUANT_MIN_M`] rows, on a level whose best quantized
-    /// kernel has VNNI (AVX512_VNNI, or AVX-VNNI at the AVX2 level), and without AMX (whose bf16 tiles
-    /// run the dequantized weights faster).
+    /// Whether the `Fast` quantized matmul of `m` rows on a W of `format` runs this module's kernels:
+    /// without AMX (whose bf16 tiles run the dequantized weights faster), where the level's best
+    /// quantized kernel has the form — q8 with VNNI (AVX512_VNNI, or AVX-VNNI at the AVX2 level) from
+    /// [`crate::matmul::QUANT_DEQUANT_MIN_M`] rows, q4 at AVX-512 (with or without VNNI) and AVX2 with
+    /// AVX-VNNI from [`A8_Q4_MIN_M`] rows.
     pub fn quant_fast_a8(&self, format: QuantFormat, m: usize) -> bool {
         let kernel = self.quant_kernel();
-        format == QuantFormat::Q8
-            && m >= crate::matmul::QUANT_DEQUANT_MIN_M
+        let min_m = match format {
+            QuantFormat::Q8 => crate::matmul::QUANT_DEQUANT_MIN_M,
+            QuantFormat::Q4 => A8_Q4_MIN_M,
+        };
+        m >= min_m
             && !self.amx()
             && kernel != QuantKernel::Scalar
-            && super::table(kernel).q8a8.is_some()
+            && a8_table(kernel, format).is_some()
     }
 
     /// x (m, k) quantized per row and block of 32 to int8, stored as q + 128 (the W8A8 activations: the
@@ -235,29 +347,44 @@ impl Kernels {
     /// Threaded over rows.
     pub fn quantize_rows_a8u(&self, x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
         let (mut q, mut d) = (Vec::new(), Vec::new());
-        self.quantize_rows_a8u_into(self.quant_kernel(), x, m, k, (&mut q, &mut d));
+        self.quantize_rows_8(
+            self.quant_kernel(),
+            x,
+            (m, k, k.div_ceil(BLOCK)),
+            0x80,
+            (&mut q, &mut d),
+        );
         (q, d)
     }
 
-    fn quantize_rows_a8u_into(
+    /// x (m, k) per row and block of 32 by `kernel`'s q8 row quantizer, bytes XORed with `flip`, into
+    /// rows of `nb` ≥ ⌈k/32⌉ blocks (W's padded k: a q4 row is whole super-blocks of 256): the blocks
+    /// past k hold the value 0 (the byte `flip`) with scale 0.
+    fn quantize_rows_8(
         &self,
         kernel: QuantKernel,
         x: &[f32],
-        m: usize,
-        k: usize,
+        (m, k, nb): (usize, usize, usize),
+        flip: u8,
         out: (&mut Vec<u8>, &mut Vec<f32>),
     ) {
-        let nb = k.div_ceil(BLOCK);
+        let nbk = k.div_ceil(BLOCK);
+        debug_assert!(nb >= nbk);
         let f = super::table(kernel).q8_row;
-        // Safety: the table of a kernel of this level on this CPU; quantize_rows passes whole rows.
-        let row = move |x: &[f32], q: &mut [u8], d: &mut [f32]| unsafe { f(x, q, d, 0x80) };
+        let row = move |x: &[f32], q: &mut [u8], d: &mut [f32]| {
+            // Safety: the table of a kernel of this level on this CPU; whole rows of ⌈k/32⌉ blocks.
+            unsafe { f(x, &mut q[..nbk * BLOCK], &mut d[..nbk], flip) };
+            q[nbk * BLOCK..].fill(flip);
+            d[nbk..].fill(0.0);
+        };
         self.quantize_rows(x, (m, k), (nb * BLOCK, nb), &row, out);
     }
 
-    /// y (m, n) = x (m, k) · Wᵀ (+ bias) on a q8 W with x quantized to int8 (the W8A8 kernel of this
-    /// module) on `kernel`, one of [`Kernels::quant_kernels`] that has it (the scalar twin, and the VNNI
-    /// kernels); else an error. Threaded over panels of output columns.
-    pub fn matmul_q8a8_with(
+    /// y (m, n) = x (m, k) · Wᵀ (+ bias) with x quantized to int8 per block of 32 (this module's
+    /// kernels: W8A8 for q8, W4A8 for q4) on `kernel`, one of [`Kernels::quant_kernels`] that has the
+    /// form for W's format (the scalar twin has both); else an error. Threaded over panels of output
+    /// columns.
+    pub fn matmul_quant_a8_with(
         &self,
         kernel: QuantKernel,
         x: &[f32],
@@ -266,49 +393,58 @@ impl Kernels {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
-        const OP: &str = "matmul_q8a8";
+        const OP: &str = "matmul_quant_a8";
         let ok = QuantKernel::of_level(self.isa(), &self.features());
-        let t = match super::table(kernel).q8a8 {
+        let t = match a8_table(kernel, w.format) {
             Some(t) if ok.contains(&kernel) => t,
             _ => {
                 return Err(KernelError::Invalid {
                     op: OP,
-                    msg: format!("kernel {kernel} has no W8A8 form on this CPU"),
+                    msg: format!(
+                        "kernel {kernel} has no int8-activation form for {} on this CPU",
+                        w.format
+                    ),
                 })
             }
         };
-        if w.format != QuantFormat::Q8 {
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!("W8A8 runs q8 weights, not {}", w.format),
-            });
-        }
         super::check_quant_args(x, m, w, bias, y)?;
         let (n, k, nb) = (w.n, w.k, w.blocks());
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let q4 = w.format == QuantFormat::Q4;
         let nr = t.nr;
         let panels = n.div_ceil(nr);
         let panel_bytes = nb * nr * COL_BLOCK;
         super::with_act(|act| {
-            let (xq, xd) = (&mut act.a8_q, &mut act.a8_d);
-            self.quantize_rows_a8u_into(kernel, x, m, k, (&mut *xq, &mut *xd));
+            let (xq, xd, xs) = (&mut act.a8_q, &mut act.a8_d, &mut act.a8_s);
+            let flip = if q4 { 0 } else { 0x80 };
+            self.quantize_rows_8(kernel, x, (m, k, nb), flip, (&mut *xq, &mut *xd));
+            xs.clear();
+            if q4 {
+                // d_x·Σq_x per block, for the minimums
+                xs.extend(
+                    xq.chunks_exact(BLOCK)
+                        .zip(xd.iter())
+                        .map(|(q, &d)| d * q.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32),
+                );
+            }
             // the panels, u32 words so that their i32 and f32 are aligned
             let buf = &mut act.a8_w;
             buf.clear();
             buf.resize(panels * panel_bytes / 4, 0);
-            let bp = SendPtr(buf.as_mut_ptr() as *mut u8);
+            let bp = SendPtr(buf.as_mut_ptr());
+            let pw = panel_bytes / 4;
             self.parallel_for(panels, &|p| {
                 // Safety: task p writes panel p only; the buffer holds `panels` of them.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(bp.get().add(p * panel_bytes), panel_bytes)
-                };
+                let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(p * pw), pw) };
                 pack_panel(w, nr, p, out);
             });
             let a = A8Args {
+                q4,
                 xq: xq.as_ptr(),
                 xd: xd.as_ptr(),
+                xs: if q4 { xs.as_ptr() } else { std::ptr::null() },
                 m,
                 n,
                 nb,

@@ -152,8 +152,10 @@ pub(crate) struct QTable {
     pub q4_range: Q4RangeFn,
     /// The `group` of [`group_activations`] `q4_range` reads x in.
     pub q4_group: usize,
-    /// The W8A8 form of q8 (`a8.rs`), on levels with VNNI (and the scalar twin).
+    /// The int8-activation forms over column panels (`a8.rs`): q8 (W8A8) on levels with VNNI, q4
+    /// (W4A8) at AVX2 and AVX-512, both for the scalar twin.
     pub q8a8: Option<&'static a8::A8Table>,
+    pub q4a8: Option<&'static a8::A8Table>,
     /// The q8 row quantizer (weights, and W8A8's activations), bit for bit `scalar::quantize_row_q8`.
     pub q8_row: Q8RowFn,
 }
@@ -163,6 +165,7 @@ static SCALAR: QTable = QTable {
     q4_range: scalar::q4_range,
     q4_group: 1,
     q8a8: Some(&a8::SCALAR_A8),
+    q4a8: Some(&a8::SCALAR_A8),
     q8_row: scalar::quantize_row_8,
 };
 
@@ -324,9 +327,10 @@ struct ActScratch {
     q16: Vec<i16>,
     q16_d: Vec<f32>,
     q8: ActQ8,
-    /// W8A8: x as q + 128, its scales, and the call's repacked weight panels
+    /// int8 activations (`a8.rs`): x's bytes, scales and (q4) block sums, and the call's weight panels
     a8_q: Vec<u8>,
     a8_d: Vec<f32>,
+    a8_s: Vec<f32>,
     a8_w: Vec<u32>,
 }
 
@@ -508,8 +512,8 @@ impl Kernels {
     }
 
     /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast`, where
-    /// [`Kernels::quant_fast_a8`] (q8, prefill and vision rows, VNNI without AMX), runs the W8A8 kernel
-    /// (`a8.rs`: x quantized to int8 per block of 32); where [`Kernels::quant_fast_dequantizes`],
+    /// [`Kernels::quant_fast_a8`] (prefill and vision rows without AMX: q8 with VNNI, q4 at AVX2 and
+    /// AVX-512), runs the int8-activation kernels (`a8.rs`: x quantized to int8 per block of 32); where [`Kernels::quant_fast_dequantizes`],
     /// dequantizes W a few groups at a time to bf16 and runs a float kernel on them, x not quantized:
     /// with AMX ([`Kernels::amx`]) the tile kernel — x and the dequantized weights rounded to bf16 (each
     /// ≤ 2⁻⁸ relative), sums in f32: the error of the `Fast` bf16 matmul on the dequantized weights, plus
@@ -527,7 +531,7 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         if path == crate::matmul::MatmulPath::Fast && w.n > 0 && w.k > 0 {
             if self.quant_fast_a8(w.format, m) {
-                return self.matmul_q8a8_with(self.quant_kernel(), x, m, w, bias, y);
+                return self.matmul_quant_a8_with(self.quant_kernel(), x, m, w, bias, y);
             }
             if self.quant_fast_dequantizes(w.format, m) {
                 check_quant_args(x, m, w, bias, y)?;
@@ -547,7 +551,7 @@ impl Kernels {
     /// packed bf16 kernel). Chosen by measurement (2B, prefill, Intel Xeon with AMX off): q8 at AVX-512
     /// 55.9 / 66.3 tok/s (256 / 512 tokens) against the W8A16 integer kernel's 40.9; at AVX2 37.7 against
     /// 44.4 (256 tokens); q4 35.5 against its W4A8 integer kernel's 76.6. Never where
-    /// [`Kernels::quant_fast_a8`] (the W8A8 kernel runs instead).
+    /// [`Kernels::quant_fast_a8`] (the int8-activation kernels run instead).
     pub fn quant_fast_dequantizes(&self, format: QuantFormat, m: usize) -> bool {
         m >= crate::matmul::QUANT_DEQUANT_MIN_M
             && (self.amx() || (self.isa() == Isa::Avx512 && format == QuantFormat::Q8))
@@ -574,7 +578,7 @@ impl Kernels {
         let many = if path != crate::matmul::MatmulPath::Fast {
             return decode;
         } else if self.quant_fast_a8(format, m) {
-            "W8A8 vpdpbusd (int8 activations per block of 32)"
+            "column panels x int8 activations per block of 32"
         } else if self.quant_fast_dequantizes(format, m) && self.amx() {
             "dequantized to bf16 on AMX tiles"
         } else if self.quant_fast_dequantizes(format, m) {

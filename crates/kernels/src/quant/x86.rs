@@ -270,9 +270,14 @@ unsafe fn q4_range_avx2_vnni(a: &Q4Args, c0: usize, c1: usize) {
     kernel::q4_range::<_, true>(Avx2::new_unchecked(), a, c0, c1)
 }
 
-/// Only with AVX-VNNI (the VEX `vpdpbusd`): instantiated in [`q8a8_range_avx2_vnni`] alone.
+/// Only with AVX-VNNI (the VEX `vpdpbusd`; `VNNI` = false is for the AVX-512 level's twin of these
+/// methods and not instantiated here: plain AVX2 keeps the q4 kernel of `kernel.rs`, see `a8.rs`).
 impl SimdA8 for Avx2 {
     type Acc = __m256i;
+    #[inline(always)]
+    fn acc_zero(self) -> __m256i {
+        unsafe { _mm256_setzero_si256() }
+    }
     #[inline(always)]
     unsafe fn ld_acc(self, p: *const i32) -> __m256i {
         _mm256_loadu_si256(p as *const __m256i)
@@ -283,23 +288,50 @@ impl SimdA8 for Avx2 {
         _mm256_dpbusd_avx_epi32(acc, x, w)
     }
     #[inline(always)]
+    unsafe fn dp4_w4<const VNNI: bool>(self, acc: __m256i, w: __m256i, x: *const i8) -> __m256i {
+        let x = _mm256_set1_epi32((x as *const i32).read_unaligned());
+        if VNNI {
+            _mm256_dpbusd_avx_epi32(acc, w, x)
+        } else {
+            _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))
+        }
+    }
+    #[inline(always)]
+    fn w4_sum<const VNNI: bool>(self, acc: __m256i) -> __m256i {
+        if VNNI {
+            acc
+        } else {
+            unsafe { _mm256_madd_epi16(acc, _mm256_set1_epi16(1)) }
+        }
+    }
+    #[inline(always)]
     fn cvt_acc(self, v: __m256i) -> __m256 {
         unsafe { _mm256_cvtepi32_ps(v) }
     }
 }
 
-/// Rows per W8A8 tile at AVX2: 4 × 2 vectors would take all 16 ymm for its sums alone.
+/// The int8-activation tile at AVX2: 3 rows × 2 vectors (4 × 2 would take all 16 ymm for its sums).
 const A8_RM: usize = 3;
 const A8_RNV: usize = 2;
 
-/// Safety: the CPU supports AVX2, FMA and AVX-VNNI; the contract of `a8::scalar_range` with nr = 16.
+/// Safety: the CPU supports AVX2, FMA and AVX-VNNI; the contract of `a8::scalar_range` (q8, nr = 16).
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn q8a8_range_avx2_vnni(a: &A8Args, p0: usize, p1: usize) {
-    a8::range::<_, A8_RM, A8_RNV>(Avx2::new_unchecked(), a, p0, p1)
+    a8::range::<_, false, true, A8_RM, A8_RNV>(Avx2::new_unchecked(), a, p0, p1)
 }
 
-static A8_AVX2_VNNI: A8Table = A8Table {
+/// Safety: the CPU supports AVX2, FMA and AVX-VNNI; the contract of `a8::scalar_range` (q4, nr = 16).
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn q4a8_range_avx2_vnni(a: &A8Args, p0: usize, p1: usize) {
+    a8::range::<_, true, true, A8_RM, A8_RNV>(Avx2::new_unchecked(), a, p0, p1)
+}
+
+static Q8A8_AVX2_VNNI: A8Table = A8Table {
     range: q8a8_range_avx2_vnni,
+    nr: A8_RNV * 8,
+};
+static Q4A8_AVX2_VNNI: A8Table = A8Table {
+    range: q4a8_range_avx2_vnni,
     nr: A8_RNV * 8,
 };
 
@@ -320,6 +352,7 @@ pub(crate) static SSE41: QTable = QTable {
     q4_range: q4_range_sse41,
     q4_group: <Sse41 as SimdQ4>::GROUP,
     q8a8: None,
+    q4a8: None,
     q8_row: q8_row_sse41,
 };
 pub(crate) static AVX2: QTable = QTable {
@@ -327,12 +360,14 @@ pub(crate) static AVX2: QTable = QTable {
     q4_range: q4_range_avx2,
     q4_group: <Avx2 as SimdQ4>::GROUP,
     q8a8: None,
+    q4a8: None,
     q8_row: q8_row_avx2,
 };
 pub(crate) static AVX2_VNNI: QTable = QTable {
     q8_range: q8_range_avx2,
     q4_range: q4_range_avx2_vnni,
     q4_group: <Avx2 as SimdQ4>::GROUP,
-    q8a8: Some(&A8_AVX2_VNNI),
+    q8a8: Some(&Q8A8_AVX2_VNNI),
+    q4a8: Some(&Q4A8_AVX2_VNNI),
     q8_row: q8_row_avx2,
 };

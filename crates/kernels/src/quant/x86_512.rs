@@ -123,9 +123,13 @@ unsafe fn q4_range_avx512_vnni(a: &Q4Args, c0: usize, c1: usize) {
     kernel::q4_range::<_, true>(Avx512::new_unchecked(), a, c0, c1)
 }
 
-/// Only with AVX512_VNNI (`vpdpbusd`): instantiated in [`q8a8_range_avx512_vnni`] alone.
+/// `dp4` only with AVX512_VNNI (`vpdpbusd`), and `dp4_w4` / `w4_sum` with it where `VNNI`.
 impl SimdA8 for Avx512 {
     type Acc = __m512i;
+    #[inline(always)]
+    fn acc_zero(self) -> __m512i {
+        unsafe { _mm512_setzero_si512() }
+    }
     #[inline(always)]
     unsafe fn ld_acc(self, p: *const i32) -> __m512i {
         _mm512_loadu_si512(p as *const _)
@@ -136,24 +140,62 @@ impl SimdA8 for Avx512 {
         _mm512_dpbusd_epi32(acc, x, w)
     }
     #[inline(always)]
+    unsafe fn dp4_w4<const VNNI: bool>(self, acc: __m512i, w: __m512i, x: *const i8) -> __m512i {
+        let x = _mm512_set1_epi32((x as *const i32).read_unaligned());
+        if VNNI {
+            _mm512_dpbusd_epi32(acc, w, x)
+        } else {
+            _mm512_add_epi16(acc, _mm512_maddubs_epi16(w, x))
+        }
+    }
+    #[inline(always)]
+    fn w4_sum<const VNNI: bool>(self, acc: __m512i) -> __m512i {
+        if VNNI {
+            acc
+        } else {
+            unsafe { _mm512_madd_epi16(acc, _mm512_set1_epi16(1)) }
+        }
+    }
+    #[inline(always)]
     fn cvt_acc(self, v: __m512i) -> __m512 {
         unsafe { _mm512_cvtepi32_ps(v) }
     }
 }
 
-/// The W8A8 tile at AVX-512: 4 rows × 2 vectors (32 columns): 8 i32 sums, 8 f32 sums, 2 weight vectors.
+/// The int8-activation tile at AVX-512: 4 rows × 2 vectors (32 columns): 8 integer sums, 8 f32 sums,
+/// 2 weight vectors (6 rows measured the same).
 const A8_RM: usize = 4;
 const A8_RNV: usize = 2;
 
 /// Safety: the CPU supports AVX-512 F+BW+VL, FMA and AVX512_VNNI; the contract of `a8::scalar_range`
-/// with nr = 32.
+/// (q8, nr = 32).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512vnni")]
 unsafe fn q8a8_range_avx512_vnni(a: &A8Args, p0: usize, p1: usize) {
-    a8::range::<_, A8_RM, A8_RNV>(Avx512::new_unchecked(), a, p0, p1)
+    a8::range::<_, false, true, A8_RM, A8_RNV>(Avx512::new_unchecked(), a, p0, p1)
 }
 
-static A8_AVX512_VNNI: A8Table = A8Table {
+/// Safety: the CPU supports AVX-512 F+BW+VL and FMA; the contract of `a8::scalar_range` (q4, nr = 32).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn q4a8_range_avx512(a: &A8Args, p0: usize, p1: usize) {
+    a8::range::<_, true, false, A8_RM, A8_RNV>(Avx512::new_unchecked(), a, p0, p1)
+}
+
+/// Safety: as [`q4a8_range_avx512`], and the CPU supports AVX512_VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,avx512vnni")]
+unsafe fn q4a8_range_avx512_vnni(a: &A8Args, p0: usize, p1: usize) {
+    a8::range::<_, true, true, A8_RM, A8_RNV>(Avx512::new_unchecked(), a, p0, p1)
+}
+
+static Q8A8_AVX512_VNNI: A8Table = A8Table {
     range: q8a8_range_avx512_vnni,
+    nr: A8_RNV * 16,
+};
+static Q4A8_AVX512: A8Table = A8Table {
+    range: q4a8_range_avx512,
+    nr: A8_RNV * 16,
+};
+static Q4A8_AVX512_VNNI: A8Table = A8Table {
+    range: q4a8_range_avx512_vnni,
     nr: A8_RNV * 16,
 };
 
@@ -168,12 +210,14 @@ pub(crate) static AVX512: QTable = QTable {
     q4_range: q4_range_avx512,
     q4_group: <Avx512 as SimdQ4>::GROUP,
     q8a8: None,
+    q4a8: Some(&Q4A8_AVX512),
     q8_row: q8_row_avx512,
 };
 pub(crate) static AVX512_VNNI: QTable = QTable {
     q8_range: q8_range_avx512,
     q4_range: q4_range_avx512_vnni,
     q4_group: <Avx512 as SimdQ4>::GROUP,
-    q8a8: Some(&A8_AVX512_VNNI),
+    q8a8: Some(&Q8A8_AVX512_VNNI),
+    q4a8: Some(&Q4A8_AVX512_VNNI),
     q8_row: q8_row_avx512,
 };

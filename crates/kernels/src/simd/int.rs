@@ -92,18 +92,32 @@ pub trait SimdQ4: Simd {
     unsafe fn min_fma(self, mn: Self::Mn, p: *const f32, acc: Self::V) -> Self::V;
 }
 
-/// u8 × s8 dot products of 4 in i32 lanes, one output column per lane (the W8A8 GEMM of q8 weights,
+/// Dot products of 4 bytes in i32 lanes, one output column per lane (the int8-activation GEMMs of
 /// `quant/a8.rs`): the weights come packed as 4 consecutive bytes of k per column and lane, the
-/// activations as 4 unsigned bytes broadcast to every lane. Only levels with VNNI (`vpdpbusd`, which adds
-/// the four products to the i32 lane exactly, no i16 saturation as in `pmaddubsw`) implement it.
+/// activations as 4 bytes broadcast to every lane.
 pub trait SimdA8: Simd {
-    /// i32 lanes, `LANES` of them.
+    /// i32 lanes, `LANES` of them (or i16 pairs between [`SimdA8::dp4_w4`] and [`SimdA8::w4_sum`]).
     type Acc: Copy;
+    fn acc_zero(self) -> Self::Acc;
     /// Load `LANES` i32 (or the 4·`LANES` packed weight bytes). Safety: `p..p+LANES` is readable.
     unsafe fn ld_acc(self, p: *const i32) -> Self::Acc;
-    /// acc + Σ_{t<4} x[t] · w[lane][t] per lane: `w` holds 4 signed bytes per lane, `x` points at 4
-    /// unsigned bytes (every lane multiplies the same). Safety: `x..x+4` is readable.
+    /// q8: acc + Σ_{t<4} x[t] · w[lane][t] per lane, `w` 4 signed bytes per lane, `x` 4 unsigned bytes
+    /// (`vpdpbusd`: exact, no i16 saturation; implemented only where the entry point enables VNNI).
+    /// Safety: `x..x+4` is readable.
     unsafe fn dp4(self, acc: Self::Acc, w: Self::Acc, x: *const u8) -> Self::Acc;
+    /// q4: one step of a block's sums of unsigned weights 0..=15 (`w`, 4 per lane) times signed `x`
+    /// (4 bytes, each in -127..=127): with `VNNI` `vpdpbusd` into the i32 lanes; else `pmaddubsw` into
+    /// i16 pairs added to `acc` (each pair ≤ 2·15·127 = 3810: 8 steps, a block, stay below 2^15).
+    /// Safety: `x..x+4` is readable.
+    unsafe fn dp4_w4<const VNNI: bool>(
+        self,
+        acc: Self::Acc,
+        w: Self::Acc,
+        x: *const i8,
+    ) -> Self::Acc;
+    /// The i32 lane sums of a block's [`SimdA8::dp4_w4`] steps from [`SimdA8::acc_zero`]: as they are
+    /// with `VNNI`, else the i16 pairs added by `pmaddwd` with ones. Exact either way.
+    fn w4_sum<const VNNI: bool>(self, acc: Self::Acc) -> Self::Acc;
     /// i32 lanes to f32 (each rounded once).
     fn cvt_acc(self, v: Self::Acc) -> Self::V;
 }
