@@ -228,6 +228,7 @@ fn cmd_cpu(json: bool) -> Result<()> {
     writeln!(out, "level:     {} ({})", r.level, r.reason)?;
     writeln!(out, "bf16 dot:  {}", r.bf16_dot)?;
     writeln!(out, "amx:       {}", r.amx)?;
+    writeln!(out, "quant:     {}", r.quant)?;
     let lanes: Vec<String> = r
         .f32_lanes
         .iter()

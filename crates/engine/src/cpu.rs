@@ -20,6 +20,8 @@ pub struct CpuReport {
     pub bf16_dot: String,
     /// Whether and where AMX tiles are used, in words.
     pub amx: String,
+    /// The quantized matmuls' kernel (VNNI where the CPU has it, unless `QWEN3VL_VNNI=off`).
+    pub quant: String,
     /// f32 lanes of one vector register, per level (all levels, supported or not).
     pub f32_lanes: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -63,8 +65,18 @@ impl CpuReport {
             ),
             (None, Bf16Dot::Auto) => "not used".to_string(),
         };
+        let quant = format!(
+            "{}{}",
+            kern.quant_kernel(),
+            if !config.vnni && (f.avx512_vnni || f.avx_vnni) {
+                " (VNNI not used: QWEN3VL_VNNI=off)"
+            } else {
+                ""
+            }
+        );
         Ok(CpuReport {
             cpu: cpu_name(),
+            quant,
             features: f.names(),
             level: sel.isa.name(),
             reason: sel.reason,

@@ -80,6 +80,8 @@ pub enum IsaError {
     Bf16Dot(String),
     #[error("QWEN3VL_AMX={0:?}: expected on or off")]
     Amx(String),
+    #[error("QWEN3VL_VNNI={0:?}: expected on or off")]
+    Vnni(String),
 }
 
 /// CPU features relevant to the kernels, as detected on this host.
@@ -211,6 +213,8 @@ pub struct SimdConfig {
     pub bf16_dot: Bf16Dot,
     /// Whether the `Fast` matmul of 16 rows and more runs on AMX tiles where the process may use them.
     pub amx: bool,
+    /// Whether the kernels use VNNI (`vpdpbusd` / `vpdpwssd`) where the CPU has it (`QWEN3VL_VNNI`).
+    pub vnni: bool,
 }
 
 /// When the `Fast` matmul and attention paths run on `vdpbf16ps` (AVX512_BF16, AVX-512 level only).
@@ -241,10 +245,20 @@ impl Bf16Dot {
 
 /// `on` / `1` / `auto` (the default: use AMX where present) or `off` / `0` (the values of `QWEN3VL_AMX`).
 pub fn parse_amx(s: &str) -> Result<bool, IsaError> {
+    parse_on_off(s).ok_or_else(|| IsaError::Amx(s.to_string()))
+}
+
+/// As [`parse_amx`], for `QWEN3VL_VNNI` (off: the kernels act as if the CPU had neither AVX512_VNNI nor
+/// AVX-VNNI, e.g. to measure a Zen 3's AVX2 path on a newer CPU).
+pub fn parse_vnni(s: &str) -> Result<bool, IsaError> {
+    parse_on_off(s).ok_or_else(|| IsaError::Vnni(s.to_string()))
+}
+
+fn parse_on_off(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
-        "on" | "1" | "true" | "auto" | "" => Ok(true),
-        "off" | "0" | "false" => Ok(false),
-        _ => Err(IsaError::Amx(s.to_string())),
+        "on" | "1" | "true" | "auto" | "" => Some(true),
+        "off" | "0" | "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -256,6 +270,7 @@ impl Default for SimdConfig {
             force_source: String::new(),
             bf16_dot: Bf16Dot::Auto,
             amx: true,
+            vnni: true,
         }
     }
 }
@@ -269,8 +284,8 @@ pub struct Selection {
 }
 
 impl SimdConfig {
-    /// The default config, with `QWEN3VL_SIMD` and `QWEN3VL_BF16_DOT` applied if set (an unknown value is
-    /// an error).
+    /// The default config, with `QWEN3VL_SIMD`, `QWEN3VL_BF16_DOT`, `QWEN3VL_AMX` and `QWEN3VL_VNNI`
+    /// applied if set (an unknown value is an error).
     pub fn from_env() -> Result<SimdConfig, IsaError> {
         let mut c = SimdConfig::default();
         if let Ok(v) = std::env::var("QWEN3VL_SIMD") {
@@ -284,6 +299,9 @@ impl SimdConfig {
         }
         if let Ok(v) = std::env::var("QWEN3VL_AMX") {
             c.amx = parse_amx(&v)?;
+        }
+        if let Ok(v) = std::env::var("QWEN3VL_VNNI") {
+            c.vnni = parse_vnni(&v)?;
         }
         Ok(c)
     }
@@ -396,6 +414,10 @@ mod tests {
         assert!(!parse_amx("off").unwrap());
         let e = parse_amx("tiles").unwrap_err();
         assert_eq!(e.to_string(), "QWEN3VL_AMX=\"tiles\": expected on or off");
+        assert!(!parse_vnni("off").unwrap());
+        assert!(parse_vnni(" ON ").unwrap());
+        let e = parse_vnni("dp").unwrap_err();
+        assert_eq!(e.to_string(), "QWEN3VL_VNNI=\"dp\": expected on or off");
     }
 
     #[test]

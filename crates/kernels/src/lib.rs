@@ -106,9 +106,13 @@ impl Kernels {
     /// The kernels chosen by `config` on this CPU.
     pub fn with_config(config: &SimdConfig) -> Result<Kernels, IsaError> {
         let sel = config.select()?;
+        let mut features = sel.features;
+        if !config.vnni {
+            (features.avx512_vnni, features.avx_vnni) = (false, false);
+        }
         Ok(Kernels::from_selection(
             sel.isa,
-            sel.features,
+            features,
             config.bf16_dot,
             config.amx,
         ))
