@@ -877,3 +877,43 @@ fn q4a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
         }
     }
 }
+
+/// A weight whose panels exceed the 8 MB packed at a time (2100 × 4096: 10.8 MB of q8 panels), so the
+/// int8-activation matmul packs and runs it in chunks of columns: every kernel with the form gives the
+/// scalar twin's bits, and the twin (chunked too) is within x's rounding of the f64 product of x and the
+/// dequantized weights, for both formats.
+#[test]
+fn int8_activation_panels_in_chunks_of_columns() {
+    let (m, n, k) = (17usize, 2100usize, 4096usize);
+    let mut rng = Rng::new(43);
+    let x = rng.vec(m * k, -2.0, 2.0);
+    let wf = rng.vec(n * k, -0.1, 0.1);
+    let sk = common::scalar();
+    let (_, xd) = sk.quantize_rows_a8u(&x, m, k);
+    for format in QuantFormat::ALL {
+        let w = sk.quantize_weight(format, Weight::F32(&wf), n, k).unwrap();
+        let mut ys = vec![f32::NAN; m * n];
+        sk.matmul_quant_a8_with(QuantKernel::Scalar, &x, m, &w, None, &mut ys)
+            .unwrap();
+        let mut row = vec![0f32; k];
+        for c in 0..n {
+            w.row_f32(c, &mut row).unwrap();
+            for i in 0..m {
+                let (mut want, mut mag, mut bound) = (0f64, 0f64, 0f64);
+                for t in 0..k {
+                    let p = x[i * k + t] as f64 * row[t] as f64;
+                    want += p;
+                    mag += p.abs();
+                    bound += xd[i * (k / B) + t / B] as f64 / 2.0 * (row[t] as f64).abs();
+                }
+                let got = ys[i * n + c] as f64;
+                let tol = bound + 1e-5 * mag + 1e-30;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{format} ({i}, {c}): {got} vs {want} (tol {tol:e})"
+                );
+            }
+        }
+        assert_a8_bits(&a8_kernels(format), (&x, m), &w, None, &ys);
+    }
+}

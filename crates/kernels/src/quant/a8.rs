@@ -44,6 +44,9 @@ const COL_BLOCK: usize = BLOCK + 8;
 /// 82 GOP/s at 16, 71 against 197 at 64).
 pub const A8_Q4_MIN_M: usize = 32;
 
+/// Bytes of W's panels packed at a time (a chunk of columns; at least one panel).
+const A8_PANEL_BYTES: usize = 8 << 20;
+
 /// Rows of x per L2-resident chunk (MC · k bytes) while a thread's panels stream past it.
 const MC: usize = 64;
 
@@ -61,8 +64,10 @@ pub(crate) struct A8Args {
     pub m: usize,
     pub n: usize,
     pub nb: usize,
-    /// ⌈n / nr⌉ panels of nb · nr · 40 bytes (4-byte aligned)
+    /// panels p_first.. (of the ⌈n / nr⌉), nb · nr · 40 bytes each (4-byte aligned)
     pub panels: *const u8,
+    /// the first panel at `panels`
+    pub p_first: usize,
     /// columns per panel
     pub nr: usize,
     /// (n) or null
@@ -151,12 +156,13 @@ fn pack_panel(w: &QuantWeight, nr: usize, p: usize, out: &mut [u32]) {
 }
 
 /// Panels p0..p1 for every row of x: the scalar twin of every level's range function (same operations
-/// in the same order per output). Safety: `a` describes valid buffers (see [`A8Args`]), p1 ≤ ⌈n/nr⌉.
+/// in the same order per output). Safety: `a` describes valid buffers (see [`A8Args`]), the buffer
+/// holds panels p0..p1 (a.p_first ≤ p0, p1 ≤ ⌈n/nr⌉).
 pub(crate) unsafe fn scalar_range(a: &A8Args, p0: usize, p1: usize) {
     let (nb, nr) = (a.nb, a.nr);
     let kp = nb * BLOCK;
     for p in p0..p1 {
-        let panel = a.panels.add(p * nb * nr * COL_BLOCK);
+        let panel = a.panels.add((p - a.p_first) * nb * nr * COL_BLOCK);
         for j in 0..nr.min(a.n - p * nr) {
             let c = p * nr + j;
             for i in 0..a.m {
@@ -210,7 +216,7 @@ unsafe fn tile<S: SimdA8, const Q4: bool, const VNNI: bool, const RM: usize, con
 ) {
     let (nb, nr) = (a.nb, RNV * S::LANES);
     let kp = nb * BLOCK;
-    let panel = a.panels.add(p * nb * nr * COL_BLOCK);
+    let panel = a.panels.add((p - a.p_first) * nb * nr * COL_BLOCK);
     let mut acc = [[s.zero(); RNV]; RM];
     for b in 0..nb {
         let blk = panel.add(b * nr * COL_BLOCK);
@@ -429,36 +435,45 @@ impl Kernels {
                         .map(|(q, &d)| d * q.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32),
                 );
             }
-            // the panels, u32 words so that their i32 and f32 are aligned
+            // W's panels, packed a chunk of columns at a time (at most A8_PANEL_BYTES, reused per
+            // thread: an lm head of 151936 columns would take 389 MB at once), u32 words so that their
+            // i32 and f32 are aligned
+            let chunk = (A8_PANEL_BYTES / panel_bytes).max(1);
             let buf = &mut act.a8_w;
             buf.clear();
-            buf.resize(panels * panel_bytes / 4, 0);
-            let bp = SendPtr(buf.as_mut_ptr());
+            buf.resize(chunk.min(panels) * panel_bytes / 4, 0);
             let pw = panel_bytes / 4;
-            self.parallel_for(panels, &|p| {
-                // Safety: task p writes panel p only; the buffer holds `panels` of them.
-                let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(p * pw), pw) };
-                pack_panel(w, nr, p, out);
-            });
-            let a = A8Args {
-                q4,
-                xq: xq.as_ptr(),
-                xd: xd.as_ptr(),
-                xs: if q4 { xs.as_ptr() } else { std::ptr::null() },
-                m,
-                n,
-                nb,
-                panels: buf.as_ptr() as *const u8,
-                nr,
-                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-                y: y.as_mut_ptr(),
-            };
-            let f = t.range;
-            // Safety: the level's table is only reached on a CPU that has it (checked above); all
-            // sizes were checked; tasks write disjoint panels of columns.
-            self.for_units(panels, 1, m * n * k.max(1), &|p0, p1| unsafe {
-                f(&a, p0, p1)
-            });
+            for p_first in (0..panels).step_by(chunk) {
+                let p_end = (p_first + chunk).min(panels);
+                let bp = SendPtr(buf.as_mut_ptr());
+                self.parallel_for(p_end - p_first, &|t| {
+                    // Safety: task t writes panel p_first + t only, slot t of the buffer.
+                    let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(t * pw), pw) };
+                    pack_panel(w, nr, p_first + t, out);
+                });
+                let a = A8Args {
+                    q4,
+                    xq: xq.as_ptr(),
+                    xd: xd.as_ptr(),
+                    xs: if q4 { xs.as_ptr() } else { std::ptr::null() },
+                    m,
+                    n,
+                    nb,
+                    panels: buf.as_ptr() as *const u8,
+                    p_first,
+                    nr,
+                    bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                    y: y.as_mut_ptr(),
+                };
+                let f = t.range;
+                let cols = ((p_end - p_first) * nr).min(n - p_first * nr);
+                // Safety: the level's table is only reached on a CPU that has it (checked above);
+                // all sizes were checked; the buffer holds panels p_first..p_end; tasks write
+                // disjoint panels of columns.
+                self.for_units(p_end - p_first, 1, m * cols * k.max(1), &|p0, p1| unsafe {
+                    f(&a, p_first + p0, p_first + p1)
+                });
+            }
         });
         Ok(())
     }
