@@ -117,8 +117,21 @@ fn reference(
     bias: Option<&[f32]>,
     m: usize,
 ) -> Ref {
+    let (xq, xd) = kern.quantize_rows_a16(x, m, w.k());
+    let xq: Vec<i64> = xq.iter().map(|&v| v as i64).collect();
+    reference_with(x, wf, w, bias, m, (&xq, &xd))
+}
+
+/// [`reference`] with x quantized by the caller: values (m, nb·32) and scales (m, nb).
+fn reference_with(
+    x: &[f32],
+    wf: &[f32],
+    w: &QuantWeight,
+    bias: Option<&[f32]>,
+    m: usize,
+    (xq, xd): (&[i64], &[f32]),
+) -> Ref {
     let (n, k, nb) = (w.n(), w.k(), w.blocks());
-    let (xq, xd) = kern.quantize_rows_a16(x, m, k);
     let wq: Vec<i8> = w.qs_bytes().iter().map(|&b| b as i8).collect();
     let wd = w.scales();
     let mut r = Ref {
@@ -131,9 +144,7 @@ fn reference(
         for c in 0..n {
             let (mut e, mut mag, mut f, mut qb) = (0f64, 0f64, 0f64, 0f64);
             for b in 0..nb {
-                let p = |t: usize| {
-                    wq[c * nb * B + b * B + t] as i64 * xq[i * nb * B + b * B + t] as i64
-                };
+                let p = |t: usize| wq[c * nb * B + b * B + t] as i64 * xq[i * nb * B + b * B + t];
                 let s: i64 = (0..B).map(p).sum();
                 let sabs: i64 = (0..B).map(|t| p(t).abs()).sum();
                 let (dw, dx) = (wd[c * nb + b] as f64, xd[i * nb + b] as f64);
@@ -585,6 +596,62 @@ fn assert_a8_bits(
     }
 }
 
+/// One matmul case of the int8-activation tests: (m, n, k), x (m, k), the float weights (n, k), a bias,
+/// and the weights quantized (by the scalar level) into the format.
+type A8Case = (
+    usize,
+    usize,
+    usize,
+    Vec<f32>,
+    Vec<f32>,
+    Vec<f32>,
+    QuantWeight,
+);
+
+/// The awkward shapes and `extra`, with random operands from `seed`.
+fn a8_cases(format: QuantFormat, seed: u64, extra: &[(usize, usize, usize)]) -> Vec<A8Case> {
+    let mut rng = Rng::new(seed);
+    let sk = common::scalar();
+    let mut shapes = shapes();
+    shapes.extend_from_slice(extra);
+    shapes
+        .into_iter()
+        .map(|(m, n, k)| {
+            let x = rng.vec(m * k, -2.0, 2.0);
+            let wf = rng.vec(n * k, -0.1, 0.1);
+            let bias = rng.vec(n, -1.0, 1.0);
+            let w = sk.quantize_weight(format, Weight::F32(&wf), n, k).unwrap();
+            (m, n, k, x, wf, bias, w)
+        })
+        .collect()
+}
+
+/// One output of the int8-activation scalar twin: within (nb + 16)·2⁻²⁴ of `mag` (Σ|terms|) of the f64
+/// sum `e` of its own quantized terms, and within `qb` (the quantization bound) more of the f64 product
+/// `f` of the float operands; `bv` the bias.
+fn check_a8_output(
+    what: &str,
+    got: f32,
+    (e, mag): (f64, f64),
+    (f, qb): (f64, f64),
+    bv: f64,
+    nb: usize,
+) {
+    let got = got as f64;
+    let tol = (nb + 16) as f64 * 2f64.powi(-24) * (mag + bv.abs()) + 1e-30;
+    assert!(
+        (got - e - bv).abs() <= tol,
+        "{what}: {got} vs f64 of the quantized terms {} (tol {tol:e})",
+        e + bv
+    );
+    let tol_f = qb + tol + 1e-6 * mag;
+    assert!(
+        (got - f - bv).abs() <= tol_f,
+        "{what}: {got} vs f64 of the float operands {} (bound {tol_f:e})",
+        f + bv
+    );
+}
+
 /// W8A8 (q8 weights, x quantized to int8 per block of 32): the scalar twin against the f64 sum of the
 /// quantized values ((nb + 16)·2⁻²⁴ of Σ|terms|) and against the f64 product of the unquantized operands
 /// (their quantization error on top), and every VNNI kernel on the host bit for bit against the twin (one
@@ -592,63 +659,19 @@ fn assert_a8_bits(
 /// width (n 1, 15, 17, 65, 130) and by the rows' chunk of 64 (m 130), one and two threads.
 #[test]
 fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
-    let mut rng = Rng::new(31);
     let sk = common::scalar();
     let kernels = a8_kernels(QuantFormat::Q8);
-    let mut shapes = shapes();
-    shapes.extend([(130, 70, 100), (67, 130, 64), (16, 33, 1)]);
-    for (m, n, k) in shapes {
-        let x = rng.vec(m * k, -2.0, 2.0);
-        let wf = rng.vec(n * k, -0.1, 0.1);
-        let bias = rng.vec(n, -1.0, 1.0);
-        let w = sk
-            .quantize_weight(QuantFormat::Q8, Weight::F32(&wf), n, k)
-            .unwrap();
-        let nb = w.blocks();
+    let extra = [(130, 70, 100), (67, 130, 64), (16, 33, 1)];
+    for (m, n, k, x, wf, bias, w) in a8_cases(QuantFormat::Q8, 31, &extra) {
         let (xq, xd) = sk.quantize_rows_a8u(&x, m, k);
-        let wq: Vec<i8> = w.qs_bytes().iter().map(|&b| b as i8).collect();
-        let wd = w.scales();
+        let xq: Vec<i64> = xq.iter().map(|&v| v as i64 - 128).collect();
         for b in [None, Some(&bias[..])] {
+            let r = reference_with(&x, &wf, &w, b, m, (&xq, &xd));
             let mut ys = vec![f32::NAN; m * n];
             sk.matmul_quant_a8_with(QuantKernel::Scalar, &x, m, &w, b, &mut ys)
                 .unwrap();
-            for i in 0..m {
-                for c in 0..n {
-                    let (mut e, mut mag, mut f, mut qb) = (0f64, 0f64, 0f64, 0f64);
-                    for bl in 0..nb {
-                        let (dw, dx) = (wd[c * nb + bl] as f64, xd[i * nb + bl] as f64);
-                        let (mut s, mut sabs) = (0i64, 0i64);
-                        for t in bl * B..(bl + 1) * B {
-                            let p = wq[c * nb * B + t] as i64 * (xq[i * nb * B + t] as i64 - 128);
-                            s += p;
-                            sabs += p.abs();
-                        }
-                        e += dw * dx * s as f64;
-                        mag += dw * dx * sabs as f64;
-                        let (mut sx, mut sw) = (0f64, 0f64);
-                        for t in bl * B..((bl + 1) * B).min(k) {
-                            f += x[i * k + t] as f64 * wf[c * k + t] as f64;
-                            sx += (x[i * k + t] as f64).abs();
-                            sw += (wf[c * k + t] as f64).abs();
-                        }
-                        qb += dw / 2.0 * sx + dx / 2.0 * sw + 8.0 * dw * dx;
-                    }
-                    let bv = b.map_or(0.0, |b| b[c] as f64);
-                    let got = ys[i * n + c] as f64;
-                    let tol = (nb + 16) as f64 * 2f64.powi(-24) * (mag + bv.abs()) + 1e-30;
-                    assert!(
-                        (got - e - bv).abs() <= tol,
-                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the quantized {} (tol {tol:e})",
-                        e + bv
-                    );
-                    let tol_f = qb + tol + 1e-6 * mag;
-                    assert!(
-                        (got - f - bv).abs() <= tol_f,
-                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the floats {} (bound {tol_f:e})",
-                        f + bv
-                    );
-                }
-            }
+            let what = format!("W8A8 twin m {m} n {n} k {k} bias {}", b.is_some());
+            check_level(&sk, &what, &ys, &r, w.blocks());
             assert_a8_bits(&kernels, (&x, m), &w, b, &ys);
         }
     }
@@ -698,10 +721,7 @@ fn q8a8_extremes_and_errors() {
     let e = sk
         .matmul_quant_a8_with(QuantKernel::Avx512Vnni, &x, m, &w, None, &mut ys)
         .unwrap_err();
-    assert!(
-        e.to_string().contains("no int8-activation form for q8"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not one of this level's"), "{e}");
     for kern in levels() {
         if kern.quant_kernels().contains(&QuantKernel::Avx2) {
             let e = kern
@@ -810,22 +830,14 @@ fn q8_row_quantizer_every_level_is_the_scalar_one() {
 /// k, (nb + 16)·2⁻²⁴ of their magnitudes — and against the f64 product of x and the dequantized weights
 /// (x's rounding, ≤ d_x/2 per value, on top); every kernel with the form (AVX-512 with and without
 /// VNNI: i32 `vpdpbusd` sums or `pmaddubsw` i16 pairs, the same integers; AVX2 with AVX-VNNI) bit for
-/// bit against the twin. The
-/// awkward shapes (k off the super-block of 256), panels cut at n, rows past a chunk of 64.
+/// bit against the twin. The awkward shapes (k off the super-block of 256), panels cut at n, rows past a
+/// chunk of 64.
 #[test]
 fn q4a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
-    let mut rng = Rng::new(37);
     let sk = common::scalar();
     let kernels = a8_kernels(QuantFormat::Q4);
-    let mut shapes = shapes();
-    shapes.extend([(130, 70, 600), (67, 130, 256), (16, 33, 1)]);
-    for (m, n, k) in shapes {
-        let x = rng.vec(m * k, -2.0, 2.0);
-        let wf = rng.vec(n * k, -0.1, 0.1);
-        let bias = rng.vec(n, -1.0, 1.0);
-        let w = sk
-            .quantize_weight(QuantFormat::Q4, Weight::F32(&wf), n, k)
-            .unwrap();
+    let extra = [(130, 70, 600), (67, 130, 256), (16, 33, 1)];
+    for (m, n, k, x, _, bias, w) in a8_cases(QuantFormat::Q4, 37, &extra) {
         let (rb, rs) = (QuantFormat::Q4.row_bytes(k), QuantFormat::Q4.row_scales(k));
         let (qs, d) = (w.qs_bytes(), w.scales());
         let (xq, xd) = sk.quantize_rows_a8u(&x, m, k);
@@ -857,20 +869,8 @@ fn q4a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
                         qb += dx / 2.0 * (sl - mn).abs();
                     }
                     let bv = b.map_or(0.0, |b| b[c] as f64);
-                    let got = ys[i * n + c] as f64;
-                    let tol =
-                        ((k.div_ceil(B) + 16) as f64 * 2f64.powi(-24)) * (mag + bv.abs()) + 1e-30;
-                    assert!(
-                        (got - e - bv).abs() <= tol,
-                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of the terms {} (tol {tol:e})",
-                        e + bv
-                    );
-                    let tol_f = qb + tol + 1e-6 * mag;
-                    assert!(
-                        (got - f - bv).abs() <= tol_f,
-                        "m {m} n {n} k {k} ({i}, {c}): {got} vs f64 of x and the dequantized W {} (bound {tol_f:e})",
-                        f + bv
-                    );
+                    let what = format!("q4 m {m} n {n} k {k} ({i}, {c})");
+                    check_a8_output(&what, ys[i * n + c], (e, mag), (f, qb), bv, k.div_ceil(B));
                 }
             }
             assert_a8_bits(&kernels, (&x, m), &w, b, &ys);

@@ -400,18 +400,15 @@ impl Kernels {
         y: &mut [f32],
     ) -> Result<(), KernelError> {
         const OP: &str = "matmul_quant_a8";
-        let ok = QuantKernel::of_level(self.isa(), &self.features());
-        let t = match a8_table(kernel, w.format) {
-            Some(t) if ok.contains(&kernel) => t,
-            _ => {
-                return Err(KernelError::Invalid {
-                    op: OP,
-                    msg: format!(
-                        "kernel {kernel} has no int8-activation form for {} on this CPU",
-                        w.format
-                    ),
-                })
-            }
+        self.check_quant_kernel(OP, kernel)?;
+        let Some(t) = a8_table(kernel, w.format) else {
+            return Err(KernelError::Invalid {
+                op: OP,
+                msg: format!(
+                    "kernel {kernel} has no int8-activation form for {}",
+                    w.format
+                ),
+            });
         };
         super::check_quant_args(x, m, w, bias, y)?;
         let (n, k, nb) = (w.n, w.k, w.blocks());

@@ -589,6 +589,22 @@ impl Kernels {
         format!("{decode}; {m}+ rows: {many}")
     }
 
+    /// An error naming `op` unless `kernel` is one of [`Kernels::quant_kernels`].
+    fn check_quant_kernel(&self, op: &'static str, kernel: QuantKernel) -> Result<(), KernelError> {
+        let ok = QuantKernel::of_level(self.isa(), &self.features());
+        if ok.contains(&kernel) {
+            return Ok(());
+        }
+        let names: Vec<&str> = ok.iter().map(|k| k.name()).collect();
+        Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "kernel {kernel} is not one of this level's on this CPU ({})",
+                names.join(", ")
+            ),
+        })
+    }
+
     /// [`Kernels::matmul_quant`] on a chosen kernel, one of [`Kernels::quant_kernels`] (else an error).
     pub fn matmul_quant_with(
         &self,
@@ -599,18 +615,7 @@ impl Kernels {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
-        const OP: &str = "matmul_quant";
-        let ok = QuantKernel::of_level(self.isa(), &self.features());
-        if !ok.contains(&kernel) {
-            let names: Vec<&str> = ok.iter().map(|k| k.name()).collect();
-            return Err(KernelError::Invalid {
-                op: OP,
-                msg: format!(
-                    "kernel {kernel} is not one of this level's on this CPU ({})",
-                    names.join(", ")
-                ),
-            });
-        }
+        self.check_quant_kernel("matmul_quant", kernel)?;
         let (n, k) = (w.n, w.k);
         check_quant_args(x, m, w, bias, y)?;
         if m == 0 || n == 0 {
