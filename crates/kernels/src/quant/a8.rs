@@ -40,8 +40,8 @@ const COL_BLOCK: usize = BLOCK + 8;
 /// Fewest rows for which q4 runs the panel form: the repacking of W once per call (about 0.25 ns per
 /// weight byte) costs what its faster steps gain at 32 rows (Intel Xeon, 6144 × 2048, one thread: 154
 /// against 166 GOP/s at 32 rows, 146 against 221 at 64, 125 against 302 at 512; at 16 rows the integer
-/// kernel's 152 against 105). q8's integer kernel (int16 activations) is slower: from 16 rows (83 against
-/// 82 GOP/s at 16, 71 against 197 at 64).
+/// kernel's 152 against 105). q8's integer kernel (int16 activations) is slower: from 16 rows (82–84
+/// against 86–94 GOP/s at 16, 69–74 against 143–152 at 32, at AVX-512; AVX2 with AVX-VNNI alike).
 pub const A8_Q4_MIN_M: usize = 32;
 
 /// Bytes of W's panels packed at a time (a chunk of columns; at least one panel).
