@@ -258,22 +258,31 @@ fn q8_matmul_every_level_against_scalar_and_f64() {
     }
 }
 
+/// A q8 weight (n, k) whose row r holds the byte `value(r)` at every k and `pad` in the rest of its last
+/// block, every scale 1; and x (m, k) of ±1 (−1 at every third value): the extremes' operands.
+fn extreme_q8(
+    (n, k, m): (usize, usize, usize),
+    value: impl Fn(usize) -> u8,
+    pad: u8,
+) -> (QuantWeight, Vec<f32>) {
+    let nb = k.div_ceil(B);
+    let mut qs = vec![pad; n * nb * B];
+    for r in 0..n {
+        qs[r * nb * B..r * nb * B + k].fill(value(r));
+    }
+    let w = QuantWeight::from_parts(QuantFormat::Q8, n, k, &qs, &vec![1.0; n * nb]).unwrap();
+    let x = (0..m * k)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    (w, x)
+}
+
 #[test]
 fn q8_matmul_extreme_values_do_not_overflow() {
     // every weight byte -128 (a file may hold it) against activations at ±32767 (the i32 block sums reach
     // 32·128·32767 < 2^31)
     let (n, k, m): (usize, usize, usize) = (5, 70, 3);
-    let nb = k.div_ceil(B);
-    let mut qs = vec![0x80u8; n * nb * B];
-    for r in 0..n {
-        for t in k..nb * B {
-            qs[r * nb * B + t] = 0;
-        }
-    }
-    let w = QuantWeight::from_parts(QuantFormat::Q8, n, k, &qs, &vec![1.0; n * nb]).unwrap();
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
-        .collect();
+    let (w, x) = extreme_q8((n, k, m), |_| 0x80, 0);
     for kern in levels() {
         let mut y = vec![0f32; m * n];
         kern.matmul_quant(&x, m, &w, None, &mut y).unwrap();
@@ -684,18 +693,8 @@ fn q8a8_matmul_every_kernel_bit_exact_with_the_scalar_twin() {
 #[test]
 fn q8a8_extremes_and_errors() {
     let (n, k, m): (usize, usize, usize) = (40, 70, 5);
-    let nb = k.div_ceil(B);
     // the padding of the last block (k..96) nonzero, as a file may hold it: it must not count
-    let mut qs = vec![0x55u8; n * nb * B];
-    for r in 0..n {
-        for t in 0..k {
-            qs[r * nb * B + t] = if r % 2 == 0 { 0x80 } else { 0x7f };
-        }
-    }
-    let w = QuantWeight::from_parts(QuantFormat::Q8, n, k, &qs, &vec![1.0; n * nb]).unwrap();
-    let mut x: Vec<f32> = (0..m * k)
-        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
-        .collect();
+    let (w, mut x) = extreme_q8((n, k, m), |r| if r % 2 == 0 { 0x80 } else { 0x7f }, 0x55);
     x[4 * k + 7] = f32::NAN;
     let sk = common::scalar();
     let mut ys = vec![0f32; m * n];

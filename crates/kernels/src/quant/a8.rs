@@ -44,6 +44,14 @@ const COL_BLOCK: usize = BLOCK + 8;
 /// against 86–94 GOP/s at 16, 69–74 against 143–152 at 32, at AVX-512; AVX2 with AVX-VNNI alike).
 pub const A8_Q4_MIN_M: usize = 32;
 
+/// Fewest rows of x for which `format` runs the panel form (where the CPU has it).
+pub(crate) const fn min_rows(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q8 => crate::matmul::QUANT_DEQUANT_MIN_M,
+        QuantFormat::Q4 => A8_Q4_MIN_M,
+    }
+}
+
 /// Bytes of W's panels packed at a time (a chunk of columns; at least one panel).
 const A8_PANEL_BYTES: usize = 8 << 20;
 
@@ -338,11 +346,7 @@ impl Kernels {
     /// AVX-VNNI from [`A8_Q4_MIN_M`] rows.
     pub fn quant_fast_a8(&self, format: QuantFormat, m: usize) -> bool {
         let kernel = self.quant_kernel();
-        let min_m = match format {
-            QuantFormat::Q8 => crate::matmul::QUANT_DEQUANT_MIN_M,
-            QuantFormat::Q4 => A8_Q4_MIN_M,
-        };
-        m >= min_m
+        m >= min_rows(format)
             && !self.amx()
             && kernel != QuantKernel::Scalar
             && a8_table(kernel, format).is_some()
@@ -426,11 +430,7 @@ impl Kernels {
             xs.clear();
             if q4 {
                 // d_x·Σq_x per block, for the minimums
-                xs.extend(
-                    xq.chunks_exact(BLOCK)
-                        .zip(xd.iter())
-                        .map(|(q, &d)| d * q.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32),
-                );
+                super::scaled_block_sums(xq, xd, 1, |v| v as i8 as i32, xs);
             }
             // W's panels, packed a chunk of columns at a time (at most A8_PANEL_BYTES, reused per
             // thread: an lm head of 151936 columns would take 389 MB at once), u32 words so that their

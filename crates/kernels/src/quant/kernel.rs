@@ -251,8 +251,6 @@ pub unsafe fn quantize_row_8<S: Simd>(s: S, x: &[f32], q: &mut [u8], d: &mut [f3
             }
         }
         let xs = &x[b * BLOCK..((b + 1) * BLOCK).min(x.len())];
-        super::scalar::quantize_row(xs, qb, &mut d[b..b + 1], BLOCK, 127.0, |v| {
-            v as i8 as u8 ^ flip
-        });
+        super::scalar::quantize_row_8(xs, qb, &mut d[b..b + 1], flip);
     }
 }

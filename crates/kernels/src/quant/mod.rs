@@ -370,6 +370,23 @@ fn check_quant_args(
     Ok(())
 }
 
+/// d_x·Σq_x of every block of 32 of quantized activations `q` into `out`, block b's scale `d[b / per]`
+/// (`per` blocks of 32 share a scale): the sums that multiply q4's minimums.
+pub(crate) fn scaled_block_sums<T: Copy>(
+    q: &[T],
+    d: &[f32],
+    per: usize,
+    value: impl Fn(T) -> i32,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.extend(
+        q.chunks_exact(BLOCK)
+            .enumerate()
+            .map(|(b, q)| d[b / per] * q.iter().map(|&v| value(v)).sum::<i32>() as f32),
+    );
+}
+
 /// x (m, k) quantized per row and super-block of 256 for the q4 kernels: values (m, kp) int8, scales
 /// (m, kp/256) and the sums of every block of 32 times its scale, d_x·Σq_x (m, kp/32), kp = k padded to
 /// whole super-blocks.
@@ -479,12 +496,7 @@ impl Kernels {
         };
         self.quantize_rows(x, (m, k), (kp, kp / Q4_SUPER), f, (&mut a.q, &mut a.d));
         let (q, d) = (&a.q, &a.d);
-        a.s.clear();
-        a.s.extend(
-            q.chunks_exact(BLOCK)
-                .enumerate()
-                .map(|(b, q)| d[b / Q4_SUBS] * q.iter().map(|&v| v as i32).sum::<i32>() as f32),
-        );
+        scaled_block_sums(q, d, Q4_SUBS, |v| v as i32, &mut a.s);
     }
 
     /// The quantized-matmul kernel [`Kernels::matmul_quant`] runs: the best of this level on this CPU.
@@ -512,9 +524,10 @@ impl Kernels {
     }
 
     /// [`Kernels::matmul_quant`] with a [`crate::matmul::MatmulPath`]. `Fast`, where
-    /// [`Kernels::quant_fast_a8`] (prefill and vision rows without AMX: q8 with VNNI, q4 at AVX2 and
-    /// AVX-512), runs the int8-activation kernels (`a8.rs`: x quantized to int8 per block of 32); where [`Kernels::quant_fast_dequantizes`],
-    /// dequantizes W a few groups at a time to bf16 and runs a float kernel on them, x not quantized:
+    /// [`Kernels::quant_fast_a8`] (prefill and vision rows without AMX: q8 with VNNI, q4 at AVX-512 and
+    /// AVX2 with AVX-VNNI), runs the int8-activation kernels (`a8.rs`: x quantized to int8 per block of
+    /// 32); where [`Kernels::quant_fast_dequantizes`], dequantizes W a few groups at a time to bf16 and
+    /// runs a float kernel on them, x not quantized:
     /// with AMX ([`Kernels::amx`]) the tile kernel — x and the dequantized weights rounded to bf16 (each
     /// ≤ 2⁻⁸ relative), sums in f32: the error of the `Fast` bf16 matmul on the dequantized weights, plus
     /// their rounding (≤ 2⁻⁹·Σ|x·w|); else (q8 at AVX-512 without VNNI) the level's packed bf16 kernel —
@@ -559,7 +572,7 @@ impl Kernels {
     }
 
     /// What the quantized matmul of `format` runs on `path`, for plans: the kernel of decode rows, then
-    /// that of 16+ rows (prefill, vision) where it differs.
+    /// that of many rows (prefill, vision) and from how many, where it differs.
     pub fn quant_path_description(
         &self,
         format: QuantFormat,
@@ -574,17 +587,18 @@ impl Kernels {
             self.quant_kernel(),
             format.activations()
         );
-        let m = crate::matmul::QUANT_DEQUANT_MIN_M;
-        let many = if path != crate::matmul::MatmulPath::Fast {
+        if path != crate::matmul::MatmulPath::Fast {
             return decode;
-        } else if self.quant_fast_a8(format, m) {
-            "column panels x int8 activations per block of 32"
-        } else if self.quant_fast_dequantizes(format, m) && self.amx() {
-            "dequantized to bf16 on AMX tiles"
-        } else if self.quant_fast_dequantizes(format, m) {
-            "dequantized to bf16 for the packed kernel"
+        }
+        let (a8_m, dq_m) = (a8::min_rows(format), crate::matmul::QUANT_DEQUANT_MIN_M);
+        let (m, many) = if self.quant_fast_a8(format, a8_m) {
+            (a8_m, "column panels x int8 activations per block of 32")
+        } else if !self.quant_fast_dequantizes(format, dq_m) {
+            return decode;
+        } else if self.amx() {
+            (dq_m, "dequantized to bf16 on AMX tiles")
         } else {
-            return decode;
+            (dq_m, "dequantized to bf16 for the packed kernel")
         };
         format!("{decode}; {m}+ rows: {many}")
     }
